@@ -1,0 +1,205 @@
+//! `cargo xtask ci`: every check CI runs, in order, stopping at the first
+//! failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::process::{cargo, run_step, succeeds, timed, workspace_root};
+
+/// Where Debian and Ubuntu put libclang, which RocksDB's bindgen loads.
+const LIBCLANG_DIRS: [&str; 3] = ["/usr/lib", "/usr/lib64", "/usr/local/lib"];
+const LIBCLANG_INSTALL: &str = "apt-get update && apt-get install -y libclang-dev";
+
+pub(crate) fn run() -> Result<(), String> {
+    timed("prerequisites", ensure_libclang)?;
+    timed("fmt", || {
+        run_step("fmt", cargo().args(["fmt", "--all", "--check"]))
+    })?;
+    timed("clippy", || {
+        let args = [
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ];
+        run_step("clippy", cargo().args(args))
+    })?;
+    timed("test", run_tests)?;
+    timed("doc", || {
+        let mut command = cargo();
+        command
+            .args(["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings");
+        run_step("doc", &mut command)
+    })?;
+    timed("tidy", tidy)?;
+    eprintln!("xtask: ci passed");
+    Ok(())
+}
+
+/// Unit, integration and doc tests; nextest runs the first two when it is
+/// installed (it does not run doc tests, so those always go through cargo).
+fn run_tests() -> Result<(), String> {
+    if succeeds("cargo", &["nextest", "--version"]) {
+        let args = ["nextest", "run", "--workspace", "--no-fail-fast"];
+        run_step("test", cargo().args(args))?;
+        run_step("doctest", cargo().args(["test", "--workspace", "--doc"]))
+    } else {
+        run_step("test", cargo().args(["test", "--workspace"]))
+    }
+}
+
+fn ensure_libclang() -> Result<(), String> {
+    if libclang_present() {
+        return Ok(());
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| output.stdout.trim_ascii() == b"0");
+    let has_apt = succeeds("apt-get", &["--version"]);
+    if !(is_root && has_apt) {
+        return Err(format!(
+            "libclang (needed by RocksDB's bindgen) is missing; install it with:\n  sudo sh -c '{LIBCLANG_INSTALL}'"
+        ));
+    }
+    eprintln!("xtask: libclang missing; installing it: {LIBCLANG_INSTALL}");
+    run_step(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-qq"]),
+    )?;
+    let install = ["install", "-y", "-qq", "libclang-dev"];
+    run_step(
+        "apt-get install",
+        Command::new("apt-get")
+            .args(install)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    if libclang_present() {
+        Ok(())
+    } else {
+        Err("libclang-dev was installed but no libclang shared library was found".into())
+    }
+}
+
+fn libclang_present() -> bool {
+    if let Some(dir) = std::env::var_os("LIBCLANG_PATH") {
+        return contains_libclang(Path::new(&dir));
+    }
+    LIBCLANG_DIRS.iter().any(|root| {
+        let root = Path::new(root);
+        contains_libclang(root)
+            || read_dir_paths(root)
+                .iter()
+                .any(|dir| contains_libclang(dir) || contains_libclang(&dir.join("lib")))
+    })
+}
+
+fn contains_libclang(dir: &Path) -> bool {
+    read_dir_paths(dir).iter().any(|path| {
+        path.file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(is_libclang_name)
+    })
+}
+
+/// `libclang.so`, `libclang.so.14`, `libclang-14.so.1`, but not the C++
+/// library `libclang-cpp.so.14`, which bindgen cannot use.
+fn is_libclang_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("libclang") else {
+        return false;
+    };
+    let version_then_so = rest
+        .strip_prefix('-')
+        .map(|versioned| versioned.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.'));
+    rest.starts_with(".so") || version_then_so.is_some_and(|tail| tail.starts_with("so"))
+}
+
+fn read_dir_paths(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every Rust file of the workspace (crate roots, modules, tests, benches,
+/// examples) opens with a `//!` comment saying what it is for.
+fn tidy() -> Result<(), String> {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    for top in ["crates", "xtask", "benches"] {
+        collect_rust_files(&root.join(top), &mut files);
+    }
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|path| !opens_with_module_doc(path))
+        .map(|path| {
+            path.strip_prefix(&root)
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        })
+        .collect();
+    if offenders.is_empty() {
+        eprintln!("xtask: tidy checked {} files", files.len());
+        Ok(())
+    } else {
+        Err(format!(
+            "tidy: these files do not start with a `//!` doc comment:\n  {}",
+            offenders.join("\n  ")
+        ))
+    }
+}
+
+fn collect_rust_files(dir: &Path, files: &mut Vec<PathBuf>) {
+    for path in read_dir_paths(dir) {
+        if path.file_name().is_some_and(|name| name == "target") {
+            continue;
+        }
+        if path.is_dir() {
+            collect_rust_files(&path, files);
+        } else if path.extension().is_some_and(|extension| extension == "rs") {
+            files.push(path);
+        }
+    }
+}
+
+fn opens_with_module_doc(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|text| {
+        text.lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty())
+            .is_some_and(|line| line.starts_with("//!"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_libclang_name;
+
+    #[test]
+    fn recognizes_libclang_but_not_libclang_cpp() {
+        for name in [
+            "libclang.so",
+            "libclang.so.1",
+            "libclang-14.so.1",
+            "libclang-14.0.6.so",
+        ] {
+            assert!(is_libclang_name(name), "{name}");
+        }
+        for name in [
+            "libclang-cpp.so.14",
+            "libclangBasic.a",
+            "libclang.a",
+            "clang",
+        ] {
+            assert!(!is_libclang_name(name), "{name}");
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! # xtask: the project's automation, in Rust
+//!
+//! `cargo xtask <command>` (an alias in `.cargo/config.toml`) runs the
+//! checks and tools of the workspace, so a developer runs locally exactly
+//! what CI runs:
+//!
+//! - `cargo xtask ci`: prerequisites, formatting, clippy, tests, docs and
+//!   the tidy check, one line per step with its duration; stops at the
+//!   first failure with a non-zero exit.
+//! - `cargo xtask bench [NAME]`: the criterion benches (all, or the bench
+//!   target `NAME`), then a summary table of throughput and of ratios
+//!   between implementations measured in the same run.
+//!
+//! Invariant: xtask never changes the source tree; its only writes are
+//! cargo's own (`target/`) and, when run as root without libclang, the
+//! system package it installs. It is not a library and has no API.
+
+#![forbid(unsafe_code)]
+
+mod bench;
+mod ci;
+mod process;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci             everything CI checks: prerequisites, fmt, clippy, tests, docs, tidy
+  bench [NAME]   criterion benches (all, or one bench target such as `simd`) and a summary
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") if args.len() == 1 => ci::run(),
+        Some("bench") if args.len() <= 2 => bench::run(args.get(1).map(String::as_str)),
+        Some("help" | "--help" | "-h") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(format!("unknown or malformed command: {args:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
