@@ -70,6 +70,25 @@ fn a_difference_at_every_position() {
 }
 
 #[test]
+fn a_difference_at_every_position_at_every_alignment() {
+    // The vector kernels align their loop to `a`: move both slices through
+    // every start so every loop shape meets a difference everywhere.
+    for len in [65, 129, 257, 600] {
+        let base = pattern(len + 64, 5);
+        for alignment in 0..33 {
+            let a = &base[alignment..alignment + len];
+            let mut changed = a.to_vec();
+            for position in 0..len {
+                changed[position] ^= 0x40;
+                check(a, &changed);
+                check(&changed, a);
+                changed[position] ^= 0x40;
+            }
+        }
+    }
+}
+
+#[test]
 fn prefixes_order_before_longer_slices() {
     let long = pattern(2000, 1);
     for len in [0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 64, 127, 128, 129, 1999] {

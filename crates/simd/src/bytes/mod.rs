@@ -7,6 +7,7 @@
 //! per process.
 
 mod scalar;
+mod short;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -119,6 +120,7 @@ impl BytesKernel {
 }
 
 /// Picks the kernel once per process; later calls pay one atomic load.
+#[inline]
 fn dispatched() -> KernelFns {
     static CHOSEN: OnceLock<KernelFns> = OnceLock::new();
     *CHOSEN.get_or_init(|| BytesKernel::best().fns())
@@ -136,10 +138,9 @@ pub fn eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     if a.len() <= INLINE_LEN_MAX {
-        return scalar::eq_short(a, b);
+        return short::eq_short(a, b);
     }
-    // SAFETY: `dispatched` returns functions of an available kernel.
-    unsafe { (dispatched().eq)(a, b) }
+    eq_dispatched(a, b)
 }
 
 /// Lexicographic order of `a` and `b`; same answer as `a.cmp(b)`.
@@ -152,8 +153,23 @@ pub fn eq(a: &[u8], b: &[u8]) -> bool {
 #[inline]
 pub fn compare(a: &[u8], b: &[u8]) -> Ordering {
     if a.len().min(b.len()) <= INLINE_LEN_MAX {
-        return scalar::compare_short(a, b);
+        return short::compare_short(a, b);
     }
+    compare_dispatched(a, b)
+}
+
+// The long-key paths stay out of line: inlined, they would make every
+// caller of `eq` and `compare` save registers even for short keys; out of
+// line they are a direct call that tail-jumps into the kernel.
+
+#[inline(never)]
+fn eq_dispatched(a: &[u8], b: &[u8]) -> bool {
+    // SAFETY: `dispatched` returns functions of an available kernel.
+    unsafe { (dispatched().eq)(a, b) }
+}
+
+#[inline(never)]
+fn compare_dispatched(a: &[u8], b: &[u8]) -> Ordering {
     // SAFETY: `dispatched` returns functions of an available kernel.
     unsafe { (dispatched().compare)(a, b) }
 }
@@ -163,7 +179,7 @@ fn eq_with(fns: KernelFns, a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     if a.len() <= INLINE_LEN_MAX {
-        return scalar::eq_short(a, b);
+        return short::eq_short(a, b);
     }
     // SAFETY: `fns` came from `BytesKernel::fns`, which checked the CPU.
     unsafe { (fns.eq)(a, b) }
@@ -171,7 +187,7 @@ fn eq_with(fns: KernelFns, a: &[u8], b: &[u8]) -> bool {
 
 fn compare_with(fns: KernelFns, a: &[u8], b: &[u8]) -> Ordering {
     if a.len().min(b.len()) <= INLINE_LEN_MAX {
-        return scalar::compare_short(a, b);
+        return short::compare_short(a, b);
     }
     // SAFETY: `fns` came from `BytesKernel::fns`, which checked the CPU.
     unsafe { (fns.compare)(a, b) }

@@ -194,6 +194,7 @@ pub(crate) fn update_crc32_instruction(crc: u32, data: &[u8]) -> u32 {
 
 /// Three equal `crc32` streams joined by carry-less multiplies, then one
 /// chain for the tail. For inputs too short for a fused block.
+#[inline]
 #[target_feature(enable = "sse4.2,pclmulqdq")]
 fn update_three_streams(crc: u32, data: &[u8]) -> u32 {
     let stream_words = data.len() / 24;
@@ -312,6 +313,9 @@ impl<'a, const VECTOR_BYTES: usize> FusedBlock<'a, VECTOR_BYTES> {
 /// of two 16-byte accumulators.
 #[target_feature(enable = "sse4.2,pclmulqdq")]
 pub(crate) fn update_sse42(mut crc: u32, mut data: &[u8]) -> u32 {
+    if data.len() < THREE_STREAM_LEN_MIN {
+        return update_crc32_instruction(crc, data);
+    }
     let fold_256 = constant_128(FOLD_256);
     while let Some((block, rest)) = FusedBlock::<32>::split_off(data) {
         let (first, _) = block.vector[0].as_chunks::<16>();
@@ -341,6 +345,9 @@ pub(crate) fn update_sse42(mut crc: u32, mut data: &[u8]) -> u32 {
 /// folding of two 32-byte accumulators.
 #[target_feature(enable = "sse4.2,pclmulqdq,avx2,vpclmulqdq")]
 pub(crate) fn update_vpclmul(mut crc: u32, mut data: &[u8]) -> u32 {
+    if data.len() < THREE_STREAM_LEN_MIN {
+        return update_crc32_instruction(crc, data);
+    }
     let fold_512 = constant_256(FOLD_512);
     while let Some((block, rest)) = FusedBlock::<64>::split_off(data) {
         let (first, _) = block.vector[0].as_chunks::<32>();
