@@ -7,9 +7,10 @@
 //! - `cargo xtask ci`: prerequisites, formatting, clippy, tests, docs and
 //!   the tidy check, one line per step with its duration; stops at the
 //!   first failure with a non-zero exit.
-//! - `cargo xtask bench [NAME]`: the criterion benches (all, or the bench
-//!   target `NAME`), then a summary table of throughput and of ratios
-//!   between implementations measured in the same run.
+//! - `cargo xtask bench [NAME [FILTER]]`: the criterion benches (all, or
+//!   the bench target `NAME`, optionally only benchmarks matching the regex
+//!   `FILTER`), then a summary table of throughput and of ratios between
+//!   implementations measured in the same run.
 //!
 //! Invariant: xtask never changes the source tree; its only writes are
 //! cargo's own (`target/`) and, when run as root without libclang, the
@@ -28,14 +29,19 @@ usage: cargo xtask <command>
 
 commands:
   ci             everything CI checks: prerequisites, fmt, clippy, tests, docs, tidy
-  bench [NAME]   criterion benches (all, or one bench target such as `simd`) and a summary
+  bench [NAME [FILTER]]
+                 criterion benches (all, or one bench target such as `simd`, optionally
+                 only the benchmarks matching the regex FILTER) and a summary table
 ";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") if args.len() == 1 => ci::run(),
-        Some("bench") if args.len() <= 2 => bench::run(args.get(1).map(String::as_str)),
+        Some("bench") if args.len() <= 3 => bench::run(
+            args.get(1).map(String::as_str),
+            args.get(2).map(String::as_str),
+        ),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())

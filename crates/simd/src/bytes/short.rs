@@ -102,20 +102,33 @@ fn compare_wide_words(a: &[u8], b: &[u8], len: usize) -> Ordering {
 }
 
 /// Orders the first `len` (16 to 64) bytes with SSE2, which every x86_64
-/// CPU has (no detection needed): four 16-byte vectors at offsets 0, 16,
-/// 32 and 48, each clamped to `len - 16`, compared at once; their
-/// difference masks, joined in offset order into one 64-bit mask, give the
-/// first differing byte as the mask's lowest set bit.
+/// CPU has (no detection needed): two or four 16-byte vectors, the last at
+/// `len - 16`, compared at once; their difference masks, joined in offset
+/// order into one 64-bit mask, give the first differing byte as the mask's
+/// lowest set bit.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn compare_wide_words(a: &[u8], b: &[u8], len: usize) -> Ordering {
+    if len <= 32 {
+        compare_vectors::<2>(a, b, len)
+    } else {
+        compare_vectors::<4>(a, b, len)
+    }
+}
+
+/// [`compare_wide_words`] with `VECTORS` vectors at `16 * i`, each clamped
+/// to `len - 16`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn compare_vectors<const VECTORS: usize>(a: &[u8], b: &[u8], len: usize) -> Ordering {
     use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8};
 
-    let last = len - 16;
+    const { assert!(VECTORS <= 4, "four 16-bit masks fill the 64-bit mask") };
     assert!(len <= a.len() && len <= b.len() && len >= 16);
-    let offsets = [0, 16.min(last), 32.min(last), last];
+    let last = len - 16;
     let mut differing = 0u64;
-    for (segment, &at) in offsets.iter().enumerate() {
+    for segment in 0..VECTORS {
+        let at = (16 * segment).min(last);
         // SAFETY: `at <= len - 16` and both slices hold at least `len`
         // bytes (asserted above), so 16 bytes are readable at `at`; `loadu`
         // has no alignment requirement. SSE2 is part of the x86_64 baseline,
@@ -131,8 +144,6 @@ fn compare_wide_words(a: &[u8], b: &[u8], len: usize) -> Ordering {
         return Ordering::Equal;
     }
     let first = differing.trailing_zeros() as usize;
-    // The segment's offset recomputed, not read back from `offsets`: that
-    // would be a store-to-load round trip on the critical path.
     let index = (first / 16 * 16).min(last) + first % 16;
     a[index].cmp(&b[index])
 }

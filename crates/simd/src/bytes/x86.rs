@@ -120,6 +120,48 @@ macro_rules! vector_kernels {
                 if all_equal(&masks) {
                     return None;
                 }
+                first_difference_in(a, b, start, &masks)
+            }
+
+            /// [`run_first_difference`] over two runs (the second may
+            /// overlap the first) with a single branch when both are equal.
+            #[inline]
+            #[target_feature(enable = $feature)]
+            fn two_runs_first_difference<const VECTORS: usize>(
+                a: &[u8],
+                b: &[u8],
+                first: usize,
+                second: usize,
+            ) -> Option<Ordering> {
+                let first_masks = run_masks::<VECTORS>(a, b, first);
+                let second_masks = run_masks::<VECTORS>(a, b, second);
+                let both = $and(
+                    first_masks[1..]
+                        .iter()
+                        .fold(first_masks[0], |all, &next| $and(all, next)),
+                    second_masks[1..]
+                        .iter()
+                        .fold(second_masks[0], |all, &next| $and(all, next)),
+                );
+                if $movemask(both) as u32 == ALL_EQUAL {
+                    return None;
+                }
+                // The first run is wholly before the rest of the second, so
+                // its difference, if any, comes first.
+                first_difference_in(a, b, first, &first_masks)
+                    .or_else(|| first_difference_in(a, b, second, &second_masks))
+            }
+
+            /// The first differing byte among the run at `start` whose
+            /// equality masks are `masks`.
+            #[inline]
+            #[target_feature(enable = $feature)]
+            fn first_difference_in<const VECTORS: usize>(
+                a: &[u8],
+                b: &[u8],
+                start: usize,
+                masks: &[$vector; VECTORS],
+            ) -> Option<Ordering> {
                 // A counted loop over constant indices unrolls and keeps the
                 // masks in registers (an iterator chain spilled them).
                 for (i, mask) in masks.iter().enumerate() {
@@ -167,22 +209,22 @@ macro_rules! vector_kernels {
                 let by_length = a.len().cmp(&b.len());
                 let (a, b) = (&a[..len], &b[..len]);
                 if len <= BLOCK {
-                    return run_first_difference::<2>(a, b, 0)
-                        .or_else(|| run_first_difference::<2>(a, b, len - 2 * WIDTH))
+                    return two_runs_first_difference::<2>(a, b, 0, len - 2 * WIDTH)
                         .unwrap_or(by_length);
                 }
                 let last = len - BLOCK;
+                if len <= 2 * BLOCK {
+                    return two_runs_first_difference::<4>(a, b, 0, last).unwrap_or(by_length);
+                }
                 if let Some(order) = run_first_difference::<4>(a, b, 0) {
                     return order;
                 }
-                if len > 2 * BLOCK {
-                    let mut at = aligned_second_block(a);
-                    while at < last {
-                        if let Some(order) = run_first_difference::<4>(a, b, at) {
-                            return order;
-                        }
-                        at += BLOCK;
+                let mut at = aligned_second_block(a);
+                while at < last {
+                    if let Some(order) = run_first_difference::<4>(a, b, at) {
+                        return order;
                     }
+                    at += BLOCK;
                 }
                 run_first_difference::<4>(a, b, last).unwrap_or(by_length)
             }
