@@ -2,44 +2,14 @@
 //! a long-lived receive buffer and decoding its entries as slices of that
 //! buffer allocates nothing once warmed up (counted by a global allocator).
 
-// A `GlobalAlloc` implementation is `unsafe` by definition; it only counts.
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
 use bytes::{Bytes, BytesMut};
 use dr_codec::frame::{CodecConfig, Frame, decode_frame, encode_messages, peek_header};
 use dr_codec::message::{AppendEntries, Entry, EntryKind, Message, MessageBody};
+use dr_pool::testing::CountingAllocator;
 use dr_pool::{BufferPool, BufferPoolConfig};
 
-struct CountingAllocator;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every method forwards to the system allocator unchanged; the
-// counter has no effect on the memory handed out.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-        // SAFETY: the caller's contract for `alloc` is passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract for `dealloc` is passed on as is.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-        // SAFETY: the caller's contract for `realloc` is passed on as is.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
+static GLOBAL: CountingAllocator = CountingAllocator::new();
 
 #[test]
 fn steady_state_encode_and_decode_allocate_nothing() {
@@ -96,13 +66,6 @@ fn steady_state_encode_and_decode_allocate_nothing() {
     for _ in 0..3 {
         round();
     }
-    let before = ALLOCATIONS.load(Relaxed);
-    for _ in 0..1000 {
-        round();
-    }
-    assert_eq!(
-        ALLOCATIONS.load(Relaxed) - before,
-        0,
-        "steady-state encode/decode allocated"
-    );
+    let allocated = GLOBAL.allocations_during(|| (0..1000).for_each(|_| round()));
+    assert_eq!(allocated, 0, "steady-state encode/decode allocated");
 }

@@ -176,8 +176,18 @@ fn a_forged_checksum_over_a_broken_body_is_malformed() {
     }
 }
 
+/// Cases per property: 2000 in every test run; set `DR_FUZZ_CASES` for a
+/// long fuzzing run (`DR_FUZZ_CASES=1000000 cargo test --release -p
+/// dr-codec --test untrusted`).
+fn fuzz_cases() -> u32 {
+    std::env::var("DR_FUZZ_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(2000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
 
     #[test]
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {

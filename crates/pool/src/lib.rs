@@ -40,8 +40,9 @@
 //! It has no per-thread caches (we measured them slower here: see the
 //! `buffer` module docs), never trims itself (idle buffers stay until
 //! reused), does not zero memory (a buffer is empty, not scrubbed: do not
-//! rely on it for secrets), keeps no buffer its user has split or grown,
-//! and has no `unsafe` code.
+//! rely on it for secrets), and keeps no buffer its user has split or
+//! grown. Its only `unsafe` code is the counting allocator of the
+//! `testing` feature (for allocation-free tests), never in the pools.
 //!
 //! ## Example
 //!
@@ -61,11 +62,13 @@
 //! # Ok::<(), dr_pool::BufferPoolConfigError>(())
 //! ```
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // `testing` (a counting allocator) allows it locally.
 #![deny(missing_docs)]
 
 mod buffer;
 mod object;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use buffer::{
     BufferPool, BufferPoolConfig, BufferPoolConfigError, BufferPoolStats, PooledBuffer, SHARDS,
