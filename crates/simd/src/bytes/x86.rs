@@ -153,7 +153,9 @@ macro_rules! vector_kernels {
             }
 
             /// The first differing byte among the run at `start` whose
-            /// equality masks are `masks`.
+            /// equality masks are `masks`, if any. The masks' difference
+            /// bits are joined into one 128-bit mask in run order, whose
+            /// lowest set bit is the first difference: no branch per vector.
             #[inline]
             #[target_feature(enable = $feature)]
             fn first_difference_in<const VECTORS: usize>(
@@ -162,16 +164,16 @@ macro_rules! vector_kernels {
                 start: usize,
                 masks: &[$vector; VECTORS],
             ) -> Option<Ordering> {
-                // A counted loop over constant indices unrolls and keeps the
-                // masks in registers (an iterator chain spilled them).
+                const { assert!(VECTORS * WIDTH <= 128, "the joined mask has 128 bits") };
+                let mut differing = 0u128;
                 for (i, mask) in masks.iter().enumerate() {
-                    let differing = !($movemask(*mask) as u32) & ALL_EQUAL;
-                    if differing != 0 {
-                        let index = start + i * WIDTH + differing.trailing_zeros() as usize;
-                        return Some(a[index].cmp(&b[index]));
-                    }
+                    let vector_differing = !($movemask(*mask) as u32) & ALL_EQUAL;
+                    differing |= u128::from(vector_differing) << (i * WIDTH);
                 }
-                None
+                (differing != 0).then(|| {
+                    let index = start + differing.trailing_zeros() as usize;
+                    a[index].cmp(&b[index])
+                })
             }
 
             /// Equality of two slices of the same length, longer than the
