@@ -123,9 +123,7 @@ fn decode(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_millis(1200))
+    dr_benches::criterion_config(Duration::from_millis(300), Duration::from_millis(1200))
 }
 
 criterion_group! {

@@ -134,9 +134,7 @@ fn cross_thread(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_millis(2500))
+    dr_benches::criterion_config(Duration::from_millis(500), Duration::from_millis(2500))
 }
 
 criterion_group! {

@@ -108,9 +108,7 @@ fn compare(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_millis(1500))
+    dr_benches::criterion_config(Duration::from_millis(500), Duration::from_millis(1500))
 }
 
 criterion_group! {
