@@ -3,8 +3,9 @@
 //! This crate will hold dr's Raft: a pure, deterministic state machine
 //! (messages and ticks in, a batch of work out) with pre-vote,
 //! check-quorum, pipelined replication, snapshots, joint consensus,
-//! learners, leader transfer and ReadIndex reads. What it holds today is
-//! the part the rest is built on, the **storage contract**:
+//! learners, leader transfer and ReadIndex reads. What it holds today are
+//! the parts the rest is built on, the **storage contract** and the
+//! **quorum rules**:
 //!
 //! - [`Storage`]: what the core reads from a log store (entries in a
 //!   range, the term of an index, first and last index, hard state,
@@ -12,7 +13,9 @@
 //!   (append, hard state, configuration, snapshots, compaction);
 //! - [`MemStorage`]: a complete in-memory log store;
 //! - [`conformance`]: the suite every store must pass; the RocksDB store
-//!   of `dr-storage` will run the same one.
+//!   of `dr-storage` will run the same one;
+//! - [`quorum`]: vote tallying and the committed index for a majority and
+//!   for the joint configuration of a membership change.
 //!
 //! The message and entry types come from `dr-codec`, which owns their
 //! bytes; this crate uses them as plain Rust values.
@@ -50,6 +53,7 @@
 
 pub mod conformance;
 mod memory;
+pub mod quorum;
 mod storage;
 
 pub use memory::MemStorage;
