@@ -99,16 +99,17 @@ impl Storage for MemStorage {
             });
         }
         let range = &self.entries[self.offset(low)..self.offset(high)];
+        // The first entry always goes, so replication always progresses;
+        // the rest only while the payloads stay within `max_bytes`.
         let mut total_bytes = 0u64;
         let taken = range
             .iter()
-            .take_while(|entry| {
-                let first = total_bytes == 0;
+            .enumerate()
+            .take_while(|(position, entry)| {
                 total_bytes += entry.payload.len() as u64;
-                first || total_bytes <= max_bytes
+                *position == 0 || total_bytes <= max_bytes
             })
-            .count()
-            .max(range.len().min(1));
+            .count();
         Ok(range[..taken].to_vec())
     }
 
