@@ -7,9 +7,23 @@
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// The system allocator, counting every allocation and reallocation.
+thread_local! {
+    /// Allocations by this thread. Const-initialized and without a
+    /// destructor, so reading it from inside the allocator never allocates.
+    static THREAD_ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_on_this_thread() {
+    // During thread teardown the slot may be gone; such allocations are
+    // not a test's work.
+    let _ = THREAD_ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
+}
+
+/// The system allocator, counting every allocation and reallocation, in
+/// total and per thread.
 ///
 /// ```
 /// use dr_pool::testing::CountingAllocator;
@@ -36,12 +50,14 @@ impl CountingAllocator {
         self.allocations.load(Relaxed)
     }
 
-    /// Allocations made while `work` ran (on any thread: keep such tests
-    /// alone in their test binary).
+    /// Allocations made by the calling thread while `work` ran. Only this
+    /// thread's count: the test harness allocates on its own threads at
+    /// any time, and those are not the work's.
     pub fn allocations_during(&self, work: impl FnOnce()) -> u64 {
-        let before = self.allocations();
+        let this_thread = || THREAD_ALLOCATIONS.with(Cell::get);
+        let before = this_thread();
         work();
-        self.allocations() - before
+        this_thread() - before
     }
 }
 
@@ -50,6 +66,7 @@ impl CountingAllocator {
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.allocations.fetch_add(1, Relaxed);
+        count_on_this_thread();
         // SAFETY: the caller's contract for `alloc` is passed on as is.
         unsafe { System.alloc(layout) }
     }
@@ -61,6 +78,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         self.allocations.fetch_add(1, Relaxed);
+        count_on_this_thread();
         // SAFETY: the caller's contract for `realloc` is passed on as is.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -90,5 +108,29 @@ mod tests {
             );
         }
         assert_eq!(counter.allocations(), 2);
+    }
+
+    #[test]
+    fn allocations_during_counts_only_the_calling_thread() {
+        let counter = CountingAllocator::new();
+        let layout = Layout::from_size_align(32, 8).expect("valid layout");
+        let allocate_and_free = || {
+            // SAFETY: a non-zero-sized layout, freed with the same layout.
+            unsafe { counter.dealloc(counter.alloc(layout), layout) }
+        };
+        assert_eq!(counter.allocations_during(allocate_and_free), 1);
+        let elsewhere = counter.allocations_during(|| {
+            std::thread::scope(|scope| {
+                scope.spawn(allocate_and_free);
+            })
+        });
+        assert_eq!(
+            counter.allocations(),
+            2,
+            "the other thread's allocation is in the total"
+        );
+        // Spawning may allocate on this thread (through the system
+        // allocator, not `counter`), but the other thread's does not count.
+        assert_eq!(elsewhere, 0);
     }
 }

@@ -1,6 +1,6 @@
 //! A counting global allocator shows that a warmed-up pool serves a
 //! get/fill/return loop (and a freeze/slice/drop loop) without allocating.
-//! Counting sees every thread, so this binary holds a single test.
+//! Only the test thread's allocations count (see `allocations_during`).
 
 use dr_pool::testing::CountingAllocator;
 use dr_pool::{BufferPool, BufferPoolConfig, ObjectPool};
