@@ -1,60 +1,120 @@
-//! # dr-raft: the consensus core (in construction)
+//! # dr-raft: the consensus core
 //!
-//! This crate will hold dr's Raft: a pure, deterministic state machine
-//! (messages and ticks in, a batch of work out) with pre-vote,
-//! check-quorum, pipelined replication, snapshots, joint consensus,
-//! learners, leader transfer and ReadIndex reads. What it holds today are
-//! the parts the rest is built on, the **storage contract** and the
-//! **quorum rules**:
+//! A complete Raft as a pure, deterministic state machine: messages,
+//! ticks, proposals and read requests go in; one batch of work (a
+//! [`Ready`]) comes out. Pre-vote, check-quorum and leader stickiness;
+//! pipelined replication with per-follower flow control (probe, replicate
+//! and snapshot states, a window bounded in messages and bytes, fast
+//! backtracking by term); log compaction and chunked snapshot install;
+//! membership change by joint consensus, learners, leader transfer; and
+//! linearizable ReadIndex reads, batched and riding on heartbeats.
 //!
-//! - [`Storage`]: what the core reads from a log store (entries in a
-//!   range, the term of an index, first and last index, hard state,
-//!   configuration, snapshot) and [`LogStore`]: what the runtime writes
-//!   (append, hard state, configuration, snapshots, compaction);
-//! - [`MemStorage`]: a complete in-memory log store;
-//! - [`conformance`]: the suite every store must pass; the RocksDB store
-//!   of `dr-storage` will run the same one;
-//! - [`quorum`]: vote tallying and the committed index for a majority and
-//!   for the joint configuration of a membership change.
+//! - [`RaftNode`]: one member. Drive it with [`RaftNode::tick`],
+//!   [`RaftNode::step`], [`RaftNode::propose`],
+//!   [`RaftNode::propose_conf_change`], [`RaftNode::read_index`] and
+//!   [`RaftNode::transfer_leader`]; collect work with [`RaftNode::ready`]
+//!   and settle it with [`RaftNode::advance`].
+//! - [`Storage`] / [`LogStore`]: what the core reads from a log store and
+//!   what the runtime writes to it; [`MemStorage`] in memory;
+//!   [`conformance`]: the suite every store passes.
+//! - [`quorum`]: majorities and joint majorities; [`ConfChange`]: the
+//!   membership change payload.
 //!
-//! The message and entry types come from `dr-codec`, which owns their
-//! bytes; this crate uses them as plain Rust values.
+//! ## The ready contract
 //!
-//! ## Invariants
+//! What must be durable before which message may be sent (see [`Ready`]
+//! for the full order): a ready's snapshot, entries and hard state are
+//! persisted atomically *before* any of its messages leave, because those
+//! messages promise them (a granted vote promises the persisted vote; an
+//! append acknowledgement promises the persisted entries). Committed
+//! entries are applied after that; a read is served once the applied index
+//! reaches its read index. Nothing else may be called between `ready()`
+//! and `advance()` (the node asserts it).
 //!
-//! - A store's entries are contiguous after its compaction point, and the
-//!   compaction point never passes the snapshot: every index is either in
-//!   the log or covered by the snapshot. `MemStorage` asserts this after
-//!   every write.
-//! - Storage errors that the core must handle (compacted, unavailable,
-//!   snapshot in progress, out-of-date snapshot) are typed; contract
-//!   breaches are `Invalid`; a failed durable write panics in the store.
+//! A leader counts its own log towards a quorum only once `advance()` says
+//! the entries are persisted, so a leader crash can never lose an entry it
+//! counted.
 //!
-//! ## What this crate does not do (yet, or ever)
+//! ## Invariants, asserted in production code
 //!
-//! No IO, no clock, no threads, no randomness of its own: those belong to
-//! the runtime in `dr-node`. The protocol itself is the next step of this
-//! crate and not here yet.
+//! - One leader per term: a node never becomes leader twice in a term, and
+//!   a leader receiving a leader's message for its own term panics.
+//! - The commit index never goes backwards and never passes the log; an
+//!   append never overwrites a committed entry (log matching); the applied
+//!   index never passes the commit index; terms never go backwards.
+//! - Only entries of the current term commit by counting replicas.
+//! - Every input from a peer is validated first ([`StepError`]); a bad
+//!   message is dropped, never trusted.
+//!
+//! ## What this crate does not do
+//!
+//! No IO, no clock, no threads, no randomness of its own (the election
+//! timeout jitter comes from [`Config::election_jitter_seed`]): those
+//! belong to the runtime. It does not forward proposals or reads from a
+//! follower to the leader (it names the leader in the error), and does not
+//! serve lease or follower reads yet (the read path is built to add them).
+//! A received snapshot is assembled in memory before the ready hands it
+//! out.
 //!
 //! ## Example
 //!
+//! A one-node cluster elects itself and commits a proposal:
+//!
 //! ```
-//! use dr_raft::{LogStore, MemStorage, Storage};
+//! use dr_codec::message::{ConfState, EntryKind};
+//! use dr_raft::{Config, LogStore, MemStorage, RaftNode, Role, Snapshot};
 //!
 //! let mut store = MemStorage::new();
-//! store.append(&dr_raft::conformance::entries(1, 3, 1))?;
-//! assert_eq!((store.first_index(), store.last_index()), (1, 3));
-//! assert_eq!(store.term(2)?, 1);
+//! store.apply_snapshot(Snapshot::bootstrap(ConfState { voters: vec![1], ..ConfState::default() }))?;
+//! let mut node = RaftNode::new(Config::new(1), store).expect("valid start");
+//! let mut applied = Vec::new();
+//! let mut drive = |node: &mut RaftNode<MemStorage>| {
+//!     while node.has_ready() {
+//!         let ready = node.ready();
+//!         let store = node.storage_mut();
+//!         store.append(&ready.entries)?;
+//!         if let Some(hard_state) = ready.hard_state {
+//!             store.set_hard_state(hard_state)?;
+//!         }
+//!         // (A cluster would send ready.messages here.)
+//!         applied.extend(ready.committed_entries.into_iter().filter(|e| e.kind == EntryKind::Normal));
+//!         node.advance();
+//!     }
+//!     Ok::<(), dr_raft::StorageError>(())
+//! };
+//! while node.role() != Role::Leader {
+//!     node.tick();
+//! }
+//! drive(&mut node)?;
+//! let proposal = node.propose("hello".into()).expect("the leader accepts");
+//! drive(&mut node)?;
+//! assert_eq!(node.commit_index(), proposal.index);
+//! assert_eq!(applied[0].payload, "hello");
 //! # Ok::<(), dr_raft::StorageError>(())
 //! ```
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod conf_change;
+mod config;
 pub mod conformance;
+mod error;
+mod log;
 mod memory;
+mod progress;
 pub mod quorum;
+mod raft;
+mod read;
+mod ready;
+mod replication;
 mod storage;
 
+pub use conf_change::{CONF_CHANGE_OPS_MAX, ConfChange, ConfChangeError, ConfChangeOp};
+pub use config::{Config, ConfigError};
+pub use error::{ProposeError, ReadError, StartError, StepError};
 pub use memory::MemStorage;
+pub use raft::{Proposal, RaftNode, Role, SoftState};
+pub use read::ReadState;
+pub use ready::Ready;
 pub use storage::{HardState, InitialState, LogStore, Snapshot, Storage, StorageError};

@@ -40,6 +40,25 @@ pub struct Snapshot {
     pub data: Bytes,
 }
 
+impl Snapshot {
+    /// The snapshot a new cluster's initial members start from: index 1,
+    /// term 1, the initial configuration, empty state-machine data.
+    /// Keeping the initial configuration in a snapshot (rather than only in
+    /// each store's configuration) means a node that joins later with an
+    /// empty store learns it the same way: the leader sends it the
+    /// snapshot, because it cannot send entries from before index 2.
+    pub fn bootstrap(conf_state: ConfState) -> Self {
+        Self {
+            meta: SnapshotMeta {
+                index: 1,
+                term: 1,
+                conf_state,
+            },
+            data: Bytes::new(),
+        }
+    }
+}
+
 /// What a store holds when a node starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InitialState {

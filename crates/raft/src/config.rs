@@ -1,0 +1,140 @@
+//! [`Config`]: the knobs of one consensus node, every one of them a named
+//! bound, checked by [`Config::validate`] before a node starts.
+
+use std::fmt;
+
+use dr_codec::message::{LogIndex, NodeId};
+
+/// How one node of the cluster behaves. Times are in ticks: the runtime
+/// calls `tick()` at a fixed interval (dr-node uses 10 ms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id (never 0).
+    pub id: NodeId,
+    /// Ticks without hearing from a leader before a follower campaigns;
+    /// the actual timeout is drawn from `[election_ticks, 2 * election_ticks)`
+    /// after every reset. A leader with check-quorum steps down when it
+    /// has not heard from a quorum within `election_ticks`.
+    pub election_ticks: u32,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: u32,
+    /// Seed of the generator that randomizes election timeouts; give every
+    /// node a different one. The core has no other source of randomness.
+    pub election_jitter_seed: u64,
+    /// Run a pre-vote round before a real election, so a node that was
+    /// partitioned away cannot force the cluster into a new term.
+    pub pre_vote: bool,
+    /// A leader steps down when it has not heard from a quorum within an
+    /// election timeout; followers then also ignore vote requests while
+    /// they hear from a leader (leader stickiness).
+    pub check_quorum: bool,
+    /// Payload bytes of entries in one append message (at least one entry
+    /// always goes).
+    pub append_bytes_max: u64,
+    /// Append messages in flight to one follower.
+    pub inflight_messages_max: usize,
+    /// Payload bytes in flight to one follower.
+    pub inflight_bytes_max: u64,
+    /// Payload bytes a leader accepts that are not yet committed; further
+    /// proposals are refused with [`crate::ProposeError::Busy`].
+    pub uncommitted_bytes_max: u64,
+    /// Payload bytes of committed entries handed out in one ready.
+    pub ready_committed_bytes_max: u64,
+    /// Bytes of snapshot data in one install-snapshot chunk.
+    pub snapshot_chunk_bytes: u64,
+    /// Snapshot chunks in flight to one follower.
+    pub snapshot_chunks_inflight_max: u32,
+    /// Read requests waiting at the leader; further ones are refused with
+    /// [`crate::ReadError::Busy`].
+    pub pending_reads_max: usize,
+    /// The index the state machine has durably applied when the node
+    /// (re)starts; the configuration the store returns must be as of this
+    /// index, and entries after it are handed out again.
+    pub applied: LogIndex,
+}
+
+impl Config {
+    /// A configuration with dr's defaults for node `id`.
+    pub fn new(id: NodeId) -> Self {
+        Self {
+            id,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            election_jitter_seed: id,
+            pre_vote: true,
+            check_quorum: true,
+            append_bytes_max: 1 << 20,
+            inflight_messages_max: 256,
+            inflight_bytes_max: 32 << 20,
+            uncommitted_bytes_max: 256 << 20,
+            ready_committed_bytes_max: 64 << 20,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_chunks_inflight_max: 4,
+            pending_reads_max: 1 << 16,
+            applied: 0,
+        }
+    }
+
+    /// Checks every field and the relations between them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |reason: &str| Err(ConfigError(reason.to_owned()));
+        if self.id == 0 {
+            return fail("id must not be 0");
+        }
+        if self.heartbeat_ticks == 0 {
+            return fail("heartbeat_ticks must be at least 1");
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return fail("election_ticks must be greater than heartbeat_ticks");
+        }
+        if self.inflight_messages_max == 0 || self.inflight_bytes_max == 0 {
+            return fail("inflight_messages_max and inflight_bytes_max must be at least 1");
+        }
+        if self.append_bytes_max == 0 || self.snapshot_chunk_bytes == 0 {
+            return fail("append_bytes_max and snapshot_chunk_bytes must be at least 1");
+        }
+        if self.snapshot_chunks_inflight_max == 0 {
+            return fail("snapshot_chunks_inflight_max must be at least 1");
+        }
+        if self.uncommitted_bytes_max == 0 || self.ready_committed_bytes_max == 0 {
+            return fail("uncommitted_bytes_max and ready_committed_bytes_max must be at least 1");
+        }
+        if self.pending_reads_max == 0 {
+            return fail("pending_reads_max must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`Config`] was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid raft config: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_refused() {
+        assert_eq!(Config::new(1).validate(), Ok(()));
+        let broken: [fn(&mut Config); 4] = [
+            |c| c.id = 0,
+            |c| c.heartbeat_ticks = c.election_ticks,
+            |c| c.inflight_messages_max = 0,
+            |c| c.snapshot_chunk_bytes = 0,
+        ];
+        for breaks in broken {
+            let mut config = Config::new(1);
+            breaks(&mut config);
+            assert!(config.validate().is_err(), "{config:?}");
+        }
+    }
+}

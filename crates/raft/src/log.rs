@@ -1,0 +1,295 @@
+//! [`RaftLog`]: the log as the consensus core sees it, the durable part in
+//! a [`Storage`] plus the unstable tail (entries and at most one snapshot)
+//! that the next ready hands to the runtime to persist.
+
+use dr_codec::message::{Entry, LogIndex, Term};
+
+use crate::storage::{Snapshot, Storage, StorageError};
+
+pub(crate) struct RaftLog<S> {
+    pub(crate) storage: S,
+    /// A snapshot received from the leader, not yet persisted.
+    unstable_snapshot: Option<Snapshot>,
+    /// Entries not yet persisted: `unstable[i].index == unstable_offset + i`.
+    unstable: Vec<Entry>,
+    unstable_offset: LogIndex,
+    /// The highest index known committed; never goes backwards.
+    pub(crate) committed: LogIndex,
+    /// The highest index the runtime has applied.
+    pub(crate) applied: LogIndex,
+}
+
+impl<S: Storage> RaftLog<S> {
+    pub(crate) fn new(storage: S, committed: LogIndex, applied: LogIndex) -> Self {
+        let unstable_offset = storage.last_index() + 1;
+        let log = Self {
+            storage,
+            unstable_snapshot: None,
+            unstable: Vec::new(),
+            unstable_offset,
+            committed,
+            applied,
+        };
+        assert!(
+            applied <= committed && committed <= log.last_index(),
+            "restart state out of order: applied {applied}, committed {committed}, last index {}",
+            log.last_index()
+        );
+        log
+    }
+
+    pub(crate) fn first_index(&self) -> LogIndex {
+        match &self.unstable_snapshot {
+            Some(snapshot) => snapshot.meta.index + 1,
+            None => self.storage.first_index(),
+        }
+    }
+
+    pub(crate) fn last_index(&self) -> LogIndex {
+        if let Some(last) = self.unstable.last() {
+            return last.index;
+        }
+        match &self.unstable_snapshot {
+            Some(snapshot) => snapshot.meta.index,
+            None => self.storage.last_index(),
+        }
+    }
+
+    pub(crate) fn last_term(&self) -> Term {
+        self.term(self.last_index())
+            .expect("the last index's term is always known")
+    }
+
+    /// The term of the entry at `index`, for indexes from the compaction
+    /// point to the last index.
+    pub(crate) fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        if index >= self.unstable_offset {
+            let position = (index - self.unstable_offset) as usize;
+            return match self.unstable.get(position) {
+                Some(entry) => Ok(entry.term),
+                None => Err(StorageError::Unavailable {
+                    index,
+                    last_index: self.last_index(),
+                }),
+            };
+        }
+        match &self.unstable_snapshot {
+            Some(snapshot) if index == snapshot.meta.index => Ok(snapshot.meta.term),
+            Some(snapshot) => Err(StorageError::Compacted {
+                index,
+                first_index: snapshot.meta.index + 1,
+            }),
+            None => self.storage.term(index),
+        }
+    }
+
+    pub(crate) fn matches_term(&self, index: LogIndex, term: Term) -> bool {
+        self.term(index).is_ok_and(|held| held == term)
+    }
+
+    /// Whether a log ending at (`last_index`, `last_term`) is at least as
+    /// up to date as this one (§5.4.1 of the Raft paper).
+    pub(crate) fn is_up_to_date(&self, last_index: LogIndex, last_term: Term) -> bool {
+        let own_term = self.last_term();
+        last_term > own_term || (last_term == own_term && last_index >= self.last_index())
+    }
+
+    /// Entries in `low..high`, at least one if the range is not empty, the
+    /// rest while their payloads stay within `max_bytes`.
+    pub(crate) fn slice(
+        &self,
+        low: LogIndex,
+        high: LogIndex,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        if low < self.first_index() {
+            return Err(StorageError::Compacted {
+                index: low,
+                first_index: self.first_index(),
+            });
+        }
+        let mut entries = Vec::new();
+        let mut bytes = 0u64;
+        if low < self.unstable_offset {
+            entries = self
+                .storage
+                .entries(low, high.min(self.unstable_offset), max_bytes)?;
+            bytes = entries.iter().map(|e| e.payload.len() as u64).sum();
+            let stored_end = low + entries.len() as u64;
+            if stored_end < high.min(self.unstable_offset) {
+                return Ok(entries);
+            }
+        }
+        let from = low.max(self.unstable_offset);
+        for index in from..high {
+            let Some(entry) = self.unstable.get((index - self.unstable_offset) as usize) else {
+                break;
+            };
+            bytes += entry.payload.len() as u64;
+            if !entries.is_empty() && bytes > max_bytes {
+                break;
+            }
+            entries.push(entry.clone());
+        }
+        Ok(entries)
+    }
+
+    /// The first index in `entries` whose term differs from this log's, or
+    /// that this log does not hold yet.
+    pub(crate) fn find_conflict(&self, entries: &[Entry]) -> Option<LogIndex> {
+        entries
+            .iter()
+            .find(|entry| !self.matches_term(entry.index, entry.term))
+            .map(|entry| entry.index)
+    }
+
+    /// Appends `entries` (contiguous), replacing whatever the log holds at
+    /// and after the first one's index.
+    pub(crate) fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        let after = first.index;
+        assert!(
+            after > self.committed,
+            "log matching violated: overwriting committed index {} (committed {})",
+            after,
+            self.committed
+        );
+        assert!(
+            after <= self.last_index() + 1,
+            "append at {after} leaves a gap after {}",
+            self.last_index()
+        );
+        if after <= self.unstable_offset {
+            // The store's entries from `after` on are replaced when the
+            // runtime persists these (the append contract truncates).
+            self.unstable.clear();
+            self.unstable_offset = after;
+        } else {
+            self.unstable
+                .truncate((after - self.unstable_offset) as usize);
+        }
+        self.unstable.extend_from_slice(entries);
+    }
+
+    pub(crate) fn commit_to(&mut self, index: LogIndex) {
+        if index <= self.committed {
+            return;
+        }
+        assert!(
+            index <= self.last_index(),
+            "commit {index} is past the last index {}",
+            self.last_index()
+        );
+        self.committed = index;
+    }
+
+    /// Replaces the log with a snapshot from the leader.
+    pub(crate) fn restore(&mut self, snapshot: Snapshot) {
+        assert!(
+            snapshot.meta.index > self.committed,
+            "restoring snapshot at {} behind commit {}",
+            snapshot.meta.index,
+            self.committed
+        );
+        self.committed = snapshot.meta.index;
+        self.unstable.clear();
+        self.unstable_offset = snapshot.meta.index + 1;
+        self.unstable_snapshot = Some(snapshot);
+    }
+
+    /// The last index the store holds durably and that is still part of
+    /// the log (0 while a received snapshot is not yet persisted).
+    pub(crate) fn stable_last_index(&self) -> LogIndex {
+        if self.unstable_snapshot.is_some() {
+            return 0;
+        }
+        self.unstable_offset - 1
+    }
+
+    pub(crate) fn unstable_entries(&self) -> &[Entry] {
+        &self.unstable
+    }
+
+    pub(crate) fn unstable_snapshot(&self) -> Option<&Snapshot> {
+        self.unstable_snapshot.as_ref()
+    }
+
+    /// The runtime persisted everything unstable.
+    pub(crate) fn persisted(&mut self) {
+        self.unstable_offset = self.last_index() + 1;
+        self.unstable.clear();
+        self.unstable_snapshot = None;
+    }
+
+    /// The latest snapshot, to send to a follower.
+    pub(crate) fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        match &self.unstable_snapshot {
+            Some(snapshot) => Ok(snapshot.clone()),
+            None => self.storage.snapshot(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LogStore, MemStorage, conformance::entries};
+
+    fn log_with(stored: &[Entry], unstable: &[Entry]) -> RaftLog<MemStorage> {
+        let mut storage = MemStorage::new();
+        storage.append(stored).unwrap();
+        let mut log = RaftLog::new(storage, 0, 0);
+        log.append(unstable);
+        log
+    }
+
+    #[test]
+    fn reads_span_the_store_and_the_unstable_tail() {
+        let log = log_with(&entries(1, 3, 1), &entries(4, 6, 2));
+        assert_eq!((log.first_index(), log.last_index()), (1, 6));
+        assert_eq!(log.term(3), Ok(1));
+        assert_eq!(log.term(5), Ok(2));
+        assert!(log.term(7).is_err());
+        let all = log.slice(2, 7, u64::MAX).unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![2, 3, 4, 5, 6]
+        );
+        let one = log.slice(2, 7, 0).unwrap();
+        assert_eq!(one.len(), 1, "at least one entry always comes back");
+    }
+
+    #[test]
+    fn conflicting_appends_truncate_the_tail() {
+        let mut log = log_with(&entries(1, 3, 1), &entries(4, 6, 1));
+        assert_eq!(log.find_conflict(&entries(2, 4, 1)), None);
+        assert_eq!(log.find_conflict(&entries(3, 7, 2)), Some(3));
+        log.append(&entries(5, 5, 3));
+        assert_eq!((log.last_index(), log.last_term()), (5, 3));
+        log.append(&entries(2, 2, 4));
+        assert_eq!((log.last_index(), log.last_term()), (2, 4));
+        assert_eq!(log.unstable_entries().len(), 1);
+    }
+
+    #[test]
+    fn up_to_date_compares_term_then_index() {
+        let log = log_with(&entries(1, 3, 2), &[]);
+        assert!(log.is_up_to_date(3, 2));
+        assert!(log.is_up_to_date(1, 3));
+        assert!(!log.is_up_to_date(2, 2));
+        assert!(!log.is_up_to_date(9, 1));
+    }
+
+    #[test]
+    #[should_panic(expected = "log matching violated")]
+    fn overwriting_a_committed_entry_panics() {
+        let mut log = log_with(&entries(1, 3, 1), &[]);
+        log.commit_to(2);
+        log.append(&entries(2, 2, 2));
+    }
+}

@@ -1,0 +1,194 @@
+//! Linearizable reads by ReadIndex, batched and riding on heartbeats.
+//!
+//! A read asks the leader for its commit index, then waits until a quorum
+//! confirms the leader still leads *after* the read arrived; the runtime
+//! serves it once its state machine has applied that index. Confirmation
+//! goes in rounds: every heartbeat broadcast carries the newest round
+//! number, followers echo it, and a round is confirmed when a quorum has
+//! echoed it (or a later one). Reads that arrive while a round is out wait
+//! for the next one, so any number of reads share one round and there is
+//! never more than one round beyond the heartbeats' own.
+//!
+//! A new leader serves no read until an entry of its own term commits
+//! (before that its commit index may be behind the cluster's). Reads
+//! pending when the node stops leading are answered with
+//! [`ReadError::LeadershipLost`], never dropped.
+
+use std::collections::VecDeque;
+
+use dr_codec::message::{Heartbeat, LogIndex, MessageBody, NodeId};
+
+use crate::error::ReadError;
+use crate::raft::{RaftNode, Role};
+use crate::storage::Storage;
+
+/// The outcome of a read request: the index the state machine must have
+/// applied before the read is served, or why it cannot be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// The context the caller passed to `read_index`.
+    pub context: u64,
+    /// The read index, or a retryable error.
+    pub result: Result<LogIndex, ReadError>,
+}
+
+#[derive(Default)]
+pub(crate) struct ReadQueue {
+    /// Reads waiting for the leader's first commit in its term.
+    before_term_commit: Vec<u64>,
+    /// Reads waiting for the next round: (context, read index).
+    unassigned: Vec<(u64, LogIndex)>,
+    /// Reads in a round: (context, read index, round).
+    assigned: VecDeque<(u64, LogIndex, u64)>,
+    round_sent: u64,
+    round_confirmed: u64,
+    /// Finished reads for the next ready.
+    pub(crate) done: Vec<ReadState>,
+}
+
+impl ReadQueue {
+    pub(crate) fn round_sent(&self) -> u64 {
+        self.round_sent
+    }
+
+    fn pending(&self) -> usize {
+        self.before_term_commit.len() + self.unassigned.len() + self.assigned.len()
+    }
+
+    /// Answers every pending read with a retryable error.
+    pub(crate) fn fail_all(&mut self) {
+        let contexts = self
+            .before_term_commit
+            .drain(..)
+            .chain(self.unassigned.drain(..).map(|(context, _)| context))
+            .chain(self.assigned.drain(..).map(|(context, ..)| context));
+        let failed: Vec<ReadState> = contexts
+            .map(|context| ReadState {
+                context,
+                result: Err(ReadError::LeadershipLost),
+            })
+            .collect();
+        self.done.extend(failed);
+    }
+}
+
+impl<S: Storage> RaftNode<S> {
+    /// Asks for a linearizable read. Its [`ReadState`] comes in a later
+    /// ready; `context` identifies it there (the caller chooses it).
+    pub fn read_index(&mut self, context: u64) -> Result<(), ReadError> {
+        self.assert_no_outstanding_ready();
+        if self.role != Role::Leader {
+            return Err(ReadError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.reads.pending() >= self.config.pending_reads_max {
+            return Err(ReadError::Busy);
+        }
+        if !self.committed_in_term() {
+            self.reads.before_term_commit.push(context);
+            return Ok(());
+        }
+        self.reads.unassigned.push((context, self.log.committed));
+        if self.reads.round_confirmed == self.reads.round_sent {
+            self.start_read_round();
+        }
+        Ok(())
+    }
+
+    fn committed_in_term(&self) -> bool {
+        self.log.term(self.log.committed) == Ok(self.term)
+    }
+
+    /// Called when the commit index advances at the leader.
+    pub(crate) fn release_reads_after_term_commit(&mut self) {
+        if self.reads.before_term_commit.is_empty() || !self.committed_in_term() {
+            return;
+        }
+        let committed = self.log.committed;
+        let released: Vec<(u64, LogIndex)> = self
+            .reads
+            .before_term_commit
+            .drain(..)
+            .map(|context| (context, committed))
+            .collect();
+        self.reads.unassigned.extend(released);
+        if self.reads.round_confirmed == self.reads.round_sent {
+            self.start_read_round();
+        }
+    }
+
+    /// The leader's heartbeat tick: a new round if reads wait for one,
+    /// otherwise the current round again (covering lost heartbeats).
+    pub(crate) fn heartbeat_round(&mut self) {
+        if self.reads.unassigned.is_empty() {
+            self.broadcast_heartbeats();
+        } else {
+            self.start_read_round();
+        }
+    }
+
+    fn start_read_round(&mut self) {
+        let reads = &mut self.reads;
+        reads.round_sent += 1;
+        let round = reads.round_sent;
+        reads.assigned.extend(
+            reads
+                .unassigned
+                .drain(..)
+                .map(|(context, index)| (context, index, round)),
+        );
+        self.broadcast_heartbeats();
+        self.confirm_reads();
+    }
+
+    fn broadcast_heartbeats(&mut self) {
+        let round = self.reads.round_sent;
+        let committed = self.log.committed;
+        let own = self
+            .progress
+            .get_mut(&self.id)
+            .expect("a leader is a member");
+        own.read_round_acked = round;
+        let beats: Vec<(NodeId, Heartbeat)> = self
+            .progress
+            .iter()
+            .filter(|&(&id, _)| id != self.id)
+            .map(|(&id, progress)| {
+                let heartbeat = Heartbeat {
+                    commit: committed.min(progress.matched),
+                    read_context: round,
+                };
+                (id, heartbeat)
+            })
+            .collect();
+        for (peer, heartbeat) in beats {
+            self.send(peer, self.term, MessageBody::Heartbeat(heartbeat));
+        }
+    }
+
+    /// Releases the reads of every round a quorum has confirmed, and
+    /// starts the next round if reads wait for one.
+    pub(crate) fn confirm_reads(&mut self) {
+        let progress = &self.progress;
+        let confirmed = self
+            .quorum
+            .committed_index(|id| progress.get(&id).map(|p| p.read_round_acked))
+            .min(self.reads.round_sent);
+        let reads = &mut self.reads;
+        reads.round_confirmed = reads.round_confirmed.max(confirmed);
+        while let Some(&(context, index, round)) = reads.assigned.front() {
+            if round > reads.round_confirmed {
+                break;
+            }
+            reads.assigned.pop_front();
+            reads.done.push(ReadState {
+                context,
+                result: Ok(index),
+            });
+        }
+        if !reads.unassigned.is_empty() && reads.round_confirmed == reads.round_sent {
+            self.start_read_round();
+        }
+    }
+}

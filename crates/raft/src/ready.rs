@@ -1,0 +1,296 @@
+//! The ready/advance cycle (what the runtime must persist, send and apply,
+//! in that order), proposals, membership changes and leader transfer.
+
+use bytes::Bytes;
+use dr_codec::message::{ConfState, Entry, EntryKind, LogIndex, Message, MessageBody, NodeId};
+
+use crate::conf_change::ConfChange;
+use crate::error::ProposeError;
+use crate::progress::Progress;
+use crate::quorum::JointConfig;
+use crate::raft::{Proposal, RaftNode, Role, SoftState};
+use crate::read::ReadState;
+use crate::storage::{HardState, Snapshot, Storage};
+
+/// One batch of work for the runtime. Handle it in this order:
+///
+/// 1. **Persist**, durably and atomically: `snapshot` (replacing the log
+///    and, in the state machine, its data), then `entries` (an append that
+///    first discards any stored entry at or after the first one's index),
+///    then `hard_state`.
+/// 2. **Send** `messages`: they promise what step 1 made durable (a vote,
+///    an acknowledged append), so never before it.
+/// 3. **Apply** `committed_entries` in order, and store `conf_state` as the
+///    configuration as of the last of them (with the applied index, if
+///    the state machine is durable).
+/// 4. Serve each of `read_states` once the applied index reaches its read
+///    index.
+/// 5. Call [`RaftNode::advance`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// The leader or role changed.
+    pub soft_state: Option<SoftState>,
+    /// Term, vote or commit changed: persist.
+    pub hard_state: Option<HardState>,
+    /// A snapshot received from the leader: persist, then restore the state
+    /// machine from it.
+    pub snapshot: Option<Snapshot>,
+    /// New log entries: persist.
+    pub entries: Vec<Entry>,
+    /// Messages to send once the above is durable.
+    pub messages: Vec<Message>,
+    /// Entries to apply, in index order.
+    pub committed_entries: Vec<Entry>,
+    /// The configuration after `committed_entries` (or the snapshot), when
+    /// they changed it.
+    pub conf_state: Option<ConfState>,
+    /// Reads that are now confirmed (or failed).
+    pub read_states: Vec<ReadState>,
+}
+
+impl Ready {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What a handed-out ready promised, settled by `advance`.
+pub(crate) struct ReadyMark {
+    applied_to: LogIndex,
+    conf_state: Option<ConfState>,
+}
+
+impl<S: Storage> RaftNode<S> {
+    /// Whether [`Self::ready`] has anything to hand out.
+    pub fn has_ready(&mut self) -> bool {
+        self.assert_no_outstanding_ready();
+        self.flush_appends();
+        self.soft_state() != self.last_soft_state
+            || self.hard_state() != self.last_hard_state
+            || !self.log.unstable_entries().is_empty()
+            || self.log.unstable_snapshot().is_some()
+            || !self.messages.is_empty()
+            || self.log.committed > self.apply_floor()
+            || !self.reads.done.is_empty()
+    }
+
+    /// The entries up to here are applied or covered by a snapshot.
+    fn apply_floor(&self) -> LogIndex {
+        let snapshot_index = self.log.unstable_snapshot().map_or(0, |s| s.meta.index);
+        self.log.applied.max(snapshot_index)
+    }
+
+    /// Hands out the next batch of work. Call [`Self::advance`] once it is
+    /// done, before anything else on this node.
+    pub fn ready(&mut self) -> Ready {
+        self.assert_no_outstanding_ready();
+        self.flush_appends();
+        let snapshot = self.log.unstable_snapshot().cloned();
+        let apply_floor = self.apply_floor();
+        let committed_entries = if self.log.committed > apply_floor {
+            self.log
+                .slice(
+                    apply_floor + 1,
+                    self.log.committed + 1,
+                    self.config.ready_committed_bytes_max,
+                )
+                .unwrap_or_else(|error| panic!("cannot read committed entries to apply: {error}"))
+        } else {
+            Vec::new()
+        };
+        let conf_state = self.conf_after(&committed_entries, snapshot.is_some());
+        let hard_state = self.hard_state();
+        let soft_state = self.soft_state();
+        let ready = Ready {
+            soft_state: (soft_state != self.last_soft_state).then_some(soft_state),
+            hard_state: (hard_state != self.last_hard_state).then_some(hard_state),
+            entries: self.log.unstable_entries().to_vec(),
+            snapshot,
+            messages: std::mem::take(&mut self.messages),
+            conf_state: conf_state.clone(),
+            read_states: std::mem::take(&mut self.reads.done),
+            committed_entries,
+        };
+        self.last_hard_state = hard_state;
+        self.last_soft_state = soft_state;
+        self.outstanding = Some(ReadyMark {
+            applied_to: ready
+                .committed_entries
+                .last()
+                .map_or(apply_floor, |e| e.index),
+            conf_state,
+        });
+        ready
+    }
+
+    /// The configuration after applying `entries`, if they change it.
+    fn conf_after(&self, entries: &[Entry], snapshot: bool) -> Option<ConfState> {
+        let mut conf = self.conf.clone();
+        let mut changed = snapshot;
+        for entry in entries.iter().filter(|e| e.kind == EntryKind::ConfChange) {
+            // An entry that does not decode or apply changes nothing, on
+            // every node alike (the leader validated it when proposing).
+            let next = ConfChange::decode(&entry.payload).and_then(|change| change.apply(&conf));
+            if let Ok(next) = next {
+                conf = next;
+                changed = true;
+            }
+        }
+        changed.then_some(conf)
+    }
+
+    /// Settles the ready handed out last: everything it said to persist is
+    /// durable, its messages are sent and its committed entries applied.
+    pub fn advance(&mut self) {
+        let mark = self
+            .outstanding
+            .take()
+            .expect("raft contract: advance() without a ready() before it");
+        self.log.persisted();
+        assert!(
+            mark.applied_to <= self.log.committed,
+            "applied {} past commit {}",
+            mark.applied_to,
+            self.log.committed
+        );
+        self.log.applied = self.log.applied.max(mark.applied_to);
+        if let Some(conf) = mark.conf_state {
+            self.apply_conf(conf);
+        }
+        if self.role != Role::Leader {
+            return;
+        }
+        let persisted = self.log.last_index();
+        if let Some(own) = self.progress.get_mut(&self.id) {
+            own.update(persisted);
+        }
+        self.maybe_commit();
+        if self.quorum.is_joint() && self.pending_conf_index <= self.log.applied {
+            let leave = ConfChange::leave_joint().encode();
+            self.pending_conf_index = self.append_new_entries(vec![(EntryKind::ConfChange, leave)]);
+        }
+    }
+
+    fn apply_conf(&mut self, conf: ConfState) {
+        self.quorum = JointConfig::from_conf_state(&conf);
+        self.conf = conf;
+        if self.role != Role::Leader {
+            return;
+        }
+        if !self.is_promotable() {
+            self.hand_over_after_removal();
+            return;
+        }
+        let members = self.members();
+        self.progress.retain(|id, _| members.contains(id));
+        let next = self.log.last_index() + 1;
+        let voters = self.quorum.voters();
+        for id in members {
+            let is_learner = !voters.contains(&id);
+            self.progress
+                .entry(id)
+                .or_insert_with(|| Progress::new(next, is_learner))
+                .is_learner = is_learner;
+        }
+        if self.transfer_target.is_some_and(|id| !voters.contains(&id)) {
+            self.transfer_target = None;
+        }
+        self.maybe_commit();
+        self.confirm_reads();
+    }
+
+    /// A leader removed from the voters tells everyone the commit index
+    /// (which includes its removal) and asks the most caught-up voter to
+    /// campaign at once, then steps down.
+    fn hand_over_after_removal(&mut self) {
+        let members = self.members();
+        self.progress
+            .retain(|id, _| members.contains(id) || *id == self.id);
+        self.flush_appends();
+        self.heartbeat_round();
+        let last_index = self.log.last_index();
+        let successor = self
+            .quorum
+            .voters()
+            .into_iter()
+            .filter_map(|id| self.progress.get(&id).map(|p| (p.matched, id)))
+            .max();
+        if let Some((matched, id)) = successor
+            && matched == last_index
+        {
+            self.send(id, self.term, MessageBody::TimeoutNow);
+        }
+        self.become_follower(self.term, None);
+    }
+
+    fn check_can_propose(&self) -> Result<(), ProposeError> {
+        self.assert_no_outstanding_ready();
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.transfer_target.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        Ok(())
+    }
+
+    /// Proposes a command for the state machine.
+    pub fn propose(&mut self, payload: Bytes) -> Result<Proposal, ProposeError> {
+        self.check_can_propose()?;
+        let bytes = payload.len() as u64;
+        if self.uncommitted_bytes > 0
+            && self.uncommitted_bytes + bytes > self.config.uncommitted_bytes_max
+        {
+            return Err(ProposeError::Busy);
+        }
+        let index = self.append_new_entries(vec![(EntryKind::Normal, payload)]);
+        Ok(Proposal {
+            index,
+            term: self.term,
+        })
+    }
+
+    /// Proposes a membership change. Only one may be in progress: the next
+    /// is refused until this one (and, for a change of voters, the leaving
+    /// of the joint configuration) is applied.
+    pub fn propose_conf_change(&mut self, change: &ConfChange) -> Result<Proposal, ProposeError> {
+        self.check_can_propose()?;
+        if self.pending_conf_index > self.log.applied || self.quorum.is_joint() {
+            return Err(ProposeError::ConfChangePending);
+        }
+        change.apply(&self.conf).map_err(ProposeError::ConfChange)?;
+        let index = self.append_new_entries(vec![(EntryKind::ConfChange, change.encode())]);
+        self.pending_conf_index = index;
+        Ok(Proposal {
+            index,
+            term: self.term,
+        })
+    }
+
+    /// Hands leadership to `target` once its log has caught up. Proposals
+    /// are refused meanwhile; the transfer is abandoned after an election
+    /// timeout.
+    pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), ProposeError> {
+        self.assert_no_outstanding_ready();
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if target == self.id || self.transfer_target == Some(target) {
+            return Ok(());
+        }
+        if !self.quorum.voters().contains(&target) {
+            return Err(ProposeError::NotVoter(target));
+        }
+        self.transfer_target = Some(target);
+        self.transfer_elapsed = 0;
+        if self.progress[&target].matched == self.log.last_index() {
+            self.send(target, self.term, MessageBody::TimeoutNow);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,417 @@
+//! Protocol scenarios on a small in-memory cluster: elections, the classic
+//! safety cases of the Raft paper, replication repair, membership changes,
+//! snapshots, leader transfer and ReadIndex reads.
+
+mod support;
+
+use bytes::Bytes;
+use dr_codec::message::{ConfState, EntryKind, MessageBody};
+use dr_raft::{
+    ConfChange, ConfChangeOp, Config, LogStore, MemStorage, ProposeError, ReadError, Role, Storage,
+};
+use support::{Cluster, config};
+
+fn quiet(id: u64) -> Config {
+    Config {
+        pre_vote: false,
+        check_quorum: false,
+        ..config(id)
+    }
+}
+
+#[test]
+fn one_leader_is_elected_and_everyone_follows_it() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    assert_eq!(cluster.leaders(), vec![1]);
+    for id in [2, 3] {
+        assert_eq!(cluster.node(id).leader(), Some(1));
+        assert_eq!(cluster.node(id).term(), cluster.node(1).term());
+    }
+    // The leader's no-op committed everywhere.
+    assert!(cluster.nodes.values().all(|n| n.commit_index() == 2));
+}
+
+#[test]
+fn proposals_are_applied_in_the_same_order_everywhere() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    for payload in ["a", "b", "c"] {
+        cluster.propose(1, payload);
+    }
+    cluster.tick_all(2);
+    for id in [1, 2, 3] {
+        assert_eq!(
+            cluster.applied_payloads(id),
+            vec!["a", "b", "c"],
+            "node {id}"
+        );
+    }
+    assert_eq!(
+        cluster.node(2).propose(Bytes::new()),
+        Err(ProposeError::NotLeader { leader: Some(1) })
+    );
+}
+
+#[test]
+fn a_candidate_with_a_stale_log_cannot_win() {
+    let mut cluster = Cluster::with(&[1, 2, 3], &[], quiet);
+    cluster.elect(1);
+    cluster.isolate(3);
+    cluster.propose(1, "x");
+    cluster.heal();
+    let term = cluster.node(1).term();
+    // Node 3 campaigns in a higher term; its log lacks "x".
+    cluster.elect(3);
+    assert_ne!(cluster.node(3).role(), Role::Leader);
+    assert!(cluster.node(3).term() > term, "the term moved on");
+    cluster.tick_all(40);
+    let leaders = cluster.leaders();
+    assert_eq!(leaders.len(), 1);
+    assert_ne!(leaders[0], 3, "only a node holding \"x\" can lead");
+    assert_eq!(cluster.applied_payloads(3), vec!["x"]);
+}
+
+#[test]
+fn pre_vote_keeps_a_partitioned_node_from_raising_the_term() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    let term = cluster.node(1).term();
+    cluster.isolate(3);
+    for _ in 0..100 {
+        cluster.node(3).tick();
+        cluster.settle();
+    }
+    assert_eq!(cluster.node(3).term(), term, "pre-votes never won");
+    cluster.heal();
+    cluster.tick_all(20);
+    assert_eq!(cluster.leaders(), vec![1], "the leader was not disturbed");
+    assert_eq!(cluster.node(1).term(), term);
+}
+
+#[test]
+fn an_isolated_leader_steps_down_and_its_uncommitted_suffix_is_replaced() {
+    let mut cluster = Cluster::new(&[1, 2, 3, 4, 5]);
+    cluster.elect(1);
+    cluster.isolate(1);
+    cluster.propose(1, "lost");
+    // Check-quorum: after a whole election timeout without hearing from a
+    // quorum, it steps down.
+    cluster.tick_all(21);
+    assert_ne!(cluster.node(1).role(), Role::Leader);
+    let leaders = cluster.leaders();
+    assert_eq!(leaders.len(), 1, "the majority elected a leader");
+    let leader = leaders[0];
+    cluster.propose(leader, "kept");
+    cluster.heal();
+    cluster.tick_all(5);
+    for id in 1..=5 {
+        assert_eq!(cluster.applied_payloads(id), vec!["kept"], "node {id}");
+        assert_eq!(cluster.node(id).leader(), Some(leader));
+    }
+}
+
+#[test]
+fn figure_8_an_old_term_entry_on_a_majority_is_not_committed() {
+    let mut cluster = Cluster::with(&[1, 2, 3, 4, 5], &[], |id| Config {
+        append_bytes_max: 1,
+        ..quiet(id)
+    });
+    cluster.elect(1);
+    // (a) S1 replicates X (index 2) to S2 only.
+    for peer in [3, 4, 5] {
+        cluster.cut.insert((1, peer));
+    }
+    let x = cluster.propose(1, "XX");
+    assert_eq!(x.index, 3);
+    // (b) S1 crashes; S5 wins with S3 and S4; its own entry at 3 reaches
+    // nobody.
+    cluster.restart(1);
+    cluster.isolate(1);
+    cluster.cut.insert((5, 2));
+    cluster.cut.insert((2, 5));
+    cluster.drop_if = Some(Box::new(|m| {
+        m.from == 5 && matches!(m.body, MessageBody::AppendEntries(_))
+    }));
+    cluster.elect(5);
+    assert_eq!(cluster.node(5).role(), Role::Leader);
+    // (c) S1 leads again (S2, S3 vote) and sends X to S3, but not its own
+    // term's entry at 4.
+    cluster.heal();
+    cluster.restart(5);
+    cluster.isolate(5);
+    cluster.cut.insert((1, 4));
+    cluster.drop_if = Some(Box::new(|m| {
+        if let (1, MessageBody::AppendEntries(append)) = (m.from, &mut m.body) {
+            append.entries.retain(|e| e.index < 4);
+        }
+        false
+    }));
+    cluster.elect(1);
+    assert_eq!(cluster.node(1).role(), Role::Leader);
+    for id in [1, 2, 3] {
+        assert!(
+            cluster.node(id).storage().term(3) == Ok(x.term),
+            "X on node {id}"
+        );
+    }
+    assert_eq!(
+        cluster.node(1).commit_index(),
+        2,
+        "X is on a majority but of an old term: not committed"
+    );
+    // (d) S1 crashes; S5 can win and overwrite X, which nobody applied.
+    cluster.drop_if = None;
+    cluster.heal();
+    cluster.restart(1);
+    cluster.isolate(1);
+    cluster.elect(5);
+    assert_eq!(cluster.node(5).role(), Role::Leader);
+    cluster.tick_all(3);
+    for id in 2..=5 {
+        assert_ne!(cluster.node(id).storage().term(3), Ok(x.term), "node {id}");
+        assert!(cluster.applied_payloads(id).is_empty());
+    }
+}
+
+#[test]
+fn a_follower_with_a_long_divergent_log_is_repaired_by_term_skipping() {
+    let mut cluster = Cluster::with(&[1, 2, 3], &[], quiet);
+    cluster.elect(1);
+    cluster.isolate(1);
+    for _ in 0..50 {
+        cluster
+            .node(1)
+            .propose(Bytes::from_static(b"stale"))
+            .unwrap();
+    }
+    cluster.settle();
+    cluster.elect(2);
+    for _ in 0..3 {
+        cluster.propose(2, "fresh");
+    }
+    cluster.heal();
+    cluster.tick_all(3);
+    let leader_last = cluster.node(2).last_index();
+    assert_eq!(cluster.node(1).last_index(), leader_last);
+    assert_eq!(cluster.applied_payloads(1), vec!["fresh"; 3]);
+}
+
+#[test]
+fn learners_replicate_but_neither_vote_nor_count() {
+    let mut cluster = Cluster::with(&[1, 2, 3], &[4], config);
+    cluster.elect(1);
+    cluster.propose(1, "a");
+    assert_eq!(cluster.applied_payloads(4), vec!["a"]);
+    // Voters 2 and 3 down: the learner does not make a quorum.
+    cluster.isolate(2);
+    cluster.isolate(3);
+    cluster.node(1).propose(Bytes::from_static(b"b")).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.applied_payloads(1), vec!["a"]);
+    for _ in 0..100 {
+        cluster.node(4).tick();
+    }
+    assert_eq!(
+        cluster.node(4).role(),
+        Role::Follower,
+        "learners never campaign"
+    );
+}
+
+#[test]
+fn joint_consensus_replaces_voters_and_a_removed_leader_steps_down() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    for id in [4, 5] {
+        cluster.add_node(id, MemStorage::new());
+    }
+    let change = ConfChange {
+        ops: vec![
+            ConfChangeOp::AddVoter(4),
+            ConfChangeOp::AddVoter(5),
+            ConfChangeOp::Remove(1),
+        ],
+    };
+    cluster.node(1).propose_conf_change(&change).unwrap();
+    assert_eq!(
+        cluster.node(1).propose_conf_change(&change),
+        Err(ProposeError::ConfChangePending)
+    );
+    cluster.settle();
+    cluster.tick_all(2);
+    let expected = ConfState {
+        voters: vec![2, 3, 4, 5],
+        ..ConfState::default()
+    };
+    for id in 2..=5 {
+        assert_eq!(cluster.node(id).conf_state(), &expected, "node {id}");
+    }
+    assert_ne!(
+        cluster.node(1).role(),
+        Role::Leader,
+        "removed leader stepped down"
+    );
+    cluster.tick_all(40);
+    let leaders = cluster.leaders();
+    assert_eq!(leaders.len(), 1);
+    assert_ne!(leaders[0], 1);
+    let leader = leaders[0];
+    cluster.propose(leader, "after");
+    for id in 2..=5 {
+        assert_eq!(cluster.applied_payloads(id), vec!["after"], "node {id}");
+    }
+}
+
+#[test]
+fn a_snapshot_taken_inside_a_joint_configuration_brings_a_new_voter_up() {
+    let mut cluster = Cluster::with(&[1, 2, 3], &[], |id| Config {
+        snapshot_chunk_bytes: 3,
+        ..config(id)
+    });
+    cluster.elect(1);
+    cluster.add_node(4, MemStorage::new());
+    cluster.cut.insert((1, 4));
+    for payload in ["a", "b"] {
+        cluster.propose(1, payload);
+    }
+    let enter = cluster
+        .node(1)
+        .propose_conf_change(&ConfChange {
+            ops: vec![ConfChangeOp::AddVoter(4)],
+        })
+        .unwrap();
+    cluster.settle();
+    cluster.propose(1, "c");
+    // Snapshot the state as of the enter-joint entry, then drop the log
+    // under it: node 4 can only catch up through the snapshot.
+    let joint = ConfState {
+        voters: vec![1, 2, 3, 4],
+        voters_outgoing: vec![1, 2, 3],
+        ..ConfState::default()
+    };
+    let store = cluster.node(1).storage_mut();
+    store
+        .create_snapshot(enter.index, joint.clone(), Bytes::from_static(b"state:a,b"))
+        .unwrap();
+    store.compact(enter.index).unwrap();
+    cluster.heal();
+    cluster.tick_all(4);
+    let node4 = cluster.node(4);
+    assert_eq!(node4.storage().snapshot().unwrap().meta.conf_state, joint);
+    assert_eq!(node4.storage().snapshot().unwrap().data, "state:a,b");
+    assert_eq!(node4.conf_state().voters, vec![1, 2, 3, 4]);
+    assert!(node4.conf_state().voters_outgoing.is_empty(), "left joint");
+    assert_eq!(node4.commit_index(), cluster.node(1).commit_index());
+    assert_eq!(cluster.applied_payloads(4), vec!["c"]);
+}
+
+#[test]
+fn leadership_moves_to_the_transfer_target() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.propose(1, "a");
+    cluster.node(1).transfer_leader(3).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.leaders(), vec![3]);
+    assert_eq!(cluster.node(1).leader(), Some(3));
+    assert_eq!(
+        cluster.node(3).transfer_leader(9),
+        Err(ProposeError::NotVoter(9))
+    );
+}
+
+#[test]
+fn reads_share_one_round_and_fail_over_retryably() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.propose(1, "a");
+    let heartbeats_before = std::cell::Cell::new(0);
+    for context in 1..=3 {
+        cluster.node(1).read_index(context).unwrap();
+    }
+    for message in cluster.node(1).ready().messages {
+        if matches!(message.body, MessageBody::Heartbeat(_)) {
+            heartbeats_before.set(heartbeats_before.get() + 1);
+        }
+        cluster.in_flight.push_back(message);
+    }
+    cluster.node(1).advance();
+    assert_eq!(heartbeats_before.get(), 2, "one round for three reads");
+    cluster.settle();
+    let commit = cluster.node(1).commit_index();
+    let reads = &cluster.reads[&1];
+    assert_eq!(reads.len(), 3);
+    assert!(reads.iter().all(|r| r.result == Ok(commit)));
+    // A read pending when the leader loses its quorum fails, retryably.
+    cluster.isolate(1);
+    cluster.node(1).read_index(9).unwrap();
+    cluster.tick_all(21);
+    let last = cluster.reads[&1].last().unwrap();
+    assert_eq!(
+        (last.context, &last.result),
+        (9, &Err(ReadError::LeadershipLost))
+    );
+    assert!(matches!(
+        cluster.node(1).read_index(1),
+        Err(ReadError::NotLeader { .. })
+    ));
+}
+
+#[test]
+fn a_new_leader_serves_no_read_before_its_term_commits() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.node(2).tick();
+    // Node 2 wins but its no-op is not yet acknowledged.
+    cluster.node(1).transfer_leader(2).unwrap();
+    cluster.drop_if = Some(Box::new(|m| {
+        m.from == 2 && matches!(m.body, MessageBody::AppendEntries(_))
+    }));
+    cluster.settle();
+    assert_eq!(cluster.node(2).role(), Role::Leader);
+    cluster.node(2).read_index(7).unwrap();
+    cluster.settle();
+    assert!(cluster.reads.get(&2).is_none_or(|r| r.is_empty()));
+    cluster.drop_if = None;
+    cluster.tick_all(2);
+    let term_start = cluster.node(2).commit_index();
+    let reads = &cluster.reads[&2];
+    assert_eq!(reads.len(), 1);
+    let index = *reads[0].result.as_ref().unwrap();
+    assert!(index >= 3 && index <= term_start);
+    let noop = cluster
+        .node(2)
+        .storage()
+        .entries(index, index + 1, 0)
+        .unwrap();
+    assert_eq!(noop[0].kind, EntryKind::Noop);
+}
+
+#[test]
+fn malformed_messages_are_refused_without_harm() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    let term = cluster.node(2).term();
+    let gap = dr_codec::message::Message {
+        from: 1,
+        to: 2,
+        term,
+        body: MessageBody::AppendEntries(dr_codec::message::AppendEntries {
+            prev_log_index: 1,
+            prev_log_term: term,
+            leader_commit: 1,
+            entries: dr_raft::conformance::entries(5, 6, term),
+        }),
+    };
+    assert!(cluster.node(2).step(gap).is_err());
+    let misaddressed = dr_codec::message::Message {
+        from: 1,
+        to: 3,
+        term,
+        body: MessageBody::TimeoutNow,
+    };
+    assert!(cluster.node(2).step(misaddressed).is_err());
+    cluster.propose(1, "still fine");
+    assert_eq!(cluster.applied_payloads(2), vec!["still fine"]);
+}
