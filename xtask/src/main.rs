@@ -11,6 +11,9 @@
 //!   the bench target `NAME`, optionally only benchmarks matching the regex
 //!   `FILTER`), then a summary table of throughput and of ratios between
 //!   implementations measured in the same run.
+//! - `cargo xtask sim --seed N` / `--seeds N [--start-seed S]`: the
+//!   deterministic cluster simulation (dr-sim), built with optimizations;
+//!   exits non-zero if any seed fails, printing each failing seed.
 //!
 //! Invariant: xtask never changes the source tree; its only writes are
 //! cargo's own (`target/`) and, when run as root without libclang, the
@@ -32,7 +35,17 @@ commands:
   bench [NAME [FILTER]]
                  criterion benches (all, or one bench target such as `simd`, optionally
                  only the benchmarks matching the regex FILTER) and a summary table
+  sim --seed N | --seeds N [--start-seed S]
+                 deterministic cluster simulation: one seed, or N seeds from S (default 0)
 ";
+
+/// Runs dr-sim optimized; its own argument parser checks the flags.
+fn run_sim(args: &[String]) -> Result<(), String> {
+    let mut command = process::cargo();
+    command.args(["run", "--quiet", "--release", "--package", "dr-sim", "--"]);
+    command.args(args);
+    process::run_step("sim", &mut command)
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,6 +55,7 @@ fn main() -> ExitCode {
             args.get(1).map(String::as_str),
             args.get(2).map(String::as_str),
         ),
+        Some("sim") => run_sim(&args[1..]),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())

@@ -65,6 +65,14 @@ impl Inflights {
         }
     }
 
+    /// Frees the oldest message, so a window whose appends were all lost
+    /// lets one more through (its rejection then repairs the progress).
+    fn free_first(&mut self) {
+        if let Some((_, bytes)) = self.messages.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
     fn reset(&mut self) {
         self.messages.clear();
         self.bytes = 0;
@@ -149,6 +157,17 @@ impl Progress {
         self.next = self.next.max(index + 1);
         self.inflights.free_to(index);
         advanced
+    }
+
+    /// The follower answered a heartbeat: it is reachable, so let one
+    /// more append through even if everything in flight was lost.
+    pub(crate) fn heard_heartbeat_answer(&mut self, config: &crate::Config) {
+        self.recent_active = true;
+        match self.state {
+            ProgressState::Probe => self.probe_sent = false,
+            ProgressState::Replicate if self.is_paused(config) => self.inflights.free_first(),
+            _ => {}
+        }
     }
 
     /// Whether the leader must wait before sending another append.

@@ -384,8 +384,7 @@ impl<S: Storage> RaftNode<S> {
         let Some(progress) = self.progress.get_mut(&from) else {
             return Ok(());
         };
-        progress.recent_active = true;
-        progress.probe_sent = false;
+        progress.heard_heartbeat_answer(&self.config);
         progress.read_round_acked = progress.read_round_acked.max(response.read_context);
         self.confirm_reads();
         Ok(())
