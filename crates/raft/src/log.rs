@@ -176,6 +176,16 @@ impl<S: Storage> RaftLog<S> {
         self.unstable.extend_from_slice(entries);
     }
 
+    /// Appends one entry right after the last (the leader's own).
+    pub(crate) fn append_one(&mut self, entry: Entry) {
+        assert_eq!(
+            entry.index,
+            self.last_index() + 1,
+            "a leader appends right after its last entry"
+        );
+        self.unstable.push(entry);
+    }
+
     pub(crate) fn commit_to(&mut self, index: LogIndex) {
         if index <= self.committed {
             return;

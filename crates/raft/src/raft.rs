@@ -393,7 +393,7 @@ impl<S: Storage> RaftNode<S> {
         // Entries of earlier terms commit only through one of this term;
         // membership changes wait until whatever is in the log applied.
         self.pending_conf_index = self.log.last_index();
-        self.append_new_entries(vec![(EntryKind::Noop, Bytes::new())]);
+        self.append_new_entry(EntryKind::Noop, Bytes::new());
     }
 
     /// Every voter and learner of the configuration.
@@ -655,26 +655,19 @@ impl<S: Storage> RaftNode<S> {
         }
     }
 
-    /// Appends entries made by this leader; returns the index of the last.
-    pub(crate) fn append_new_entries(&mut self, items: Vec<(EntryKind, Bytes)>) -> LogIndex {
+    /// Appends an entry made by this leader; returns its index.
+    pub(crate) fn append_new_entry(&mut self, kind: EntryKind, payload: Bytes) -> LogIndex {
         assert_eq!(self.role, Role::Leader, "only a leader creates entries");
-        let mut index = self.log.last_index();
-        let entries: Vec<Entry> = items
-            .into_iter()
-            .map(|(kind, payload)| {
-                index += 1;
-                let bytes = payload.len() as u64;
-                self.uncommitted.push_back((index, bytes));
-                self.uncommitted_bytes += bytes;
-                Entry {
-                    term: self.term,
-                    index,
-                    kind,
-                    payload,
-                }
-            })
-            .collect();
-        self.log.append(&entries);
+        let index = self.log.last_index() + 1;
+        let bytes = payload.len() as u64;
+        self.uncommitted.push_back((index, bytes));
+        self.uncommitted_bytes += bytes;
+        self.log.append_one(Entry {
+            term: self.term,
+            index,
+            kind,
+            payload,
+        });
         index
     }
 }

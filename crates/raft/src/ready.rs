@@ -168,7 +168,7 @@ impl<S: Storage> RaftNode<S> {
         self.maybe_commit();
         if self.quorum.is_joint() && self.pending_conf_index <= self.log.applied {
             let leave = ConfChange::leave_joint().encode();
-            self.pending_conf_index = self.append_new_entries(vec![(EntryKind::ConfChange, leave)]);
+            self.pending_conf_index = self.append_new_entry(EntryKind::ConfChange, leave);
         }
     }
 
@@ -246,7 +246,7 @@ impl<S: Storage> RaftNode<S> {
         {
             return Err(ProposeError::Busy);
         }
-        let index = self.append_new_entries(vec![(EntryKind::Normal, payload)]);
+        let index = self.append_new_entry(EntryKind::Normal, payload);
         Ok(Proposal {
             index,
             term: self.term,
@@ -262,7 +262,7 @@ impl<S: Storage> RaftNode<S> {
             return Err(ProposeError::ConfChangePending);
         }
         change.apply(&self.conf).map_err(ProposeError::ConfChange)?;
-        let index = self.append_new_entries(vec![(EntryKind::ConfChange, change.encode())]);
+        let index = self.append_new_entry(EntryKind::ConfChange, change.encode());
         self.pending_conf_index = index;
         Ok(Proposal {
             index,

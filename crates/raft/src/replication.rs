@@ -73,14 +73,14 @@ impl<S: Storage> RaftNode<S> {
         if self.role != Role::Leader {
             return;
         }
-        let peers: Vec<NodeId> = self
-            .progress
-            .keys()
-            .copied()
-            .filter(|&id| id != self.id)
-            .collect();
-        for peer in peers {
-            self.send_appends(peer);
+        // Indexed rather than iterated: sending needs `&mut self`, and a
+        // collected list would allocate on every ready.
+        let mut position = 0;
+        while let Some(peer) = self.progress.keys().nth(position).copied() {
+            position += 1;
+            if peer != self.id {
+                self.send_appends(peer);
+            }
         }
     }
 

@@ -58,8 +58,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 pub use world::RunStats;
 
-/// Seeds that once found a bug, replayed by the tests forever.
-pub const REGRESSION_SEEDS: &[u64] = &[];
+/// Seeds that once found a bug, replayed (full length) by the tests
+/// forever.
+///
+/// - 1, 4, 19: a follower stalled for good once every append of a full
+///   replicate window was lost; heartbeat answers now free a slot.
+pub const REGRESSION_SEEDS: &[u64] = &[1, 4, 19];
 
 /// A failed run: the seed, what broke, and how to replay it.
 #[derive(Clone, Debug, PartialEq, Eq)]
