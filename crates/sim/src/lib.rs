@@ -29,7 +29,8 @@
 //! matching between every pair of nodes, and leader completeness (a leader
 //! holds every entry committed before its term began). On every apply:
 //! state machine safety (every node applies the same entry at an index).
-//! At the end: convergence, and **linearizability** of the client history
+//! At the end: convergence, every acknowledged write still committed at
+//! its index and applied everywhere, and **linearizability** of the client history
 //! with [`linearizability::check`], per key. The consensus core's own
 //! production assertions fire as panics, which the runner reports with the
 //! seed.

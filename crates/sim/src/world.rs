@@ -122,6 +122,8 @@ pub(crate) struct World {
     max_term: Term,
     heal_time: u64,
     first_write_after_heal: Option<u64>,
+    /// (index, term) of every write acknowledged to a client.
+    acked_writes: Vec<(LogIndex, Term)>,
     stats: RunStats,
 }
 
@@ -207,6 +209,7 @@ impl World {
             max_term: 0,
             heal_time: fault_phase_us,
             first_write_after_heal: None,
+            acked_writes: Vec::new(),
             stats: RunStats::default(),
             rng,
         };
@@ -469,6 +472,7 @@ impl World {
             let proposed_here = node.writes.remove(&entry.index);
             if let Some((term, op)) = proposed_here {
                 if term == entry.term {
+                    self.acked_writes.push((entry.index, entry.term));
                     self.finish(op, Some(self.now));
                 } else {
                     self.fail(op);
@@ -835,6 +839,15 @@ impl World {
                 return Err(format!(
                     "convergence: node {id} applied {other_applied}, node {first_id} applied {applied}; {}",
                     self.describe()
+                ));
+            }
+        }
+        // No acknowledged write lost: each is still the committed entry at
+        // its index, and every node has applied past it.
+        for &(index, term) in &self.acked_writes {
+            if self.committed.get(&index).map(|e| e.term) != Some(term) || applied < index {
+                return Err(format!(
+                    "acknowledged write at index {index} (term {term}) was lost"
                 ));
             }
         }
