@@ -46,7 +46,7 @@ fn node(id: NodeId) -> RaftNode<MemStorage> {
     };
     let mut store = MemStorage::new();
     store
-        .apply_snapshot(Snapshot::bootstrap(conf))
+        .restore_snapshot(&Snapshot::bootstrap(conf))
         .expect("fresh store");
     let config = Config {
         // Generous timeouts: the busy loops must not trigger elections.
@@ -143,7 +143,7 @@ fn compact(node: &mut RaftNode<MemStorage>) {
     let applied = node.applied_index();
     let conf = node.conf_state().clone();
     let store = node.storage_mut();
-    let snapshot_index = store.snapshot().map_or(0, |s| s.meta.index);
+    let snapshot_index = store.snapshot().meta.index;
     if applied > snapshot_index {
         store
             .create_snapshot(applied, conf, Bytes::new())

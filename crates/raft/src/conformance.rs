@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use dr_codec::message::{ConfState, Entry, EntryKind, LogIndex, Term};
 
-use crate::storage::{HardState, LogStore, Snapshot, StorageError};
+use crate::storage::{HardState, LogStore, Snapshot, Storage, StorageError};
 
 /// A named check of the contract.
 pub type Check<S> = (&'static str, fn(&mut S));
@@ -65,6 +65,10 @@ pub fn checks<S: LogStore>() -> Vec<Check<S>> {
             "appends after a snapshot continue the log",
             append_after_snapshot::<S>,
         ),
+        (
+            "snapshot chunks read back and stage in order",
+            snapshot_chunks_are_checked::<S>,
+        ),
     ]
 }
 
@@ -113,7 +117,7 @@ fn new_store_is_empty<S: LogStore>(store: &mut S) {
     assert_eq!((store.first_index(), store.last_index()), (1, 0));
     assert_eq!(store.term(0), Ok(0));
     assert_eq!(store.entries(1, 1, u64::MAX), Ok(vec![]));
-    assert_eq!(store.snapshot().expect("snapshot").meta.index, 0);
+    assert_eq!(store.snapshot_meta().expect("snapshot").index, 0);
 }
 
 fn appended_entries_read_back<S: LogStore>(store: &mut S) {
@@ -276,10 +280,10 @@ fn snapshots_are_created_in_order<S: LogStore>(store: &mut S) {
     store
         .create_snapshot(6, conf.clone(), Bytes::from_static(b"state at 6"))
         .expect("snapshot");
-    let snapshot = store.snapshot().expect("snapshot");
-    assert_eq!((snapshot.meta.index, snapshot.meta.term), (6, 3));
-    assert_eq!(snapshot.meta.conf_state, conf);
-    assert_eq!(snapshot.data, Bytes::from_static(b"state at 6"));
+    let meta = store.snapshot_meta().expect("snapshot");
+    assert_eq!((meta.index, meta.term), (6, 3));
+    assert_eq!(meta.conf_state, conf);
+    assert_eq!(read_snapshot(store, 4), Bytes::from_static(b"state at 6"));
     assert_eq!(
         store.first_index(),
         1,
@@ -311,25 +315,91 @@ fn applied_snapshot_replaces_log<S: LogStore>(store: &mut S) {
     snapshot.meta.index = 20;
     snapshot.meta.term = 4;
     snapshot.meta.conf_state = conf.clone();
-    store.apply_snapshot(snapshot.clone()).expect("apply");
+    // Staged in uneven chunks, as a transfer would deliver them.
+    for (offset, piece) in [(0, &b"leade"[..]), (5, b"r's"), (8, b" image")] {
+        store
+            .stage_snapshot_chunk(&snapshot.meta, offset, piece)
+            .expect("stage");
+        assert_eq!(store.last_index(), 5, "staging leaves the log alone");
+    }
+    store.apply_snapshot(&snapshot.meta).expect("apply");
     assert_eq!((store.first_index(), store.last_index()), (21, 20));
     assert_eq!(store.term(20), Ok(4));
-    assert_eq!(store.snapshot(), Ok(snapshot.clone()));
+    assert_eq!(store.snapshot_meta(), Ok(snapshot.meta.clone()));
+    assert_eq!(read_snapshot(store, 3), snapshot.data);
     assert_eq!(
         store.initial_state().expect("initial state").conf_state,
         conf
     );
     assert!(matches!(
-        store.apply_snapshot(snapshot),
+        store.restore_snapshot(&snapshot),
         Err(StorageError::SnapshotOutOfDate { .. })
     ));
+}
+
+/// Reads the latest snapshot's data in chunks of `chunk_bytes`.
+fn read_snapshot<S: Storage>(store: &S, chunk_bytes: u64) -> Bytes {
+    let meta = store.snapshot_meta().expect("snapshot meta");
+    let mut data = Vec::new();
+    loop {
+        let chunk = store
+            .snapshot_chunk(&meta, data.len() as u64, chunk_bytes)
+            .expect("chunk");
+        assert!(
+            chunk.data.len() as u64 <= chunk_bytes,
+            "chunk over its bound"
+        );
+        data.extend_from_slice(&chunk.data);
+        if chunk.done {
+            return Bytes::from(data);
+        }
+        assert!(
+            !chunk.data.is_empty(),
+            "an unfinished chunk must make progress"
+        );
+    }
+}
+
+fn snapshot_chunks_are_checked<S: LogStore>(store: &mut S) {
+    append_ok(store, &entries(1, 4, 2));
+    store
+        .create_snapshot(3, ConfState::default(), Bytes::from_static(b"0123456789"))
+        .expect("snapshot");
+    let meta = store.snapshot_meta().expect("meta");
+    let again = store.snapshot_chunk(&meta, 4, 3).expect("chunk");
+    assert_eq!(again, store.snapshot_chunk(&meta, 4, 3).expect("chunk"));
+    assert_eq!(&again.data[..], b"456");
+    let mut stale = meta.clone();
+    stale.index = 2;
+    assert!(matches!(
+        store.snapshot_chunk(&stale, 0, 3),
+        Err(StorageError::SnapshotOutOfDate { .. })
+    ));
+    let mut incoming = meta.clone();
+    incoming.index = 9;
+    store
+        .stage_snapshot_chunk(&incoming, 0, b"ab")
+        .expect("stage");
+    assert!(
+        store.stage_snapshot_chunk(&incoming, 5, b"cd").is_err(),
+        "a gap in the staged data is refused"
+    );
+    // Offset 0 starts over: the earlier staging is discarded.
+    store
+        .stage_snapshot_chunk(&incoming, 0, b"xy")
+        .expect("restart");
+    store.apply_snapshot(&incoming).expect("apply");
+    assert_eq!(read_snapshot(store, 1), Bytes::from_static(b"xy"));
+    let mut unstaged = incoming.clone();
+    unstaged.index = 12;
+    assert!(store.apply_snapshot(&unstaged).is_err(), "nothing staged");
 }
 
 fn append_after_snapshot<S: LogStore>(store: &mut S) {
     let mut snapshot = Snapshot::default();
     snapshot.meta.index = 20;
     snapshot.meta.term = 4;
-    store.apply_snapshot(snapshot).expect("apply");
+    store.restore_snapshot(&snapshot).expect("apply");
     assert!(
         matches!(
             store.append(&entries(22, 23, 4)),

@@ -65,7 +65,7 @@
 //! use dr_raft::{Config, LogStore, MemStorage, RaftNode, Role, Snapshot};
 //!
 //! let mut store = MemStorage::new();
-//! store.apply_snapshot(Snapshot::bootstrap(ConfState { voters: vec![1], ..ConfState::default() }))?;
+//! store.restore_snapshot(&Snapshot::bootstrap(ConfState { voters: vec![1], ..ConfState::default() }))?;
 //! let mut node = RaftNode::new(Config::new(1), store).expect("valid start");
 //! let mut applied = Vec::new();
 //! let mut drive = |node: &mut RaftNode<MemStorage>| {
@@ -116,5 +116,7 @@ pub use error::{ProposeError, ReadError, StartError, StepError};
 pub use memory::MemStorage;
 pub use raft::{Proposal, RaftNode, Role, SoftState};
 pub use read::ReadState;
-pub use ready::Ready;
-pub use storage::{HardState, InitialState, LogStore, Snapshot, Storage, StorageError};
+pub use ready::{Ready, StagedChunk};
+pub use storage::{
+    HardState, InitialState, LogStore, Snapshot, SnapshotChunk, Storage, StorageError,
+};

@@ -2,14 +2,14 @@
 //! a [`Storage`] plus the unstable tail (entries and at most one snapshot)
 //! that the next ready hands to the runtime to persist.
 
-use dr_codec::message::{Entry, LogIndex, Term};
+use dr_codec::message::{Entry, LogIndex, SnapshotMeta, Term};
 
-use crate::storage::{Snapshot, Storage, StorageError};
+use crate::storage::{Storage, StorageError};
 
 pub(crate) struct RaftLog<S> {
     pub(crate) storage: S,
     /// A snapshot received from the leader, not yet persisted.
-    unstable_snapshot: Option<Snapshot>,
+    unstable_snapshot: Option<SnapshotMeta>,
     /// Entries not yet persisted: `unstable[i].index == unstable_offset + i`.
     unstable: Vec<Entry>,
     unstable_offset: LogIndex,
@@ -40,7 +40,7 @@ impl<S: Storage> RaftLog<S> {
 
     pub(crate) fn first_index(&self) -> LogIndex {
         match &self.unstable_snapshot {
-            Some(snapshot) => snapshot.meta.index + 1,
+            Some(snapshot) => snapshot.index + 1,
             None => self.storage.first_index(),
         }
     }
@@ -50,7 +50,7 @@ impl<S: Storage> RaftLog<S> {
             return last.index;
         }
         match &self.unstable_snapshot {
-            Some(snapshot) => snapshot.meta.index,
+            Some(snapshot) => snapshot.index,
             None => self.storage.last_index(),
         }
     }
@@ -74,10 +74,10 @@ impl<S: Storage> RaftLog<S> {
             };
         }
         match &self.unstable_snapshot {
-            Some(snapshot) if index == snapshot.meta.index => Ok(snapshot.meta.term),
+            Some(snapshot) if index == snapshot.index => Ok(snapshot.term),
             Some(snapshot) => Err(StorageError::Compacted {
                 index,
-                first_index: snapshot.meta.index + 1,
+                first_index: snapshot.index + 1,
             }),
             None => self.storage.term(index),
         }
@@ -198,17 +198,18 @@ impl<S: Storage> RaftLog<S> {
         self.committed = index;
     }
 
-    /// Replaces the log with a snapshot from the leader.
-    pub(crate) fn restore(&mut self, snapshot: Snapshot) {
+    /// Replaces the log with a snapshot from the leader (its data is
+    /// staged in the store).
+    pub(crate) fn restore(&mut self, snapshot: SnapshotMeta) {
         assert!(
-            snapshot.meta.index > self.committed,
+            snapshot.index > self.committed,
             "restoring snapshot at {} behind commit {}",
-            snapshot.meta.index,
+            snapshot.index,
             self.committed
         );
-        self.committed = snapshot.meta.index;
+        self.committed = snapshot.index;
         self.unstable.clear();
-        self.unstable_offset = snapshot.meta.index + 1;
+        self.unstable_offset = snapshot.index + 1;
         self.unstable_snapshot = Some(snapshot);
     }
 
@@ -225,7 +226,7 @@ impl<S: Storage> RaftLog<S> {
         &self.unstable
     }
 
-    pub(crate) fn unstable_snapshot(&self) -> Option<&Snapshot> {
+    pub(crate) fn unstable_snapshot(&self) -> Option<&SnapshotMeta> {
         self.unstable_snapshot.as_ref()
     }
 
@@ -236,11 +237,11 @@ impl<S: Storage> RaftLog<S> {
         self.unstable_snapshot = None;
     }
 
-    /// The latest snapshot, to send to a follower.
-    pub(crate) fn snapshot(&self) -> Result<Snapshot, StorageError> {
+    /// The latest snapshot's metadata, to send to a follower.
+    pub(crate) fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError> {
         match &self.unstable_snapshot {
             Some(snapshot) => Ok(snapshot.clone()),
-            None => self.storage.snapshot(),
+            None => self.storage.snapshot_meta(),
         }
     }
 }

@@ -2,10 +2,12 @@
 //! benches. It implements the storage contract exactly as a durable store
 //! must (the conformance suite runs against it), minus the durability.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use dr_codec::message::{ConfState, Entry, LogIndex, SnapshotMeta, Term};
 
-use crate::storage::{HardState, InitialState, LogStore, Snapshot, Storage, StorageError};
+use crate::storage::{
+    HardState, InitialState, LogStore, Snapshot, SnapshotChunk, Storage, StorageError,
+};
 
 /// A log store in memory.
 #[derive(Clone, Debug, Default)]
@@ -20,12 +22,19 @@ pub struct MemStorage {
     compacted_term: Term,
     /// The retained entries: `entries[i].index == compacted_index + 1 + i`.
     entries: Vec<Entry>,
+    /// A snapshot being received, apart from the current state.
+    staged: Option<(SnapshotMeta, BytesMut)>,
 }
 
 impl MemStorage {
     /// An empty store: no entries, the empty snapshot at index 0.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The latest snapshot, whole (this store holds it in memory anyway).
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
     }
 
     /// The position of `index` in `entries`; the caller has checked that
@@ -129,8 +138,38 @@ impl Storage for MemStorage {
         self.compacted_index + self.entries.len() as u64
     }
 
-    fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        Ok(self.snapshot.clone())
+    fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError> {
+        Ok(self.snapshot.meta.clone())
+    }
+
+    fn snapshot_chunk(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<SnapshotChunk, StorageError> {
+        if *meta != self.snapshot.meta {
+            return Err(StorageError::SnapshotOutOfDate {
+                offered: meta.index,
+                current: self.snapshot.meta.index,
+            });
+        }
+        let data = &self.snapshot.data;
+        let start = usize::try_from(offset)
+            .ok()
+            .filter(|&start| start <= data.len())
+            .ok_or_else(|| {
+                StorageError::Invalid(format!(
+                    "snapshot offset {offset} is past its {} bytes",
+                    data.len()
+                ))
+            })?;
+        let end = start.saturating_add(usize::try_from(max_bytes).unwrap_or(usize::MAX));
+        let end = end.min(data.len());
+        Ok(SnapshotChunk {
+            data: data.slice(start..end),
+            done: end == data.len(),
+        })
     }
 }
 
@@ -202,18 +241,47 @@ impl LogStore for MemStorage {
         Ok(())
     }
 
-    fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+    fn stage_snapshot_chunk(
+        &mut self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        if offset == 0 {
+            self.staged = Some((meta.clone(), BytesMut::new()));
+        }
+        match &mut self.staged {
+            Some((staged_meta, staged)) if staged_meta == meta && staged.len() as u64 == offset => {
+                staged.extend_from_slice(data);
+                Ok(())
+            }
+            _ => Err(StorageError::Invalid(format!(
+                "snapshot chunk at offset {offset} does not continue the staged snapshot"
+            ))),
+        }
+    }
+
+    fn apply_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
         let current = self.snapshot.meta.index;
-        if snapshot.meta.index <= current {
+        if meta.index <= current {
             return Err(StorageError::SnapshotOutOfDate {
-                offered: snapshot.meta.index,
+                offered: meta.index,
                 current,
             });
         }
-        self.conf_state = snapshot.meta.conf_state.clone();
-        self.compacted_index = snapshot.meta.index;
-        self.compacted_term = snapshot.meta.term;
-        self.snapshot = snapshot;
+        let Some((_, data)) = self.staged.take_if(|(staged_meta, _)| staged_meta == meta) else {
+            return Err(StorageError::Invalid(format!(
+                "snapshot at index {} was not staged",
+                meta.index
+            )));
+        };
+        self.conf_state = meta.conf_state.clone();
+        self.compacted_index = meta.index;
+        self.compacted_term = meta.term;
+        self.snapshot = Snapshot {
+            meta: meta.clone(),
+            data: data.freeze(),
+        };
         self.entries.clear();
         self.assert_shape();
         Ok(())

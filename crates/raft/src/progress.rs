@@ -13,7 +13,6 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
 use dr_codec::message::{LogIndex, SnapshotMeta};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +26,8 @@ pub(crate) enum ProgressState {
 #[derive(Clone, Debug)]
 pub(crate) struct SnapshotTransfer {
     pub(crate) meta: SnapshotMeta,
-    pub(crate) data: Bytes,
+    /// The data's length, known once its last chunk was read.
+    pub(crate) end: Option<u64>,
     /// Bytes sent so far (the next chunk starts here).
     pub(crate) sent: u64,
     /// Bytes the follower confirmed receiving in order.

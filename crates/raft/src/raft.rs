@@ -91,6 +91,8 @@ pub struct RaftNode<S> {
     pub(crate) messages: Vec<Message>,
     pub(crate) reads: ReadQueue,
     pub(crate) incoming_snapshot: Option<IncomingSnapshot>,
+    /// Received snapshot chunks for the next ready to stage.
+    pub(crate) staged_chunks: Vec<crate::ready::StagedChunk>,
     pub(crate) last_hard_state: HardState,
     pub(crate) last_soft_state: SoftState,
     pub(crate) outstanding: Option<ReadyMark>,
@@ -146,6 +148,7 @@ impl<S: Storage> RaftNode<S> {
             messages: Vec::new(),
             reads: ReadQueue::default(),
             incoming_snapshot: None,
+            staged_chunks: Vec::new(),
             last_hard_state: HardState {
                 commit: committed,
                 ..hard_state

@@ -2,7 +2,9 @@
 //! in that order), proposals, membership changes and leader transfer.
 
 use bytes::Bytes;
-use dr_codec::message::{ConfState, Entry, EntryKind, LogIndex, Message, MessageBody, NodeId};
+use dr_codec::message::{
+    ConfState, Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, SnapshotMeta,
+};
 
 use crate::conf_change::ConfChange;
 use crate::error::ProposeError;
@@ -10,14 +12,15 @@ use crate::progress::Progress;
 use crate::quorum::JointConfig;
 use crate::raft::{Proposal, RaftNode, Role, SoftState};
 use crate::read::ReadState;
-use crate::storage::{HardState, Snapshot, Storage};
+use crate::storage::{HardState, Storage};
 
 /// One batch of work for the runtime. Handle it in this order:
 ///
-/// 1. **Persist**, durably and atomically: `snapshot` (replacing the log
-///    and, in the state machine, its data), then `entries` (an append that
-///    first discards any stored entry at or after the first one's index),
-///    then `hard_state`.
+/// 1. **Persist**, durably and atomically: stage `snapshot_chunks` (in
+///    order), then apply `snapshot` (replacing the log and, in the state
+///    machine, its data, with the staged snapshot), then `entries` (an
+///    append that first discards any stored entry at or after the first
+///    one's index), then `hard_state`.
 /// 2. **Send** `messages`: they promise what step 1 made durable (a vote,
 ///    an acknowledged append), so never before it.
 /// 3. **Apply** `committed_entries` in order, and store `conf_state` as the
@@ -32,9 +35,13 @@ pub struct Ready {
     pub soft_state: Option<SoftState>,
     /// Term, vote or commit changed: persist.
     pub hard_state: Option<HardState>,
-    /// A snapshot received from the leader: persist, then restore the state
-    /// machine from it.
-    pub snapshot: Option<Snapshot>,
+    /// Pieces of a snapshot being received: stage them
+    /// ([`crate::LogStore::stage_snapshot_chunk`]), in order.
+    pub snapshot_chunks: Vec<StagedChunk>,
+    /// A snapshot received whole from the leader (its data staged by this
+    /// or earlier readies): apply it ([`crate::LogStore::apply_snapshot`])
+    /// and restore the state machine from it.
+    pub snapshot: Option<SnapshotMeta>,
     /// New log entries: persist.
     pub entries: Vec<Entry>,
     /// Messages to send once the above is durable.
@@ -55,6 +62,17 @@ impl Ready {
     }
 }
 
+/// A chunk of an incoming snapshot, to stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagedChunk {
+    /// The snapshot it belongs to.
+    pub meta: SnapshotMeta,
+    /// Where it starts in the snapshot's data.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Bytes,
+}
+
 /// What a handed-out ready promised, settled by `advance`.
 pub(crate) struct ReadyMark {
     applied_to: LogIndex,
@@ -70,6 +88,7 @@ impl<S: Storage> RaftNode<S> {
             || self.hard_state() != self.last_hard_state
             || !self.log.unstable_entries().is_empty()
             || self.log.unstable_snapshot().is_some()
+            || !self.staged_chunks.is_empty()
             || !self.messages.is_empty()
             || self.log.committed > self.apply_floor()
             || !self.reads.done.is_empty()
@@ -77,7 +96,7 @@ impl<S: Storage> RaftNode<S> {
 
     /// The entries up to here are applied or covered by a snapshot.
     fn apply_floor(&self) -> LogIndex {
-        let snapshot_index = self.log.unstable_snapshot().map_or(0, |s| s.meta.index);
+        let snapshot_index = self.log.unstable_snapshot().map_or(0, |s| s.index);
         self.log.applied.max(snapshot_index)
     }
 
@@ -107,6 +126,7 @@ impl<S: Storage> RaftNode<S> {
             hard_state: (hard_state != self.last_hard_state).then_some(hard_state),
             entries: self.log.unstable_entries().to_vec(),
             snapshot,
+            snapshot_chunks: std::mem::take(&mut self.staged_chunks),
             messages: std::mem::take(&mut self.messages),
             conf_state: conf_state.clone(),
             read_states: std::mem::take(&mut self.reads.done),

@@ -3,7 +3,6 @@
 //! acknowledgements into the commit index; what a follower does with an
 //! append or a snapshot chunk.
 
-use bytes::BytesMut;
 use dr_codec::message::{
     AppendEntries, AppendEntriesResponse, Heartbeat, HeartbeatResponse, InstallSnapshot,
     InstallSnapshotResponse, LogIndex, Message, MessageBody, NodeId, RejectHint, SnapshotMeta,
@@ -13,16 +12,17 @@ use crate::error::StepError;
 use crate::progress::{ProgressState, SnapshotTransfer};
 use crate::quorum::JointConfig;
 use crate::raft::{RaftNode, Role};
-use crate::storage::{Snapshot, Storage, StorageError};
+use crate::storage::{Storage, StorageError};
 
 /// Steps a leader walks back through its log looking for a follower's
 /// conflicting term before falling back to the follower's own hint.
 const CONFLICT_SCAN_STEPS_MAX: u64 = 4096;
 
-/// A snapshot being received from the leader.
+/// A snapshot being received from the leader: its chunks go to the
+/// store's staging area through the ready; only the position is kept here.
 pub(crate) struct IncomingSnapshot {
     meta: SnapshotMeta,
-    data: BytesMut,
+    received: u64,
 }
 
 /// Checks what a message claims before any of it is used.
@@ -137,13 +137,13 @@ impl<S: Storage> RaftNode<S> {
     }
 
     fn start_snapshot(&mut self, peer: NodeId) {
-        let Ok(snapshot) = self.log.snapshot() else {
+        let Ok(meta) = self.log.snapshot_meta() else {
             // Being built: the next flush asks again.
             return;
         };
         let transfer = SnapshotTransfer {
-            meta: snapshot.meta,
-            data: snapshot.data,
+            meta,
+            end: None,
             sent: 0,
             acked: 0,
             done_sent: false,
@@ -156,29 +156,45 @@ impl<S: Storage> RaftNode<S> {
         self.send_snapshot_chunks(peer);
     }
 
+    /// Sends the chunks the transfer's window allows, reading each from the
+    /// store (a snapshot is never held in memory whole).
     fn send_snapshot_chunks(&mut self, peer: NodeId) {
         let chunk_bytes = self.config.snapshot_chunk_bytes;
         let window = chunk_bytes * u64::from(self.config.snapshot_chunks_inflight_max);
-        let progress = self.progress.get_mut(&peer).expect("peer has progress");
-        let Some(transfer) = progress.snapshot.as_mut() else {
-            return;
-        };
-        let mut chunks = Vec::new();
-        let total = transfer.data.len() as u64;
-        while !transfer.done_sent && transfer.sent - transfer.acked < window {
-            let end = (transfer.sent + chunk_bytes).min(total);
-            let chunk = InstallSnapshot {
-                meta: transfer.meta.clone(),
-                offset: transfer.sent,
-                data: transfer.data.slice(transfer.sent as usize..end as usize),
-                done: end == total,
+        loop {
+            let progress = self.progress.get_mut(&peer).expect("peer has progress");
+            let Some(transfer) = progress.snapshot.as_mut() else {
+                return;
             };
+            if transfer.done_sent || transfer.sent - transfer.acked >= window {
+                return;
+            }
+            let offset = transfer.sent;
+            let meta = transfer.meta.clone();
+            let chunk = match self.log.storage.snapshot_chunk(&meta, offset, chunk_bytes) {
+                Ok(chunk) => chunk,
+                Err(StorageError::SnapshotOutOfDate { .. }) => {
+                    // A newer snapshot replaced it: start over with that one.
+                    progress.become_probe();
+                    progress.next = progress.matched + 1;
+                    return;
+                }
+                // Unreadable now: the retransmit timer tries again.
+                Err(_) => return,
+            };
+            let end = offset + chunk.data.len() as u64;
             transfer.sent = end;
             transfer.done_sent = chunk.done;
-            chunks.push(chunk);
-        }
-        for chunk in chunks {
-            self.send(peer, self.term, MessageBody::InstallSnapshot(chunk));
+            if chunk.done {
+                transfer.end = Some(end);
+            }
+            let message = InstallSnapshot {
+                meta,
+                offset,
+                data: chunk.data,
+                done: chunk.done,
+            };
+            self.send(peer, self.term, MessageBody::InstallSnapshot(message));
         }
     }
 
@@ -406,7 +422,6 @@ impl<S: Storage> RaftNode<S> {
             return;
         }
         transfer.answered = true;
-        let total = transfer.data.len() as u64;
         if response.rejected {
             let restart = response.next_offset.min(transfer.acked);
             transfer.sent = restart;
@@ -414,8 +429,8 @@ impl<S: Storage> RaftNode<S> {
             transfer.done_sent = false;
             return;
         }
-        transfer.acked = transfer.acked.max(response.next_offset.min(total));
-        if transfer.acked == total && transfer.done_sent {
+        transfer.acked = transfer.acked.max(response.next_offset.min(transfer.sent));
+        if transfer.done_sent && transfer.end == Some(transfer.acked) {
             let index = transfer.meta.index;
             progress.matched = progress.matched.max(index);
             progress.become_probe();
@@ -446,32 +461,44 @@ impl<S: Storage> RaftNode<S> {
         if !same_transfer && chunk.offset == 0 {
             self.incoming_snapshot = Some(IncomingSnapshot {
                 meta: chunk.meta.clone(),
-                data: BytesMut::new(),
+                received: 0,
             });
         }
-        let received = match &mut self.incoming_snapshot {
-            Some(incoming) if incoming.meta == chunk.meta => {
-                let received = incoming.data.len() as u64;
-                if chunk.offset == received {
-                    incoming.data.extend_from_slice(&chunk.data);
-                } else if chunk.offset > received {
-                    self.answer_chunk(from, chunk.meta.index, received, true);
-                    return;
-                }
-                incoming.data.len() as u64
-            }
-            _ => {
-                self.answer_chunk(from, chunk.meta.index, 0, true);
-                return;
-            }
+        let Some(incoming) = self
+            .incoming_snapshot
+            .as_mut()
+            .filter(|incoming| incoming.meta == chunk.meta)
+        else {
+            self.answer_chunk(from, chunk.meta.index, 0, true);
+            return;
         };
-        if chunk.done && chunk.offset + chunk.data.len() as u64 == received {
-            let incoming = self.incoming_snapshot.take().expect("matched above");
-            self.install_snapshot(Snapshot {
-                meta: incoming.meta,
-                data: incoming.data.freeze(),
-            });
+        let received = incoming.received;
+        if chunk.offset > received {
+            self.answer_chunk(from, chunk.meta.index, received, true);
+            return;
         }
+        if chunk.offset == received {
+            incoming.received += chunk.data.len() as u64;
+            let received = incoming.received;
+            let InstallSnapshot {
+                meta,
+                offset,
+                data,
+                done,
+            } = chunk;
+            self.staged_chunks.push(crate::ready::StagedChunk {
+                meta: meta.clone(),
+                offset,
+                data,
+            });
+            if done {
+                self.incoming_snapshot = None;
+                self.install_snapshot(meta.clone());
+            }
+            self.answer_chunk(from, meta.index, received, false);
+            return;
+        }
+        // A duplicate of a chunk already staged.
         self.answer_chunk(from, chunk.meta.index, received, false);
     }
 
@@ -494,8 +521,8 @@ impl<S: Storage> RaftNode<S> {
         );
     }
 
-    fn install_snapshot(&mut self, snapshot: Snapshot) {
-        self.conf = snapshot.meta.conf_state.clone();
+    fn install_snapshot(&mut self, snapshot: SnapshotMeta) {
+        self.conf = snapshot.conf_state.clone();
         self.quorum = JointConfig::from_conf_state(&self.conf);
         self.pending_conf_index = 0;
         self.log.restore(snapshot);

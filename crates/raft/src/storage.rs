@@ -31,6 +31,15 @@ pub struct HardState {
     pub commit: LogIndex,
 }
 
+/// A piece of a snapshot's data, as [`Storage::snapshot_chunk`] reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    /// The bytes.
+    pub data: Bytes,
+    /// Whether they reach the end of the snapshot's data.
+    pub done: bool,
+}
+
 /// A point-in-time image of the state machine, and what it covers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -165,9 +174,22 @@ pub trait Storage {
     /// follow it).
     fn last_index(&self) -> LogIndex;
 
-    /// The latest snapshot, to send to a follower that needs compacted
-    /// entries.
-    fn snapshot(&self) -> Result<Snapshot, StorageError>;
+    /// The latest snapshot's index, term and configuration (index 0 for
+    /// the empty snapshot of a new store).
+    fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError>;
+
+    /// Up to `max_bytes` of the data of the snapshot `meta` describes,
+    /// from byte `offset` on, and whether that reaches the end. Snapshots
+    /// are read in chunks so that a state larger than memory can be sent;
+    /// reading the same offset twice gives the same bytes. A snapshot that
+    /// is no longer the latest gives `SnapshotOutOfDate` (the leader then
+    /// starts over with the new one).
+    fn snapshot_chunk(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<SnapshotChunk, StorageError>;
 }
 
 /// What the runtime writes to a log store, following the consensus core's
@@ -197,10 +219,29 @@ pub trait LogStore: Storage {
         data: Bytes,
     ) -> Result<(), StorageError>;
 
-    /// Replaces the whole log with a snapshot received from the leader,
-    /// which must be newer than the store's own; the snapshot's index
-    /// becomes the compaction point and its configuration the store's.
-    fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError>;
+    /// Writes a chunk of a snapshot being received into a staging area
+    /// that does not touch the current state. Chunks come in order; a chunk
+    /// at offset 0 discards whatever was staged before (a transfer that
+    /// started over).
+    fn stage_snapshot_chunk(
+        &mut self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StorageError>;
+
+    /// Replaces the whole log with the fully staged snapshot `meta`, which
+    /// must be newer than the store's own, atomically: a crash leaves
+    /// either the old state or the new. The snapshot's index becomes the
+    /// compaction point and its configuration the store's.
+    fn apply_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError>;
+
+    /// Stages a whole snapshot held in memory and applies it (a new
+    /// cluster's [`Snapshot::bootstrap`], tests).
+    fn restore_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        self.stage_snapshot_chunk(&snapshot.meta, 0, &snapshot.data)?;
+        self.apply_snapshot(&snapshot.meta)
+    }
 
     /// Discards entries up to and including `index`, which must be in the
     /// log and covered by the snapshot; its index and term stay

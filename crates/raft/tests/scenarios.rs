@@ -298,8 +298,8 @@ fn a_snapshot_taken_inside_a_joint_configuration_brings_a_new_voter_up() {
     cluster.heal();
     cluster.tick_all(4);
     let node4 = cluster.node(4);
-    assert_eq!(node4.storage().snapshot().unwrap().meta.conf_state, joint);
-    assert_eq!(node4.storage().snapshot().unwrap().data, "state:a,b");
+    assert_eq!(node4.storage().snapshot().meta.conf_state, joint);
+    assert_eq!(node4.storage().snapshot().data, "state:a,b");
     assert_eq!(node4.conf_state().voters, vec![1, 2, 3, 4]);
     assert!(node4.conf_state().voters_outgoing.is_empty(), "left joint");
     assert_eq!(node4.commit_index(), cluster.node(1).commit_index());

@@ -2,9 +2,11 @@
 //! catches a store that breaks the contract (so it can fail at all).
 
 use bytes::Bytes;
-use dr_codec::message::{ConfState, Entry, LogIndex, Term};
+use dr_codec::message::{ConfState, Entry, LogIndex, SnapshotMeta, Term};
 use dr_raft::conformance::{checks, run_all};
-use dr_raft::{HardState, InitialState, LogStore, MemStorage, Snapshot, Storage, StorageError};
+use dr_raft::{
+    HardState, InitialState, LogStore, MemStorage, SnapshotChunk, Storage, StorageError,
+};
 
 #[test]
 fn mem_storage_conforms() {
@@ -36,8 +38,16 @@ impl Storage for NoTruncation {
     fn last_index(&self) -> LogIndex {
         self.0.last_index()
     }
-    fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        self.0.snapshot()
+    fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError> {
+        self.0.snapshot_meta()
+    }
+    fn snapshot_chunk(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<SnapshotChunk, StorageError> {
+        self.0.snapshot_chunk(meta, offset, max_bytes)
     }
 }
 
@@ -65,8 +75,16 @@ impl LogStore for NoTruncation {
     ) -> Result<(), StorageError> {
         self.0.create_snapshot(index, conf_state, data)
     }
-    fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        self.0.apply_snapshot(snapshot)
+    fn stage_snapshot_chunk(
+        &mut self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        self.0.stage_snapshot_chunk(meta, offset, data)
+    }
+    fn apply_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        self.0.apply_snapshot(meta)
     }
     fn compact(&mut self, index: LogIndex) -> Result<(), StorageError> {
         self.0.compact(index)

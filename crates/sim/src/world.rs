@@ -228,7 +228,7 @@ impl World {
                 ..Config::new(id)
             };
             let mut disk = MemStorage::new();
-            disk.apply_snapshot(Snapshot::bootstrap(conf.clone()))
+            disk.restore_snapshot(&Snapshot::bootstrap(conf.clone()))
                 .expect("fresh store");
             world.configs.insert(id, config);
             world.nodes.insert(
@@ -401,9 +401,14 @@ impl World {
         let raft = node.raft.as_mut().expect("running");
         let store = raft.storage_mut();
         let fail = |what: &str, error: dr_raft::StorageError| format!("node {id}: {what}: {error}");
+        for chunk in &ready.snapshot_chunks {
+            store
+                .stage_snapshot_chunk(&chunk.meta, chunk.offset, &chunk.data)
+                .map_err(|e| fail("stage snapshot chunk", e))?;
+        }
         if let Some(snapshot) = &ready.snapshot {
             store
-                .apply_snapshot(snapshot.clone())
+                .apply_snapshot(snapshot)
                 .map_err(|e| fail("apply snapshot", e))?;
         }
         store
@@ -420,17 +425,17 @@ impl World {
                 .map_err(|e| fail("conf state", e))?;
         }
         if let Some(snapshot) = &ready.snapshot {
-            node.kv = decode_kv(&snapshot.data);
-            node.applied = snapshot.meta.index;
-            node.snapshot_index = snapshot.meta.index;
+            node.kv = decode_kv(&store.snapshot().data);
+            node.applied = snapshot.index;
+            node.snapshot_index = snapshot.index;
             self.stats.snapshots_installed += 1;
             // Proposals the snapshot covers: their fate is unknown here.
             let covered: Vec<OpId> = node
                 .writes
-                .range(..=snapshot.meta.index)
+                .range(..=snapshot.index)
                 .map(|(_, &(_, op))| op)
                 .collect();
-            node.writes.retain(|&index, _| index > snapshot.meta.index);
+            node.writes.retain(|&index, _| index > snapshot.index);
             for op in covered {
                 self.finish(op, None);
             }
@@ -560,7 +565,7 @@ impl World {
     /// rebuilt from the snapshot and the log after it.
     fn restart(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("node exists");
-        let snapshot = node.disk.snapshot().expect("memory store");
+        let snapshot = node.disk.snapshot().clone();
         node.disk
             .set_conf_state(snapshot.meta.conf_state.clone())
             .expect("memory store");

@@ -56,7 +56,7 @@ impl Cluster {
         for &id in voters.iter().chain(learners) {
             let mut store = MemStorage::new();
             store
-                .apply_snapshot(dr_raft::Snapshot::bootstrap(conf.clone()))
+                .restore_snapshot(&dr_raft::Snapshot::bootstrap(conf.clone()))
                 .unwrap();
             cluster.add_node(id, store);
         }
@@ -108,7 +108,12 @@ impl Cluster {
         }
         let ready = node.ready();
         let store = node.storage_mut();
-        if let Some(snapshot) = ready.snapshot.clone() {
+        for chunk in &ready.snapshot_chunks {
+            store
+                .stage_snapshot_chunk(&chunk.meta, chunk.offset, &chunk.data)
+                .unwrap();
+        }
+        if let Some(snapshot) = &ready.snapshot {
             store.apply_snapshot(snapshot).unwrap();
         }
         store.append(&ready.entries).unwrap();
