@@ -59,11 +59,9 @@ fn node(id: NodeId) -> RaftNode<MemStorage> {
 
 /// Persists a ready; returns the last index it applies.
 fn persist(node: &mut RaftNode<MemStorage>, ready: &mut Ready) -> Option<LogIndex> {
-    let store = node.storage_mut();
-    store.append(&ready.entries).expect("memory append");
-    if let Some(hard_state) = ready.hard_state {
-        store.set_hard_state(hard_state).expect("memory write");
-    }
+    node.storage_mut()
+        .persist_ready(ready)
+        .expect("memory store");
     ready.committed_entries.last().map(|e| e.index)
 }
 

@@ -71,11 +71,7 @@
 //! let mut drive = |node: &mut RaftNode<MemStorage>| {
 //!     while node.has_ready() {
 //!         let ready = node.ready();
-//!         let store = node.storage_mut();
-//!         store.append(&ready.entries)?;
-//!         if let Some(hard_state) = ready.hard_state {
-//!             store.set_hard_state(hard_state)?;
-//!         }
+//!         node.storage_mut().persist_ready(&ready)?;
 //!         // (A cluster would send ready.messages here.)
 //!         applied.extend(ready.committed_entries.into_iter().filter(|e| e.kind == EntryKind::Normal));
 //!         node.advance();

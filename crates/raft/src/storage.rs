@@ -236,6 +236,24 @@ pub trait LogStore: Storage {
     /// compaction point and its configuration the store's.
     fn apply_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError>;
 
+    /// Persists what a ready says to persist, in the contract's order:
+    /// stage its snapshot chunks, apply its snapshot, append its entries,
+    /// write its hard state. A store that can write these atomically (one
+    /// batch, one sync) should override this.
+    fn persist_ready(&mut self, ready: &crate::Ready) -> Result<(), StorageError> {
+        for chunk in &ready.snapshot_chunks {
+            self.stage_snapshot_chunk(&chunk.meta, chunk.offset, &chunk.data)?;
+        }
+        if let Some(snapshot) = &ready.snapshot {
+            self.apply_snapshot(snapshot)?;
+        }
+        self.append(&ready.entries)?;
+        if let Some(hard_state) = ready.hard_state {
+            self.set_hard_state(hard_state)?;
+        }
+        Ok(())
+    }
+
     /// Stages a whole snapshot held in memory and applies it (a new
     /// cluster's [`Snapshot::bootstrap`], tests).
     fn restore_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {

@@ -401,24 +401,9 @@ impl World {
         let raft = node.raft.as_mut().expect("running");
         let store = raft.storage_mut();
         let fail = |what: &str, error: dr_raft::StorageError| format!("node {id}: {what}: {error}");
-        for chunk in &ready.snapshot_chunks {
-            store
-                .stage_snapshot_chunk(&chunk.meta, chunk.offset, &chunk.data)
-                .map_err(|e| fail("stage snapshot chunk", e))?;
-        }
-        if let Some(snapshot) = &ready.snapshot {
-            store
-                .apply_snapshot(snapshot)
-                .map_err(|e| fail("apply snapshot", e))?;
-        }
         store
-            .append(&ready.entries)
-            .map_err(|e| fail("append", e))?;
-        if let Some(hard_state) = ready.hard_state {
-            store
-                .set_hard_state(hard_state)
-                .map_err(|e| fail("hard state", e))?;
-        }
+            .persist_ready(ready)
+            .map_err(|e| fail("persisting a ready", e))?;
         if let Some(conf) = &ready.conf_state {
             store
                 .set_conf_state(conf.clone())

@@ -108,18 +108,7 @@ impl Cluster {
         }
         let ready = node.ready();
         let store = node.storage_mut();
-        for chunk in &ready.snapshot_chunks {
-            store
-                .stage_snapshot_chunk(&chunk.meta, chunk.offset, &chunk.data)
-                .unwrap();
-        }
-        if let Some(snapshot) = &ready.snapshot {
-            store.apply_snapshot(snapshot).unwrap();
-        }
-        store.append(&ready.entries).unwrap();
-        if let Some(hard_state) = ready.hard_state {
-            store.set_hard_state(hard_state).unwrap();
-        }
+        store.persist_ready(&ready).unwrap();
         if let Some(conf) = ready.conf_state.clone() {
             store.set_conf_state(conf).unwrap();
         }
