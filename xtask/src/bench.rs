@@ -25,6 +25,10 @@ const REFERENCE_FUNCTION: &str = "dr";
 pub(crate) fn run(name: Option<&str>, filter: Option<&str>) -> Result<(), String> {
     let started = SystemTime::now();
     let mut command = cargo();
+    // `.cargo/config.toml` builds RocksDB's C++ at -O1 to keep test builds
+    // short; benches measure it as a release build would ship it. (An
+    // environment variable wins over the config's `[env]`.)
+    command.env("CXXFLAGS", "-O3 -g0");
     command.args(["bench", "--package", "dr-benches"]);
     if let Some(name) = name {
         command.args(["--bench", name]);

@@ -1,0 +1,81 @@
+//! # dr-storage: a node's durable state in RocksDB
+//!
+//! The one crate that links RocksDB. [`RocksStorage`] keeps everything a
+//! node must not lose in one RocksDB instance with four column families
+//! (`raft_log`, `raft_state`, `data`, `meta`; their settings and why are
+//! in `options.rs` and `docs/design/storage.md`):
+//!
+//! - it implements dr-raft's [`dr_raft::Storage`] and
+//!   [`dr_raft::LogStore`], and passes the same conformance suite as the
+//!   in-memory store;
+//! - its [`dr_raft::LogStore::persist_ready`] writes a ready (snapshot chunks, the
+//!   snapshot switch, entries, hard state) as **one synced `WriteBatch`**,
+//!   so the ready's messages may be sent when it returns;
+//! - [`RocksStorage::apply`] writes committed entries' effects on the
+//!   key-value state machine together with the applied index (and the
+//!   configuration) in one atomic batch, so a crash never applies an
+//!   entry twice or skips one;
+//! - snapshots are stored and read in bounded records, staged in a second
+//!   slot while received, and switched to atomically: an interrupted
+//!   install leaves the old state whole;
+//! - a store created as [`StateMachine::DataFamily`] is itself the
+//!   key-value state machine: its snapshots are copies of the `data`
+//!   family at the applied index (never the whole state in memory), and
+//!   installing one replaces the family, finishing on the next open if a
+//!   crash cut it short;
+//! - [`RocksStorage::backup`] and [`RocksStorage::restore`] take
+//!   incremental backups with RocksDB's backup engine and restore them
+//!   into empty directories.
+//!
+//! ## Invariants
+//!
+//! - Every log entry is a dr-codec frame with its CRC32C; every other
+//!   record carries its own CRC32C. Nothing read back is used unchecked.
+//! - On open the format version is checked and every log entry is read
+//!   and verified (checksum, position, term order) while the in-memory
+//!   indexes are rebuilt; damage is reported with the index and what is
+//!   wrong, never repaired by guessing. (RocksDB's own recovery drops a
+//!   WAL record torn by a crash, which can only be a write that never
+//!   returned, since every acknowledged write is synced.)
+//! - A failed write or fsync panics: the process cannot know what reached
+//!   the disk, and retrying is how data gets silently lost.
+//!
+//! ## What it does not do
+//!
+//! It does not decide anything: what to append, apply, snapshot or compact
+//! is the consensus core's and the node's call. It does not interpret
+//! values (no TTLs, no types: those belong to the node). It does not
+//! retry a failed write.
+//!
+//! ## Example
+//!
+//! ```
+//! use dr_raft::{LogStore, Storage};
+//! use dr_storage::{DataWrite, RocksStorage, StateMachine};
+//!
+//! let dir = std::env::temp_dir().join(format!("dr-storage-doc-{}", std::process::id()));
+//! let mut store = RocksStorage::open(&dir, StateMachine::DataFamily).expect("a new store");
+//! store.append(&dr_raft::conformance::entries(1, 3, 1)).unwrap();
+//! store.apply(&[DataWrite::Put(b"k", b"v")], 3, None).unwrap();
+//! drop(store);
+//! let store = RocksStorage::open(&dir, StateMachine::DataFamily).expect("reopens");
+//! assert_eq!((store.last_index(), store.applied_index()), (3, 3));
+//! assert_eq!(store.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+//! drop(store);
+//! std::fs::remove_dir_all(&dir).unwrap();
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod backup;
+mod kv_stream;
+pub mod options;
+mod records;
+mod store;
+
+pub use backup::{BackupError, BackupInfo, list_backups};
+pub use kv_stream::{KEY_BYTES_MAX, KeyValue, VALUE_BYTES_MAX};
+pub use store::{
+    DataWrite, FORMAT_VERSION, OpenError, RocksStorage, SNAPSHOT_RECORD_BYTES, StateMachine,
+};

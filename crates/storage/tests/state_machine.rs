@@ -1,0 +1,245 @@
+//! A store that is its own state machine (`StateMachine::DataFamily`):
+//! snapshots are copies of the `data` family at the applied index, travel
+//! in chunks, and replace the receiver's data atomically.
+
+mod support;
+
+use bytes::Bytes;
+use dr_codec::message::{ConfState, SnapshotMeta};
+use dr_raft::conformance::entries;
+use dr_raft::{LogStore, Ready, StagedChunk, Storage, StorageError};
+use dr_storage::options::{CF_DATA, CF_META, CF_RAFT_LOG, CF_RAFT_STATE};
+use dr_storage::{DataWrite, OpenError, RocksStorage, StateMachine};
+use support::TestDir;
+
+const CHUNK_BYTES: u64 = 64 << 10;
+
+fn conf() -> ConfState {
+    ConfState {
+        voters: vec![1, 2, 3],
+        ..ConfState::default()
+    }
+}
+
+fn open(dir: &TestDir) -> RocksStorage {
+    RocksStorage::open(dir.path(), StateMachine::DataFamily).expect("store opens")
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("key-{i:06}").into_bytes()
+}
+
+fn value(i: usize, round: usize) -> Vec<u8> {
+    let mut value = format!("round {round} value {i} ").into_bytes();
+    value.resize(1000, b'.');
+    value
+}
+
+/// Logs entries up to `last` and applies `keys` puts (of round `round`)
+/// at `last`.
+fn fill(store: &mut RocksStorage, first: u64, last: u64, keys: usize, round: usize) {
+    store.append(&entries(first, last, 2)).expect("append");
+    let keys: Vec<Vec<u8>> = (0..keys).map(key).collect();
+    let values: Vec<Vec<u8>> = (0..keys.len()).map(|i| value(i, round)).collect();
+    let writes: Vec<DataWrite<'_>> = keys
+        .iter()
+        .zip(&values)
+        .map(|(key, value)| DataWrite::Put(key, value))
+        .collect();
+    store.apply(&writes, last, Some(&conf())).expect("apply");
+}
+
+fn all_pairs(store: &RocksStorage) -> Vec<(Vec<u8>, Vec<u8>)> {
+    store.scan(b"", usize::MAX).expect("scan")
+}
+
+/// Sends `meta`'s snapshot from `source` to `target` in chunks, the last
+/// one in the ready that also switches, as the consensus core hands them
+/// out.
+fn transfer(
+    source: &RocksStorage,
+    target: &mut RocksStorage,
+    meta: &SnapshotMeta,
+) -> Result<(), StorageError> {
+    let mut offset = 0;
+    loop {
+        let chunk = source.snapshot_chunk(meta, offset, CHUNK_BYTES)?;
+        let staged = StagedChunk {
+            meta: meta.clone(),
+            offset,
+            data: chunk.data.clone(),
+        };
+        offset += chunk.data.len() as u64;
+        let ready = Ready {
+            snapshot_chunks: vec![staged],
+            snapshot: chunk.done.then(|| meta.clone()),
+            ..Ready::default()
+        };
+        target.persist_ready(&ready)?;
+        if chunk.done {
+            return Ok(());
+        }
+    }
+}
+
+#[test]
+fn a_state_larger_than_its_chunks_replaces_the_receivers_data() {
+    let (source_dir, target_dir) = (TestDir::new(), TestDir::new());
+    let mut source = open(&source_dir);
+    fill(&mut source, 1, 10, 3000, 1);
+    source
+        .create_snapshot(10, conf(), Bytes::new())
+        .expect("snapshot");
+    let meta = source.snapshot_meta().unwrap();
+    // The source moves on: the snapshot still holds the state at 10.
+    source.append(&entries(11, 11, 2)).unwrap();
+    source
+        .apply(
+            &[DataWrite::Put(b"late", b"x"), DataWrite::Delete(&key(5))],
+            11,
+            None,
+        )
+        .unwrap();
+
+    let mut target = open(&target_dir);
+    fill(&mut target, 1, 3, 10, 9);
+    target
+        .apply(&[DataWrite::Put(b"stray", b"gone")], 3, None)
+        .unwrap();
+    transfer(&source, &mut target, &meta).expect("transfer");
+
+    let expected: Vec<_> = (0..3000).map(|i| (key(i), value(i, 1))).collect();
+    assert_eq!(all_pairs(&target), expected, "exactly the state at 10");
+    assert_eq!(target.applied_index(), 10);
+    assert_eq!(target.snapshot_meta().unwrap(), meta);
+    assert_eq!((target.first_index(), target.last_index()), (11, 10));
+    drop(target);
+    let target = open(&target_dir);
+    assert_eq!(all_pairs(&target), expected, "after a reopen");
+    // The receiver serves the same snapshot byte for byte.
+    let mut offset = 0;
+    loop {
+        let mine = source.snapshot_chunk(&meta, offset, CHUNK_BYTES).unwrap();
+        let theirs = target.snapshot_chunk(&meta, offset, CHUNK_BYTES).unwrap();
+        assert_eq!(mine, theirs, "chunk at {offset}");
+        offset += mine.data.len() as u64;
+        if mine.done {
+            break;
+        }
+    }
+    assert!(offset > 2 * (1 << 20), "the stream spans several records");
+}
+
+#[test]
+fn an_invalid_stream_is_refused_and_the_old_state_stays() {
+    let dir = TestDir::new();
+    let mut store = open(&dir);
+    fill(&mut store, 1, 4, 20, 1);
+    let before = all_pairs(&store);
+    let meta = SnapshotMeta {
+        index: 50,
+        term: 7,
+        conf_state: conf(),
+    };
+    let mut bytes = Vec::from(&b"DRKVSNP1"[..]);
+    bytes.extend_from_slice(&[3, 0, 0, 0, 1, 0, 0, 0, b'a', b'b', b'c', b'v', 0, 0, 0, 0]);
+    let ready = Ready {
+        snapshot_chunks: vec![StagedChunk {
+            meta: meta.clone(),
+            offset: 0,
+            data: Bytes::from(bytes),
+        }],
+        snapshot: Some(meta),
+        ..Ready::default()
+    };
+    let error = store.persist_ready(&ready).expect_err("a bad checksum");
+    assert!(
+        matches!(&error, StorageError::Invalid(what) if what.contains("checksum")),
+        "{error:?}"
+    );
+    assert_eq!(all_pairs(&store), before);
+    assert_eq!(store.applied_index(), 4);
+    assert_eq!(store.snapshot_meta().unwrap().index, 0);
+    assert_eq!(store.last_index(), 4);
+}
+
+#[test]
+fn an_install_cut_short_by_a_crash_is_finished_on_open() {
+    let (source_dir, target_dir) = (TestDir::new(), TestDir::new());
+    let mut source = open(&source_dir);
+    fill(&mut source, 1, 6, 500, 1);
+    source.create_snapshot(6, conf(), Bytes::new()).unwrap();
+    let meta = source.snapshot_meta().unwrap();
+    let mut target = open(&target_dir);
+    transfer(&source, &mut target, &meta).unwrap();
+    drop(target);
+    // What a crash between the switch and the end of the install leaves:
+    // the install marker, part of the data, and a key from before.
+    {
+        let mut options = rocksdb::Options::default();
+        options.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(
+            &options,
+            target_dir.path(),
+            [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA, CF_META],
+        )
+        .unwrap();
+        let data = db.cf_handle(CF_DATA).unwrap();
+        for i in 100..500 {
+            db.delete_cf(data, key(i)).unwrap();
+        }
+        db.put_cf(data, b"from before", b"old").unwrap();
+        db.put_cf(db.cf_handle(CF_META).unwrap(), b"data_install", b"6")
+            .unwrap();
+    }
+    let target = open(&target_dir);
+    let expected: Vec<_> = (0..500).map(|i| (key(i), value(i, 1))).collect();
+    assert_eq!(all_pairs(&target), expected);
+    assert_eq!(target.applied_index(), 6);
+}
+
+#[test]
+fn snapshots_are_taken_at_the_applied_index_and_take_no_image() {
+    let dir = TestDir::new();
+    let mut store = open(&dir);
+    fill(&mut store, 1, 8, 5, 1);
+    store.append(&entries(9, 9, 2)).unwrap();
+    assert!(matches!(
+        store.create_snapshot(9, conf(), Bytes::new()),
+        Err(StorageError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.create_snapshot(8, conf(), Bytes::from_static(b"image")),
+        Err(StorageError::Invalid(_))
+    ));
+    store.create_snapshot(8, conf(), Bytes::new()).unwrap();
+    assert_eq!(store.snapshot_meta().unwrap().index, 8);
+}
+
+#[test]
+fn the_kind_of_state_machine_is_checked_on_open() {
+    let dir = TestDir::new();
+    drop(open(&dir));
+    assert_eq!(
+        RocksStorage::open(dir.path(), StateMachine::External).err(),
+        Some(OpenError::StateMachine {
+            found: StateMachine::DataFamily,
+            requested: StateMachine::External,
+        })
+    );
+}
+
+#[test]
+fn keys_over_the_limit_are_refused_whole() {
+    let dir = TestDir::new();
+    let mut store = open(&dir);
+    store.append(&entries(1, 1, 1)).unwrap();
+    let long = vec![b'k'; dr_storage::KEY_BYTES_MAX + 1];
+    let writes = [DataWrite::Put(b"fine", b"1"), DataWrite::Put(&long, b"2")];
+    assert!(matches!(
+        store.apply(&writes, 1, None),
+        Err(StorageError::Invalid(_))
+    ));
+    assert_eq!(store.get(b"fine").unwrap(), None);
+    assert_eq!(store.applied_index(), 0);
+}
