@@ -239,7 +239,9 @@ fn group_commit_run(rounds: u64, window: usize, linger: bool) -> (Duration, f64)
 
 fn group_commit(c: &mut Criterion) {
     let mut group = c.benchmark_group("storage/group_commit");
-    group.sample_size(10).measurement_time(Duration::from_secs(6));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(6));
     group.throughput(Throughput::Elements(PROPOSERS as u64));
     for (window, linger) in [(1usize, false), (1, true), (4, false), (4, true)] {
         let mut per_fsync = Vec::new();

@@ -1,0 +1,489 @@
+//! [`TcpTransport`]: peers over TCP on tokio.
+//!
+//! Between two nodes there is one connection, dialled by the lower id and
+//! accepted by the higher; both write and read on it. The dialler
+//! redials with capped, jittered exponential backoff, so a peer that
+//! restarts at the same address is picked up without anyone acting; the
+//! acceptor takes a new connection from a peer as replacing the old one.
+//!
+//! Each connection has a writer (takes everything queued for the peer,
+//! encodes it as one frame into a pooled buffer, one write) and a reader
+//! (frames decoded in place from the receive buffer: payloads are slices
+//! of it). Anything malformed closes that connection only.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use dr_codec::frame::{decode_messages, encode_messages, peek_header};
+use dr_codec::message::{Message, NodeId};
+use dr_pool::{BufferPool, BufferPoolConfig};
+use parking_lot::{Mutex, RwLock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+
+use crate::Transport;
+use crate::config::{ConfigError, TransportConfig};
+use crate::handshake::{HELLO_LEN, HandshakeError, Hello};
+use crate::queue::PeerQueue;
+use crate::stats::{Counters, TransportStats, add};
+
+/// Bytes read from a socket at a time (at least).
+const READ_CHUNK: usize = 64 << 10;
+/// A connection that lasted this long resets the backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
+
+/// Why an endpoint could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// The listening address is taken or not ours.
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        error: io::Error,
+    },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(error) => error.fmt(f),
+            Self::Bind { addr, error } => write!(f, "cannot listen for peers on {addr}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum ConnectionEnd {
+    Io(io::Error),
+    Closed,
+    BadFrame(String),
+    Superseded,
+    NodeGone,
+}
+
+impl fmt::Display for ConnectionEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(error) => write!(f, "{error}"),
+            Self::Closed => f.write_str("closed by the peer"),
+            Self::BadFrame(what) => write!(f, "malformed input: {what}"),
+            Self::Superseded => f.write_str("replaced by a newer connection"),
+            Self::NodeGone => f.write_str("the node stopped taking messages"),
+        }
+    }
+}
+
+struct Peer {
+    id: NodeId,
+    addr: Mutex<SocketAddr>,
+    queue: PeerQueue,
+    /// Wakes the connection being served when a newer one arrives.
+    superseded: Notify,
+}
+
+struct Shared {
+    config: TransportConfig,
+    peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
+    counters: Counters,
+    inbound: mpsc::Sender<Message>,
+    pool: BufferPool,
+    tasks: Mutex<JoinSet<()>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Shared {
+    fn peer(&self, id: NodeId) -> Option<Arc<Peer>> {
+        self.peers.read().get(&id).cloned()
+    }
+
+    fn spawn(self: &Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock();
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn_on(task, &self.runtime);
+    }
+
+    fn my_hello(&self) -> Hello {
+        Hello {
+            cluster_id: self.config.cluster_id,
+            node_id: self.config.node_id,
+        }
+    }
+}
+
+/// A node's endpoint for talking to its peers over TCP. Dropping it stops
+/// every task and closes every connection.
+pub struct TcpTransport {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+}
+
+impl fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("node_id", &self.shared.config.node_id)
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+impl TcpTransport {
+    /// Listens on the configured address and starts connecting to the
+    /// configured peers. Messages from peers arrive on the returned
+    /// receiver. Must run inside a tokio runtime.
+    pub async fn start(
+        config: TransportConfig,
+    ) -> Result<(Self, mpsc::Receiver<Message>), StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|error| StartError::Bind {
+                addr: config.listen_addr,
+                error,
+            })?;
+        let local_addr = listener.local_addr().map_err(|error| StartError::Bind {
+            addr: config.listen_addr,
+            error,
+        })?;
+        let (inbound, received) = mpsc::channel(config.inbound_capacity);
+        let pool =
+            BufferPool::new(&BufferPoolConfig::default()).expect("the default pool is valid");
+        let peers = config.peers.clone();
+        let shared = Arc::new(Shared {
+            config,
+            peers: RwLock::new(HashMap::new()),
+            counters: Counters::default(),
+            inbound,
+            pool,
+            tasks: Mutex::new(JoinSet::new()),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        shared.spawn(accept_loop(Arc::clone(&shared), listener));
+        let transport = Self { shared, local_addr };
+        for (id, addr) in peers {
+            transport.add_peer(id, addr);
+        }
+        Ok((transport, received))
+    }
+
+    /// Where this endpoint listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Adds a peer (a new member), or changes a known peer's address.
+    pub fn add_peer(&self, id: NodeId, addr: SocketAddr) {
+        if id == self.shared.config.node_id || id == 0 {
+            return;
+        }
+        if let Some(peer) = self.shared.peer(id) {
+            *peer.addr.lock() = addr;
+            return;
+        }
+        let config = &self.shared.config;
+        let peer = Arc::new(Peer {
+            id,
+            addr: Mutex::new(addr),
+            queue: PeerQueue::new(config.queue_messages_max, config.queue_bytes_max),
+            superseded: Notify::new(),
+        });
+        self.shared.peers.write().insert(id, Arc::clone(&peer));
+        if config.node_id < id {
+            self.shared.spawn(dial_loop(Arc::clone(&self.shared), peer));
+        }
+    }
+
+    /// Forgets a peer (a removed member): its queue is dropped and its
+    /// connection closed.
+    pub fn remove_peer(&self, id: NodeId) {
+        if let Some(peer) = self.shared.peers.write().remove(&id) {
+            let dropped = peer.queue.clear();
+            add(&self.shared.counters.messages_dropped, dropped as u64);
+            peer.superseded.notify_waiters();
+        }
+    }
+
+    /// Messages and payload bytes queued for `peer` now.
+    pub fn queued(&self, peer: NodeId) -> Option<(usize, usize)> {
+        self.shared.peer(peer).map(|peer| peer.queue.len())
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        self.shared.tasks.lock().abort_all();
+    }
+}
+
+impl Transport for TcpTransport {
+    fn send(&self, message: Message) -> bool {
+        let counters = &self.shared.counters;
+        let Some(peer) = self.shared.peer(message.to) else {
+            add(&counters.messages_dropped, 1);
+            return false;
+        };
+        let queued = peer.queue.push(message);
+        if queued {
+            add(&counters.messages_queued, 1);
+        } else {
+            add(&counters.messages_dropped, 1);
+        }
+        queued
+    }
+
+    fn stats(&self) -> TransportStats {
+        self.shared.counters.snapshot()
+    }
+}
+
+/// Up to `backoff`, at least half of it: peers that lost each other at
+/// the same moment do not redial in lockstep.
+fn jittered(backoff: Duration, seed: &mut u64) -> Duration {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    let half = backoff / 2;
+    half + Duration::from_nanos(*seed % (half.as_nanos() as u64).max(1))
+}
+
+async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>) {
+    let config = &shared.config;
+    let mut backoff = config.backoff_min;
+    let mut seed = config.node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ peer.id | 1;
+    while shared.peer(peer.id).is_some() {
+        let addr = *peer.addr.lock();
+        match dial(&shared, peer.id, addr).await {
+            Ok(stream) => {
+                add(&shared.counters.connections_established, 1);
+                tracing::info!(peer = peer.id, %addr, "connected to peer");
+                let started = Instant::now();
+                let end = serve(&shared, &peer, stream).await;
+                tracing::info!(peer = peer.id, %addr, "connection to peer ended: {end}");
+                if started.elapsed() >= STABLE_CONNECTION {
+                    backoff = config.backoff_min;
+                }
+            }
+            Err(HandshakeError::Io(error)) => {
+                add(&shared.counters.dial_failures, 1);
+                tracing::debug!(peer = peer.id, %addr, "dialling peer failed: {error}");
+            }
+            Err(error) => {
+                add(&shared.counters.handshakes_refused, 1);
+                tracing::warn!(peer = peer.id, %addr, "peer refused: {error}");
+            }
+        }
+        tokio::time::sleep(jittered(backoff, &mut seed)).await;
+        backoff = (backoff * 2).min(config.backoff_max);
+    }
+}
+
+/// Connects to `addr`, sends this node's hello, and checks the answer
+/// is `expected`'s, all within the handshake timeout.
+async fn dial(
+    shared: &Shared,
+    expected: NodeId,
+    addr: SocketAddr,
+) -> Result<TcpStream, HandshakeError> {
+    let io = |error: io::Error| HandshakeError::Io(error.to_string());
+    let handshake = async {
+        let mut stream = TcpStream::connect(addr).await.map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
+        stream
+            .write_all(&shared.my_hello().encode())
+            .await
+            .map_err(io)?;
+        let theirs = read_hello(&mut stream).await?;
+        theirs.check_cluster(shared.config.cluster_id)?;
+        if theirs.node_id != expected {
+            return Err(HandshakeError::WrongPeer {
+                expected,
+                found: theirs.node_id,
+            });
+        }
+        Ok(stream)
+    };
+    tokio::time::timeout(shared.config.handshake_timeout, handshake)
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout))
+}
+
+async fn read_hello(stream: &mut TcpStream) -> Result<Hello, HandshakeError> {
+    let mut bytes = [0u8; HELLO_LEN];
+    stream
+        .read_exact(&mut bytes)
+        .await
+        .map_err(|error| HandshakeError::Io(error.to_string()))?;
+    Hello::decode(&bytes)
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let connection = accept_one(Arc::clone(&shared), stream, addr);
+                shared.spawn(connection);
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                tracing::warn!("accepting a peer connection failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The acceptor's half of the handshake: read the dialler's hello first
+/// (a stranger learns nothing about this node), check it, then answer.
+async fn accept_handshake(
+    shared: &Shared,
+    stream: &mut TcpStream,
+) -> Result<Arc<Peer>, HandshakeError> {
+    let io = |error: io::Error| HandshakeError::Io(error.to_string());
+    stream.set_nodelay(true).map_err(io)?;
+    let theirs = read_hello(stream).await?;
+    theirs.check_cluster(shared.config.cluster_id)?;
+    let peer = shared
+        .peer(theirs.node_id)
+        .ok_or(HandshakeError::UnknownPeer(theirs.node_id))?;
+    if theirs.node_id > shared.config.node_id {
+        return Err(HandshakeError::WrongDirection(theirs.node_id));
+    }
+    stream
+        .write_all(&shared.my_hello().encode())
+        .await
+        .map_err(io)?;
+    Ok(peer)
+}
+
+async fn accept_one(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr) {
+    let handshake = accept_handshake(&shared, &mut stream);
+    let peer = match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
+        Ok(Ok(peer)) => peer,
+        Ok(Err(error)) => {
+            add(&shared.counters.handshakes_refused, 1);
+            tracing::warn!(%addr, "refused a peer connection: {error}");
+            return;
+        }
+        Err(_) => {
+            add(&shared.counters.handshakes_refused, 1);
+            tracing::warn!(%addr, "refused a peer connection: {}", HandshakeError::Timeout);
+            return;
+        }
+    };
+    // A peer that restarted dials again while its old connection may
+    // still look open here: the new one wins.
+    peer.superseded.notify_waiters();
+    add(&shared.counters.connections_established, 1);
+    tracing::info!(peer = peer.id, %addr, "peer connected");
+    let end = serve(&shared, &peer, stream).await;
+    tracing::info!(peer = peer.id, %addr, "peer connection ended: {end}");
+}
+
+/// Runs a connection until either direction fails; then drops what was
+/// queued for the peer (stale by the time a new connection is up; Raft
+/// retransmits what still matters).
+async fn serve(shared: &Shared, peer: &Peer, stream: TcpStream) -> ConnectionEnd {
+    let superseded = peer.superseded.notified();
+    let (reader, writer) = stream.into_split();
+    let end = tokio::select! {
+        end = read_loop(shared, peer.id, reader) => end,
+        end = write_loop(shared, peer, writer) => end,
+        () = superseded => ConnectionEnd::Superseded,
+    };
+    if let ConnectionEnd::BadFrame(what) = &end {
+        add(&shared.counters.bad_frames, 1);
+        tracing::warn!(peer = peer.id, "closing the connection: {what}");
+    }
+    let dropped = peer.queue.clear();
+    add(&shared.counters.messages_dropped, dropped as u64);
+    end
+}
+
+async fn write_loop(shared: &Shared, peer: &Peer, mut writer: OwnedWriteHalf) -> ConnectionEnd {
+    let counters = &shared.counters;
+    let codec = &shared.config.codec;
+    // Half a frame of payload per batch leaves room for the framing.
+    let batch_bytes = codec.frame_bytes_max / 2;
+    let mut batch = Vec::new();
+    loop {
+        batch.clear();
+        if !peer.queue.take_batch(&mut batch, batch_bytes) {
+            peer.queue.wait().await;
+            continue;
+        }
+        let mut buffer = shared.pool.get(READ_CHUNK);
+        if let Err(error) = encode_messages(&batch, codec, &mut buffer) {
+            add(&counters.messages_dropped, batch.len() as u64);
+            tracing::error!(peer = peer.id, "dropping {} messages: {error}", batch.len());
+            continue;
+        }
+        if let Err(error) = writer.write_all(&buffer).await {
+            add(&counters.messages_dropped, batch.len() as u64);
+            return ConnectionEnd::Io(error);
+        }
+        add(&counters.messages_sent, batch.len() as u64);
+        add(&counters.frames_sent, 1);
+        add(&counters.bytes_sent, buffer.len() as u64);
+    }
+}
+
+async fn read_loop(shared: &Shared, peer: NodeId, mut reader: OwnedReadHalf) -> ConnectionEnd {
+    let me = shared.config.node_id;
+    let codec = &shared.config.codec;
+    let counters = &shared.counters;
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+    let mut messages = Vec::new();
+    loop {
+        loop {
+            let header = match peek_header(&buffer, codec) {
+                Ok(Some(header)) => header,
+                Ok(None) => break,
+                Err(error) => return ConnectionEnd::BadFrame(error.to_string()),
+            };
+            if buffer.len() < header.frame_len {
+                buffer.reserve(header.frame_len - buffer.len());
+                break;
+            }
+            // The frame's bytes become shared and immutable; decoded
+            // payloads are slices of them, never copies.
+            let frame = buffer.split_to(header.frame_len).freeze();
+            messages.clear();
+            if let Err(error) = decode_messages(&frame, codec, &mut messages) {
+                return ConnectionEnd::BadFrame(error.to_string());
+            }
+            for message in messages.drain(..) {
+                if message.from != peer || message.to != me {
+                    return ConnectionEnd::BadFrame(format!(
+                        "a message from {} to {} on the link from {peer} to {me}",
+                        message.from, message.to
+                    ));
+                }
+                if shared.inbound.send(message).await.is_err() {
+                    return ConnectionEnd::NodeGone;
+                }
+                add(&counters.messages_received, 1);
+            }
+        }
+        if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {
+            buffer.reserve(READ_CHUNK);
+        }
+        match reader.read_buf(&mut buffer).await {
+            Ok(0) => return ConnectionEnd::Closed,
+            Ok(read) => add(&counters.bytes_received, read as u64),
+            Err(error) => return ConnectionEnd::Io(error),
+        }
+    }
+}

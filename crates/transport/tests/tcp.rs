@@ -1,0 +1,422 @@
+//! Endpoints on 127.0.0.1: many messages, restarts, garbage, strangers,
+//! slow readers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dr_codec::message::{AppendEntries, Entry, EntryKind, Heartbeat, Message, MessageBody, NodeId};
+use dr_transport::handshake::{HELLO_LEN, Hello};
+use dr_transport::{TcpTransport, Transport, TransportConfig, TransportStats};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::Receiver;
+use tokio::time::{Instant, sleep, timeout};
+
+const CLUSTER: u64 = 0xD1;
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn heartbeat(from: NodeId, to: NodeId, sequence: u64) -> Message {
+    Message {
+        from,
+        to,
+        term: sequence,
+        body: MessageBody::Heartbeat(Heartbeat {
+            commit: sequence,
+            read_context: 0,
+        }),
+    }
+}
+
+fn append(from: NodeId, to: NodeId, sequence: u64, entries: usize, bytes: usize) -> Message {
+    let entries = (0..entries as u64)
+        .map(|i| Entry {
+            term: sequence,
+            index: sequence * 1000 + i,
+            kind: EntryKind::Normal,
+            payload: Bytes::from(vec![(sequence + i) as u8; bytes]),
+        })
+        .collect();
+    Message {
+        from,
+        to,
+        term: sequence,
+        body: MessageBody::AppendEntries(AppendEntries {
+            prev_log_index: 0,
+            prev_log_term: 0,
+            leader_commit: 0,
+            entries,
+        }),
+    }
+}
+
+async fn start(
+    id: NodeId,
+    listen: SocketAddr,
+    peers: &[(NodeId, SocketAddr)],
+) -> (TcpTransport, Receiver<Message>) {
+    let mut config = TransportConfig::new(CLUSTER, id, listen);
+    config.peers = peers.iter().copied().collect();
+    config.backoff_max = Duration::from_millis(200);
+    TcpTransport::start(config).await.expect("endpoint starts")
+}
+
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Sends, waiting while the peer's queue is full.
+async fn send_all(transport: &TcpTransport, messages: impl IntoIterator<Item = Message>) {
+    for message in messages {
+        let deadline = Instant::now() + PATIENCE;
+        while !transport.send(message.clone()) {
+            assert!(Instant::now() < deadline, "the queue never drained");
+            sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+async fn receive(inbox: &mut Receiver<Message>) -> Message {
+    timeout(PATIENCE, inbox.recv())
+        .await
+        .expect("a message in time")
+        .expect("the transport is alive")
+}
+
+fn stats(transport: &TcpTransport) -> TransportStats {
+    transport.stats()
+}
+
+/// Two connected endpoints, 1 and 2.
+async fn pair() -> (
+    (TcpTransport, Receiver<Message>),
+    (TcpTransport, Receiver<Message>),
+) {
+    let two = start(2, any_port(), &[]).await;
+    let one = start(1, any_port(), &[(2, two.0.local_addr())]).await;
+    two.0.add_peer(1, one.0.local_addr());
+    eventually("the connection", || {
+        stats(&one.0).connections_established >= 1
+    })
+    .await;
+    (one, two)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_messages_both_ways_arrive_in_order() {
+    let ((one, mut inbox_one), (two, mut inbox_two)) = pair().await;
+    const COUNT: u64 = 20_000;
+    let sending = async {
+        send_all(&one, (1..=COUNT).map(|n| heartbeat(1, 2, n))).await;
+        send_all(&two, (1..=COUNT).map(|n| heartbeat(2, 1, n))).await;
+    };
+    let receiving = async {
+        for expected in 1..=COUNT {
+            let message = receive(&mut inbox_two).await;
+            assert_eq!((message.from, message.term), (1, expected));
+        }
+        for expected in 1..=COUNT {
+            let message = receive(&mut inbox_one).await;
+            assert_eq!((message.from, message.term), (2, expected));
+        }
+    };
+    tokio::join!(sending, receiving);
+    let sent = stats(&one);
+    assert_eq!(sent.messages_sent, COUNT);
+    assert!(
+        sent.frames_sent < COUNT,
+        "batched: {} frames",
+        sent.frames_sent
+    );
+    assert_eq!(stats(&two).messages_received, COUNT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_batches_arrive_with_their_payloads() {
+    let ((one, _inbox_one), (_two, mut inbox_two)) = pair().await;
+    send_all(&one, (1..=200).map(|n| append(1, 2, n, 64, 256))).await;
+    for n in 1..=200 {
+        assert_eq!(receive(&mut inbox_two).await, append(1, 2, n, 64, 256));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_restarted_at_its_address_is_picked_up() {
+    let three = start(3, any_port(), &[]).await;
+    let address_of_three = three.0.local_addr();
+    let two = start(2, any_port(), &[(3, address_of_three)]).await;
+    let one = start(
+        1,
+        any_port(),
+        &[(2, two.0.local_addr()), (3, address_of_three)],
+    )
+    .await;
+    three.0.add_peer(1, one.0.local_addr());
+    three.0.add_peer(2, two.0.local_addr());
+    two.0.add_peer(1, one.0.local_addr());
+    let (three_transport, mut inbox_three) = three;
+    send_all(&one.0, (1..=100).map(|n| heartbeat(1, 3, n))).await;
+    for n in 1..=100 {
+        assert_eq!(receive(&mut inbox_three).await.term, n);
+    }
+    drop(three_transport);
+    drop(inbox_three);
+    // Node 1 keeps sending while 3 is down: those may be lost.
+    for n in 101..=150 {
+        one.0.send(heartbeat(1, 3, n));
+        sleep(Duration::from_millis(1)).await;
+    }
+    let (restarted, mut inbox) = start(
+        3,
+        address_of_three,
+        &[(1, one.0.local_addr()), (2, two.0.local_addr())],
+    )
+    .await;
+    // Without anyone acting, 1 and 2 redial, and messages flow again.
+    let mut next = 1000;
+    let deadline = Instant::now() + PATIENCE;
+    let first = loop {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never reached the restarted node 3"
+        );
+        one.0.send(heartbeat(1, 3, next));
+        next += 1;
+        if let Ok(Some(message)) = timeout(Duration::from_millis(20), inbox.recv()).await {
+            break message;
+        }
+    };
+    assert_eq!(first.from, 1);
+    assert!(two.0.send(heartbeat(2, 3, 7)));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "node 2 never reached the restarted node 3"
+        );
+        let message = receive(&mut inbox).await;
+        if message.from == 2 {
+            break;
+        }
+    }
+    drop(restarted);
+}
+
+async fn raw_connect(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect(addr).await.expect("connect")
+}
+
+/// Reads until the other side closes (or a deadline), as a refused
+/// connection must be closed.
+async fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    let mut buffer = [0u8; 256];
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        match timeout(Duration::from_millis(100), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_strangers_and_bad_frames_close_only_their_connection() {
+    // Node 3 accepts from 1 (running) and 2 (impersonated below).
+    let three = start(3, any_port(), &[]).await;
+    let one = start(1, any_port(), &[(3, three.0.local_addr())]).await;
+    let (three_transport, mut inbox_three) = three;
+    three_transport.add_peer(1, one.0.local_addr());
+    three_transport.add_peer(2, "127.0.0.1:9".parse().unwrap());
+    let target = three_transport.local_addr();
+    eventually("1 connects to 3", || {
+        stats(&one.0).connections_established >= 1
+    })
+    .await;
+
+    let mut garbage = raw_connect(target).await;
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(closed_by_peer(&mut garbage).await, "garbage closed");
+
+    let mut truncated = raw_connect(target).await;
+    truncated
+        .write_all(
+            &Hello {
+                cluster_id: CLUSTER,
+                node_id: 2,
+            }
+            .encode()[..10],
+        )
+        .await
+        .unwrap();
+    truncated.shutdown().await.unwrap();
+
+    let mut stranger = raw_connect(target).await;
+    let other_cluster = Hello {
+        cluster_id: CLUSTER + 1,
+        node_id: 2,
+    }
+    .encode();
+    stranger.write_all(&other_cluster).await.unwrap();
+    assert!(closed_by_peer(&mut stranger).await, "other cluster closed");
+
+    let mut unknown = raw_connect(target).await;
+    unknown
+        .write_all(
+            &Hello {
+                cluster_id: CLUSTER,
+                node_id: 77,
+            }
+            .encode(),
+        )
+        .await
+        .unwrap();
+    assert!(closed_by_peer(&mut unknown).await, "unknown node closed");
+
+    // A good hello, then a frame with a bad checksum.
+    let mut impostor = raw_connect(target).await;
+    impostor
+        .write_all(
+            &Hello {
+                cluster_id: CLUSTER,
+                node_id: 2,
+            }
+            .encode(),
+        )
+        .await
+        .unwrap();
+    let mut answer = [0u8; HELLO_LEN];
+    impostor.read_exact(&mut answer).await.unwrap();
+    assert_eq!(Hello::decode(&answer).unwrap().node_id, 3);
+    let mut frame = bytes::BytesMut::new();
+    dr_codec::frame::encode_messages(&[heartbeat(2, 3, 1)], &Default::default(), &mut frame)
+        .unwrap();
+    let last = frame.len() - 1;
+    frame[last] ^= 0xFF;
+    impostor.write_all(&frame).await.unwrap();
+    assert!(closed_by_peer(&mut impostor).await, "bad frame closed");
+
+    // A message that claims another sender on 2's link.
+    let mut spoofer = raw_connect(target).await;
+    spoofer
+        .write_all(
+            &Hello {
+                cluster_id: CLUSTER,
+                node_id: 2,
+            }
+            .encode(),
+        )
+        .await
+        .unwrap();
+    spoofer.read_exact(&mut answer).await.unwrap();
+    let mut frame = bytes::BytesMut::new();
+    dr_codec::frame::encode_messages(&[heartbeat(1, 3, 1)], &Default::default(), &mut frame)
+        .unwrap();
+    spoofer.write_all(&frame).await.unwrap();
+    assert!(closed_by_peer(&mut spoofer).await, "spoofed sender closed");
+
+    eventually("the refusals counted", || {
+        let stats = stats(&three_transport);
+        stats.handshakes_refused >= 4 && stats.bad_frames >= 2
+    })
+    .await;
+    // The real peer never noticed.
+    send_all(&one.0, (1..=50).map(|n| heartbeat(1, 3, n))).await;
+    for n in 1..=50 {
+        let message = receive(&mut inbox_three).await;
+        assert_eq!((message.from, message.term), (1, n));
+    }
+    assert_eq!(
+        stats(&one.0).connections_established,
+        1,
+        "1's link was never cut"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_fills_only_its_own_bounded_queue() {
+    // Node 2 completes the handshake and then never reads.
+    let silent = TcpListener::bind(any_port()).await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let (mut stream, _) = silent.accept().await.unwrap();
+        let mut hello = [0u8; HELLO_LEN];
+        stream.read_exact(&mut hello).await.unwrap();
+        stream
+            .write_all(
+                &Hello {
+                    cluster_id: CLUSTER,
+                    node_id: 2,
+                }
+                .encode(),
+            )
+            .await
+            .unwrap();
+        sleep(Duration::from_secs(3600)).await;
+        drop(stream);
+    });
+    let (three, mut inbox_three) = start(3, any_port(), &[]).await;
+    let mut config = TransportConfig::new(CLUSTER, 1, any_port());
+    config.peers = [(2, silent_addr), (3, three.local_addr())]
+        .into_iter()
+        .collect();
+    config.queue_bytes_max = 4 << 20;
+    let (one, _) = TcpTransport::start(config).await.unwrap();
+    three.add_peer(1, one.local_addr());
+    eventually("both links up", || stats(&one).connections_established >= 2).await;
+
+    let mut refused = 0;
+    for n in 1..=2000 {
+        if !one.send(append(1, 2, n, 16, 1024)) {
+            refused += 1;
+        }
+        if n % 100 == 0 {
+            sleep(Duration::from_millis(1)).await;
+        }
+    }
+    assert!(refused > 0, "the silent peer's queue filled up");
+    let (_, queued_bytes) = one.queued(2).unwrap();
+    assert!(queued_bytes <= 4 << 20, "queue bound held: {queued_bytes}");
+    assert!(stats(&one).messages_dropped >= refused);
+    send_all(&one, (1..=100).map(|n| heartbeat(1, 3, n))).await;
+    for n in 1..=100 {
+        assert_eq!(receive(&mut inbox_three).await.term, n);
+    }
+    hold.abort();
+}
+
+#[tokio::test]
+async fn strangers_to_the_cluster_cannot_dial_in() {
+    let two = start(2, any_port(), &[]).await;
+    let mut config = TransportConfig::new(CLUSTER + 1, 1, any_port());
+    config.peers.insert(2, two.0.local_addr());
+    let (foreign, _) = TcpTransport::start(config).await.unwrap();
+    two.0.add_peer(1, foreign.local_addr());
+    eventually("the refusal", || stats(&two.0).handshakes_refused >= 1).await;
+    eventually("the dialler's failures", || {
+        let stats = stats(&foreign);
+        stats.handshakes_refused + stats.dial_failures >= 1
+    })
+    .await;
+    assert_eq!(stats(&two.0).connections_established, 0);
+}
+
+#[tokio::test]
+async fn a_taken_port_is_a_clear_error() {
+    let (one, _) = start(1, any_port(), &[]).await;
+    let error = TcpTransport::start(TransportConfig::new(CLUSTER, 2, one.local_addr()))
+        .await
+        .expect_err("the port is taken");
+    assert!(error.to_string().contains("cannot listen"), "{error}");
+}
