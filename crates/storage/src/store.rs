@@ -647,24 +647,8 @@ impl RocksStorage {
                 meta.index
             )));
         };
-        let old_slot = self.cached.slot;
+        self.add_slot_switch(batch, staged_meta, staged_len);
         let meta_cf = cf(&self.db, CF_META);
-        batch.put_cf(
-            meta_cf,
-            KEY_SNAPSHOT,
-            records::encode_snapshot_meta(&staged_meta, staged_len),
-        );
-        batch.put_cf(
-            meta_cf,
-            KEY_SNAPSHOT_SLOT,
-            records::encode_u64(u64::from(1 - old_slot)),
-        );
-        batch.delete_cf(meta_cf, KEY_STAGED);
-        batch.delete_range_cf(
-            meta_cf,
-            snapshot_key(old_slot, 0),
-            snapshot_key(old_slot, u64::MAX),
-        );
         batch.put_cf(
             meta_cf,
             KEY_COMPACTION_POINT,
@@ -685,9 +669,6 @@ impl RocksStorage {
             self.cached.applied = meta.index;
         }
         let cached = &mut self.cached;
-        cached.slot = 1 - old_slot;
-        cached.snapshot = staged_meta;
-        cached.snapshot_len = staged_len;
         cached.compacted_index = meta.index;
         cached.compacted_term = meta.term;
         cached.last_index = meta.index;
@@ -814,9 +795,9 @@ impl RocksStorage {
         written
     }
 
-    /// Makes the staged copy of the store's own state the current
-    /// snapshot (the log stays: compaction is separate).
-    fn add_own_snapshot_switch(&mut self, batch: &mut WriteBatch, meta: SnapshotMeta, len: u64) {
+    /// Makes the staged slot the current snapshot: its metadata, the slot
+    /// flip, the old slot deleted. (The log is the caller's business.)
+    fn add_slot_switch(&mut self, batch: &mut WriteBatch, meta: SnapshotMeta, len: u64) {
         let old_slot = self.cached.slot;
         let meta_cf = cf(&self.db, CF_META);
         batch.put_cf(
@@ -1162,7 +1143,7 @@ impl LogStore for RocksStorage {
                 self.copy_data_family(&meta)
             }
         };
-        self.add_own_snapshot_switch(&mut batch, meta, len);
+        self.add_slot_switch(&mut batch, meta, len);
         self.commit(batch, "creating a snapshot");
         Ok(())
     }

@@ -214,6 +214,33 @@ async fn raw_connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect(addr).await.expect("connect")
 }
 
+/// Connects and sends a hello claiming to be `node_id` of `cluster_id`.
+async fn connect_as(addr: SocketAddr, cluster_id: u64, node_id: NodeId) -> TcpStream {
+    let mut stream = raw_connect(addr).await;
+    let hello = Hello {
+        cluster_id,
+        node_id,
+    }
+    .encode();
+    stream.write_all(&hello).await.expect("send the hello");
+    stream
+}
+
+/// Connects as `node_id`, and checks the answer comes from node `to`.
+async fn handshake_as(addr: SocketAddr, node_id: NodeId, to: NodeId) -> TcpStream {
+    let mut stream = connect_as(addr, CLUSTER, node_id).await;
+    let mut answer = [0u8; HELLO_LEN];
+    stream.read_exact(&mut answer).await.expect("the answer");
+    assert_eq!(Hello::decode(&answer).unwrap().node_id, to);
+    stream
+}
+
+fn frame_of(message: Message) -> bytes::BytesMut {
+    let mut frame = bytes::BytesMut::new();
+    dr_codec::frame::encode_messages(&[message], &Default::default(), &mut frame).unwrap();
+    frame
+}
+
 /// Reads until the other side closes (or a deadline), as a refused
 /// connection must be closed.
 async fn closed_by_peer(stream: &mut TcpStream) -> bool {
@@ -250,80 +277,34 @@ async fn garbage_strangers_and_bad_frames_close_only_their_connection() {
     assert!(closed_by_peer(&mut garbage).await, "garbage closed");
 
     let mut truncated = raw_connect(target).await;
-    truncated
-        .write_all(
-            &Hello {
-                cluster_id: CLUSTER,
-                node_id: 2,
-            }
-            .encode()[..10],
-        )
-        .await
-        .unwrap();
-    truncated.shutdown().await.unwrap();
-
-    let mut stranger = raw_connect(target).await;
-    let other_cluster = Hello {
-        cluster_id: CLUSTER + 1,
+    let hello = Hello {
+        cluster_id: CLUSTER,
         node_id: 2,
     }
     .encode();
-    stranger.write_all(&other_cluster).await.unwrap();
+    truncated.write_all(&hello[..10]).await.unwrap();
+    truncated.shutdown().await.unwrap();
+
+    let mut stranger = connect_as(target, CLUSTER + 1, 2).await;
     assert!(closed_by_peer(&mut stranger).await, "other cluster closed");
 
-    let mut unknown = raw_connect(target).await;
-    unknown
-        .write_all(
-            &Hello {
-                cluster_id: CLUSTER,
-                node_id: 77,
-            }
-            .encode(),
-        )
-        .await
-        .unwrap();
+    let mut unknown = connect_as(target, CLUSTER, 77).await;
     assert!(closed_by_peer(&mut unknown).await, "unknown node closed");
 
     // A good hello, then a frame with a bad checksum.
-    let mut impostor = raw_connect(target).await;
-    impostor
-        .write_all(
-            &Hello {
-                cluster_id: CLUSTER,
-                node_id: 2,
-            }
-            .encode(),
-        )
-        .await
-        .unwrap();
-    let mut answer = [0u8; HELLO_LEN];
-    impostor.read_exact(&mut answer).await.unwrap();
-    assert_eq!(Hello::decode(&answer).unwrap().node_id, 3);
-    let mut frame = bytes::BytesMut::new();
-    dr_codec::frame::encode_messages(&[heartbeat(2, 3, 1)], &Default::default(), &mut frame)
-        .unwrap();
+    let mut impostor = handshake_as(target, 2, 3).await;
+    let mut frame = frame_of(heartbeat(2, 3, 1));
     let last = frame.len() - 1;
     frame[last] ^= 0xFF;
     impostor.write_all(&frame).await.unwrap();
     assert!(closed_by_peer(&mut impostor).await, "bad frame closed");
 
     // A message that claims another sender on 2's link.
-    let mut spoofer = raw_connect(target).await;
+    let mut spoofer = handshake_as(target, 2, 3).await;
     spoofer
-        .write_all(
-            &Hello {
-                cluster_id: CLUSTER,
-                node_id: 2,
-            }
-            .encode(),
-        )
+        .write_all(&frame_of(heartbeat(1, 3, 1)))
         .await
         .unwrap();
-    spoofer.read_exact(&mut answer).await.unwrap();
-    let mut frame = bytes::BytesMut::new();
-    dr_codec::frame::encode_messages(&[heartbeat(1, 3, 1)], &Default::default(), &mut frame)
-        .unwrap();
-    spoofer.write_all(&frame).await.unwrap();
     assert!(closed_by_peer(&mut spoofer).await, "spoofed sender closed");
 
     eventually("the refusals counted", || {
