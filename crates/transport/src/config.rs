@@ -8,6 +8,8 @@ use std::time::Duration;
 use dr_codec::frame::CodecConfig;
 use dr_codec::message::NodeId;
 
+use crate::tls::TlsFiles;
+
 /// An endpoint's identity, peers and limits.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -36,6 +38,9 @@ pub struct TransportConfig {
     /// Messages received and not yet taken by the node before readers stop
     /// reading (and TCP pushes back on the senders).
     pub inbound_capacity: usize,
+    /// TLS with mutual authentication between peers; off (`None`) by
+    /// default. Every member of a cluster must agree.
+    pub tls: Option<TlsFiles>,
 }
 
 impl TransportConfig {
@@ -53,6 +58,7 @@ impl TransportConfig {
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(2),
             inbound_capacity: 8192,
+            tls: None,
         }
     }
 

@@ -64,6 +64,9 @@ pub enum HandshakeError {
     /// The peer dialled although this node is the one that dials it (the
     /// lower id dials): a misconfigured or confused peer.
     WrongDirection(NodeId),
+    /// The TLS handshake failed (no certificate, or one the cluster CA
+    /// did not sign, or a peer that does not speak TLS).
+    Tls(String),
     /// The peer sent nothing in time.
     Timeout,
     /// The connection failed or closed during the handshake.
@@ -97,6 +100,7 @@ impl fmt::Display for HandshakeError {
                 f,
                 "node {id} dialled, but between us the lower id dials and it is the higher"
             ),
+            Self::Tls(error) => write!(f, "TLS handshake failed: {error}"),
             Self::Timeout => f.write_str("no hello in time"),
             Self::Io(error) => write!(f, "connection failed during the handshake: {error}"),
         }

@@ -24,8 +24,10 @@
 //! ## What it does not do
 //!
 //! No ordering or delivery guarantee beyond TCP's within one connection:
-//! messages queued when a connection breaks are dropped. No encryption
-//! yet (TLS is a planned option). It does not interpret messages.
+//! messages queued when a connection breaks are dropped. Without TLS
+//! (off by default; [`TransportConfig::tls`]) peers are told apart only
+//! by the cluster id and node id in their hello: turn TLS on where the
+//! network is not trusted. It does not interpret messages.
 //!
 //! ## Example
 //!
@@ -57,12 +59,14 @@ mod memory;
 mod queue;
 mod stats;
 mod tcp;
+mod tls;
 
 pub use config::{ConfigError, TransportConfig};
 pub use dr_codec::message::Message;
 pub use memory::{MemoryNetwork, MemoryTransport};
 pub use stats::TransportStats;
 pub use tcp::{StartError, TcpTransport};
+pub use tls::{PEER_NAME, TlsError, TlsFiles};
 
 /// Sends messages to peers. Implementations queue and return at once.
 pub trait Transport: Send + Sync {

@@ -23,8 +23,7 @@ use dr_codec::frame::{decode_messages, encode_messages, peek_header};
 use dr_codec::message::{Message, NodeId};
 use dr_pool::{BufferPool, BufferPoolConfig};
 use parking_lot::{Mutex, RwLock};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
@@ -34,17 +33,25 @@ use crate::config::{ConfigError, TransportConfig};
 use crate::handshake::{HELLO_LEN, HandshakeError, Hello};
 use crate::queue::PeerQueue;
 use crate::stats::{Counters, TransportStats, add};
+use crate::tls::{PEER_NAME, Tls, TlsError};
 
 /// Bytes read from a socket at a time (at least).
 const READ_CHUNK: usize = 64 << 10;
 /// A connection that lasted this long resets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 
+/// A connection to a peer: plain TCP or TLS over it.
+trait PeerIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> PeerIo for T {}
+type PeerStream = Box<dyn PeerIo>;
+
 /// Why an endpoint could not start.
 #[derive(Debug)]
 pub enum StartError {
     /// The configuration is invalid.
     Config(ConfigError),
+    /// The TLS files could not be loaded.
+    Tls(TlsError),
     /// The listening address is taken or not ours.
     Bind {
         /// The address.
@@ -58,6 +65,7 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Config(error) => error.fmt(f),
+            Self::Tls(error) => error.fmt(f),
             Self::Bind { addr, error } => write!(f, "cannot listen for peers on {addr}: {error}"),
         }
     }
@@ -103,6 +111,7 @@ struct Shared {
     pool: BufferPool,
     tasks: Mutex<JoinSet<()>>,
     runtime: tokio::runtime::Handle,
+    tls: Option<Tls>,
 }
 
 impl Shared {
@@ -148,6 +157,12 @@ impl TcpTransport {
         config: TransportConfig,
     ) -> Result<(Self, mpsc::Receiver<Message>), StartError> {
         config.validate().map_err(StartError::Config)?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(Tls::load)
+            .transpose()
+            .map_err(StartError::Tls)?;
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .map_err(|error| StartError::Bind {
@@ -170,6 +185,7 @@ impl TcpTransport {
             pool,
             tasks: Mutex::new(JoinSet::new()),
             runtime: tokio::runtime::Handle::current(),
+            tls,
         });
         shared.spawn(accept_loop(Arc::clone(&shared), listener));
         let transport = Self { shared, local_addr };
@@ -296,15 +312,25 @@ async fn dial(
     shared: &Shared,
     expected: NodeId,
     addr: SocketAddr,
-) -> Result<TcpStream, HandshakeError> {
+) -> Result<PeerStream, HandshakeError> {
     let io = |error: io::Error| HandshakeError::Io(error.to_string());
     let handshake = async {
-        let mut stream = TcpStream::connect(addr).await.map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
+        let tcp = TcpStream::connect(addr).await.map_err(io)?;
+        tcp.set_nodelay(true).map_err(io)?;
+        let mut stream: PeerStream = match &shared.tls {
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(PEER_NAME)
+                    .expect("PEER_NAME is a valid DNS name");
+                let session = tls.connector.connect(name, tcp).await;
+                Box::new(session.map_err(|e| HandshakeError::Tls(e.to_string()))?)
+            }
+            None => Box::new(tcp),
+        };
         stream
             .write_all(&shared.my_hello().encode())
             .await
             .map_err(io)?;
+        stream.flush().await.map_err(io)?;
         let theirs = read_hello(&mut stream).await?;
         theirs.check_cluster(shared.config.cluster_id)?;
         if theirs.node_id != expected {
@@ -320,7 +346,7 @@ async fn dial(
         .unwrap_or(Err(HandshakeError::Timeout))
 }
 
-async fn read_hello(stream: &mut TcpStream) -> Result<Hello, HandshakeError> {
+async fn read_hello(stream: &mut PeerStream) -> Result<Hello, HandshakeError> {
     let mut bytes = [0u8; HELLO_LEN];
     stream
         .read_exact(&mut bytes)
@@ -349,11 +375,18 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 /// (a stranger learns nothing about this node), check it, then answer.
 async fn accept_handshake(
     shared: &Shared,
-    stream: &mut TcpStream,
-) -> Result<Arc<Peer>, HandshakeError> {
+    tcp: TcpStream,
+) -> Result<(Arc<Peer>, PeerStream), HandshakeError> {
     let io = |error: io::Error| HandshakeError::Io(error.to_string());
-    stream.set_nodelay(true).map_err(io)?;
-    let theirs = read_hello(stream).await?;
+    tcp.set_nodelay(true).map_err(io)?;
+    let mut stream: PeerStream = match &shared.tls {
+        Some(tls) => {
+            let session = tls.acceptor.accept(tcp).await;
+            Box::new(session.map_err(|e| HandshakeError::Tls(e.to_string()))?)
+        }
+        None => Box::new(tcp),
+    };
+    let theirs = read_hello(&mut stream).await?;
     theirs.check_cluster(shared.config.cluster_id)?;
     let peer = shared
         .peer(theirs.node_id)
@@ -365,24 +398,26 @@ async fn accept_handshake(
         .write_all(&shared.my_hello().encode())
         .await
         .map_err(io)?;
-    Ok(peer)
+    stream.flush().await.map_err(io)?;
+    Ok((peer, stream))
 }
 
-async fn accept_one(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr) {
-    let handshake = accept_handshake(&shared, &mut stream);
-    let peer = match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
-        Ok(Ok(peer)) => peer,
-        Ok(Err(error)) => {
-            add(&shared.counters.handshakes_refused, 1);
-            tracing::warn!(%addr, "refused a peer connection: {error}");
-            return;
-        }
-        Err(_) => {
-            add(&shared.counters.handshakes_refused, 1);
-            tracing::warn!(%addr, "refused a peer connection: {}", HandshakeError::Timeout);
-            return;
-        }
-    };
+async fn accept_one(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr) {
+    let handshake = accept_handshake(&shared, tcp);
+    let (peer, stream) =
+        match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(error)) => {
+                add(&shared.counters.handshakes_refused, 1);
+                tracing::warn!(%addr, "refused a peer connection: {error}");
+                return;
+            }
+            Err(_) => {
+                add(&shared.counters.handshakes_refused, 1);
+                tracing::warn!(%addr, "refused a peer connection: {}", HandshakeError::Timeout);
+                return;
+            }
+        };
     // A peer that restarted dials again while its old connection may
     // still look open here: the new one wins.
     peer.superseded.notify_waiters();
@@ -395,9 +430,9 @@ async fn accept_one(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr
 /// Runs a connection until either direction fails; then drops what was
 /// queued for the peer (stale by the time a new connection is up; Raft
 /// retransmits what still matters).
-async fn serve(shared: &Shared, peer: &Peer, stream: TcpStream) -> ConnectionEnd {
+async fn serve(shared: &Shared, peer: &Peer, stream: PeerStream) -> ConnectionEnd {
     let superseded = peer.superseded.notified();
-    let (reader, writer) = stream.into_split();
+    let (reader, writer) = tokio::io::split(stream);
     let end = tokio::select! {
         end = read_loop(shared, peer.id, reader) => end,
         end = write_loop(shared, peer, writer) => end,
@@ -412,7 +447,11 @@ async fn serve(shared: &Shared, peer: &Peer, stream: TcpStream) -> ConnectionEnd
     end
 }
 
-async fn write_loop(shared: &Shared, peer: &Peer, mut writer: OwnedWriteHalf) -> ConnectionEnd {
+async fn write_loop(
+    shared: &Shared,
+    peer: &Peer,
+    mut writer: WriteHalf<PeerStream>,
+) -> ConnectionEnd {
     let counters = &shared.counters;
     let codec = &shared.config.codec;
     // Half a frame of payload per batch leaves room for the framing.
@@ -430,7 +469,12 @@ async fn write_loop(shared: &Shared, peer: &Peer, mut writer: OwnedWriteHalf) ->
             tracing::error!(peer = peer.id, "dropping {} messages: {error}", batch.len());
             continue;
         }
-        if let Err(error) = writer.write_all(&buffer).await {
+        // TLS buffers inside the session: flush so the batch leaves now.
+        let written = async {
+            writer.write_all(&buffer).await?;
+            writer.flush().await
+        };
+        if let Err(error) = written.await {
             add(&counters.messages_dropped, batch.len() as u64);
             return ConnectionEnd::Io(error);
         }
@@ -440,7 +484,11 @@ async fn write_loop(shared: &Shared, peer: &Peer, mut writer: OwnedWriteHalf) ->
     }
 }
 
-async fn read_loop(shared: &Shared, peer: NodeId, mut reader: OwnedReadHalf) -> ConnectionEnd {
+async fn read_loop(
+    shared: &Shared,
+    peer: NodeId,
+    mut reader: ReadHalf<PeerStream>,
+) -> ConnectionEnd {
     let me = shared.config.node_id;
     let codec = &shared.config.codec;
     let counters = &shared.counters;

@@ -144,7 +144,21 @@ async fn append_batches_arrive_with_their_payloads() {
     let ((one, _inbox_one), (_two, mut inbox_two)) = pair().await;
     send_all(&one, (1..=200).map(|n| append(1, 2, n, 64, 256))).await;
     for n in 1..=200 {
-        assert_eq!(receive(&mut inbox_two).await, append(1, 2, n, 64, 256));
+        let received = receive(&mut inbox_two).await;
+        assert_eq!(received, append(1, 2, n, 64, 256));
+        // Zero copy: the payloads are slices of one receive buffer, so they
+        // lie within one frame's span of memory, not in 64 allocations.
+        let MessageBody::AppendEntries(batch) = &received.body else {
+            unreachable!("checked equal above")
+        };
+        let starts = batch.entries.iter().map(|e| e.payload.as_ptr() as usize);
+        let (low, high) = (starts.clone().min().unwrap(), starts.max().unwrap());
+        // (Separate 256-byte allocations would sit at least 16 bytes apart.)
+        assert!(
+            high + 256 - low <= 64 * (256 + 8),
+            "payloads were copied apart: span {}",
+            high + 256 - low
+        );
     }
 }
 
