@@ -1,20 +1,10 @@
 //! The in-memory network behaves like the TCP one where tests depend on
 //! it: delivery between endpoints, bounded inboxes, restarts.
 
-use dr_codec::message::{Heartbeat, Message, MessageBody};
-use dr_transport::{MemoryNetwork, Transport};
+mod support;
 
-fn heartbeat(from: u64, to: u64, term: u64) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        body: MessageBody::Heartbeat(Heartbeat {
-            commit: 0,
-            read_context: 0,
-        }),
-    }
-}
+use dr_transport::{MemoryNetwork, Transport};
+use support::heartbeat;
 
 #[tokio::test]
 async fn endpoints_exchange_messages_and_full_inboxes_drop() {

@@ -1,13 +1,16 @@
 //! Endpoints on 127.0.0.1: many messages, restarts, garbage, strangers,
 //! slow readers.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dr_codec::message::{AppendEntries, Entry, EntryKind, Heartbeat, Message, MessageBody, NodeId};
+use dr_codec::message::{AppendEntries, Entry, EntryKind, Message, MessageBody, NodeId};
 use dr_transport::handshake::{HELLO_LEN, Hello};
 use dr_transport::{TcpTransport, Transport, TransportConfig, TransportStats};
+use support::heartbeat;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::Receiver;
@@ -18,18 +21,6 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
-}
-
-fn heartbeat(from: NodeId, to: NodeId, sequence: u64) -> Message {
-    Message {
-        from,
-        to,
-        term: sequence,
-        body: MessageBody::Heartbeat(Heartbeat {
-            commit: sequence,
-            read_context: 0,
-        }),
-    }
 }
 
 fn append(from: NodeId, to: NodeId, sequence: u64, entries: usize, bytes: usize) -> Message {

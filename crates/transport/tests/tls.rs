@@ -2,14 +2,17 @@
 //! a peer with a certificate from another CA, or speaking plain TCP, is
 //! refused.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dr_codec::message::{Heartbeat, Message, MessageBody, NodeId};
+use dr_codec::message::{Message, NodeId};
 use dr_transport::handshake::Hello;
 use dr_transport::{PEER_NAME, TcpTransport, TlsFiles, Transport, TransportConfig};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use support::heartbeat;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -58,18 +61,6 @@ impl Authority {
         std::fs::write(&files.cert, cert.pem()).unwrap();
         std::fs::write(&files.key, key.serialize_pem()).unwrap();
         files
-    }
-}
-
-fn heartbeat(from: NodeId, to: NodeId, term: u64) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        body: MessageBody::Heartbeat(Heartbeat {
-            commit: term,
-            read_context: 0,
-        }),
     }
 }
 
