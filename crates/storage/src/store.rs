@@ -191,6 +191,11 @@ fn snapshot_key(slot: u8, offset: u64) -> Vec<u8> {
     key
 }
 
+/// Deletes every stored record of a snapshot slot.
+fn add_clear_slot(batch: &mut WriteBatch, meta_cf: &ColumnFamily, slot: u8) {
+    batch.delete_range_cf(meta_cf, snapshot_key(slot, 0), snapshot_key(slot, u64::MAX));
+}
+
 /// A failed durable write leaves the process unable to know what is on
 /// disk: it must stop, never retry (the lesson of PostgreSQL's fsyncgate).
 fn fatal(what: &str, error: rocksdb::Error) -> ! {
@@ -412,6 +417,34 @@ impl RocksStorage {
         Ok(())
     }
 
+    /// Writes `batch` (unsynced) once it holds `INSTALL_BATCH_BYTES`, and
+    /// starts a new one: bulk copies go out in bounded pieces, and the
+    /// synced batch that ends them makes them durable (the WAL is ordered).
+    fn write_if_full(&self, batch: &mut WriteBatch, what: &str) {
+        if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+            self.db
+                .write(std::mem::take(batch))
+                .unwrap_or_else(|error| fatal(what, error));
+        }
+    }
+
+    /// Builds a batch with `build`; when it fails, the cached state it may
+    /// have changed is put back, so the store stays as it was.
+    fn try_batch(
+        &mut self,
+        build: impl FnOnce(&mut Self, &mut WriteBatch) -> Result<(), StorageError>,
+    ) -> Result<WriteBatch, StorageError> {
+        let saved = self.cached.clone();
+        let mut batch = WriteBatch::default();
+        match build(self, &mut batch) {
+            Ok(()) => Ok(batch),
+            Err(error) => {
+                self.cached = saved;
+                Err(error)
+            }
+        }
+    }
+
     fn commit(&self, batch: WriteBatch, what: &str) {
         let mut options = WriteOptions::default();
         options.set_sync(true);
@@ -426,13 +459,8 @@ impl RocksStorage {
         ready: &Ready,
         chunks_done: bool,
     ) -> Result<(), StorageError> {
-        let chunks = if chunks_done {
-            &[][..]
-        } else {
-            &ready.snapshot_chunks[..]
-        };
-        for StagedChunk { meta, offset, data } in chunks {
-            self.add_staged_chunk(batch, meta, *offset, data)?;
+        if !chunks_done {
+            self.add_chunks(batch, &ready.snapshot_chunks)?;
         }
         if let Some(meta) = &ready.snapshot {
             self.add_snapshot_switch(batch, meta)?;
@@ -588,6 +616,17 @@ impl RocksStorage {
         Ok(())
     }
 
+    fn add_chunks(
+        &mut self,
+        batch: &mut WriteBatch,
+        chunks: &[StagedChunk],
+    ) -> Result<(), StorageError> {
+        for StagedChunk { meta, offset, data } in chunks {
+            self.add_staged_chunk(batch, meta, *offset, data)?;
+        }
+        Ok(())
+    }
+
     fn add_staged_chunk(
         &mut self,
         batch: &mut WriteBatch,
@@ -598,11 +637,7 @@ impl RocksStorage {
         let staging_slot = 1 - self.cached.slot;
         let meta_cf = cf(&self.db, CF_META);
         if offset == 0 {
-            batch.delete_range_cf(
-                meta_cf,
-                snapshot_key(staging_slot, 0),
-                snapshot_key(staging_slot, u64::MAX),
-            );
+            add_clear_slot(batch, meta_cf, staging_slot);
             self.cached.staged = Some((meta.clone(), 0));
         }
         let Some((staged_meta, staged_len)) = &mut self.cached.staged else {
@@ -683,14 +718,8 @@ impl RocksStorage {
     /// replace the data.
     fn stage_and_check(&mut self, ready: &Ready, meta: &SnapshotMeta) -> Result<(), StorageError> {
         if !ready.snapshot_chunks.is_empty() {
-            let saved = self.cached.clone();
-            let mut batch = WriteBatch::default();
-            for StagedChunk { meta, offset, data } in &ready.snapshot_chunks {
-                if let Err(error) = self.add_staged_chunk(&mut batch, meta, *offset, data) {
-                    self.cached = saved;
-                    return Err(error);
-                }
-            }
+            let batch =
+                self.try_batch(|store, batch| store.add_chunks(batch, &ready.snapshot_chunks))?;
             self.commit(batch, "staging snapshot chunks");
         }
         self.check_staged_stream(meta)
@@ -709,15 +738,8 @@ impl RocksStorage {
     }
 
     fn slot_pairs(&self, slot: u8, len: u64) -> Result<PairReader<SlotReader<'_>>, StorageError> {
-        let mut iterator = self.db.raw_iterator_cf(cf(&self.db, CF_META));
-        iterator.seek(snapshot_key(slot, 0));
-        let reader = SlotReader {
-            iterator,
-            slot,
-            position: 0,
-            record: Vec::new(),
-            consumed: 0,
-        };
+        let reader = SlotReader::at(&self.db, slot, 0)
+            .map_err(|e| io_error("reading a staged snapshot", e))?;
         PairReader::new(reader, len).map_err(invalid_stream)
     }
 
@@ -732,12 +754,7 @@ impl RocksStorage {
         let mut pairs = self.slot_pairs(self.cached.slot, self.cached.snapshot_len)?;
         while let Some((key, value)) = pairs.next_pair().map_err(invalid_stream)? {
             batch.put_cf(data, key, value);
-            if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
-                let full = std::mem::take(&mut batch);
-                self.db
-                    .write(full)
-                    .unwrap_or_else(|error| fatal("installing a snapshot", error));
-            }
+            self.write_if_full(&mut batch, "installing a snapshot");
         }
         drop(pairs);
         batch.delete_cf(cf(&self.db, CF_META), KEY_DATA_INSTALL);
@@ -752,11 +769,7 @@ impl RocksStorage {
         let staging_slot = 1 - self.cached.slot;
         let meta_cf = cf(&self.db, CF_META);
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(
-            meta_cf,
-            snapshot_key(staging_slot, 0),
-            snapshot_key(staging_slot, u64::MAX),
-        );
+        add_clear_slot(&mut batch, meta_cf, staging_slot);
         let mut buffer = Vec::with_capacity(2 * SNAPSHOT_RECORD_BYTES);
         kv_stream::encode_header(&mut buffer);
         let mut written = 0u64;
@@ -772,12 +785,7 @@ impl RocksStorage {
                 written += buffer.len() as u64;
                 buffer = rest;
             }
-            if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
-                let full = std::mem::take(&mut batch);
-                self.db
-                    .write(full)
-                    .unwrap_or_else(|error| fatal("copying the state machine", error));
-            }
+            self.write_if_full(&mut batch, "copying the state machine");
             iterator.next();
         }
         if let Err(error) = iterator.status() {
@@ -811,11 +819,7 @@ impl RocksStorage {
             records::encode_u64(u64::from(1 - old_slot)),
         );
         batch.delete_cf(meta_cf, KEY_STAGED);
-        batch.delete_range_cf(
-            meta_cf,
-            snapshot_key(old_slot, 0),
-            snapshot_key(old_slot, u64::MAX),
-        );
+        add_clear_slot(batch, meta_cf, old_slot);
         self.cached.slot = 1 - old_slot;
         self.cached.snapshot = meta;
         self.cached.snapshot_len = len;
@@ -889,7 +893,46 @@ struct SlotReader<'a> {
     consumed: usize,
 }
 
-impl SlotReader<'_> {
+impl<'a> SlotReader<'a> {
+    /// A reader of `slot` from stream offset `offset`: it starts in the
+    /// record holding that offset, so no earlier record is read.
+    fn at(db: &'a DB, slot: u8, offset: u64) -> io::Result<Self> {
+        let iterator = db.raw_iterator_cf(cf(db, CF_META));
+        let mut reader = Self {
+            iterator,
+            slot,
+            position: 0,
+            record: Vec::new(),
+            consumed: 0,
+        };
+        if offset == 0 {
+            reader.iterator.seek(snapshot_key(slot, 0));
+            return Ok(reader);
+        }
+        reader.iterator.seek_for_prev(snapshot_key(slot, offset));
+        let start = reader
+            .iterator
+            .key()
+            .and_then(|key| key.strip_prefix(SNAPSHOT_DATA_PREFIX))
+            .filter(|rest| rest.len() == 9 && rest[0] == slot)
+            .map(|rest| u64::from_be_bytes(rest[1..].try_into().expect("8 bytes")));
+        let Some(start) = start else {
+            reader.iterator.status().map_err(io::Error::other)?;
+            return Err(io::Error::other(format!(
+                "snapshot data at offset {offset} is missing"
+            )));
+        };
+        reader.position = start;
+        if !reader.next_record()? || start + reader.record.len() as u64 <= offset {
+            return Err(io::Error::other(format!(
+                "snapshot data at offset {offset} is missing"
+            )));
+        }
+        reader.consumed = (offset - start) as usize;
+        reader.position = offset;
+        Ok(reader)
+    }
+
     fn next_record(&mut self) -> io::Result<bool> {
         let expected = snapshot_key(self.slot, self.position);
         if !self.iterator.valid() {
@@ -1026,37 +1069,11 @@ impl Storage for RocksStorage {
             )));
         }
         let end = offset.saturating_add(max_bytes).min(total);
-        let mut data = Vec::with_capacity((end - offset) as usize);
-        let slot = self.cached.slot;
-        let mut iterator = self.db.raw_iterator_cf(cf(&self.db, CF_META));
-        iterator.seek_for_prev(snapshot_key(slot, offset));
-        let mut position = offset;
-        while position < end {
-            let record_start = iterator
-                .key()
-                .and_then(|key| key.strip_prefix(SNAPSHOT_DATA_PREFIX))
-                .filter(|rest| rest.len() == 9 && rest[0] == slot)
-                .map(|rest| u64::from_be_bytes(rest[1..].try_into().expect("8 bytes")));
-            let (Some(start), Some(record)) = (record_start, iterator.value()) else {
-                iterator
-                    .status()
-                    .map_err(|e| io_error("reading the snapshot", e))?;
-                return Err(StorageError::Io(format!(
-                    "snapshot data at offset {position} is missing"
-                )));
-            };
-            let record_end = start + record.len() as u64;
-            if start > position || record_end <= position {
-                return Err(StorageError::Io(format!(
-                    "snapshot data at offset {position} is missing"
-                )));
-            }
-            let take_end = record_end.min(end);
-            data.extend_from_slice(
-                &record[(position - start) as usize..(take_end - start) as usize],
-            );
-            position = take_end;
-            iterator.next();
+        let mut data = vec![0u8; (end - offset) as usize];
+        if !data.is_empty() {
+            SlotReader::at(&self.db, self.cached.slot, offset)
+                .and_then(|mut reader| reader.read_exact(&mut data))
+                .map_err(|e| io_error(&format!("reading the snapshot at offset {offset}"), e))?;
         }
         Ok(SnapshotChunk {
             data: Bytes::from(data),
@@ -1113,15 +1130,11 @@ impl LogStore for RocksStorage {
             term,
             conf_state,
         };
-        let mut batch = WriteBatch::default();
-        let len = match self.state_machine {
+        let (mut batch, len) = match self.state_machine {
             StateMachine::External => {
-                let saved = self.cached.clone();
-                if let Err(error) = self.add_staged_chunk(&mut batch, &meta, 0, &data) {
-                    self.cached = saved;
-                    return Err(error);
-                }
-                data.len() as u64
+                let batch =
+                    self.try_batch(|store, batch| store.add_staged_chunk(batch, &meta, 0, &data))?;
+                (batch, data.len() as u64)
             }
             StateMachine::DataFamily => {
                 if let Some((receiving, _)) = &self.cached.staged {
@@ -1140,7 +1153,7 @@ impl LogStore for RocksStorage {
                         data.len()
                     )));
                 }
-                self.copy_data_family(&meta)
+                (WriteBatch::default(), self.copy_data_family(&meta))
             }
         };
         self.add_slot_switch(&mut batch, meta, len);
@@ -1154,24 +1167,15 @@ impl LogStore for RocksStorage {
         offset: u64,
         data: &[u8],
     ) -> Result<(), StorageError> {
-        let saved = self.cached.clone();
-        let mut batch = WriteBatch::default();
-        if let Err(error) = self.add_staged_chunk(&mut batch, meta, offset, data) {
-            self.cached = saved;
-            return Err(error);
-        }
+        let batch =
+            self.try_batch(|store, batch| store.add_staged_chunk(batch, meta, offset, data))?;
         self.commit(batch, "staging a snapshot chunk");
         Ok(())
     }
 
     fn apply_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
         self.check_staged_stream(meta)?;
-        let saved = self.cached.clone();
-        let mut batch = WriteBatch::default();
-        if let Err(error) = self.add_snapshot_switch(&mut batch, meta) {
-            self.cached = saved;
-            return Err(error);
-        }
+        let batch = self.try_batch(|store, batch| store.add_snapshot_switch(batch, meta))?;
         self.commit(batch, "applying a snapshot");
         if self.state_machine == StateMachine::DataFamily {
             self.finish_data_install()?;
@@ -1192,12 +1196,7 @@ impl LogStore for RocksStorage {
             self.stage_and_check(ready, meta)?;
             chunks_done = true;
         }
-        let saved = self.cached.clone();
-        let mut batch = WriteBatch::default();
-        if let Err(error) = self.add_ready(&mut batch, ready, chunks_done) {
-            self.cached = saved;
-            return Err(error);
-        }
+        let batch = self.try_batch(|store, batch| store.add_ready(batch, ready, chunks_done))?;
         if !batch.is_empty() {
             self.commit(batch, "persisting a ready");
         }
