@@ -52,8 +52,7 @@ impl ProtocolError {
 impl fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Malformed(what) => write!(f, "{what}"),
-            Self::TooLarge(what) => write!(f, "{what}"),
+            Self::Malformed(what) | Self::TooLarge(what) => f.write_str(what),
         }
     }
 }
@@ -153,12 +152,8 @@ fn parse_inline(
         return check_pending(buffer, limits);
     };
     let line = buffer.split_to(end + 1).freeze();
-    let text = line.slice(..line.len() - 1);
-    let text = text
-        .strip_suffix(b"\r")
-        .map(|t| line.slice_ref(t))
-        .unwrap_or(text);
-    let arguments: Vec<Bytes> = text
+    // CR and LF are ASCII whitespace: splitting drops them with the spaces.
+    let arguments: Vec<Bytes> = line
         .split(|byte| byte.is_ascii_whitespace())
         .filter(|word| !word.is_empty())
         .map(|word| line.slice_ref(word))

@@ -326,11 +326,7 @@ async fn dial(
             }
             None => Box::new(tcp),
         };
-        stream
-            .write_all(&shared.my_hello().encode())
-            .await
-            .map_err(io)?;
-        stream.flush().await.map_err(io)?;
+        send_hello(shared, &mut stream).await?;
         let theirs = read_hello(&mut stream).await?;
         theirs.check_cluster(shared.config.cluster_id)?;
         if theirs.node_id != expected {
@@ -344,6 +340,16 @@ async fn dial(
     tokio::time::timeout(shared.config.handshake_timeout, handshake)
         .await
         .unwrap_or(Err(HandshakeError::Timeout))
+}
+
+/// Sends this node's hello, flushed (TLS holds writes in its session).
+async fn send_hello(shared: &Shared, stream: &mut PeerStream) -> Result<(), HandshakeError> {
+    let io = |error: io::Error| HandshakeError::Io(error.to_string());
+    stream
+        .write_all(&shared.my_hello().encode())
+        .await
+        .map_err(io)?;
+    stream.flush().await.map_err(io)
 }
 
 async fn read_hello(stream: &mut PeerStream) -> Result<Hello, HandshakeError> {
@@ -394,30 +400,23 @@ async fn accept_handshake(
     if theirs.node_id > shared.config.node_id {
         return Err(HandshakeError::WrongDirection(theirs.node_id));
     }
-    stream
-        .write_all(&shared.my_hello().encode())
-        .await
-        .map_err(io)?;
-    stream.flush().await.map_err(io)?;
+    send_hello(shared, &mut stream).await?;
     Ok((peer, stream))
 }
 
 async fn accept_one(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr) {
     let handshake = accept_handshake(&shared, tcp);
-    let (peer, stream) =
-        match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
-            Ok(Ok(accepted)) => accepted,
-            Ok(Err(error)) => {
-                add(&shared.counters.handshakes_refused, 1);
-                tracing::warn!(%addr, "refused a peer connection: {error}");
-                return;
-            }
-            Err(_) => {
-                add(&shared.counters.handshakes_refused, 1);
-                tracing::warn!(%addr, "refused a peer connection: {}", HandshakeError::Timeout);
-                return;
-            }
-        };
+    let accepted = tokio::time::timeout(shared.config.handshake_timeout, handshake)
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout));
+    let (peer, stream) = match accepted {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            add(&shared.counters.handshakes_refused, 1);
+            tracing::warn!(%addr, "refused a peer connection: {error}");
+            return;
+        }
+    };
     // A peer that restarted dials again while its old connection may
     // still look open here: the new one wins.
     peer.superseded.notify_waiters();
