@@ -24,6 +24,8 @@ const REFERENCE_FUNCTION: &str = "dr";
 
 pub(crate) fn run(name: Option<&str>, filter: Option<&str>) -> Result<(), String> {
     let started = SystemTime::now();
+    // The bench crate links dr-storage, so even `bench simd` builds RocksDB.
+    crate::ci::ensure_libclang()?;
     let mut command = cargo();
     // `.cargo/config.toml` builds RocksDB's C++ at -O1 to keep test builds
     // short; benches measure it as a release build would ship it. (An

@@ -51,7 +51,7 @@ fn run_tests() -> Result<(), String> {
     }
 }
 
-fn ensure_libclang() -> Result<(), String> {
+pub(crate) fn ensure_libclang() -> Result<(), String> {
     if libclang_present() {
         return Ok(());
     }
