@@ -1,25 +1,49 @@
 //! # dr-node: the replicated key-value server
 //!
 //! The crate that stacks the others into `drkv`, a server people run and
-//! talk to with the Redis tools they already have. It is being built in
-//! steps (issue 7); what exists today is the client protocol:
+//! talk to with the Redis tools they already have: `redis-cli`,
+//! `redis-benchmark`, any Redis client library.
 //!
-//! - [`resp`]: the Redis protocol, RESP2 and RESP3 — requests parsed
-//!   incrementally from a connection's buffer (multibulk and inline),
-//!   arguments as slices of that buffer, every length checked against
-//!   [`resp::Limits`] before anything is allocated; replies encoded for the
-//!   protocol the client chose.
+//! - [`node`]: one node — configuration, data directory, start and
+//!   orderly stop of everything below.
+//! - [`runtime`]: the engine thread that owns the consensus core
+//!   (dr-raft) and its store (dr-storage): ticks, peer messages (from
+//!   dr-transport) and client requests in; one synced write per turn
+//!   for every proposal that arrived (group commit); apply; answer.
+//! - [`kv`]: the state machine: write commands as log entries, applied
+//!   deterministically; [`command`]: Redis commands parsed and answered.
+//! - [`server`]: the client port and the executor that carries commands
+//!   to the engine or, on a follower, writes to the leader ([`forward`]).
+//! - [`admin`]: the HTTP admin port (`/metrics`, `/status`, membership,
+//!   leader transfer, snapshot, backup); [`metrics`]: its counters.
+//! - [`resp`]: the Redis protocol, RESP2 and RESP3; [`loadgen`]: the
+//!   closed-loop load generator behind `drkv bench`.
 //!
 //! ## Invariants
 //!
-//! - A client's bytes never make the server allocate or wait for more than
-//!   the configured request size; a framing error is answered with a
-//!   Redis-style error and the connection closed, never a panic.
+//! - A write is answered only after its entry is committed by a quorum
+//!   and applied here; the answer is the outcome this node computed when
+//!   applying it (every node computes the same). A proposal whose index
+//!   ends up holding another term's entry is answered `-TRYAGAIN` (it had
+//!   no effect); one whose fate cannot be known (lost leader, timeout) is
+//!   answered `-UNCERTAIN`, never success.
+//! - Every read is linearizable: served once the applied index reaches a
+//!   read index the leader confirmed with a quorum (ReadIndex), on the
+//!   leader or on a follower that fetched the index from the leader.
+//! - A ready is persisted (one synced RocksDB write) before its messages
+//!   leave and before anything it covers is applied or answered.
+//! - A client's bytes never make the server allocate past the request
+//!   limit, wait forever for a request's end, or panic.
 //!
-//! ## What it does not do (yet)
+//! ## What it does not do
 //!
-//! The runtime loop (consensus, storage, transport), the command set, the
-//! admin HTTP endpoint and the `drkv` binary are the next steps.
+//! No key expiry (`EX`/`PX` are refused with an error), no data types
+//! besides strings, no authentication or TLS on the client port (peers
+//! can use mutual TLS through dr-transport's configuration), one
+//! database. `SCAN` cursors live on the node that handed them out. A
+//! write whose leader fails before answering is reported as
+//! `-UNCERTAIN`: retrying it is the client's decision (`INCR` is not
+//! idempotent).
 //!
 //! ## Example
 //!
@@ -38,4 +62,13 @@
 //! assert_eq!(&out[..], b"$-1\r\n");
 //! ```
 
+pub mod admin;
+pub mod command;
+pub mod forward;
+pub mod kv;
+pub mod loadgen;
+pub mod metrics;
+pub mod node;
 pub mod resp;
+pub mod runtime;
+pub mod server;

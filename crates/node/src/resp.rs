@@ -173,6 +173,106 @@ fn check_pending(buffer: &BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>
     Ok(None)
 }
 
+/// Encodes a request as an array of bulk strings (what a client sends).
+pub fn encode_request(arguments: &[Bytes], out: &mut BytesMut) {
+    line(out, b'*', arguments.len().to_string().as_bytes());
+    for argument in arguments {
+        line(out, b'$', argument.len().to_string().as_bytes());
+        out.extend_from_slice(argument);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// How deep arrays in a reply may nest.
+const REPLY_DEPTH_MAX: usize = 8;
+
+/// Parses the next complete RESP2 reply (what the server sends; also
+/// RESP3's `_` null) at the front of `buffer` and removes its bytes; the
+/// client side, for a follower forwarding to the leader. `Ok(None)`: more
+/// bytes are needed.
+pub fn parse_reply(buffer: &mut BytesMut, limits: &Limits) -> Result<Option<Reply>, ProtocolError> {
+    match reply_at(buffer, 0, limits, 0)? {
+        Some((reply, end)) => {
+            let _ = buffer.split_to(end);
+            Ok(Some(reply))
+        }
+        None if buffer.len() > limits.request_bytes_max => {
+            Err(ProtocolError::TooLarge("reply too large"))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The reply starting at `at` and where it ends, if it is complete.
+fn reply_at(
+    buffer: &[u8],
+    at: usize,
+    limits: &Limits,
+    depth: usize,
+) -> Result<Option<(Reply, usize)>, ProtocolError> {
+    let Some(&marker) = buffer.get(at) else {
+        return Ok(None);
+    };
+    let Some(end) = line_end(buffer, at + 1) else {
+        return Ok(None);
+    };
+    let text = &buffer[at + 1..end];
+    let next = end + 2;
+    let reply = match marker {
+        b'+' => match text {
+            b"OK" => Reply::OK,
+            b"PONG" => Reply::Simple("PONG"),
+            _ => Reply::Bulk(Bytes::copy_from_slice(text)),
+        },
+        b'-' => Reply::Error(String::from_utf8_lossy(text).into_owned()),
+        b':' => Reply::Integer(parse_length(text, "invalid integer reply")?),
+        b'_' => Reply::Null,
+        b'$' => {
+            let len = parse_length(text, "invalid bulk length")?;
+            if len < 0 {
+                return Ok(Some((Reply::Null, next)));
+            }
+            if len as usize > limits.request_bytes_max {
+                return Err(ProtocolError::TooLarge("invalid bulk length"));
+            }
+            let stop = next + len as usize;
+            if buffer.len() < stop + 2 {
+                return Ok(None);
+            }
+            if &buffer[stop..stop + 2] != b"\r\n" {
+                return Err(ProtocolError::Malformed(
+                    "expected CRLF after a bulk string",
+                ));
+            }
+            return Ok(Some((
+                Reply::Bulk(Bytes::copy_from_slice(&buffer[next..stop])),
+                stop + 2,
+            )));
+        }
+        b'*' => {
+            let count = parse_length(text, "invalid multibulk length")?;
+            if count < 0 {
+                return Ok(Some((Reply::Null, next)));
+            }
+            if depth >= REPLY_DEPTH_MAX || count as usize > limits.arguments_max {
+                return Err(ProtocolError::TooLarge("reply nests or counts too much"));
+            }
+            let mut items = Vec::with_capacity((count as usize).min(1024));
+            let mut position = next;
+            for _ in 0..count {
+                let Some((item, item_end)) = reply_at(buffer, position, limits, depth + 1)? else {
+                    return Ok(None);
+                };
+                items.push(item);
+                position = item_end;
+            }
+            return Ok(Some((Reply::Array(items), position)));
+        }
+        _ => return Err(ProtocolError::Malformed("unknown reply type")),
+    };
+    Ok(Some((reply, next)))
+}
+
 /// Which protocol the client chose (`HELLO 2` / `HELLO 3`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Protocol {
@@ -284,6 +384,58 @@ mod tests {
         assert_eq!(words(&requests[1]), [&b"PING"[..]]);
         assert_eq!(words(&requests[2]), [&b"GET"[..], b"k"]);
         assert_eq!(words(&requests[3]), [&b"ECHO"[..], b"x"]);
+    }
+
+    #[test]
+    fn replies_round_trip_through_the_client_side_parser() {
+        let replies = [
+            Reply::OK,
+            Reply::Error("TRYAGAIN no leader".into()),
+            Reply::Integer(-42),
+            Reply::bulk("a\r\nb"),
+            Reply::Null,
+            Reply::Array(vec![
+                Reply::bulk("x"),
+                Reply::Null,
+                Reply::Array(vec![Reply::Integer(1)]),
+            ]),
+        ];
+        let mut encoded = BytesMut::new();
+        for reply in &replies {
+            reply.encode(Protocol::Resp2, &mut encoded);
+        }
+        let whole = encoded.clone();
+        for cut in 0..whole.len() {
+            let mut partial = BytesMut::from(&whole[..cut]);
+            while parse_reply(&mut partial, &Limits::default())
+                .unwrap()
+                .is_some()
+            {}
+        }
+        for expected in &replies {
+            assert_eq!(
+                parse_reply(&mut encoded, &Limits::default()),
+                Ok(Some(expected.clone()))
+            );
+        }
+        assert!(encoded.is_empty());
+        let mut deep = BytesMut::from(&b"*1\r\n".repeat(20)[..]);
+        assert!(parse_reply(&mut deep, &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn encoded_requests_parse_back() {
+        let arguments = vec![
+            Bytes::from_static(b"SET"),
+            Bytes::from_static(b"k\r\n"),
+            Bytes::new(),
+        ];
+        let mut out = BytesMut::new();
+        encode_request(&arguments, &mut out);
+        assert_eq!(
+            parse_request(&mut out, &Limits::default()),
+            Ok(Some(arguments))
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use dr_codec::frame::{CodecConfig, decode_entry, encode_entry};
 use dr_codec::message::{ConfState, Entry, LogIndex, SnapshotMeta, Term};
 use dr_raft::{
-    HardState, InitialState, LogStore, Ready, SnapshotChunk, StagedChunk, Storage, StorageError,
+    HardState, InitialState, LogStore, Ready, Snapshot, SnapshotChunk, StagedChunk, Storage,
+    StorageError,
 };
 use rocksdb::{Cache, ColumnFamily, DB, DBRawIterator, WriteBatch, WriteOptions};
 
@@ -496,6 +497,27 @@ impl RocksStorage {
             .status()
             .map_err(|e| io_error("scanning the state machine", e))?;
         Ok(pairs)
+    }
+
+    /// Starts a new cluster's store: a snapshot at index 1, term 1 with
+    /// configuration `conf_state` and an empty state machine (an empty
+    /// but well-formed snapshot stream when the store is its own state
+    /// machine). Refused unless the store is empty.
+    pub fn bootstrap(&mut self, conf_state: ConfState) -> Result<(), StorageError> {
+        if self.cached.last_index != 0 || self.cached.snapshot.index != 0 {
+            return Err(StorageError::Invalid(format!(
+                "cannot bootstrap a store that holds a log (last index {}, snapshot at {})",
+                self.cached.last_index, self.cached.snapshot.index
+            )));
+        }
+        let mut snapshot = Snapshot::bootstrap(conf_state);
+        if self.state_machine == StateMachine::DataFamily {
+            let mut stream = Vec::new();
+            kv_stream::encode_header(&mut stream);
+            kv_stream::encode_trailer(0, &mut stream);
+            snapshot.data = Bytes::from(stream);
+        }
+        self.restore_snapshot(&snapshot)
     }
 
     /// The highest index whose effects are in the state machine.

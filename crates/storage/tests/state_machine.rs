@@ -83,6 +83,24 @@ fn transfer(
 }
 
 #[test]
+fn a_new_cluster_bootstraps_an_empty_state_machine_once() {
+    let dir = TestDir::new();
+    let mut store = open(&dir);
+    store.bootstrap(conf()).expect("an empty store bootstraps");
+    assert_eq!((store.first_index(), store.last_index()), (2, 1));
+    assert_eq!(store.initial_state().expect("state").conf_state, conf());
+    assert_eq!(store.applied_index(), 1);
+    assert!(all_pairs(&store).is_empty());
+    assert!(
+        store.bootstrap(conf()).is_err(),
+        "a second bootstrap is refused"
+    );
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.initial_state().expect("state").conf_state, conf());
+}
+
+#[test]
 fn a_state_larger_than_its_chunks_replaces_the_receivers_data() {
     let (source_dir, target_dir) = (TestDir::new(), TestDir::new());
     let mut source = open(&source_dir);

@@ -236,6 +236,12 @@ impl TcpTransport {
     pub fn queued(&self, peer: NodeId) -> Option<(usize, usize)> {
         self.shared.peer(peer).map(|peer| peer.queue.len())
     }
+
+    /// The counters of the buffer pool that frames are encoded into and
+    /// received in (for a metrics endpoint).
+    pub fn pool_stats(&self) -> dr_pool::BufferPoolStats {
+        self.shared.pool.stats()
+    }
 }
 
 impl Drop for TcpTransport {

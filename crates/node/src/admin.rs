@@ -1,0 +1,365 @@
+//! The admin port (HTTP): metrics for Prometheus, status, and operations
+//! (membership, leader transfer, snapshot, backup).
+//!
+//! Membership operations work on any node: they travel to the leader
+//! like client writes. Snapshot and backup act on the node asked.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use bytes::Bytes;
+use dr_transport::{TcpTransport, Transport};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+use crate::metrics::gauge_or_counter;
+use crate::resp::Reply;
+use crate::runtime::Request;
+use crate::server::Executor;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Runs commands (membership changes go to the leader).
+    pub executor: Executor,
+    /// For its counters.
+    pub transport: Arc<TcpTransport>,
+    /// The node's data directory (the default backup place is beside it).
+    pub data_dir: PathBuf,
+}
+
+type Shared = State<Arc<AdminState>>;
+
+/// Serves the admin API until `shutdown`.
+pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/members", get(status).post(add_learner))
+        .route("/members/{id}/promote", post(promote))
+        .route("/members/{id}", delete(remove))
+        .route("/transfer-leader/{id}", post(transfer_leader))
+        .route("/snapshot", post(snapshot))
+        .route("/backup", post(backup))
+        .with_state(Arc::new(state));
+    let stop = async move {
+        let _ = shutdown.changed().await;
+    };
+    if let Err(error) = axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(%error, "the admin port failed");
+    }
+}
+
+fn answer(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+/// A command's reply as an HTTP answer: errors are 503 when retrying can
+/// help, 400 otherwise.
+fn reply_answer(reply: Reply, done: Value) -> Response {
+    match reply {
+        Reply::Error(text) if text.starts_with("TRYAGAIN") || text.starts_with("UNCERTAIN") => {
+            answer(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": text }))
+        }
+        Reply::Error(text) => answer(StatusCode::BAD_REQUEST, json!({ "error": text })),
+        _ => answer(StatusCode::OK, done),
+    }
+}
+
+async fn run(state: &AdminState, words: &[String]) -> Reply {
+    let arguments = words
+        .iter()
+        .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+        .collect();
+    state.executor.execute(arguments).await
+}
+
+async fn metrics(State(state): Shared) -> Response {
+    let mut text = String::with_capacity(8 << 10);
+    let engine = state.executor.engine();
+    let status = engine.status.lock().clone();
+    let gauges = [
+        ("drkv_term", "The current Raft term.", status.term),
+        (
+            "drkv_is_leader",
+            "1 on the leader.",
+            u64::from(status.role == "leader"),
+        ),
+        (
+            "drkv_leader_id",
+            "The known leader (0: none).",
+            status.leader.unwrap_or(0),
+        ),
+        (
+            "drkv_commit_index",
+            "The highest committed log index.",
+            status.commit_index,
+        ),
+        (
+            "drkv_applied_index",
+            "The highest applied log index.",
+            status.applied_index,
+        ),
+        ("drkv_last_index", "The last log index.", status.last_index),
+        (
+            "drkv_snapshot_index",
+            "The newest snapshot's index.",
+            status.snapshot_index,
+        ),
+        ("drkv_voters", "Voting members.", status.voters.len() as u64),
+        ("drkv_learners", "Learners.", status.learners.len() as u64),
+        ("drkv_keys", "Client keys.", status.keys),
+    ];
+    for (name, help, value) in gauges {
+        gauge_or_counter(&mut text, name, help, "gauge", value);
+    }
+    engine.metrics.render(&mut text);
+    let transport = state.transport.stats();
+    let counters = [
+        (
+            "drkv_transport_messages_sent_total",
+            "Raft messages sent.",
+            transport.messages_sent,
+        ),
+        (
+            "drkv_transport_messages_dropped_total",
+            "Raft messages dropped (full queue, no connection).",
+            transport.messages_dropped,
+        ),
+        (
+            "drkv_transport_frames_sent_total",
+            "Frames (batches) sent to peers.",
+            transport.frames_sent,
+        ),
+        (
+            "drkv_transport_bytes_sent_total",
+            "Bytes sent to peers.",
+            transport.bytes_sent,
+        ),
+        (
+            "drkv_transport_messages_received_total",
+            "Raft messages received.",
+            transport.messages_received,
+        ),
+        (
+            "drkv_transport_bytes_received_total",
+            "Bytes received from peers.",
+            transport.bytes_received,
+        ),
+        (
+            "drkv_transport_connections_total",
+            "Peer connections established.",
+            transport.connections_established,
+        ),
+        (
+            "drkv_transport_dial_failures_total",
+            "Failed dials to peers.",
+            transport.dial_failures,
+        ),
+        (
+            "drkv_transport_handshakes_refused_total",
+            "Peer handshakes refused.",
+            transport.handshakes_refused,
+        ),
+        (
+            "drkv_transport_bad_frames_total",
+            "Bad frames from peers.",
+            transport.bad_frames,
+        ),
+    ];
+    for (name, help, value) in counters {
+        gauge_or_counter(&mut text, name, help, "counter", value);
+    }
+    let pool = state.transport.pool_stats();
+    let pool_gauges = [
+        (
+            "drkv_pool_hits_total",
+            "Buffers served from the transport's pool.",
+            pool.hits,
+            "counter",
+        ),
+        (
+            "drkv_pool_misses_total",
+            "Buffers the pool had to allocate.",
+            pool.misses,
+            "counter",
+        ),
+        (
+            "drkv_pool_bytes_held",
+            "Bytes the pool holds for reuse.",
+            pool.bytes_held as u64,
+            "gauge",
+        ),
+    ];
+    for (name, help, value, kind) in pool_gauges {
+        gauge_or_counter(&mut text, name, help, kind, value);
+    }
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn status(State(state): Shared) -> Response {
+    let status = state.executor.engine().status.lock().clone();
+    let transport = state.transport.stats();
+    let mut body = serde_json::to_value(&status).expect("status serializes");
+    body["transport"] = json!({
+        "messages_sent": transport.messages_sent,
+        "messages_received": transport.messages_received,
+        "messages_dropped": transport.messages_dropped,
+        "connections_established": transport.connections_established,
+    });
+    answer(StatusCode::OK, body)
+}
+
+#[derive(Deserialize)]
+struct NewMember {
+    id: u64,
+    peer_addr: String,
+}
+
+async fn add_learner(State(state): Shared, Json(member): Json<NewMember>) -> Response {
+    if member.peer_addr.parse::<std::net::SocketAddr>().is_err() {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "peer_addr must be host:port with an IP address" }),
+        );
+    }
+    let known = state
+        .executor
+        .engine()
+        .status
+        .lock()
+        .members
+        .get(&member.id)
+        .cloned();
+    let (client, admin) = known.map(|m| (m.client, m.admin)).unwrap_or_default();
+    let record = [
+        "DR.MEMBER".into(),
+        member.id.to_string(),
+        member.peer_addr.clone(),
+        client,
+        admin,
+    ];
+    let reply = run(&state, &record).await;
+    if reply != Reply::OK {
+        return reply_answer(reply, Value::Null);
+    }
+    let reply = run(
+        &state,
+        &[
+            "DR.CONFCHANGE".into(),
+            "learner".into(),
+            member.id.to_string(),
+        ],
+    )
+    .await;
+    reply_answer(reply, json!({ "added_learner": member.id }))
+}
+
+async fn promote(State(state): Shared, Path(id): Path<u64>) -> Response {
+    let reply = run(
+        &state,
+        &["DR.CONFCHANGE".into(), "voter".into(), id.to_string()],
+    )
+    .await;
+    reply_answer(reply, json!({ "promoted": id }))
+}
+
+async fn remove(State(state): Shared, Path(id): Path<u64>) -> Response {
+    let reply = run(
+        &state,
+        &["DR.CONFCHANGE".into(), "remove".into(), id.to_string()],
+    )
+    .await;
+    reply_answer(reply, json!({ "removed": id }))
+}
+
+async fn transfer_leader(State(state): Shared, Path(id): Path<u64>) -> Response {
+    let reply = run(&state, &["DR.TRANSFER".into(), id.to_string()]).await;
+    reply_answer(reply, json!({ "transferring_to": id }))
+}
+
+async fn snapshot(State(state): Shared) -> Response {
+    let (answer_tx, answer_rx) = oneshot::channel();
+    let request = Request::Snapshot { answer: answer_tx };
+    if state
+        .executor
+        .engine()
+        .requests
+        .send(request)
+        .await
+        .is_err()
+    {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "the node is stopping" }),
+        );
+    }
+    match answer_rx.await {
+        Ok(Ok(Reply::Integer(index))) => answer(StatusCode::OK, json!({ "snapshot_index": index })),
+        Ok(Err(error)) => reply_answer(error.reply(), Value::Null),
+        _ => answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "the node is stopping" }),
+        ),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct BackupRequest {
+    dir: Option<PathBuf>,
+    keep: Option<usize>,
+}
+
+async fn backup(State(state): Shared, body: Option<Json<BackupRequest>>) -> Response {
+    let request = body.map(|Json(b)| b).unwrap_or_default();
+    let dir = request.dir.unwrap_or_else(|| {
+        let mut name = state
+            .data_dir
+            .file_name()
+            .unwrap_or_default()
+            .to_os_string();
+        name.push("-backups");
+        state.data_dir.with_file_name(name)
+    });
+    let (answer_tx, answer_rx) = oneshot::channel();
+    let request = Request::Backup {
+        dir: dir.clone(),
+        keep: request.keep.unwrap_or(5).max(1),
+        answer: answer_tx,
+    };
+    if state
+        .executor
+        .engine()
+        .requests
+        .send(request)
+        .await
+        .is_err()
+    {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "the node is stopping" }),
+        );
+    }
+    match answer_rx.await {
+        Ok(Ok(info)) => answer(
+            StatusCode::OK,
+            json!({ "dir": dir, "backup_id": info.id, "bytes": info.bytes, "files": info.files, "timestamp": info.timestamp }),
+        ),
+        Ok(Err(error)) => answer(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": error })),
+        Err(_) => answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "the node is stopping" }),
+        ),
+    }
+}

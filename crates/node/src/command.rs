@@ -1,0 +1,674 @@
+//! Client requests (arrays of byte strings) turned into typed commands,
+//! with Redis's argument checks and error texts; and outcomes turned back
+//! into the replies each command gives.
+
+use bytes::Bytes;
+use dr_codec::message::NodeId;
+use dr_raft::ConfChangeOp;
+
+use crate::kv::{self, Outcome, SetCondition, WriteOp};
+use crate::resp::Reply;
+
+/// A parsed request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Answered by the connection itself.
+    Connection(ConnectionCommand),
+    /// Served from the state machine after a linearizable read barrier.
+    Read(ReadOp),
+    /// Proposed to the log; `shape` says how the outcome is answered.
+    Write {
+        /// The change.
+        op: WriteOp,
+        /// How its outcome is answered.
+        shape: ReplyShape,
+    },
+    /// A membership change (`DR.CONFCHANGE`, sent by the admin API).
+    ConfChange(ConfChangeOp),
+    /// Hands leadership to a voter (`DR.TRANSFER`).
+    TransferLeader(NodeId),
+    /// `INFO`: the node's state.
+    Info,
+}
+
+/// Commands about the connection, not the data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectionCommand {
+    /// `PING [message]`.
+    Ping(Option<Bytes>),
+    /// `ECHO message`.
+    Echo(Bytes),
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
+    Hello {
+        /// The protocol version asked for.
+        version: Option<Bytes>,
+        /// A name for the connection.
+        name: Option<Bytes>,
+    },
+    /// `CLIENT SETNAME name`.
+    SetName(Bytes),
+    /// `CLIENT GETNAME`.
+    GetName,
+    /// `CLIENT ID`.
+    Id,
+    /// `CLIENT` subcommands clients send on connect (`SETINFO`): `+OK`.
+    ClientOk,
+    /// `COMMAND ...`: what clients probe.
+    CommandInfo(Option<Bytes>),
+    /// `SELECT 0`.
+    Select,
+    /// `QUIT`.
+    Quit,
+}
+
+/// A read of the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadOp {
+    /// `GET key`.
+    Get(Bytes),
+    /// `MGET key...`.
+    GetMany(Vec<Bytes>),
+    /// `EXISTS key...`.
+    Exists(Vec<Bytes>),
+    /// `STRLEN key`.
+    Strlen(Bytes),
+    /// `DBSIZE`.
+    DbSize,
+    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]`.
+    Scan {
+        /// 0 to start, else a cursor a previous page returned.
+        cursor: u64,
+        /// A glob the keys must match.
+        pattern: Option<Bytes>,
+        /// Keys to look at for this page.
+        count: usize,
+        /// Only strings exist; any other type matches nothing.
+        strings_only: bool,
+    },
+    /// `DR.READINDEX`: a follower asks the leader for a read index.
+    ReadIndex,
+}
+
+/// How a write's [`Outcome`] is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyShape {
+    /// `SET`: `+OK`, or nil when the condition failed.
+    Ok,
+    /// `SET ... GET`, `GETSET`: the old value.
+    OldValue,
+    /// `SETNX`: 1 if written.
+    Written,
+    /// `DEL`, `INCR`, `APPEND`, `CAS`: the number.
+    Integer,
+}
+
+const SCAN_COUNT_DEFAULT: usize = 10;
+/// The most keys one `SCAN` page looks at, whatever `COUNT` asks.
+pub const SCAN_COUNT_MAX: usize = 10_000;
+
+/// Parses one request. `Err` is the error reply (the connection stays
+/// open).
+pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
+    let Some(given) = arguments.first() else {
+        return Err(Reply::err("empty command"));
+    };
+    let name = given.to_ascii_lowercase();
+    let args = &arguments[1..];
+    let arity = |ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(Reply::err(format!(
+                "wrong number of arguments for '{}' command",
+                String::from_utf8_lossy(&name)
+            )))
+        }
+    };
+    let connection = |command| Ok(Command::Connection(command));
+    match name.as_slice() {
+        b"ping" => {
+            arity(args.len() <= 1)?;
+            connection(ConnectionCommand::Ping(args.first().cloned()))
+        }
+        b"echo" => {
+            arity(args.len() == 1)?;
+            connection(ConnectionCommand::Echo(args[0].clone()))
+        }
+        b"hello" => parse_hello(args),
+        b"client" => parse_client(args),
+        b"command" => connection(ConnectionCommand::CommandInfo(args.first().cloned())),
+        b"select" => {
+            arity(args.len() == 1)?;
+            if args[0].as_ref() != b"0" {
+                return Err(Reply::err(
+                    "DB index is out of range (drkv has one database)",
+                ));
+            }
+            connection(ConnectionCommand::Select)
+        }
+        b"quit" => connection(ConnectionCommand::Quit),
+        b"info" => Ok(Command::Info),
+        b"get" => {
+            arity(args.len() == 1)?;
+            read(ReadOp::Get(key(&args[0])?))
+        }
+        b"mget" => {
+            arity(!args.is_empty())?;
+            read(ReadOp::GetMany(keys(args)?))
+        }
+        b"exists" => {
+            arity(!args.is_empty())?;
+            read(ReadOp::Exists(keys(args)?))
+        }
+        b"strlen" => {
+            arity(args.len() == 1)?;
+            read(ReadOp::Strlen(key(&args[0])?))
+        }
+        b"dbsize" => {
+            arity(args.is_empty())?;
+            read(ReadOp::DbSize)
+        }
+        b"scan" => {
+            arity(!args.is_empty())?;
+            parse_scan(args)
+        }
+        b"dr.readindex" => read(ReadOp::ReadIndex),
+        b"set" => {
+            arity(args.len() >= 2)?;
+            parse_set(args)
+        }
+        b"setnx" => {
+            arity(args.len() == 2)?;
+            set(
+                &args[0],
+                &args[1],
+                SetCondition::IfAbsent,
+                ReplyShape::Written,
+            )
+        }
+        b"getset" => {
+            arity(args.len() == 2)?;
+            set(
+                &args[0],
+                &args[1],
+                SetCondition::Always,
+                ReplyShape::OldValue,
+            )
+        }
+        b"del" | b"unlink" => {
+            arity(!args.is_empty())?;
+            write(WriteOp::Delete(keys(args)?), ReplyShape::Integer)
+        }
+        b"mset" => {
+            arity(!args.is_empty() && args.len().is_multiple_of(2))?;
+            let pairs = args
+                .chunks(2)
+                .map(|pair| Ok((key(&pair[0])?, pair[1].clone())))
+                .collect::<Result<_, Reply>>()?;
+            write(WriteOp::SetMany(pairs), ReplyShape::Ok)
+        }
+        b"incr" | b"decr" => {
+            arity(args.len() == 1)?;
+            let delta = if name == b"incr" { 1 } else { -1 };
+            increment(&args[0], delta)
+        }
+        b"incrby" | b"decrby" => {
+            arity(args.len() == 2)?;
+            let amount = integer(&args[1])?;
+            let delta = if name == b"incrby" {
+                Some(amount)
+            } else {
+                amount.checked_neg()
+            };
+            let delta = delta.ok_or_else(|| Reply::err("decrement would overflow"))?;
+            increment(&args[0], delta)
+        }
+        b"append" => {
+            arity(args.len() == 2)?;
+            let op = WriteOp::Append {
+                key: key(&args[0])?,
+                value: args[1].clone(),
+            };
+            write(op, ReplyShape::Integer)
+        }
+        b"cas" => {
+            arity(args.len() == 3)?;
+            let op = WriteOp::CompareAndSet {
+                key: key(&args[0])?,
+                expected: args[1].clone(),
+                new: args[2].clone(),
+            };
+            write(op, ReplyShape::Integer)
+        }
+        b"dr.member" => {
+            arity(args.len() == 4)?;
+            let id = node_id(&args[0])?;
+            let text = |arg: &Bytes| String::from_utf8_lossy(arg).into_owned();
+            let addrs = kv::MemberAddrs {
+                peer: text(&args[1]),
+                client: text(&args[2]),
+                admin: text(&args[3]),
+            };
+            write(WriteOp::Member { id, addrs }, ReplyShape::Ok)
+        }
+        b"dr.confchange" => {
+            arity(args.len() == 2)?;
+            let id = node_id(&args[1])?;
+            let op = match args[0].to_ascii_lowercase().as_slice() {
+                b"learner" => ConfChangeOp::AddLearner(id),
+                b"voter" => ConfChangeOp::AddVoter(id),
+                b"remove" => ConfChangeOp::Remove(id),
+                _ => return Err(Reply::err("DR.CONFCHANGE takes learner, voter or remove")),
+            };
+            Ok(Command::ConfChange(op))
+        }
+        b"dr.transfer" => {
+            arity(args.len() == 1)?;
+            Ok(Command::TransferLeader(node_id(&args[0])?))
+        }
+        _ => Err(unknown_command(&arguments[0], args)),
+    }
+}
+
+fn read(op: ReadOp) -> Result<Command, Reply> {
+    Ok(Command::Read(op))
+}
+
+fn write(op: WriteOp, shape: ReplyShape) -> Result<Command, Reply> {
+    Ok(Command::Write { op, shape })
+}
+
+fn set(
+    key_arg: &Bytes,
+    value: &Bytes,
+    condition: SetCondition,
+    shape: ReplyShape,
+) -> Result<Command, Reply> {
+    let op = WriteOp::Set {
+        key: key(key_arg)?,
+        value: value.clone(),
+        condition,
+    };
+    write(op, shape)
+}
+
+fn increment(key_arg: &Bytes, delta: i64) -> Result<Command, Reply> {
+    let op = WriteOp::IncrementBy {
+        key: key(key_arg)?,
+        delta,
+    };
+    write(op, ReplyShape::Integer)
+}
+
+fn unknown_command(name: &[u8], args: &[Bytes]) -> Reply {
+    let beginning: String = args
+        .iter()
+        .take(8)
+        .map(|arg| format!("'{}' ", String::from_utf8_lossy(&arg[..arg.len().min(128)])))
+        .collect();
+    Reply::err(format!(
+        "unknown command '{}', with args beginning with: {beginning}",
+        String::from_utf8_lossy(&name[..name.len().min(128)])
+    ))
+}
+
+fn key(arg: &Bytes) -> Result<Bytes, Reply> {
+    if arg.len() > kv::KEY_BYTES_MAX {
+        return Err(Reply::err(format!(
+            "key is too long ({} bytes; drkv keys have at most {})",
+            arg.len(),
+            kv::KEY_BYTES_MAX
+        )));
+    }
+    Ok(arg.clone())
+}
+
+fn keys(args: &[Bytes]) -> Result<Vec<Bytes>, Reply> {
+    args.iter().map(key).collect()
+}
+
+fn integer(arg: &[u8]) -> Result<i64, Reply> {
+    kv::parse_integer(arg).ok_or_else(|| Reply::err("value is not an integer or out of range"))
+}
+
+fn node_id(arg: &[u8]) -> Result<NodeId, Reply> {
+    match integer(arg)? {
+        id if id > 0 => Ok(id as NodeId),
+        _ => Err(Reply::err("a node id is a positive integer")),
+    }
+}
+
+fn syntax_error() -> Reply {
+    Reply::err("syntax error")
+}
+
+fn parse_set(args: &[Bytes]) -> Result<Command, Reply> {
+    let mut condition = SetCondition::Always;
+    let mut shape = ReplyShape::Ok;
+    for option in &args[2..] {
+        match option.to_ascii_uppercase().as_slice() {
+            b"NX" if condition == SetCondition::Always => condition = SetCondition::IfAbsent,
+            b"XX" if condition == SetCondition::Always => condition = SetCondition::IfPresent,
+            b"GET" => shape = ReplyShape::OldValue,
+            // No key has a TTL, so keeping it is what always happens.
+            b"KEEPTTL" => {}
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" => {
+                return Err(Reply::err(
+                    "drkv does not support expiry (EX, PX, EXAT, PXAT): keys live until deleted",
+                ));
+            }
+            _ => return Err(syntax_error()),
+        }
+    }
+    set(&args[0], &args[1], condition, shape)
+}
+
+fn parse_scan(args: &[Bytes]) -> Result<Command, Reply> {
+    let cursor = std::str::from_utf8(&args[0])
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .ok_or_else(|| Reply::err("invalid cursor"))?;
+    let mut pattern = None;
+    let mut count = SCAN_COUNT_DEFAULT;
+    let mut strings_only = true;
+    let mut options = args[1..].iter();
+    while let Some(option) = options.next() {
+        let value = options.next().ok_or_else(syntax_error)?;
+        match option.to_ascii_uppercase().as_slice() {
+            b"MATCH" => pattern = Some(value.clone()),
+            b"COUNT" => match integer(value)? {
+                n if n >= 1 => count = (n as usize).min(SCAN_COUNT_MAX),
+                _ => return Err(syntax_error()),
+            },
+            b"TYPE" => strings_only = value.eq_ignore_ascii_case(b"string"),
+            _ => return Err(syntax_error()),
+        }
+    }
+    read(ReadOp::Scan {
+        cursor,
+        pattern,
+        count,
+        strings_only,
+    })
+}
+
+fn parse_hello(args: &[Bytes]) -> Result<Command, Reply> {
+    let version = args.first().cloned();
+    let mut name = None;
+    let mut options = args.iter().skip(1);
+    while let Some(option) = options.next() {
+        match option.to_ascii_uppercase().as_slice() {
+            // No authentication: any credentials are accepted, as by a
+            // Redis without requirepass.
+            b"AUTH" => {
+                options.next().ok_or_else(syntax_error)?;
+                options.next().ok_or_else(syntax_error)?;
+            }
+            b"SETNAME" => name = Some(options.next().ok_or_else(syntax_error)?.clone()),
+            _ => return Err(syntax_error()),
+        }
+    }
+    Ok(Command::Connection(ConnectionCommand::Hello {
+        version,
+        name,
+    }))
+}
+
+fn parse_client(args: &[Bytes]) -> Result<Command, Reply> {
+    let Some(sub) = args.first() else {
+        return Err(Reply::err("wrong number of arguments for 'client' command"));
+    };
+    let command = match (sub.to_ascii_uppercase().as_slice(), args.len()) {
+        (b"SETNAME", 2) => {
+            if args[1].iter().any(|&b| b == b' ' || b == b'\n') {
+                return Err(Reply::err(
+                    "Client names cannot contain spaces, newlines or special characters.",
+                ));
+            }
+            ConnectionCommand::SetName(args[1].clone())
+        }
+        (b"GETNAME", 1) => ConnectionCommand::GetName,
+        (b"ID", 1) => ConnectionCommand::Id,
+        (b"SETINFO", 3) => ConnectionCommand::ClientOk,
+        _ => {
+            return Err(Reply::err(format!(
+                "unknown subcommand or wrong number of arguments for '{}'",
+                String::from_utf8_lossy(sub)
+            )));
+        }
+    };
+    Ok(Command::Connection(command))
+}
+
+/// The reply a write's outcome gets.
+pub fn write_reply(shape: ReplyShape, outcome: Outcome) -> Reply {
+    match (shape, outcome) {
+        (_, Outcome::Error(text)) => Reply::Error(text),
+        (ReplyShape::Ok, Outcome::Set { written: false, .. }) => Reply::Null,
+        (ReplyShape::Ok, _) => Reply::OK,
+        (ReplyShape::OldValue, Outcome::Set { old, .. }) => old.map_or(Reply::Null, Reply::Bulk),
+        (ReplyShape::Written, Outcome::Set { written, .. }) => Reply::Integer(i64::from(written)),
+        (_, Outcome::Integer(value)) => Reply::Integer(value),
+        (shape, outcome) => Reply::err(format!("internal: {outcome:?} for {shape:?}")),
+    }
+}
+
+/// Whether `key` matches the glob `pattern` (Redis's `*`, `?`, `[...]`
+/// with ranges and `^`, and `\\` escapes). Linear backtracking to the last
+/// `*` only, so no pattern takes more than pattern × key steps.
+pub fn glob_match(pattern: &[u8], key: &[u8]) -> bool {
+    let tokens = glob_tokens(pattern);
+    let (mut token, mut position) = (0, 0);
+    let mut last_star: Option<(usize, usize)> = None;
+    while position < key.len() {
+        match tokens.get(token) {
+            Some(GlobToken::Star) => {
+                last_star = Some((token, position));
+                token += 1;
+                continue;
+            }
+            Some(single) if single.matches(key[position]) => {
+                token += 1;
+                position += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let Some((star, from)) = last_star else {
+            return false;
+        };
+        last_star = Some((star, from + 1));
+        token = star + 1;
+        position = from + 1;
+    }
+    tokens[token..].iter().all(|t| *t == GlobToken::Star)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GlobToken<'a> {
+    Star,
+    AnyByte,
+    Byte(u8),
+    Class(&'a [u8]),
+}
+
+impl GlobToken<'_> {
+    fn matches(self, byte: u8) -> bool {
+        match self {
+            Self::Star | Self::AnyByte => true,
+            Self::Byte(expected) => expected == byte,
+            Self::Class(class) => class_matches(class, byte),
+        }
+    }
+}
+
+fn glob_tokens(mut pattern: &[u8]) -> Vec<GlobToken<'_>> {
+    let mut tokens = Vec::with_capacity(pattern.len());
+    while let Some((&first, rest)) = pattern.split_first() {
+        let (token, rest) = match first {
+            b'*' => (GlobToken::Star, rest),
+            b'?' => (GlobToken::AnyByte, rest),
+            b'\\' if !rest.is_empty() => (GlobToken::Byte(rest[0]), &rest[1..]),
+            b'[' => match class_end(rest) {
+                Some(end) => (GlobToken::Class(&rest[..end]), &rest[end + 1..]),
+                None => (GlobToken::Byte(b'['), rest),
+            },
+            literal => (GlobToken::Byte(literal), rest),
+        };
+        tokens.push(token);
+        pattern = rest;
+    }
+    tokens
+}
+
+/// Where the class that starts after `[` ends (the `]`), honouring `\\`.
+fn class_end(class: &[u8]) -> Option<usize> {
+    let mut position = 0;
+    while position < class.len() {
+        match class[position] {
+            b'\\' => position += 2,
+            b']' if position > 0 => return Some(position),
+            _ => position += 1,
+        }
+    }
+    None
+}
+
+fn class_matches(class: &[u8], byte: u8) -> bool {
+    let (negated, mut class) = match class.split_first() {
+        Some((b'^', rest)) => (true, rest),
+        _ => (false, class),
+    };
+    let mut found = false;
+    while let Some((&first, rest)) = class.split_first() {
+        if first == b'\\' && !rest.is_empty() {
+            found |= rest[0] == byte;
+            class = &rest[1..];
+        } else if rest.len() >= 2 && rest[0] == b'-' {
+            let (low, high) = (first.min(rest[1]), first.max(rest[1]));
+            found |= (low..=high).contains(&byte);
+            class = &rest[2..];
+        } else {
+            found |= first == byte;
+            class = rest;
+        }
+    }
+    found != negated
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<Bytes> {
+        words
+            .iter()
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect()
+    }
+
+    fn error_text(words: &[&str]) -> String {
+        match parse(&args(words)) {
+            Err(Reply::Error(text)) => text,
+            other => panic!("{words:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn arity_and_unknown_commands_get_redis_errors() {
+        assert_eq!(
+            error_text(&["GET"]),
+            "ERR wrong number of arguments for 'get' command"
+        );
+        assert_eq!(
+            error_text(&["mset", "a"]),
+            "ERR wrong number of arguments for 'mset' command"
+        );
+        assert!(
+            error_text(&["FLY", "away"])
+                .starts_with("ERR unknown command 'FLY', with args beginning with: 'away'")
+        );
+        assert_eq!(
+            error_text(&["SET", "k", "v", "NX", "XX"]),
+            "ERR syntax error"
+        );
+        assert!(error_text(&["SET", "k", "v", "EX", "10"]).contains("does not support expiry"));
+        assert_eq!(
+            error_text(&["INCRBY", "k", "1.5"]),
+            "ERR value is not an integer or out of range"
+        );
+        assert_eq!(
+            error_text(&["DECRBY", "k", "-9223372036854775808"]),
+            "ERR decrement would overflow"
+        );
+        assert_eq!(error_text(&["SCAN", "x"]), "ERR invalid cursor");
+        assert_eq!(
+            error_text(&["SELECT", "1"]),
+            "ERR DB index is out of range (drkv has one database)"
+        );
+        let long_key = "k".repeat(kv::KEY_BYTES_MAX + 1);
+        assert!(error_text(&["GET", &long_key]).contains("key is too long"));
+    }
+
+    #[test]
+    fn set_options_choose_condition_and_reply() {
+        let command = parse(&args(&["set", "k", "v", "nx", "get"])).unwrap();
+        let Command::Write {
+            op: WriteOp::Set { condition, .. },
+            shape,
+        } = command
+        else {
+            panic!("{command:?}");
+        };
+        assert_eq!(
+            (condition, shape),
+            (SetCondition::IfAbsent, ReplyShape::OldValue)
+        );
+        assert_eq!(
+            write_reply(
+                ReplyShape::Ok,
+                Outcome::Set {
+                    written: false,
+                    old: None
+                }
+            ),
+            Reply::Null
+        );
+        assert_eq!(
+            write_reply(
+                ReplyShape::Written,
+                Outcome::Set {
+                    written: true,
+                    old: None
+                }
+            ),
+            Reply::Integer(1)
+        );
+    }
+
+    #[test]
+    fn globs_match_like_redis() {
+        let long = "a".repeat(200);
+        let cases: &[(&str, &str, bool)] = &[
+            ("*", "", true),
+            ("user:*", "user:42", true),
+            ("user:*", "users", false),
+            ("h?llo", "hello", true),
+            ("h[ae]llo", "hallo", true),
+            ("h[^e]llo", "hello", false),
+            ("h[a-c]llo", "hbllo", true),
+            ("h\\*", "h*", true),
+            ("h\\*", "hx", false),
+            ("*a*b", "xxaxxb", true),
+            ("[", "[", true),
+            ("a*a*a*a*a*a*a*a*b", &long, false),
+        ];
+        for &(pattern, key, expected) in cases {
+            assert_eq!(
+                glob_match(pattern.as_bytes(), key.as_bytes()),
+                expected,
+                "{pattern} {key}"
+            );
+        }
+    }
+}

@@ -1,0 +1,634 @@
+//! The key-value state machine: write commands as log entry payloads, and
+//! their deterministic application on top of dr-storage.
+//!
+//! Every node applies the same entries in the same order and computes the
+//! same [`Outcome`] for each; the node whose client proposed an entry
+//! answers that client with the outcome it computed itself, so a follower
+//! that forwarded a write needs no reply message from the leader.
+//!
+//! Keys live in the storage's `data` family with a one-byte namespace:
+//! [`USER`] for client keys, [`SYSTEM`] for the node's own records (the
+//! key count, member addresses). Snapshots copy the family whole, so both
+//! travel together.
+
+use std::collections::HashMap;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use dr_codec::message::{ConfState, Entry, EntryKind, LogIndex, NodeId, Term};
+use dr_raft::StorageError;
+use dr_storage::{DataWrite, RocksStorage};
+use serde::{Deserialize, Serialize};
+
+/// Namespace byte of client keys.
+pub const USER: u8 = 1;
+/// Namespace byte of the node's own records.
+pub const SYSTEM: u8 = 0;
+/// The longest key a client may use (the storage's limit, less the
+/// namespace byte).
+pub const KEY_BYTES_MAX: usize = dr_storage::KEY_BYTES_MAX - 1;
+/// The longest value a string may grow to (Redis's limit too).
+pub const VALUE_BYTES_MAX: usize = 512 << 20;
+
+const FORMAT_VERSION: u8 = 1;
+const KEY_COUNT: &[u8] = b"\0keys";
+const MEMBER_PREFIX: &[u8] = b"\0member/";
+
+/// When a `SET` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetCondition {
+    /// Always.
+    Always,
+    /// Only if the key is absent (`NX`).
+    IfAbsent,
+    /// Only if the key is present (`XX`).
+    IfPresent,
+}
+
+/// Where a member can be reached: recorded in the log so every node, and
+/// every node that joins later, knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAddrs {
+    /// Raft traffic.
+    pub peer: String,
+    /// The Redis protocol port ("" until the member published it).
+    pub client: String,
+    /// The admin HTTP port ("" until the member published it).
+    pub admin: String,
+}
+
+/// A state-changing command, as it travels in a log entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    /// `SET`, `SETNX`, `GETSET`.
+    Set {
+        /// The key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+        /// When to write.
+        condition: SetCondition,
+    },
+    /// `DEL`: removes the keys.
+    Delete(Vec<Bytes>),
+    /// `MSET`: sets every pair, atomically.
+    SetMany(Vec<(Bytes, Bytes)>),
+    /// `INCRBY` and friends.
+    IncrementBy {
+        /// The key.
+        key: Bytes,
+        /// What to add.
+        delta: i64,
+    },
+    /// `APPEND`.
+    Append {
+        /// The key.
+        key: Bytes,
+        /// What to append.
+        value: Bytes,
+    },
+    /// `CAS key expected new`: empty `expected` means absent.
+    CompareAndSet {
+        /// The key.
+        key: Bytes,
+        /// The value it must have.
+        expected: Bytes,
+        /// The value it gets.
+        new: Bytes,
+    },
+    /// Records where a member can be reached.
+    Member {
+        /// The member.
+        id: NodeId,
+        /// Its addresses.
+        addrs: MemberAddrs,
+    },
+}
+
+/// What applying one entry did, for the client that proposed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A `SET`: whether it wrote, and the value before.
+    Set {
+        /// The condition held and the value was written.
+        written: bool,
+        /// The value before the command.
+        old: Option<Bytes>,
+    },
+    /// A count or a number (`DEL`, `INCR`, `APPEND`, `CAS`).
+    Integer(i64),
+    /// Done, nothing to report (`MSET`, membership records, a membership
+    /// change).
+    Done,
+    /// The command failed without changing anything (the same on every
+    /// node): the Redis error text.
+    Error(String),
+}
+
+/// A log entry payload that is not a valid command (never written by a
+/// node; reported, and applied as a no-op everywhere).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl WriteOp {
+    /// The entry payload: a version byte, an op byte, then the fields
+    /// (byte strings as a u32 LE length and the bytes, numbers LE).
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(64);
+        out.put_u8(FORMAT_VERSION);
+        match self {
+            Self::Set {
+                key,
+                value,
+                condition,
+            } => {
+                out.put_u8(1);
+                out.put_u8(match condition {
+                    SetCondition::Always => 0,
+                    SetCondition::IfAbsent => 1,
+                    SetCondition::IfPresent => 2,
+                });
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, value);
+            }
+            Self::Delete(keys) => {
+                out.put_u8(2);
+                out.put_u32_le(keys.len() as u32);
+                keys.iter().for_each(|key| put_bytes(&mut out, key));
+            }
+            Self::SetMany(pairs) => {
+                out.put_u8(3);
+                out.put_u32_le(pairs.len() as u32);
+                for (key, value) in pairs {
+                    put_bytes(&mut out, key);
+                    put_bytes(&mut out, value);
+                }
+            }
+            Self::IncrementBy { key, delta } => {
+                out.put_u8(4);
+                out.put_i64_le(*delta);
+                put_bytes(&mut out, key);
+            }
+            Self::Append { key, value } => {
+                out.put_u8(5);
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, value);
+            }
+            Self::CompareAndSet { key, expected, new } => {
+                out.put_u8(6);
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, expected);
+                put_bytes(&mut out, new);
+            }
+            Self::Member { id, addrs } => {
+                out.put_u8(7);
+                out.put_u64_le(*id);
+                let json = serde_json::to_vec(addrs).expect("addresses serialize");
+                put_bytes(&mut out, &json);
+            }
+        }
+        out.freeze()
+    }
+
+    /// Parses a payload written by [`Self::encode`]; byte strings are
+    /// slices of `payload`.
+    pub fn decode(payload: &Bytes) -> Result<Self, DecodeError> {
+        let mut input = payload.clone();
+        if take_u8(&mut input)? != FORMAT_VERSION {
+            return Err(DecodeError("unknown command format version".into()));
+        }
+        let op = match take_u8(&mut input)? {
+            1 => {
+                let condition = match take_u8(&mut input)? {
+                    0 => SetCondition::Always,
+                    1 => SetCondition::IfAbsent,
+                    2 => SetCondition::IfPresent,
+                    other => return Err(DecodeError(format!("unknown SET condition {other}"))),
+                };
+                let key = take_bytes(&mut input)?;
+                let value = take_bytes(&mut input)?;
+                Self::Set {
+                    key,
+                    value,
+                    condition,
+                }
+            }
+            2 => {
+                let count = take_count(&mut input, 4)?;
+                Self::Delete(
+                    (0..count)
+                        .map(|_| take_bytes(&mut input))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            3 => {
+                let count = take_count(&mut input, 8)?;
+                let pairs = (0..count)
+                    .map(|_| Ok((take_bytes(&mut input)?, take_bytes(&mut input)?)))
+                    .collect::<Result<_, DecodeError>>()?;
+                Self::SetMany(pairs)
+            }
+            4 => {
+                let delta = take_i64(&mut input)?;
+                Self::IncrementBy {
+                    key: take_bytes(&mut input)?,
+                    delta,
+                }
+            }
+            5 => Self::Append {
+                key: take_bytes(&mut input)?,
+                value: take_bytes(&mut input)?,
+            },
+            6 => Self::CompareAndSet {
+                key: take_bytes(&mut input)?,
+                expected: take_bytes(&mut input)?,
+                new: take_bytes(&mut input)?,
+            },
+            7 => {
+                let id = take_i64(&mut input)? as u64;
+                let json = take_bytes(&mut input)?;
+                let addrs = serde_json::from_slice(&json)
+                    .map_err(|e| DecodeError(format!("member addresses: {e}")))?;
+                Self::Member { id, addrs }
+            }
+            other => return Err(DecodeError(format!("unknown command op {other}"))),
+        };
+        if input.has_remaining() {
+            return Err(DecodeError("trailing bytes after the command".into()));
+        }
+        Ok(op)
+    }
+}
+
+fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
+    out.put_u32_le(bytes.len() as u32);
+    out.put_slice(bytes);
+}
+
+fn short() -> DecodeError {
+    DecodeError("command payload ends early".into())
+}
+
+fn take_u8(input: &mut Bytes) -> Result<u8, DecodeError> {
+    input.try_get_u8().map_err(|_| short())
+}
+
+fn take_i64(input: &mut Bytes) -> Result<i64, DecodeError> {
+    input.try_get_i64_le().map_err(|_| short())
+}
+
+/// A count of items each at least `item_bytes_min` long: checked against
+/// what is left, so a forged count cannot make the decoder allocate.
+fn take_count(input: &mut Bytes, item_bytes_min: usize) -> Result<usize, DecodeError> {
+    let count = input.try_get_u32_le().map_err(|_| short())? as usize;
+    if count.saturating_mul(item_bytes_min) > input.remaining() {
+        return Err(short());
+    }
+    Ok(count)
+}
+
+fn take_bytes(input: &mut Bytes) -> Result<Bytes, DecodeError> {
+    let len = input.try_get_u32_le().map_err(|_| short())? as usize;
+    if len > input.remaining() {
+        return Err(short());
+    }
+    Ok(input.split_to(len))
+}
+
+/// The stored key of a client key.
+pub fn user_key(key: &[u8]) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(key.len() + 1);
+    stored.push(USER);
+    stored.extend_from_slice(key);
+    stored
+}
+
+fn member_key(id: NodeId) -> Vec<u8> {
+    let mut key = MEMBER_PREFIX.to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// The number of client keys.
+pub fn key_count(store: &RocksStorage) -> Result<u64, StorageError> {
+    Ok(store
+        .get(KEY_COUNT)?
+        .and_then(|bytes| bytes.try_into().ok())
+        .map_or(0, u64::from_le_bytes))
+}
+
+/// Every member's recorded addresses.
+pub fn members(store: &RocksStorage) -> Result<Vec<(NodeId, MemberAddrs)>, StorageError> {
+    let records = store.scan(MEMBER_PREFIX, 4096)?;
+    Ok(records
+        .into_iter()
+        .take_while(|(key, _)| key.starts_with(MEMBER_PREFIX))
+        .filter_map(|(key, value)| {
+            let id = u64::from_be_bytes(key[MEMBER_PREFIX.len()..].try_into().ok()?);
+            Some((id, serde_json::from_slice(&value).ok()?))
+        })
+        .collect())
+}
+
+/// One applied entry's result.
+#[derive(Debug)]
+pub struct Applied {
+    /// The entry's index.
+    pub index: LogIndex,
+    /// The entry's term (a waiter whose proposal had another term lost it).
+    pub term: Term,
+    /// What it did.
+    pub outcome: Outcome,
+    /// It recorded a member's addresses.
+    pub member_changed: bool,
+}
+
+/// Applies committed entries in one atomic storage batch (with the new
+/// applied index and configuration) and returns each entry's outcome.
+/// Later entries of the batch see the earlier ones' writes.
+pub fn apply_entries(
+    store: &mut RocksStorage,
+    entries: &[Entry],
+    conf_state: Option<&ConfState>,
+) -> Result<Vec<Applied>, StorageError> {
+    let Some(last) = entries.last() else {
+        return Ok(Vec::new());
+    };
+    let mut batch = ApplyBatch::new(store)?;
+    let mut applied = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let mut member_changed = false;
+        let outcome = match entry.kind {
+            EntryKind::Normal => match WriteOp::decode(&entry.payload) {
+                Ok(op) => {
+                    member_changed = matches!(op, WriteOp::Member { .. });
+                    batch.apply(op)?
+                }
+                Err(error) => {
+                    tracing::error!(index = entry.index, error = %error.0, "a log entry is not a command; skipped");
+                    Outcome::Error(format!("ERR undecodable command: {}", error.0))
+                }
+            },
+            EntryKind::ConfChange | EntryKind::Noop => Outcome::Done,
+        };
+        applied.push(Applied {
+            index: entry.index,
+            term: entry.term,
+            outcome,
+            member_changed,
+        });
+    }
+    let writes = batch.into_writes();
+    let writes: Vec<DataWrite<'_>> = writes
+        .iter()
+        .map(|(key, value)| match value {
+            Some(value) => DataWrite::Put(key, value),
+            None => DataWrite::Delete(key),
+        })
+        .collect();
+    store.apply(&writes, last.index, conf_state)?;
+    Ok(applied)
+}
+
+/// The writes of one batch of entries, kept in memory until the batch is
+/// written, so later entries read what earlier ones wrote.
+struct ApplyBatch<'a> {
+    store: &'a RocksStorage,
+    pending: HashMap<Vec<u8>, Option<Bytes>>,
+    keys: u64,
+    keys_changed: bool,
+}
+
+impl<'a> ApplyBatch<'a> {
+    fn new(store: &'a RocksStorage) -> Result<Self, StorageError> {
+        Ok(Self {
+            store,
+            pending: HashMap::new(),
+            keys: key_count(store)?,
+            keys_changed: false,
+        })
+    }
+
+    fn read(&self, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
+        let stored = user_key(key);
+        match self.pending.get(&stored) {
+            Some(value) => Ok(value.clone()),
+            None => Ok(self.store.get(&stored)?.map(Bytes::from)),
+        }
+    }
+
+    /// Writes (or with `None` deletes) a client key, keeping the count.
+    fn write(&mut self, key: &[u8], value: Option<Bytes>, existed: bool) {
+        match (existed, value.is_some()) {
+            (false, true) => self.keys += 1,
+            (true, false) => self.keys -= 1,
+            _ => {}
+        }
+        self.keys_changed |= existed != value.is_some();
+        self.pending.insert(user_key(key), value);
+    }
+
+    fn apply(&mut self, op: WriteOp) -> Result<Outcome, StorageError> {
+        Ok(match op {
+            WriteOp::Set {
+                key,
+                value,
+                condition,
+            } => {
+                let old = self.read(&key)?;
+                let written = match condition {
+                    SetCondition::Always => true,
+                    SetCondition::IfAbsent => old.is_none(),
+                    SetCondition::IfPresent => old.is_some(),
+                };
+                if written {
+                    self.write(&key, Some(value), old.is_some());
+                }
+                Outcome::Set { written, old }
+            }
+            WriteOp::Delete(keys) => {
+                let mut removed = 0;
+                for key in keys {
+                    if self.read(&key)?.is_some() {
+                        self.write(&key, None, true);
+                        removed += 1;
+                    }
+                }
+                Outcome::Integer(removed)
+            }
+            WriteOp::SetMany(pairs) => {
+                for (key, value) in pairs {
+                    let existed = self.read(&key)?.is_some();
+                    self.write(&key, Some(value), existed);
+                }
+                Outcome::Done
+            }
+            WriteOp::IncrementBy { key, delta } => self.increment(&key, delta)?,
+            WriteOp::Append { key, value } => {
+                let old = self.read(&key)?;
+                let old_len = old.as_ref().map_or(0, Bytes::len);
+                if old_len + value.len() > VALUE_BYTES_MAX {
+                    return Ok(Outcome::Error(
+                        "ERR string exceeds maximum allowed size (proto-max-bulk-len)".into(),
+                    ));
+                }
+                let mut joined = BytesMut::with_capacity(old_len + value.len());
+                joined.extend_from_slice(old.as_deref().unwrap_or_default());
+                joined.extend_from_slice(&value);
+                let len = joined.len() as i64;
+                self.write(&key, Some(joined.freeze()), old.is_some());
+                Outcome::Integer(len)
+            }
+            WriteOp::CompareAndSet { key, expected, new } => {
+                let old = self.read(&key)?;
+                let matches = match &old {
+                    None => expected.is_empty(),
+                    Some(value) => *value == expected && !expected.is_empty(),
+                };
+                if matches {
+                    self.write(&key, Some(new), old.is_some());
+                }
+                Outcome::Integer(i64::from(matches))
+            }
+            WriteOp::Member { id, addrs } => {
+                let json = serde_json::to_vec(&addrs).expect("addresses serialize");
+                self.pending.insert(member_key(id), Some(json.into()));
+                Outcome::Done
+            }
+        })
+    }
+
+    fn increment(&mut self, key: &[u8], delta: i64) -> Result<Outcome, StorageError> {
+        let old = self.read(key)?;
+        let current = match &old {
+            None => 0,
+            Some(bytes) => match parse_integer(bytes) {
+                Some(value) => value,
+                None => {
+                    return Ok(Outcome::Error(
+                        "ERR value is not an integer or out of range".into(),
+                    ));
+                }
+            },
+        };
+        let Some(new) = current.checked_add(delta) else {
+            return Ok(Outcome::Error(
+                "ERR increment or decrement would overflow".into(),
+            ));
+        };
+        self.write(key, Some(Bytes::from(new.to_string())), old.is_some());
+        Ok(Outcome::Integer(new))
+    }
+
+    fn into_writes(mut self) -> Vec<(Vec<u8>, Option<Bytes>)> {
+        if self.keys_changed {
+            let count = Bytes::copy_from_slice(&self.keys.to_le_bytes());
+            self.pending.insert(KEY_COUNT.to_vec(), Some(count));
+        }
+        self.pending.into_iter().collect()
+    }
+}
+
+/// A Redis integer: optional minus sign, digits, no leading zeros or
+/// spaces, within i64.
+pub fn parse_integer(bytes: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && text != "-0";
+    if !canonical {
+        return None;
+    }
+    text.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_op() -> Vec<WriteOp> {
+        vec![
+            WriteOp::Set {
+                key: "k".into(),
+                value: "v".into(),
+                condition: SetCondition::IfAbsent,
+            },
+            WriteOp::Delete(vec!["a".into(), "".into()]),
+            WriteOp::SetMany(vec![("a".into(), "1".into()), ("b".into(), "".into())]),
+            WriteOp::IncrementBy {
+                key: "n".into(),
+                delta: -7,
+            },
+            WriteOp::Append {
+                key: "k".into(),
+                value: "tail".into(),
+            },
+            WriteOp::CompareAndSet {
+                key: "k".into(),
+                expected: "".into(),
+                new: "x".into(),
+            },
+            WriteOp::Member {
+                id: 3,
+                addrs: MemberAddrs {
+                    peer: "127.0.0.1:1".into(),
+                    client: "".into(),
+                    admin: "127.0.0.1:2".into(),
+                },
+            },
+        ]
+    }
+
+    #[test]
+    fn every_op_round_trips_and_every_cut_or_flip_is_an_error_or_another_op() {
+        for op in every_op() {
+            let encoded = op.encode();
+            assert_eq!(WriteOp::decode(&encoded), Ok(op.clone()));
+            for cut in 0..encoded.len() {
+                assert!(
+                    WriteOp::decode(&encoded.slice(..cut)).is_err(),
+                    "{op:?} cut at {cut}"
+                );
+            }
+            for position in 0..encoded.len() {
+                let mut flipped = encoded.to_vec();
+                flipped[position] ^= 0xff;
+                // Never a panic; whatever decodes is a well-formed op.
+                let _ = WriteOp::decode(&Bytes::from(flipped));
+            }
+        }
+    }
+
+    #[test]
+    fn a_forged_count_does_not_allocate() {
+        let mut payload = vec![FORMAT_VERSION, 2];
+        payload.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(WriteOp::decode(&Bytes::from(payload)).is_err());
+    }
+
+    #[test]
+    fn integers_are_parsed_the_redis_way() {
+        assert_eq!(parse_integer(b"0"), Some(0));
+        assert_eq!(parse_integer(b"-12"), Some(-12));
+        assert_eq!(parse_integer(b"9223372036854775807"), Some(i64::MAX));
+        for bad in [
+            &b""[..],
+            b"-",
+            b"01",
+            b"-0",
+            b" 1",
+            b"1 ",
+            b"1.5",
+            b"9223372036854775808",
+            b"x",
+        ] {
+            assert_eq!(
+                parse_integer(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! A closed-loop load generator speaking RESP (`drkv bench`): each
+//! connection sends one command, waits for its reply, and sends the next,
+//! for a fixed time; latencies go into an HDR histogram.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::resp::{self, Limits, Reply};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    /// Client ports; connections are spread over them round-robin.
+    pub targets: Vec<SocketAddr>,
+    /// Connections (each with one command in flight).
+    pub connections: usize,
+    /// How long to measure.
+    pub duration: Duration,
+    /// Per mille of commands that are `SET` (the rest are `GET`).
+    pub writes_per_mille: u32,
+    /// Bytes per value.
+    pub value_bytes: usize,
+    /// Distinct keys.
+    pub keys: u64,
+}
+
+/// What it measured.
+#[derive(Debug)]
+pub struct LoadReport {
+    /// Commands answered without an error.
+    pub ops: u64,
+    /// Error replies (each retried by the generator as a new command).
+    pub errors: u64,
+    /// Commands per second.
+    pub ops_per_second: f64,
+    /// Latency percentiles in microseconds: 50, 99, 99.9, max.
+    pub latency_us: [u64; 4],
+}
+
+/// Writes every key once (so reads find values), with `connections`
+/// pipelined loaders.
+pub async fn preload(config: &LoadConfig) -> Result<(), String> {
+    let loaders = config.connections.clamp(1, 16) as u64;
+    let mut tasks = Vec::new();
+    for loader in 0..loaders {
+        let target = config.targets[loader as usize % config.targets.len()];
+        let config = config.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(target).await?;
+            let value = Bytes::from(vec![b'v'; config.value_bytes]);
+            let mut key = loader;
+            while key < config.keys {
+                let set = [Bytes::from_static(b"SET"), key_name(key), value.clone()];
+                client.call(&set).await?;
+                key += loaders;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+fn key_name(key: u64) -> Bytes {
+    Bytes::from(format!("key:{key:010}"))
+}
+
+/// Runs the load and reports.
+pub async fn run(config: &LoadConfig) -> Result<LoadReport, String> {
+    let started = Instant::now();
+    let stop = started + config.duration;
+    let mut tasks = Vec::new();
+    for connection in 0..config.connections {
+        let target = config.targets[connection % config.targets.len()];
+        let config = config.clone();
+        tasks.push(tokio::spawn(async move {
+            drive(target, &config, connection as u64, stop).await
+        }));
+    }
+    let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+    let mut errors = 0;
+    for task in tasks {
+        let (part, part_errors) = task.await.map_err(|e| e.to_string())??;
+        histogram.add(part).map_err(|e| e.to_string())?;
+        errors += part_errors;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(LoadReport {
+        ops: histogram.len(),
+        errors,
+        ops_per_second: histogram.len() as f64 / elapsed,
+        latency_us: [
+            histogram.value_at_quantile(0.5),
+            histogram.value_at_quantile(0.99),
+            histogram.value_at_quantile(0.999),
+            histogram.max(),
+        ],
+    })
+}
+
+async fn drive(
+    target: SocketAddr,
+    config: &LoadConfig,
+    seed: u64,
+    stop: Instant,
+) -> Result<(Histogram<u64>, u64), String> {
+    let mut client = Client::connect(target).await?;
+    let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+    let value = Bytes::from(vec![b'x'; config.value_bytes]);
+    let mut random = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut errors = 0;
+    while Instant::now() < stop {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        let key = key_name(random % config.keys.max(1));
+        let write = (random >> 40) % 1000 < u64::from(config.writes_per_mille);
+        let sent = Instant::now();
+        let reply = if write {
+            client
+                .call(&[Bytes::from_static(b"SET"), key, value.clone()])
+                .await?
+        } else {
+            client.call(&[Bytes::from_static(b"GET"), key]).await?
+        };
+        if let Reply::Error(_) = reply {
+            errors += 1;
+            continue;
+        }
+        let micros = sent.elapsed().as_micros() as u64;
+        histogram.record(micros.max(1)).map_err(|e| e.to_string())?;
+    }
+    Ok((histogram, errors))
+}
+
+/// A minimal RESP client: one command at a time.
+pub struct Client {
+    stream: TcpStream,
+    input: BytesMut,
+    output: BytesMut,
+}
+
+impl Client {
+    /// Connects to a client port.
+    pub async fn connect(addr: SocketAddr) -> Result<Self, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Self {
+            stream,
+            input: BytesMut::with_capacity(16 << 10),
+            output: BytesMut::with_capacity(1 << 10),
+        })
+    }
+
+    /// Sends one command and waits for its reply.
+    pub async fn call(&mut self, arguments: &[Bytes]) -> Result<Reply, String> {
+        self.output.clear();
+        resp::encode_request(arguments, &mut self.output);
+        self.stream
+            .write_all(&self.output)
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            if let Some(reply) =
+                resp::parse_reply(&mut self.input, &Limits::default()).map_err(|e| e.to_string())?
+            {
+                return Ok(reply);
+            }
+            if self
+                .stream
+                .read_buf(&mut self.input)
+                .await
+                .map_err(|e| e.to_string())?
+                == 0
+            {
+                return Err("the server closed the connection".into());
+            }
+        }
+    }
+}

@@ -1,0 +1,903 @@
+//! The engine: one thread that owns the consensus core and its store.
+//!
+//! Each turn of its loop takes a tick, the peers' messages and the
+//! clients' requests that are waiting — all of them, so one ready and one
+//! synced write cover every proposal that arrived meanwhile (group
+//! commit) — then works off the readies in the contract's order: persist,
+//! send, apply, answer. The thread runs its own single-threaded tokio
+//! runtime, so the synced write blocks nobody else: while it waits for
+//! the disk, new requests queue up for the next turn.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dr_codec::message::{ConfState, Entry, LogIndex, Message, NodeId, SnapshotMeta, Term};
+use dr_raft::{
+    ConfChange, ConfChangeOp, LogStore, ProposeError, RaftNode, ReadError, ReadState, Ready, Role,
+    Storage,
+};
+use dr_storage::{BackupInfo, RocksStorage};
+use dr_transport::{TcpTransport, Transport};
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::command::{ReadOp, ReplyShape, glob_match, write_reply};
+use crate::forward::Forwarder;
+use crate::kv::{self, MemberAddrs, Outcome, USER, WriteOp};
+use crate::metrics::{Metrics, bump};
+use crate::resp::Reply;
+
+/// Why a request got no answer from the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeError {
+    /// This node does not lead; forward to `client_addr` if known.
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+        /// Its client address, once it published it.
+        client_addr: Option<String>,
+    },
+    /// Nothing happened; retrying is safe.
+    TryAgain(String),
+    /// The write may or may not have taken effect.
+    Uncertain(String),
+    /// Refused for good (a membership change that cannot apply).
+    Refused(String),
+}
+
+impl NodeError {
+    /// The client's error reply.
+    pub fn reply(&self) -> Reply {
+        match self {
+            Self::NotLeader {
+                leader: Some(id), ..
+            } => Reply::Error(format!(
+                "TRYAGAIN node {id} leads but cannot be reached yet"
+            )),
+            Self::NotLeader { leader: None, .. } => {
+                Reply::Error("TRYAGAIN no leader (an election is running)".into())
+            }
+            Self::TryAgain(why) => Reply::Error(format!("TRYAGAIN {why}")),
+            Self::Uncertain(why) => Reply::Error(format!(
+                "UNCERTAIN {why}; the write may or may not have been applied"
+            )),
+            Self::Refused(why) => Reply::err(why),
+        }
+    }
+}
+
+/// What a request gets back.
+pub type Answer = oneshot::Sender<Result<Reply, NodeError>>;
+
+/// A request to the engine.
+#[derive(Debug)]
+pub enum Request {
+    /// Propose a write; answered once applied.
+    Write {
+        /// The change.
+        op: WriteOp,
+        /// How its outcome is answered.
+        shape: ReplyShape,
+        /// Where the answer goes.
+        answer: Answer,
+    },
+    /// Propose a membership change; answered once applied.
+    ConfChange {
+        /// The change.
+        op: ConfChangeOp,
+        /// Where the answer goes.
+        answer: Answer,
+    },
+    /// Hand leadership to a voter; answered once started.
+    TransferLeader {
+        /// The voter.
+        target: NodeId,
+        /// Where the answer goes.
+        answer: Answer,
+    },
+    /// A linearizable read.
+    Read {
+        /// What to read.
+        op: ReadOp,
+        /// Where the answer goes.
+        answer: Answer,
+    },
+    /// Snapshot the state machine now (answers the snapshot's index).
+    Snapshot {
+        /// Where the answer goes.
+        answer: Answer,
+    },
+    /// Back the store up into `dir`, keeping the newest `keep` backups.
+    Backup {
+        /// The backup directory.
+        dir: PathBuf,
+        /// How many backups to keep.
+        keep: usize,
+        /// Where the answer goes.
+        answer: oneshot::Sender<Result<BackupInfo, String>>,
+    },
+    /// The leader's answer to this follower's read-index fetch.
+    LeaderReadIndex(Result<LogIndex, NodeError>),
+}
+
+/// The node's state, published after every turn for `INFO`, `/status`
+/// and `/metrics`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// The cluster it belongs to.
+    pub cluster_id: u64,
+    /// "leader", "follower", "candidate" or "pre-candidate".
+    pub role: &'static str,
+    /// The current term.
+    pub term: Term,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// The leader's client address, when published.
+    pub leader_client_addr: Option<String>,
+    /// Highest committed index.
+    pub commit_index: LogIndex,
+    /// Highest applied index.
+    pub applied_index: LogIndex,
+    /// Last index in the log.
+    pub last_index: LogIndex,
+    /// Index of the newest snapshot.
+    pub snapshot_index: LogIndex,
+    /// The configuration.
+    pub voters: Vec<NodeId>,
+    /// Outgoing voters during a joint change.
+    pub voters_outgoing: Vec<NodeId>,
+    /// Learners.
+    pub learners: Vec<NodeId>,
+    /// Every member's recorded addresses.
+    pub members: BTreeMap<NodeId, MemberAddrs>,
+    /// Client keys.
+    pub keys: u64,
+}
+
+/// How the engine runs.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The consensus core's settings.
+    pub raft: dr_raft::Config,
+    /// The cluster id (for `/status`).
+    pub cluster_id: u64,
+    /// Time between ticks.
+    pub tick: Duration,
+    /// Snapshot after this many applied entries.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot, for slow followers.
+    pub log_kept: u64,
+    /// Peer addresses known from the command line or config file.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Requests one turn takes at most before it writes (bounds latency).
+    pub turn_requests_max: usize,
+}
+
+/// A running engine: how to reach it and watch it.
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    /// Requests go here.
+    pub requests: mpsc::Sender<Request>,
+    /// The state after the last turn.
+    pub status: Arc<Mutex<Status>>,
+    /// The counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Starts the engine thread. It stops when `shutdown` turns true (or every
+/// request sender is gone) and returns the store.
+pub fn start(
+    config: EngineConfig,
+    raft: RaftNode<RocksStorage>,
+    transport: Arc<TcpTransport>,
+    inbox: mpsc::Receiver<Message>,
+    forwarder: Arc<Forwarder>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
+    let (requests_tx, requests) = mpsc::channel(64 << 10);
+    let handle = EngineHandle {
+        requests: requests_tx.clone(),
+        status: Arc::default(),
+        metrics: Arc::default(),
+    };
+    let engine = Engine::new(config, raft, transport, forwarder, &handle, requests_tx);
+    let thread = std::thread::Builder::new()
+        .name(format!("drkv-engine-{}", engine.raft.id()))
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a single-threaded runtime starts");
+            runtime.block_on(engine.run(requests, inbox, shutdown));
+        })?;
+    Ok((handle, thread))
+}
+
+struct PendingRead {
+    op: ReadOp,
+    answer: Answer,
+}
+
+/// Follower reads: those waiting for the next read-index fetch, and those
+/// whose fetch is out.
+#[derive(Default)]
+struct FollowerReads {
+    unsent: Vec<PendingRead>,
+    in_flight: Option<Vec<PendingRead>>,
+}
+
+/// Server-side SCAN cursors: cursor number → the next key, the oldest
+/// forgotten first.
+struct ScanCursors {
+    next: u64,
+    positions: HashMap<u64, Bytes>,
+    order: VecDeque<u64>,
+}
+
+const SCAN_CURSORS_MAX: usize = 16 << 10;
+
+impl ScanCursors {
+    fn new(node: NodeId) -> Self {
+        // Different nodes hand out different numbers, so a cursor taken
+        // to another node is refused rather than misread.
+        Self {
+            next: (node << 40) | 1,
+            positions: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn save(&mut self, next_key: Bytes) -> u64 {
+        let cursor = self.next;
+        self.next += 1;
+        if self.order.len() == SCAN_CURSORS_MAX
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.positions.remove(&oldest);
+        }
+        self.positions.insert(cursor, next_key);
+        self.order.push_back(cursor);
+        cursor
+    }
+}
+
+struct Engine {
+    config: EngineConfig,
+    raft: RaftNode<RocksStorage>,
+    transport: Arc<TcpTransport>,
+    forwarder: Arc<Forwarder>,
+    main_runtime: Handle,
+    requests_tx: mpsc::Sender<Request>,
+    status: Arc<Mutex<Status>>,
+    metrics: Arc<Metrics>,
+    /// Proposals waiting for their entry: index → (term, answer, shape).
+    writes: BTreeMap<LogIndex, (Term, Answer, Option<ReplyShape>)>,
+    /// Reads waiting for the leader's read index: context → read.
+    reads: HashMap<u64, PendingRead>,
+    next_read_context: u64,
+    /// Confirmed reads waiting for the apply to reach their index.
+    reads_after_apply: BTreeMap<LogIndex, Vec<PendingRead>>,
+    follower_reads: FollowerReads,
+    cursors: ScanCursors,
+    members: BTreeMap<NodeId, MemberAddrs>,
+    connected_peers: BTreeMap<NodeId, SocketAddr>,
+    snapshot_index: LogIndex,
+}
+
+impl Engine {
+    fn new(
+        config: EngineConfig,
+        raft: RaftNode<RocksStorage>,
+        transport: Arc<TcpTransport>,
+        forwarder: Arc<Forwarder>,
+        handle: &EngineHandle,
+        requests_tx: mpsc::Sender<Request>,
+    ) -> Self {
+        let id = raft.id();
+        let snapshot_index = raft.storage().snapshot_meta().map_or(0, |m| m.index);
+        let mut engine = Self {
+            raft,
+            transport,
+            forwarder,
+            main_runtime: Handle::current(),
+            requests_tx,
+            status: Arc::clone(&handle.status),
+            metrics: Arc::clone(&handle.metrics),
+            writes: BTreeMap::new(),
+            reads: HashMap::new(),
+            next_read_context: 1,
+            reads_after_apply: BTreeMap::new(),
+            follower_reads: FollowerReads::default(),
+            cursors: ScanCursors::new(id),
+            members: BTreeMap::new(),
+            connected_peers: config.peers.clone(),
+            snapshot_index,
+            config,
+        };
+        engine.reload_members();
+        engine.publish_status();
+        engine
+    }
+
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut inbox: mpsc::Receiver<Message>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut ticker = tokio::time::interval(self.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                _ = ticker.tick() => self.raft.tick(),
+                message = inbox.recv() => match message {
+                    Some(message) => self.step(message),
+                    None => break,
+                },
+                request = requests.recv() => match request {
+                    Some(request) => self.handle(request),
+                    None => break,
+                },
+            }
+            // Everything else that is waiting joins this turn's ready.
+            while let Ok(message) = inbox.try_recv() {
+                self.step(message);
+            }
+            for _ in 1..self.config.turn_requests_max {
+                let Ok(request) = requests.try_recv() else {
+                    break;
+                };
+                self.handle(request);
+            }
+            self.drive();
+            self.publish_status();
+        }
+        self.fail_everything("the node is shutting down");
+        tracing::info!(id = self.raft.id(), "engine stopped");
+    }
+
+    fn step(&mut self, message: Message) {
+        if let Err(error) = self.raft.step(message) {
+            tracing::debug!(?error, "dropped a peer message");
+        }
+    }
+
+    fn leader_client_addr(&self) -> Option<String> {
+        let leader = self.raft.leader()?;
+        self.members
+            .get(&leader)
+            .map(|m| m.client.clone())
+            .filter(|addr| !addr.is_empty())
+    }
+
+    fn not_leader(&self) -> NodeError {
+        NodeError::NotLeader {
+            leader: self.raft.leader(),
+            client_addr: self.leader_client_addr(),
+        }
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Write { op, shape, answer } => {
+                let result = self.raft.propose(op.encode());
+                self.track_proposal(result, answer, Some(shape));
+            }
+            Request::ConfChange { op, answer } => {
+                let change = ConfChange { ops: vec![op] };
+                let result = self.raft.propose_conf_change(&change);
+                self.track_proposal(result, answer, None);
+            }
+            Request::TransferLeader { target, answer } => {
+                let result = self.raft.transfer_leader(target).map(|()| Reply::OK);
+                let _ = answer.send(result.map_err(|e| self.propose_error(e)));
+            }
+            Request::Read { op, answer } => self.read(PendingRead { op, answer }),
+            Request::Snapshot { answer } => {
+                let result = self
+                    .snapshot_now()
+                    .map(|index| Reply::Integer(index as i64));
+                let _ = answer.send(result.map_err(NodeError::Refused));
+            }
+            Request::Backup { dir, keep, answer } => {
+                let result = self.raft.storage().backup(&dir, keep);
+                let _ = answer.send(result.map_err(|e| e.to_string()));
+            }
+            Request::LeaderReadIndex(result) => self.follower_read_index(result),
+        }
+    }
+
+    fn propose_error(&self, error: ProposeError) -> NodeError {
+        match error {
+            ProposeError::NotLeader { .. } => self.not_leader(),
+            ProposeError::TransferInProgress => {
+                NodeError::TryAgain("leadership is being handed over".into())
+            }
+            ProposeError::Busy => NodeError::TryAgain("too many uncommitted writes".into()),
+            ProposeError::ConfChangePending => {
+                NodeError::TryAgain("a membership change is still in progress".into())
+            }
+            ProposeError::ConfChange(error) => NodeError::Refused(error.to_string()),
+            ProposeError::NotVoter(id) => NodeError::Refused(format!("node {id} is not a voter")),
+        }
+    }
+
+    fn track_proposal(
+        &mut self,
+        result: Result<dr_raft::Proposal, ProposeError>,
+        answer: Answer,
+        shape: Option<ReplyShape>,
+    ) {
+        match result {
+            Ok(proposal) => {
+                bump(&self.metrics.proposals);
+                self.writes
+                    .insert(proposal.index, (proposal.term, answer, shape));
+            }
+            Err(error) => {
+                bump(&self.metrics.proposals_refused);
+                let _ = answer.send(Err(self.propose_error(error)));
+            }
+        }
+    }
+
+    fn read(&mut self, read: PendingRead) {
+        if self.raft.role() == Role::Leader {
+            let context = self.next_read_context;
+            self.next_read_context += 1;
+            match self.raft.read_index(context) {
+                Ok(()) => {
+                    bump(&self.metrics.read_index_requests);
+                    self.reads.insert(context, read);
+                }
+                Err(error) => {
+                    let _ = read.answer.send(Err(self.read_error(error)));
+                }
+            }
+            return;
+        }
+        if matches!(read.op, ReadOp::ReadIndex) || self.leader_client_addr().is_none() {
+            // Only the leader hands out read indexes; without a reachable
+            // leader a follower cannot confirm anything.
+            let _ = read.answer.send(Err(self.not_leader()));
+            return;
+        }
+        self.follower_reads.unsent.push(read);
+        self.fetch_read_index();
+    }
+
+    fn read_error(&self, error: ReadError) -> NodeError {
+        match error {
+            ReadError::NotLeader { .. } => self.not_leader(),
+            ReadError::LeadershipLost => {
+                NodeError::TryAgain("leadership changed during the read".into())
+            }
+            ReadError::Busy => NodeError::TryAgain("too many reads pending".into()),
+        }
+    }
+
+    /// Asks the leader for a read index covering every unsent follower
+    /// read, unless a fetch is out already (its answer could predate
+    /// these reads, so they wait for the next one).
+    fn fetch_read_index(&mut self) {
+        if self.follower_reads.in_flight.is_some() || self.follower_reads.unsent.is_empty() {
+            return;
+        }
+        let Some(addr) = self.leader_client_addr() else {
+            let error = self.not_leader();
+            for read in self.follower_reads.unsent.drain(..) {
+                let _ = read.answer.send(Err(error.clone()));
+            }
+            return;
+        };
+        self.follower_reads.in_flight = Some(std::mem::take(&mut self.follower_reads.unsent));
+        bump(&self.metrics.read_index_fetches);
+        let reply = self
+            .forwarder
+            .call(&addr, &[Bytes::from_static(b"DR.READINDEX")]);
+        let requests = self.requests_tx.clone();
+        self.main_runtime.spawn(async move {
+            let result = match tokio::time::timeout(Duration::from_secs(2), reply).await {
+                Ok(Ok(Ok(Reply::Integer(index)))) if index >= 0 => Ok(index as LogIndex),
+                Ok(Ok(Ok(Reply::Error(text)))) => {
+                    Err(NodeError::TryAgain(format!("the leader said: {text}")))
+                }
+                Ok(Ok(Ok(other))) => Err(NodeError::TryAgain(format!(
+                    "the leader answered {other:?}"
+                ))),
+                Ok(Ok(Err(error))) => Err(NodeError::TryAgain(error)),
+                Ok(Err(_)) | Err(_) => Err(NodeError::TryAgain(
+                    "the leader did not answer in time".into(),
+                )),
+            };
+            let _ = requests.send(Request::LeaderReadIndex(result)).await;
+        });
+    }
+
+    fn follower_read_index(&mut self, result: Result<LogIndex, NodeError>) {
+        let batch = self.follower_reads.in_flight.take().unwrap_or_default();
+        match result {
+            Ok(index) => self
+                .reads_after_apply
+                .entry(index)
+                .or_default()
+                .extend(batch),
+            Err(error) => {
+                for read in batch {
+                    let _ = read.answer.send(Err(error.clone()));
+                }
+            }
+        }
+        self.fetch_read_index();
+        self.serve_applied_reads();
+    }
+
+    /// Works off every ready: persist, send, apply, answer.
+    fn drive(&mut self) {
+        while self.raft.has_ready() {
+            let ready = self.raft.ready();
+            self.persist(&ready);
+            if let Some(snapshot) = &ready.snapshot {
+                self.after_snapshot_install(snapshot);
+            }
+            for message in ready.messages {
+                self.transport.send(message);
+            }
+            self.apply(&ready.committed_entries, ready.conf_state.as_ref());
+            self.confirm_reads(ready.read_states);
+            self.raft.advance();
+            self.serve_applied_reads();
+            if ready.soft_state.is_some() {
+                self.on_role_change();
+            }
+        }
+        self.maybe_snapshot();
+    }
+
+    fn persist(&mut self, ready: &Ready) {
+        let durable =
+            !ready.entries.is_empty() || ready.hard_state.is_some() || ready.snapshot.is_some();
+        let started = Instant::now();
+        if let Err(error) = self.raft.storage_mut().persist_ready(ready) {
+            // The core handed out something the store refuses: a bug, and
+            // continuing would break the ready contract.
+            panic!("cannot persist a ready: {error}");
+        }
+        if durable {
+            self.metrics
+                .fsync_seconds
+                .observe_duration(started.elapsed());
+        }
+        if !ready.entries.is_empty() {
+            self.metrics
+                .entries_per_write
+                .observe(ready.entries.len() as f64);
+        }
+    }
+
+    fn after_snapshot_install(&mut self, snapshot: &SnapshotMeta) {
+        bump(&self.metrics.snapshots_installed);
+        self.snapshot_index = snapshot.index;
+        // Proposals the snapshot covers: whether they are in it is unknown.
+        let covered: Vec<LogIndex> = self
+            .writes
+            .range(..=snapshot.index)
+            .map(|(&i, _)| i)
+            .collect();
+        for index in covered {
+            if let Some((_, answer, _)) = self.writes.remove(&index) {
+                let _ = answer.send(Err(NodeError::Uncertain(
+                    "a snapshot replaced the log".into(),
+                )));
+            }
+        }
+        self.reload_members();
+        self.sync_peers(&snapshot.conf_state);
+        tracing::info!(
+            index = snapshot.index,
+            "installed a snapshot from the leader"
+        );
+    }
+
+    fn apply(&mut self, entries: &[Entry], conf_state: Option<&ConfState>) {
+        if entries.is_empty() {
+            if let Some(conf) = conf_state {
+                let applied = self.raft.storage().applied_index();
+                self.raft
+                    .storage_mut()
+                    .apply(&[], applied, Some(conf))
+                    .unwrap_or_else(|e| panic!("cannot store the configuration: {e}"));
+                self.sync_peers(conf);
+            }
+            return;
+        }
+        let results = kv::apply_entries(self.raft.storage_mut(), entries, conf_state)
+            .unwrap_or_else(|error| panic!("cannot apply committed entries: {error}"));
+        self.metrics
+            .entries_applied
+            .fetch_add(entries.len() as u64, Relaxed);
+        self.metrics.entries_per_apply.observe(entries.len() as f64);
+        let mut members_changed = false;
+        for applied in results {
+            members_changed |= applied.member_changed;
+            let Some((term, answer, shape)) = self.writes.remove(&applied.index) else {
+                continue;
+            };
+            let result = if term != applied.term {
+                Err(NodeError::TryAgain(
+                    "the leader changed before the write committed".into(),
+                ))
+            } else {
+                Ok(match shape {
+                    Some(shape) => write_reply(shape, applied.outcome),
+                    None => outcome_reply(applied.outcome),
+                })
+            };
+            let _ = answer.send(result);
+        }
+        if members_changed {
+            self.reload_members();
+        }
+        if let Some(conf) = conf_state {
+            self.sync_peers(conf);
+        } else if members_changed {
+            let conf = self.raft.conf_state().clone();
+            self.sync_peers(&conf);
+        }
+    }
+
+    fn confirm_reads(&mut self, read_states: Vec<ReadState>) {
+        for state in read_states {
+            let Some(read) = self.reads.remove(&state.context) else {
+                continue;
+            };
+            match state.result {
+                Ok(index) if matches!(read.op, ReadOp::ReadIndex) => {
+                    let _ = read.answer.send(Ok(Reply::Integer(index as i64)));
+                }
+                Ok(index) => self.reads_after_apply.entry(index).or_default().push(read),
+                Err(error) => {
+                    let _ = read.answer.send(Err(self.read_error(error)));
+                }
+            }
+        }
+    }
+
+    fn serve_applied_reads(&mut self) {
+        let applied = self.raft.storage().applied_index();
+        while let Some(entry) = self.reads_after_apply.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            for read in entry.remove() {
+                let reply = self.serve(&read.op);
+                bump(&self.metrics.reads_served);
+                let _ = read
+                    .answer
+                    .send(reply.map_err(|e| NodeError::TryAgain(format!("storage: {e}"))));
+            }
+        }
+    }
+
+    fn serve(&mut self, op: &ReadOp) -> Result<Reply, dr_raft::StorageError> {
+        let store = self.raft.storage();
+        let value = |key: &[u8]| store.get(&kv::user_key(key));
+        Ok(match op {
+            ReadOp::Get(key) => value(key)?.map_or(Reply::Null, |v| Reply::Bulk(v.into())),
+            ReadOp::GetMany(keys) => Reply::Array(
+                keys.iter()
+                    .map(|key| Ok(value(key)?.map_or(Reply::Null, |v| Reply::Bulk(v.into()))))
+                    .collect::<Result<_, dr_raft::StorageError>>()?,
+            ),
+            ReadOp::Exists(keys) => {
+                let mut present = 0;
+                for key in keys {
+                    present += i64::from(value(key)?.is_some());
+                }
+                Reply::Integer(present)
+            }
+            ReadOp::Strlen(key) => Reply::Integer(value(key)?.map_or(0, |v| v.len() as i64)),
+            ReadOp::DbSize => Reply::Integer(kv::key_count(store)? as i64),
+            ReadOp::Scan {
+                cursor,
+                pattern,
+                count,
+                strings_only,
+            } => self.scan(*cursor, pattern.as_deref(), *count, *strings_only)?,
+            ReadOp::ReadIndex => Reply::Integer(store.applied_index() as i64),
+        })
+    }
+
+    fn scan(
+        &mut self,
+        cursor: u64,
+        pattern: Option<&[u8]>,
+        count: usize,
+        strings_only: bool,
+    ) -> Result<Reply, dr_raft::StorageError> {
+        let start = if cursor == 0 {
+            vec![USER]
+        } else {
+            match self.cursors.positions.remove(&cursor) {
+                Some(next) => kv::user_key(&next),
+                None => return Ok(Reply::err("invalid cursor (unknown here, or expired)")),
+            }
+        };
+        let page = self.raft.storage().scan(&start, count + 1)?;
+        let mut page: Vec<Bytes> = page
+            .into_iter()
+            .take_while(|(key, _)| key.first() == Some(&USER))
+            .map(|(key, _)| Bytes::copy_from_slice(&key[1..]))
+            .collect();
+        let next = if page.len() > count {
+            let next_key = page.pop().expect("more than count keys");
+            self.cursors.save(next_key)
+        } else {
+            0
+        };
+        let keys = page
+            .into_iter()
+            .filter(|key| strings_only && pattern.is_none_or(|p| glob_match(p, key)))
+            .map(Reply::Bulk)
+            .collect();
+        Ok(Reply::Array(vec![
+            Reply::bulk(next.to_string()),
+            Reply::Array(keys),
+        ]))
+    }
+
+    fn on_role_change(&mut self) {
+        let role = self.raft.role();
+        tracing::info!(id = self.raft.id(), ?role, leader = ?self.raft.leader(), term = self.raft.term(), "role changed");
+        if role != Role::Leader {
+            // Reads a follower was to confirm through a leader that is gone.
+            self.fetch_read_index();
+        }
+    }
+
+    fn snapshot_now(&mut self) -> Result<LogIndex, String> {
+        let applied = self.raft.storage().applied_index();
+        if applied <= self.snapshot_index {
+            return Ok(self.snapshot_index);
+        }
+        let conf = self.raft.conf_state().clone();
+        let store = self.raft.storage_mut();
+        store
+            .create_snapshot(applied, conf, Bytes::new())
+            .map_err(|e| e.to_string())?;
+        self.snapshot_index = applied;
+        bump(&self.metrics.snapshots_created);
+        let compact_to = applied.saturating_sub(self.config.log_kept);
+        if compact_to >= store.first_index() {
+            store.compact(compact_to).map_err(|e| e.to_string())?;
+        }
+        tracing::info!(index = applied, "snapshot taken");
+        Ok(applied)
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let applied = self.raft.storage().applied_index();
+        if applied >= self.snapshot_index + self.config.snapshot_every
+            && let Err(error) = self.snapshot_now()
+        {
+            tracing::warn!(%error, "snapshot postponed");
+        }
+    }
+
+    fn reload_members(&mut self) {
+        match kv::members(self.raft.storage()) {
+            Ok(members) => self.members = members.into_iter().collect(),
+            Err(error) => tracing::error!(%error, "cannot read the member table"),
+        }
+    }
+
+    /// Connects to every member of `conf` whose address is known, and
+    /// forgets peers that are no longer members.
+    fn sync_peers(&mut self, conf: &ConfState) {
+        let me = self.raft.id();
+        let members: Vec<NodeId> = conf
+            .voters
+            .iter()
+            .chain(&conf.voters_outgoing)
+            .chain(&conf.learners)
+            .chain(&conf.learners_next)
+            .copied()
+            .filter(|&id| id != me)
+            .collect();
+        for &id in &members {
+            let recorded = self.members.get(&id).and_then(|m| m.peer.parse().ok());
+            let Some(addr) = recorded.or_else(|| self.config.peers.get(&id).copied()) else {
+                continue;
+            };
+            if self.connected_peers.get(&id) != Some(&addr) {
+                tracing::info!(peer = id, %addr, "connecting to member");
+                self.transport.add_peer(id, addr);
+                self.connected_peers.insert(id, addr);
+            }
+        }
+        let gone: Vec<NodeId> = self
+            .connected_peers
+            .keys()
+            .copied()
+            .filter(|id| !members.contains(id))
+            .collect();
+        if members.is_empty() && !conf.voters.contains(&me) && conf.voters.is_empty() {
+            // No configuration yet (a joining node): keep the given peers.
+            return;
+        }
+        for id in gone {
+            tracing::info!(peer = id, "disconnecting from a removed member");
+            self.transport.remove_peer(id);
+            self.connected_peers.remove(&id);
+        }
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raft;
+        let conf = raft.conf_state();
+        let store = raft.storage();
+        let mut status = self.status.lock();
+        status.id = raft.id();
+        status.cluster_id = self.config.cluster_id;
+        status.role = match raft.role() {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre-candidate",
+        };
+        status.term = raft.term();
+        status.leader = raft.leader();
+        status.leader_client_addr = self.leader_client_addr();
+        status.commit_index = raft.commit_index();
+        status.applied_index = store.applied_index();
+        status.last_index = raft.last_index();
+        status.snapshot_index = self.snapshot_index;
+        if status.voters != conf.voters
+            || status.learners != conf.learners
+            || status.voters_outgoing != conf.voters_outgoing
+        {
+            status.voters.clone_from(&conf.voters);
+            status.voters_outgoing.clone_from(&conf.voters_outgoing);
+            status.learners.clone_from(&conf.learners);
+        }
+        if status.members != self.members {
+            status.members.clone_from(&self.members);
+        }
+        status.keys = kv::key_count(store).unwrap_or(status.keys);
+    }
+
+    fn fail_everything(&mut self, why: &str) {
+        for (_, (_, answer, _)) in std::mem::take(&mut self.writes) {
+            let _ = answer.send(Err(NodeError::Uncertain(why.into())));
+        }
+        let reads = self
+            .reads
+            .drain()
+            .map(|(_, read)| read)
+            .chain(self.reads_after_apply.values_mut().flat_map(std::mem::take))
+            .chain(self.follower_reads.unsent.drain(..))
+            .chain(self.follower_reads.in_flight.take().unwrap_or_default());
+        for read in reads {
+            let _ = read.answer.send(Err(NodeError::TryAgain(why.into())));
+        }
+    }
+}
+
+fn outcome_reply(outcome: Outcome) -> Reply {
+    match outcome {
+        Outcome::Error(text) => Reply::Error(text),
+        Outcome::Integer(value) => Reply::Integer(value),
+        Outcome::Set { .. } | Outcome::Done => Reply::OK,
+    }
+}

@@ -1,0 +1,318 @@
+//! End to end: three (or four) real `drkv` processes on 127.0.0.1, driven
+//! with the `redis` client crate.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{Cluster, connect, retrying};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn set(key: &str, value: &str) -> redis::Cmd {
+    let mut command = redis::cmd("SET");
+    command.arg(key).arg(value);
+    command
+}
+
+fn get(key: &str) -> redis::Cmd {
+    let mut command = redis::cmd("GET");
+    command.arg(key);
+    command
+}
+
+#[test]
+fn writes_through_every_node_are_read_back_from_every_node() {
+    let cluster = Cluster::start("rw", 3, &[]);
+    cluster.wait_for_leader(SETTLE);
+    let mut clients: Vec<redis::Connection> = (1..=3).map(|id| cluster.client(id)).collect();
+    for (writer, client) in clients.iter_mut().enumerate() {
+        for i in 0..20 {
+            let reply: String = retrying(
+                client,
+                &set(&format!("k{writer}-{i}"), &format!("v{i}")),
+                SETTLE,
+            )
+            .unwrap();
+            assert_eq!(reply, "OK");
+        }
+    }
+    // Linearizable: a read on any node right after the writes sees them.
+    for client in &mut clients {
+        for writer in 0..3 {
+            for i in 0..20 {
+                let value: Option<String> =
+                    retrying(client, &get(&format!("k{writer}-{i}")), SETTLE).unwrap();
+                assert_eq!(value.as_deref(), Some(format!("v{i}").as_str()));
+            }
+        }
+    }
+    // Read-modify-write commands from all nodes interleave without loss.
+    for round in 0..10 {
+        for client in &mut clients {
+            let _: i64 = retrying(
+                client,
+                redis::cmd("INCRBY").arg("counter").arg(round + 1),
+                SETTLE,
+            )
+            .unwrap();
+        }
+    }
+    let total: i64 = retrying(&mut clients[1], &get("counter"), SETTLE)
+        .map(|v: String| v.parse().unwrap())
+        .unwrap();
+    assert_eq!(total, 3 * (1..=10).sum::<i64>());
+
+    let c = &mut clients[2];
+    let _: () = retrying(
+        c,
+        redis::cmd("MSET").arg("a").arg("1").arg("b").arg("2"),
+        SETTLE,
+    )
+    .unwrap();
+    let values: Vec<Option<String>> =
+        retrying(c, redis::cmd("MGET").arg("a").arg("b").arg("nope"), SETTLE).unwrap();
+    assert_eq!(values, [Some("1".into()), Some("2".into()), None]);
+    let swapped: i64 = retrying(c, redis::cmd("CAS").arg("a").arg("1").arg("9"), SETTLE).unwrap();
+    let refused: i64 = retrying(c, redis::cmd("CAS").arg("a").arg("1").arg("7"), SETTLE).unwrap();
+    let created: i64 =
+        retrying(c, redis::cmd("CAS").arg("fresh").arg("").arg("new"), SETTLE).unwrap();
+    assert_eq!((swapped, refused, created), (1, 0, 1));
+    let nx: Option<String> =
+        retrying(c, redis::cmd("SET").arg("a").arg("x").arg("NX"), SETTLE).unwrap();
+    assert_eq!(nx, None);
+    let old: Option<String> =
+        retrying(c, redis::cmd("SET").arg("a").arg("10").arg("GET"), SETTLE).unwrap();
+    assert_eq!(old.as_deref(), Some("9"));
+    let length: i64 = retrying(c, redis::cmd("APPEND").arg("a").arg("0"), SETTLE).unwrap();
+    assert_eq!(length, 3);
+    let error = retrying::<i64>(c, redis::cmd("INCR").arg("k0-0"), SETTLE).unwrap_err();
+    assert!(error.to_string().contains("not an integer"), "{error}");
+    let deleted: i64 =
+        retrying(c, redis::cmd("DEL").arg("a").arg("b").arg("nope"), SETTLE).unwrap();
+    assert_eq!(deleted, 2);
+    let size: i64 = retrying(&mut clients[0], &redis::cmd("DBSIZE"), SETTLE).unwrap();
+    assert_eq!(size, 60 + 1 + 1);
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, page): (u64, Vec<String>) = retrying(
+            &mut clients[1],
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("k1-*")
+                .arg("COUNT")
+                .arg(7),
+            SETTLE,
+        )
+        .unwrap();
+        keys.extend(page);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("k1-{i}")).collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+}
+
+/// Writers through every node; the leader is SIGKILLed mid-load. Every
+/// write that was acknowledged must be readable afterwards.
+#[test]
+fn killing_the_leader_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start("kill", 3, &[]);
+    let leader = cluster.wait_for_leader(SETTLE);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (1..=3)
+        .map(|id| {
+            let addr = cluster.node(id).client;
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut acknowledged = BTreeMap::new();
+                let mut client = connect(addr);
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("w{id}-{i}");
+                    match set(&key, &i.to_string()).query::<String>(&mut client) {
+                        Ok(_) => {
+                            acknowledged.insert(key, i.to_string());
+                        }
+                        // The node itself died, or the outcome is unknown:
+                        // neither counts as acknowledged.
+                        Err(error) if error.is_io_error() || error.is_connection_dropped() => {
+                            std::thread::sleep(Duration::from_millis(100));
+                            if let Ok(c) =
+                                redis::Client::open(format!("redis://{addr}/")).and_then(|c| {
+                                    c.get_connection_with_timeout(Duration::from_millis(500))
+                                })
+                            {
+                                client = c;
+                            }
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                    i += 1;
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.kill(leader);
+    let killed_at = Instant::now();
+    let new_leader = cluster.wait_for_leader(SETTLE);
+    assert_ne!(new_leader, leader);
+    eprintln!("new leader {new_leader} after {:?}", killed_at.elapsed());
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged: BTreeMap<String, String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        acknowledged.len() > 50,
+        "only {} writes acknowledged",
+        acknowledged.len()
+    );
+    let survivor = (1..=3).find(|&id| id != leader).unwrap();
+    let mut client = cluster.client(survivor);
+    for (key, value) in &acknowledged {
+        let stored: Option<String> = retrying(&mut client, &get(key), SETTLE).unwrap();
+        assert_eq!(
+            stored.as_ref(),
+            Some(value),
+            "acknowledged write {key} lost"
+        );
+    }
+    // The old leader comes back from its data dir and catches up.
+    cluster.restart(leader);
+    let mut old = cluster.client(leader);
+    let probe = acknowledged.keys().next_back().unwrap();
+    let stored: Option<String> = retrying(&mut old, &get(probe), SETTLE).unwrap();
+    assert_eq!(stored.as_ref(), acknowledged.get(probe));
+}
+
+/// A node is down while the others write enough to snapshot and compact
+/// their logs; restarted with only its data dir, it catches up (through a
+/// snapshot) and serves linearizable reads. A SIGTERM stops it cleanly.
+#[test]
+fn a_restarted_node_catches_up_through_a_snapshot() {
+    let mut cluster = Cluster::start("restart", 3, &["--snapshot-every", "20"]);
+    cluster.wait_for_leader(SETTLE);
+    let leader = cluster.wait_for_leader(SETTLE);
+    let lagging = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.kill(lagging);
+    let writer = (1..=3).find(|&id| id != lagging).unwrap();
+    let mut client = cluster.client(writer);
+    let pairs: Vec<(String, String)> = (0..600)
+        .map(|i| (format!("r{i}"), format!("value-{i}")))
+        .collect();
+    for chunk in pairs.chunks(50) {
+        let mut mset = redis::cmd("MSET");
+        for (key, value) in chunk {
+            mset.arg(key).arg(value);
+        }
+        let _: () = retrying(&mut client, &mset, SETTLE).unwrap();
+        for (key, value) in chunk.iter().take(5) {
+            let _: String =
+                retrying(&mut client, &set(&format!("{key}-single"), value), SETTLE).unwrap();
+        }
+    }
+    cluster.restart(lagging);
+    let mut caught_up = cluster.client(lagging);
+    for (key, value) in &pairs {
+        let stored: Option<String> = retrying(&mut caught_up, &get(key), SETTLE).unwrap();
+        assert_eq!(stored.as_ref(), Some(value));
+    }
+    let installed = support::info_field(cluster.node(lagging).client, "snapshot_index").unwrap();
+    assert!(
+        installed.parse::<u64>().unwrap() > 1,
+        "caught up without a snapshot? {installed}"
+    );
+    let status = cluster.stop(lagging);
+    assert!(status.success(), "SIGTERM exit: {status}");
+}
+
+/// A fourth node joins as a learner and is promoted while writes go on;
+/// then a founding member is removed. No acknowledged write is lost.
+#[test]
+fn a_learner_joins_under_load_is_promoted_and_a_member_is_removed() {
+    let mut cluster = Cluster::start("members", 3, &[]);
+    let leader = cluster.wait_for_leader(SETTLE);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let addr = cluster.node(leader).client;
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut client = connect(addr);
+            let mut acknowledged = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if set(&format!("m{i}"), "x")
+                    .query::<String>(&mut client)
+                    .is_ok()
+                {
+                    acknowledged.push(format!("m{i}"));
+                }
+                i += 1;
+            }
+            acknowledged
+        })
+    };
+    cluster.add_node(4);
+    let peer = cluster.node(4).peer.to_string();
+    let (ok, text) = cluster.ctl(1, &["add-learner", "4", &peer]);
+    assert!(ok, "add-learner: {text}");
+    cluster.start_joiner(4);
+    // The learner catches up and serves reads (through the leader's
+    // read index) before it is promoted.
+    let mut learner = cluster.client(4);
+    let value: Option<String> = retrying(&mut learner, &get("m0"), SETTLE).unwrap();
+    assert_eq!(value.as_deref(), Some("x"));
+    let (ok, text) = cluster.ctl(2, &["promote", "4"]);
+    assert!(ok, "promote: {text}");
+    assert_eq!(voters(&cluster, 4), [1, 2, 3, 4]);
+    let removed = (1..=3).find(|&id| id != leader).unwrap();
+    let (ok, text) = cluster.ctl(leader, &["remove", &removed.to_string()]);
+    assert!(ok, "remove: {text}");
+    cluster.kill(removed);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = writer.join().unwrap();
+    assert!(
+        acknowledged.len() > 20,
+        "only {} writes acknowledged",
+        acknowledged.len()
+    );
+    let remaining: Vec<u64> = [1, 2, 3, 4]
+        .into_iter()
+        .filter(|&id| id != removed)
+        .collect();
+    let deadline = Instant::now() + SETTLE;
+    while voters(&cluster, 4) != remaining {
+        assert!(
+            Instant::now() < deadline,
+            "voters stay {:?}",
+            voters(&cluster, 4)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for key in &acknowledged {
+        let value: Option<String> = retrying(&mut learner, &get(key), SETTLE).unwrap();
+        assert_eq!(value.as_deref(), Some("x"), "acknowledged write {key} lost");
+    }
+}
+
+/// The voters node `id` reports through `drkv ctl members`.
+fn voters(cluster: &Cluster, id: u64) -> Vec<u64> {
+    let (ok, text) = cluster.ctl(id, &["members"]);
+    assert!(ok, "members: {text}");
+    let members: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    serde_json::from_value(members["voters"].clone()).expect("a list of ids")
+}

@@ -1,0 +1,330 @@
+//! Real `drkv` processes on 127.0.0.1 for the end-to-end tests: start,
+//! SIGKILL, SIGTERM, restart from the data directory; a `redis` client to
+//! each; and waiting for the cluster to settle. Every wait has a bound,
+//! so a broken cluster fails a test instead of hanging it.
+
+#![allow(unreachable_pub, dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const DRKV: &str = env!("CARGO_BIN_EXE_drkv");
+
+/// A temporary directory removed on drop (see dr-storage's tests for why
+/// not the `tempfile` crate).
+pub struct TestDir(PathBuf);
+
+impl TestDir {
+    pub fn new(name: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let unique = format!(
+            "drkv-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(unique);
+        std::fs::create_dir_all(&path).expect("create a temporary directory");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address")
+}
+
+pub struct NodeProcess {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    pub client: SocketAddr,
+    pub peer: SocketAddr,
+    pub admin: SocketAddr,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct Cluster {
+    pub dir: TestDir,
+    pub nodes: Vec<NodeProcess>,
+    extra_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `size` founding members with `extra_args` for each.
+    pub fn start(name: &str, size: u64, extra_args: &[&str]) -> Self {
+        let dir = TestDir::new(name);
+        let nodes: Vec<NodeProcess> = (1..=size)
+            .map(|id| NodeProcess {
+                id,
+                data_dir: dir.path().join(format!("node-{id}")),
+                client: free_addr(),
+                peer: free_addr(),
+                admin: free_addr(),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Self {
+            dir,
+            nodes,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        let peers = cluster.peers_flag();
+        for index in 0..cluster.nodes.len() {
+            cluster.spawn(index, &["--peers", &peers]);
+        }
+        cluster
+    }
+
+    pub fn peers_flag(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.peer))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn index(&self, id: u64) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .expect("a node of this cluster")
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProcess {
+        &self.nodes[self.index(id)]
+    }
+
+    fn spawn(&mut self, index: usize, args: &[&str]) {
+        let node = &self.nodes[index];
+        let log = std::fs::File::create(self.dir.path().join(format!("node-{}.log", node.id)))
+            .expect("create a log file");
+        let child = Command::new(DRKV)
+            .arg("server")
+            .args(["--id", &node.id.to_string()])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--client-addr", &node.client.to_string()])
+            .args(["--peer-addr", &node.peer.to_string()])
+            .args(["--admin-addr", &node.admin.to_string()])
+            .args(args)
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start drkv");
+        self.nodes[index].child = Some(child);
+    }
+
+    /// Adds node `id` (not started).
+    pub fn add_node(&mut self, id: u64) {
+        let node = NodeProcess {
+            id,
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            client: free_addr(),
+            peer: free_addr(),
+            admin: free_addr(),
+            child: None,
+        };
+        self.nodes.push(node);
+    }
+
+    /// Starts a node added with [`Self::add_node`] as a joiner.
+    pub fn start_joiner(&mut self, id: u64) {
+        let peers: String = self
+            .nodes
+            .iter()
+            .filter(|n| n.id != id)
+            .map(|n| format!("{}={}", n.id, n.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let index = self.index(id);
+        self.spawn(index, &["--join", "--peers", &peers]);
+    }
+
+    /// Restarts a stopped node with nothing but its data directory.
+    pub fn restart(&mut self, id: u64) {
+        let index = self.index(id);
+        let node = &self.nodes[index];
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.path().join(format!("node-{id}.log")))
+            .expect("open the log file");
+        let child = Command::new(DRKV)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("restart drkv");
+        self.nodes[index].child = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self, id: u64) {
+        let index = self.index(id);
+        if let Some(mut child) = self.nodes[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self, id: u64) -> std::process::ExitStatus {
+        let index = self.index(id);
+        let mut child = self.nodes[index].child.take().expect("node is running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for drkv") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client(&self, id: u64) -> redis::Connection {
+        connect(self.node(id).client)
+    }
+
+    /// The leader every running node agrees on, waiting up to `bound`.
+    pub fn wait_for_leader(&self, bound: Duration) -> u64 {
+        let deadline = Instant::now() + bound;
+        loop {
+            let leaders: Vec<Option<u64>> = self
+                .nodes
+                .iter()
+                .filter(|n| n.running())
+                .map(|n| info_field(n.client, "leader_id").and_then(|l| l.parse().ok()))
+                .collect();
+            let published = leaders.first().copied().flatten().and_then(|leader| {
+                let node = self.nodes.iter().find(|n| n.id == leader)?;
+                let addr = info_field(node.client, "leader_client_addr")?;
+                (!addr.is_empty()).then_some(leader)
+            });
+            if let Some(leader) = published
+                && leaders.iter().all(|&l| l == Some(leader))
+            {
+                return leader;
+            }
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("no agreed leader within {bound:?}: {leaders:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `drkv ctl` against node `id`'s admin port.
+    pub fn ctl(&self, id: u64, args: &[&str]) -> (bool, String) {
+        let output = Command::new(DRKV)
+            .args(["ctl", "--admin", &self.node(id).admin.to_string()])
+            .args(args)
+            .output()
+            .expect("run drkv ctl");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    }
+
+    pub fn dump_logs(&self) {
+        for node in &self.nodes {
+            let path = self.dir.path().join(format!("node-{}.log", node.id));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            eprintln!("---- node {} (last lines) ----", node.id);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> redis::Connection {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let client = redis::Client::open(format!("redis://{addr}/")).expect("a valid URL");
+        match client.get_connection_with_timeout(Duration::from_secs(2)) {
+            Ok(connection) => {
+                connection
+                    .set_read_timeout(Some(Duration::from_secs(15)))
+                    .expect("set a read timeout");
+                return connection;
+            }
+            Err(error) if Instant::now() < deadline => {
+                let _ = error;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(error) => panic!("cannot connect to {addr}: {error}"),
+        }
+    }
+}
+
+/// One field of `INFO`, or None when the node does not answer.
+pub fn info_field(addr: SocketAddr, field: &str) -> Option<String> {
+    let client = redis::Client::open(format!("redis://{addr}/")).ok()?;
+    let mut connection = client
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()?;
+    connection
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .ok()?;
+    let info: String = redis::cmd("INFO").query(&mut connection).ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .map(|value| value.trim().to_owned())
+}
+
+/// Runs a command, retrying `-TRYAGAIN` (nothing happened) until `bound`.
+pub fn retrying<T: redis::FromRedisValue>(
+    connection: &mut redis::Connection,
+    command: &redis::Cmd,
+    bound: Duration,
+) -> redis::RedisResult<T> {
+    let deadline = Instant::now() + bound;
+    loop {
+        match command.query(connection) {
+            Err(error) if error.code() == Some("TRYAGAIN") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
+}
