@@ -55,7 +55,7 @@ pub(crate) fn run(name: Option<&str>, filter: Option<&str>) -> Result<(), String
     Ok(())
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))

@@ -11,6 +11,8 @@
 //!   the bench target `NAME`, optionally only benchmarks matching the regex
 //!   `FILTER`), then a summary table of throughput and of ratios between
 //!   implementations measured in the same run.
+//! - `cargo xtask bench cluster`: a 3-node `drkv` cluster under load
+//!   (see `cluster.rs`); `cargo xtask dev`: a local cluster to try.
 //! - `cargo xtask sim --seed N` / `--seeds N [--start-seed S]`: the
 //!   deterministic cluster simulation (dr-sim), built with optimizations;
 //!   exits non-zero if any seed fails, printing each failing seed.
@@ -23,6 +25,7 @@
 
 mod bench;
 mod ci;
+mod cluster;
 mod process;
 
 use std::process::ExitCode;
@@ -35,6 +38,9 @@ commands:
   bench [NAME [FILTER]]
                  criterion benches (all, or one bench target such as `simd`, optionally
                  only the benchmarks matching the regex FILTER) and a summary table
+  bench cluster  a 3-node drkv cluster on loopback under a closed-loop load (1-256
+                 connections; writes, reads, 90% reads), redis-benchmark if installed
+  dev [ARGS]     a local 3-node cluster under ./drkv-data (drkv dev ARGS), until Ctrl-C
   sim --seed N | --seeds N [--start-seed S]
                  deterministic cluster simulation: one seed, or N seeds from S (default 0)
 ";
@@ -51,6 +57,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") if args.len() == 1 => ci::run(),
+        Some("bench") if args.get(1).map(String::as_str) == Some("cluster") => cluster::bench(),
+        Some("dev") => cluster::dev(&args[1..]),
         Some("bench") if args.len() <= 3 => bench::run(
             args.get(1).map(String::as_str),
             args.get(2).map(String::as_str),

@@ -120,6 +120,11 @@ async fn metrics(State(state): Shared) -> Response {
         ("drkv_voters", "Voting members.", status.voters.len() as u64),
         ("drkv_learners", "Learners.", status.learners.len() as u64),
         ("drkv_keys", "Client keys.", status.keys),
+        (
+            "drkv_resident_bytes",
+            "Resident memory of the process.",
+            status.rss_bytes,
+        ),
     ];
     for (name, help, value) in gauges {
         gauge_or_counter(&mut text, name, help, "gauge", value);

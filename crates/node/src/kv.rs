@@ -344,16 +344,19 @@ pub struct Applied {
 
 /// Applies committed entries in one atomic storage batch (with the new
 /// applied index and configuration) and returns each entry's outcome.
-/// Later entries of the batch see the earlier ones' writes.
+/// Later entries of the batch see the earlier ones' writes. `keys` is the
+/// number of client keys before (the caller keeps it, so no apply reads
+/// it back) and after.
 pub fn apply_entries(
     store: &mut RocksStorage,
     entries: &[Entry],
     conf_state: Option<&ConfState>,
+    keys: &mut u64,
 ) -> Result<Vec<Applied>, StorageError> {
     let Some(last) = entries.last() else {
         return Ok(Vec::new());
     };
-    let mut batch = ApplyBatch::new(store)?;
+    let mut batch = ApplyBatch::new(store, *keys);
     let mut applied = Vec::with_capacity(entries.len());
     for entry in entries {
         let mut member_changed = false;
@@ -377,6 +380,7 @@ pub fn apply_entries(
             member_changed,
         });
     }
+    let after = batch.keys;
     let writes = batch.into_writes();
     let writes: Vec<DataWrite<'_>> = writes
         .iter()
@@ -386,6 +390,7 @@ pub fn apply_entries(
         })
         .collect();
     store.apply(&writes, last.index, conf_state)?;
+    *keys = after;
     Ok(applied)
 }
 
@@ -399,13 +404,13 @@ struct ApplyBatch<'a> {
 }
 
 impl<'a> ApplyBatch<'a> {
-    fn new(store: &'a RocksStorage) -> Result<Self, StorageError> {
-        Ok(Self {
+    fn new(store: &'a RocksStorage, keys: u64) -> Self {
+        Self {
             store,
             pending: HashMap::new(),
-            keys: key_count(store)?,
+            keys,
             keys_changed: false,
-        })
+        }
     }
 
     fn read(&self, key: &[u8]) -> Result<Option<Bytes>, StorageError> {

@@ -214,7 +214,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_level.as_deref());
     let result = match cli.command {
         Commands::Server(args) => server(args),
-        Commands::Dev { dir, base_port } => dev(&dir, base_port),
+        Commands::Dev { dir, base_port } => dev(&dir, base_port, cli.log_level.as_deref()),
         Commands::Ctl { admin, action } => ctl(admin, action),
         Commands::Restore {
             backup_dir,
@@ -348,7 +348,7 @@ async fn wait_for_stop_signal() -> Result<(), String> {
     Ok(())
 }
 
-fn dev(dir: &Path, base_port: u16) -> Result<(), String> {
+fn dev(dir: &Path, base_port: u16, log_level: Option<&str>) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let port = |offset: u16| -> Result<u16, String> {
         base_port
@@ -362,7 +362,11 @@ fn dev(dir: &Path, base_port: u16) -> Result<(), String> {
     let peers = peers.join(",");
     let mut children = Vec::new();
     for id in 1..=3u16 {
-        let child = std::process::Command::new(&exe)
+        let mut command = std::process::Command::new(&exe);
+        if let Some(level) = log_level {
+            command.env("DRKV_LOG", level);
+        }
+        let child = command
             .args(["server", "--id", &id.to_string()])
             .arg("--data-dir")
             .arg(dir.join(format!("node-{id}")))

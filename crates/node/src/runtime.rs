@@ -161,6 +161,8 @@ pub struct Status {
     pub members: BTreeMap<NodeId, MemberAddrs>,
     /// Client keys.
     pub keys: u64,
+    /// The process's resident memory in bytes (0 where unknown).
+    pub rss_bytes: u64,
 }
 
 /// How the engine runs.
@@ -291,6 +293,10 @@ struct Engine {
     members: BTreeMap<NodeId, MemberAddrs>,
     connected_peers: BTreeMap<NodeId, SocketAddr>,
     snapshot_index: LogIndex,
+    /// Client keys as of the applied index (kept here: reading it from
+    /// the store on every turn costs a memtable search).
+    keys: u64,
+    rss_read_at: Instant,
 }
 
 impl Engine {
@@ -321,8 +327,11 @@ impl Engine {
             members: BTreeMap::new(),
             connected_peers: config.peers.clone(),
             snapshot_index,
+            keys: 0,
+            rss_read_at: Instant::now() - Duration::from_secs(2),
             config,
         };
+        engine.reload_key_count();
         engine.reload_members();
         engine.publish_status();
         engine
@@ -337,6 +346,7 @@ impl Engine {
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let mut first_request = None;
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
@@ -346,13 +356,21 @@ impl Engine {
                     None => break,
                 },
                 request = requests.recv() => match request {
-                    Some(request) => self.handle(request),
+                    Some(request) => first_request = Some(request),
                     None => break,
                 },
             }
-            // Everything else that is waiting joins this turn's ready.
+            // Peers first: acknowledgements commit entries, which are
+            // applied and answered now rather than after the next synced
+            // write (a leader's committed entries are on its disk already).
             while let Ok(message) = inbox.try_recv() {
                 self.step(message);
+            }
+            self.drive();
+            // Then every request waiting joins one ready: one synced write
+            // for all of them (group commit).
+            if let Some(request) = first_request {
+                self.handle(request);
             }
             for _ in 1..self.config.turn_requests_max {
                 let Ok(request) = requests.try_recv() else {
@@ -546,7 +564,12 @@ impl Engine {
     /// Works off every ready: persist, send, apply, answer.
     fn drive(&mut self) {
         while self.raft.has_ready() {
-            let ready = self.raft.ready();
+            let mut ready = self.raft.ready();
+            // The leader's appends go out first: followers write their
+            // logs while the leader writes its own.
+            for message in ready.take_messages_before_persist() {
+                self.transport.send(message);
+            }
             self.persist(&ready);
             if let Some(snapshot) = &ready.snapshot {
                 self.after_snapshot_install(snapshot);
@@ -566,8 +589,8 @@ impl Engine {
     }
 
     fn persist(&mut self, ready: &Ready) {
-        let durable =
-            !ready.entries.is_empty() || ready.hard_state.is_some() || ready.snapshot.is_some();
+        // (A ready that only moves the commit index is not synced.)
+        let durable = !ready.entries.is_empty() || ready.snapshot.is_some();
         let started = Instant::now();
         if let Err(error) = self.raft.storage_mut().persist_ready(ready) {
             // The core handed out something the store refuses: a bug, and
@@ -603,6 +626,7 @@ impl Engine {
             }
         }
         self.reload_members();
+        self.reload_key_count();
         self.sync_peers(&snapshot.conf_state);
         tracing::info!(
             index = snapshot.index,
@@ -622,8 +646,9 @@ impl Engine {
             }
             return;
         }
-        let results = kv::apply_entries(self.raft.storage_mut(), entries, conf_state)
-            .unwrap_or_else(|error| panic!("cannot apply committed entries: {error}"));
+        let results =
+            kv::apply_entries(self.raft.storage_mut(), entries, conf_state, &mut self.keys)
+                .unwrap_or_else(|error| panic!("cannot apply committed entries: {error}"));
         self.metrics
             .entries_applied
             .fetch_add(entries.len() as u64, Relaxed);
@@ -708,7 +733,7 @@ impl Engine {
                 Reply::Integer(present)
             }
             ReadOp::Strlen(key) => Reply::Integer(value(key)?.map_or(0, |v| v.len() as i64)),
-            ReadOp::DbSize => Reply::Integer(kv::key_count(store)? as i64),
+            ReadOp::DbSize => Reply::Integer(self.keys as i64),
             ReadOp::Scan {
                 cursor,
                 pattern,
@@ -795,6 +820,13 @@ impl Engine {
         }
     }
 
+    fn reload_key_count(&mut self) {
+        match kv::key_count(self.raft.storage()) {
+            Ok(keys) => self.keys = keys,
+            Err(error) => tracing::error!(%error, "cannot read the key count"),
+        }
+    }
+
     fn reload_members(&mut self) {
         match kv::members(self.raft.storage()) {
             Ok(members) => self.members = members.into_iter().collect(),
@@ -843,7 +875,11 @@ impl Engine {
         }
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
+        if self.rss_read_at.elapsed() >= Duration::from_secs(1) {
+            self.rss_read_at = Instant::now();
+            self.status.lock().rss_bytes = resident_bytes();
+        }
         let raft = &self.raft;
         let conf = raft.conf_state();
         let store = raft.storage();
@@ -874,7 +910,7 @@ impl Engine {
         if status.members != self.members {
             status.members.clone_from(&self.members);
         }
-        status.keys = kv::key_count(store).unwrap_or(status.keys);
+        status.keys = self.keys;
     }
 
     fn fail_everything(&mut self, why: &str) {
@@ -900,4 +936,13 @@ fn outcome_reply(outcome: Outcome) -> Reply {
         Outcome::Integer(value) => Reply::Integer(value),
         Outcome::Set { .. } | Outcome::Done => Reply::OK,
     }
+}
+
+/// This process's resident set size, from `/proc/self/statm` (Linux).
+fn resident_bytes() -> u64 {
+    const PAGE_BYTES: u64 = 4096;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * PAGE_BYTES)
 }

@@ -29,6 +29,9 @@ use crate::storage::{HardState, Storage};
 /// 4. Serve each of `read_states` once the applied index reaches its read
 ///    index.
 /// 5. Call [`RaftNode::advance`].
+///
+/// A leader's own messages may go before step 1: see
+/// [`Ready::take_messages_before_persist`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ready {
     /// The leader or role changed.
@@ -59,6 +62,30 @@ impl Ready {
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+
+    /// Takes out the messages that may leave *before* step 1: a leader's
+    /// appends, heartbeats, snapshot chunks and TimeoutNow. They promise
+    /// nothing about the sender's own disk — the leader's term and vote
+    /// were made durable before it could win, and it counts its own new
+    /// entries towards a quorum only after [`RaftNode::advance`] — so a
+    /// leader may write its log in parallel with its followers (Raft
+    /// thesis §10.2.1). Everything left in `messages` still waits for
+    /// step 1 (votes and acknowledgements promise durable state).
+    pub fn take_messages_before_persist(&mut self) -> Vec<Message> {
+        let (early, late) = std::mem::take(&mut self.messages)
+            .into_iter()
+            .partition(|message| {
+                matches!(
+                    message.body,
+                    MessageBody::AppendEntries(_)
+                        | MessageBody::Heartbeat(_)
+                        | MessageBody::InstallSnapshot(_)
+                        | MessageBody::TimeoutNow
+                )
+            });
+        self.messages = late;
+        early
     }
 }
 

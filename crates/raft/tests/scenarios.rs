@@ -415,3 +415,54 @@ fn malformed_messages_are_refused_without_harm() {
     cluster.propose(1, "still fine");
     assert_eq!(cluster.applied_payloads(2), vec!["still fine"]);
 }
+
+/// A leader's appends may leave before its own write (the followers write
+/// theirs meanwhile); the acknowledgements are stepped after the leader's
+/// advance, as the ready contract requires, and commit the entry.
+#[test]
+fn a_leader_sending_before_its_own_write_counts_itself_only_after_advance() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    let proposal = cluster
+        .node(1)
+        .propose(Bytes::from_static(b"early"))
+        .expect("leader");
+    let leader = cluster.node(1);
+    assert!(leader.has_ready());
+    let mut ready = leader.ready();
+    let early = ready.take_messages_before_persist();
+    assert!(!early.is_empty());
+    assert!(
+        early
+            .iter()
+            .all(|m| matches!(m.body, MessageBody::AppendEntries(_)))
+    );
+    assert!(ready.messages.is_empty(), "nothing else waits here");
+    // The followers persist and acknowledge while the leader has not
+    // written.
+    let mut acks = Vec::new();
+    for message in early {
+        let to = message.to;
+        cluster.node(to).step(message).expect("valid append");
+        let follower = cluster.node(to);
+        let ready = follower.ready();
+        follower
+            .storage_mut()
+            .persist_ready(&ready)
+            .expect("persist");
+        follower.advance();
+        acks.extend(ready.messages);
+    }
+    assert!(
+        acks.iter()
+            .all(|m| matches!(m.body, MessageBody::AppendEntriesResponse(_)))
+    );
+    assert!(cluster.node(1).commit_index() < proposal.index);
+    let leader = cluster.node(1);
+    leader.storage_mut().persist_ready(&ready).expect("persist");
+    leader.advance();
+    for ack in acks {
+        cluster.node(1).step(ack).expect("valid acknowledgement");
+    }
+    assert_eq!(cluster.node(1).commit_index(), proposal.index);
+}

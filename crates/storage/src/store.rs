@@ -446,6 +446,19 @@ impl RocksStorage {
         }
     }
 
+    /// Whether a ready changes what the node promises others: entries,
+    /// a snapshot, its term or its vote.
+    fn must_sync(&self, ready: &Ready) -> bool {
+        let promises = |hard_state: &HardState| {
+            hard_state.term != self.cached.hard_state.term
+                || hard_state.vote != self.cached.hard_state.vote
+        };
+        !ready.entries.is_empty()
+            || ready.snapshot.is_some()
+            || !ready.snapshot_chunks.is_empty()
+            || ready.hard_state.as_ref().is_some_and(promises)
+    }
+
     fn commit(&self, batch: WriteBatch, what: &str) {
         let mut options = WriteOptions::default();
         options.set_sync(true);
@@ -1218,9 +1231,19 @@ impl LogStore for RocksStorage {
             self.stage_and_check(ready, meta)?;
             chunks_done = true;
         }
+        let must_sync = self.must_sync(ready);
         let batch = self.try_batch(|store, batch| store.add_ready(batch, ready, chunks_done))?;
-        if !batch.is_empty() {
+        if must_sync {
             self.commit(batch, "persisting a ready");
+        } else if !batch.is_empty() {
+            // Only the commit index moved: written, not synced (etcd's
+            // MustSync rule). A power failure can lose it, which only
+            // lowers the commit index recovered; the leader teaches it
+            // again, and the applied index (written after it, in the same
+            // WAL) can never survive it.
+            self.db
+                .write(batch)
+                .unwrap_or_else(|error| fatal("persisting the commit index", error));
         }
         if installs_data {
             self.finish_data_install()?;

@@ -1,0 +1,296 @@
+//! `cargo xtask dev` and `cargo xtask bench cluster`: a local 3-node
+//! `drkv` cluster, for trying it out or for measuring it.
+//!
+//! The benchmark builds `drkv` optimized (RocksDB at -O3, as `bench`
+//! does), starts `drkv dev` on its own ports in a scratch directory,
+//! drives it with `drkv bench` (closed loop: each connection waits for
+//! its reply before sending again; 256-byte values) at 1, 16, 64 and 256
+//! connections for write-only, read-only and 90% read mixes, runs
+//! `redis-benchmark` against it when installed, prints one table and
+//! stops the cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::process::{cargo, run_step, workspace_root};
+
+const BASE_PORT: u16 = 17_000;
+const SECONDS_PER_RUN: &str = "5";
+
+/// `cargo xtask dev [ARGS...]`: `drkv dev` from a dev build (the build
+/// `cargo xtask ci` reuses).
+pub(crate) fn dev(args: &[String]) -> Result<(), String> {
+    crate::ci::ensure_libclang()?;
+    let mut command = cargo();
+    command.args([
+        "run",
+        "--quiet",
+        "--package",
+        "dr-node",
+        "--bin",
+        "drkv",
+        "--",
+        "dev",
+    ]);
+    command.args(args);
+    run_step("dev", &mut command)
+}
+
+struct DevCluster {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn client_port(id: u16) -> u16 {
+    BASE_PORT + id
+}
+
+fn admin_addr(id: u16) -> String {
+    format!("127.0.0.1:{}", BASE_PORT + 200 + id)
+}
+
+/// `cargo xtask bench cluster`.
+pub(crate) fn bench() -> Result<(), String> {
+    crate::ci::ensure_libclang()?;
+    let mut build = cargo();
+    build.env("CXXFLAGS", "-O3 -g0");
+    build.args([
+        "build",
+        "--release",
+        "--package",
+        "dr-node",
+        "--bin",
+        "drkv",
+    ]);
+    run_step("build drkv", &mut build)?;
+    let drkv = crate::bench::target_dir().join("release").join("drkv");
+    let dir = std::env::temp_dir().join(format!("drkv-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let child = Command::new(&drkv)
+        .args([
+            "--log-level",
+            "warn",
+            "dev",
+            "--base-port",
+            &BASE_PORT.to_string(),
+            "--dir",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start drkv dev: {e}"))?;
+    let cluster = DevCluster { child, dir };
+    let leader = wait_for_leader(&drkv)?;
+    println!("cluster up: leader is node {leader}");
+    let all: String = (1..=3)
+        .map(|id| format!("127.0.0.1:{}", client_port(id)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let leader_only = format!("127.0.0.1:{}", client_port(leader));
+    let mut rows = Vec::new();
+    for (mix, write_percent) in [("write", "100"), ("read", "0"), ("90% read", "10")] {
+        for connections in ["1", "16", "64", "256"] {
+            let preload = mix == "read" && connections == "1";
+            rows.push(run_load(
+                &drkv,
+                mix,
+                write_percent,
+                connections,
+                &all,
+                "all 3",
+                preload,
+            )?);
+        }
+        rows.push(run_load(
+            &drkv,
+            mix,
+            write_percent,
+            "64",
+            &leader_only,
+            "leader",
+            false,
+        )?);
+    }
+    let rss: Vec<String> = (1..=3)
+        .map(|id| {
+            status(&drkv, id).map_or_else(
+                |_| "?".to_owned(),
+                |s| {
+                    format!(
+                        "node {id} {:.0} MiB",
+                        s["rss_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64
+                    )
+                },
+            )
+        })
+        .collect();
+    print_table(&rows);
+    println!("\nresident memory after the runs: {}", rss.join(", "));
+    redis_benchmark(client_port(leader));
+    drop(cluster);
+    Ok(())
+}
+
+fn status(drkv: &Path, id: u16) -> Result<Value, String> {
+    let output = Command::new(drkv)
+        .args(["ctl", "--admin", &admin_addr(id), "status"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())
+}
+
+fn wait_for_leader(drkv: &Path) -> Result<u16, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let leaders: Vec<Option<u64>> = (1..=3)
+            .map(|id| status(drkv, id).ok().and_then(|s| s["leader"].as_u64()))
+            .collect();
+        let published = (1..=3).all(|id| {
+            status(drkv, id).is_ok_and(|s| s["members"].as_object().is_some_and(|m| m.len() == 3))
+        });
+        if let Some(Some(leader)) = leaders.first()
+            && published
+            && leaders.iter().all(|l| *l == Some(*leader))
+        {
+            return u16::try_from(*leader).map_err(|e| e.to_string());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err("the benchmark cluster elected no leader within 60 s".into())
+}
+
+struct Row {
+    mix: &'static str,
+    targets: &'static str,
+    result: Value,
+}
+
+fn run_load(
+    drkv: &Path,
+    mix: &'static str,
+    write_percent: &str,
+    connections: &str,
+    targets: &str,
+    targets_name: &'static str,
+    preload: bool,
+) -> Result<Row, String> {
+    let mut command = Command::new(drkv);
+    command.args([
+        "bench",
+        "--json",
+        "--targets",
+        targets,
+        "--connections",
+        connections,
+        "--seconds",
+        SECONDS_PER_RUN,
+        "--write-percent",
+        write_percent,
+        "--value-bytes",
+        "256",
+        "--keys",
+        "100000",
+    ]);
+    if preload {
+        command.arg("--preload");
+    }
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run drkv bench: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "drkv bench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let result: Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| format!("drkv bench output: {e}"))?;
+    eprintln!(
+        "{mix:>9} {connections:>4} conns via {targets_name}: {:.0} ops/s",
+        result["ops_per_second"].as_f64().unwrap_or(0.0)
+    );
+    Ok(Row {
+        mix,
+        targets: targets_name,
+        result,
+    })
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n{:<9} {:<7} {:>6} {:>10} {:>9} {:>9} {:>9} {:>7}",
+        "mix", "clients", "conns", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"
+    );
+    for row in rows {
+        let r = &row.result;
+        let ms = |key: &str| r[key].as_f64().unwrap_or(0.0) / 1000.0;
+        println!(
+            "{:<9} {:<7} {:>6} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+            row.mix,
+            row.targets,
+            r["connections"],
+            r["ops_per_second"].as_f64().unwrap_or(0.0),
+            ms("p50_us"),
+            ms("p99_us"),
+            ms("p999_us"),
+            r["errors"]
+        );
+    }
+}
+
+/// redis-benchmark's own numbers against the leader, when it is installed.
+fn redis_benchmark(port: u16) {
+    let output = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "64",
+            "-n",
+            "100000",
+            "-d",
+            "256",
+            "-r",
+            "100000",
+            "-t",
+            "set,get",
+            "--csv",
+        ])
+        .current_dir(workspace_root())
+        .output();
+    match output {
+        Ok(output) if output.status.success() => {
+            println!(
+                "\nredis-benchmark -c 64 -d 256 against the leader (CSV: test, rps, avg, min, p50, p95, p99, max ms):"
+            );
+            print!("{}", String::from_utf8_lossy(&output.stdout));
+        }
+        Ok(output) => println!(
+            "\nredis-benchmark failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(_) => println!(
+            "\n(redis-benchmark is not installed: apt-get install redis-tools to add its numbers)"
+        ),
+    }
+}
