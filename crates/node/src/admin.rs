@@ -294,29 +294,36 @@ async fn transfer_leader(State(state): Shared, Path(id): Path<u64>) -> Response 
     reply_answer(reply, json!({ "transferring_to": id }))
 }
 
-async fn snapshot(State(state): Shared) -> Response {
+/// Sends the engine a request and waits for its answer; `Err` is the
+/// HTTP answer when the node is stopping.
+async fn ask_engine<T>(
+    state: &AdminState,
+    request: impl FnOnce(oneshot::Sender<T>) -> Request,
+) -> Result<T, Response> {
+    let stopping = || {
+        answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "the node is stopping" }),
+        )
+    };
     let (answer_tx, answer_rx) = oneshot::channel();
-    let request = Request::Snapshot { answer: answer_tx };
-    if state
-        .executor
-        .engine()
-        .requests
-        .send(request)
+    let requests = &state.executor.engine().requests;
+    requests
+        .send(request(answer_tx))
         .await
-        .is_err()
-    {
-        return answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "error": "the node is stopping" }),
-        );
-    }
-    match answer_rx.await {
+        .map_err(|_| stopping())?;
+    answer_rx.await.map_err(|_| stopping())
+}
+
+async fn snapshot(State(state): Shared) -> Response {
+    match ask_engine(&state, |answer| Request::Snapshot { answer }).await {
         Ok(Ok(Reply::Integer(index))) => answer(StatusCode::OK, json!({ "snapshot_index": index })),
-        Ok(Err(error)) => reply_answer(error.reply(), Value::Null),
-        _ => answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "error": "the node is stopping" }),
+        Ok(Ok(other)) => answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": format!("{other:?}") }),
         ),
+        Ok(Err(error)) => reply_answer(error.reply(), Value::Null),
+        Err(response) => response,
     }
 }
 
@@ -337,34 +344,18 @@ async fn backup(State(state): Shared, body: Option<Json<BackupRequest>>) -> Resp
         name.push("-backups");
         state.data_dir.with_file_name(name)
     });
-    let (answer_tx, answer_rx) = oneshot::channel();
-    let request = Request::Backup {
+    let keep = request.keep.unwrap_or(5).max(1);
+    let backup = |answer| Request::Backup {
         dir: dir.clone(),
-        keep: request.keep.unwrap_or(5).max(1),
-        answer: answer_tx,
+        keep,
+        answer,
     };
-    if state
-        .executor
-        .engine()
-        .requests
-        .send(request)
-        .await
-        .is_err()
-    {
-        return answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "error": "the node is stopping" }),
-        );
-    }
-    match answer_rx.await {
+    match ask_engine(&state, backup).await {
         Ok(Ok(info)) => answer(
             StatusCode::OK,
             json!({ "dir": dir, "backup_id": info.id, "bytes": info.bytes, "files": info.files, "timestamp": info.timestamp }),
         ),
         Ok(Err(error)) => answer(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": error })),
-        Err(_) => answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "error": "the node is stopping" }),
-        ),
+        Err(response) => response,
     }
 }

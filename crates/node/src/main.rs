@@ -4,8 +4,8 @@
 //!   restart a node that ran before).
 //! - `drkv dev`: a local 3-node cluster (three `drkv server` processes)
 //!   under `./drkv-data`, until Ctrl-C.
-//! - `drkv ctl`: the admin API from the command line; `drkv restore`:
-//!   a backup into a new data directory.
+//! - `drkv ctl`: the admin API from the command line (and `ctl restore`:
+//!   a backup into a new data directory, offline).
 //! - `drkv bench`: a closed-loop load generator.
 
 use std::collections::BTreeMap;
@@ -53,18 +53,6 @@ enum Commands {
         admin: SocketAddr,
         #[command(subcommand)]
         action: CtlAction,
-    },
-    /// Restore a backup into a new, empty data directory (offline).
-    Restore {
-        /// The backup directory (`drkv ctl backup` printed it).
-        #[arg(long)]
-        backup_dir: PathBuf,
-        /// The new node's data directory (must not exist or be empty).
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// Which backup (default: the newest).
-        #[arg(long)]
-        backup_id: Option<u32>,
     },
     /// Drive nodes with a closed-loop load (one command in flight per
     /// connection) and print throughput and latency.
@@ -155,6 +143,19 @@ enum CtlAction {
         #[arg(long)]
         keep: Option<usize>,
     },
+    /// Restore a backup into a new, empty data directory (offline: no
+    /// node needed; start a server on the directory afterwards).
+    Restore {
+        /// The backup directory (`backup` printed it).
+        #[arg(long)]
+        backup_dir: PathBuf,
+        /// The new node's data directory (must not exist or be empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Which backup (default: the newest).
+        #[arg(long)]
+        backup_id: Option<u32>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -216,11 +217,6 @@ fn main() -> ExitCode {
         Commands::Server(args) => server(args),
         Commands::Dev { dir, base_port } => dev(&dir, base_port, cli.log_level.as_deref()),
         Commands::Ctl { admin, action } => ctl(admin, action),
-        Commands::Restore {
-            backup_dir,
-            data_dir,
-            backup_id,
-        } => restore(&backup_dir, &data_dir, backup_id),
         Commands::Bench(args) => bench(args),
     };
     match result {
@@ -476,6 +472,14 @@ fn http(
 }
 
 fn ctl(admin: SocketAddr, action: CtlAction) -> Result<(), String> {
+    if let CtlAction::Restore {
+        backup_dir,
+        data_dir,
+        backup_id,
+    } = &action
+    {
+        return restore(backup_dir, data_dir, *backup_id);
+    }
     let (method, path, body) = match &action {
         CtlAction::Status | CtlAction::Members => ("GET", "/status".to_owned(), None),
         CtlAction::AddLearner { id, peer_addr } => (
@@ -492,6 +496,7 @@ fn ctl(admin: SocketAddr, action: CtlAction) -> Result<(), String> {
             "/backup".to_owned(),
             Some(serde_json::json!({ "dir": dir, "keep": keep }).to_string()),
         ),
+        CtlAction::Restore { .. } => unreachable!("restored locally above"),
     };
     let (status, body) = http(admin, method, &path, body)?;
     let value: serde_json::Value =
@@ -515,6 +520,8 @@ fn ctl(admin: SocketAddr, action: CtlAction) -> Result<(), String> {
 
 fn restore(backup_dir: &Path, data_dir: &Path, backup_id: Option<u32>) -> Result<(), String> {
     let store = data_dir.join("store");
+    std::fs::create_dir_all(&store)
+        .map_err(|e| format!("cannot create {}: {e}", store.display()))?;
     dr_storage::RocksStorage::restore(
         backup_dir,
         backup_id,
@@ -523,7 +530,7 @@ fn restore(backup_dir: &Path, data_dir: &Path, backup_id: Option<u32>) -> Result
     )
     .map_err(|e| e.to_string())?;
     println!(
-        "restored into {}; start it with: drkv server --data-dir {} --id <id> --peers ...",
+        "restored into {}; start it with: drkv server --data-dir {} --id <id> [--peers ...]",
         data_dir.display(),
         data_dir.display()
     );

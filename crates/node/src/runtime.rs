@@ -797,6 +797,7 @@ impl Engine {
             return Ok(self.snapshot_index);
         }
         let conf = self.raft.conf_state().clone();
+        let started = Instant::now();
         let store = self.raft.storage_mut();
         store
             .create_snapshot(applied, conf, Bytes::new())
@@ -807,7 +808,11 @@ impl Engine {
         if compact_to >= store.first_index() {
             store.compact(compact_to).map_err(|e| e.to_string())?;
         }
-        tracing::info!(index = applied, "snapshot taken");
+        tracing::info!(
+            index = applied,
+            millis = started.elapsed().as_millis() as u64,
+            "snapshot taken"
+        );
         Ok(applied)
     }
 

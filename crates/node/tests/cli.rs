@@ -104,3 +104,99 @@ fn a_data_dir_of_another_node_is_refused() {
     let (ok, text) = drkv(&["server", "--data-dir", data]);
     assert!(!ok && text.contains("drkv.json is damaged"), "{text}");
 }
+
+/// A one-node cluster from a TOML file; a backup through the admin API,
+/// restored offline into a new directory, serves the same data.
+#[test]
+fn a_config_file_starts_a_node_and_a_backup_restores_elsewhere() {
+    let dir = TestDir::new("cli-backup");
+    let [client, peer, admin] = [free_addr(), free_addr(), free_addr()];
+    let config = dir.path().join("node.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "id = 1\ndata_dir = \"{}\"\nclient_addr = \"{client}\"\npeer_addr = \"{peer}\"\nadmin_addr = \"{admin}\"\n\n[peers]\n1 = \"{peer}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(DRKV)
+        .args(["server", "--config", config.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut connection = support::connect(client);
+    let set = |c: &mut redis::Connection, i: usize| {
+        support::retrying::<String>(
+            c,
+            redis::cmd("SET").arg(format!("b{i}")).arg(i),
+            std::time::Duration::from_secs(20),
+        )
+    };
+    for i in 0..50 {
+        set(&mut connection, i).unwrap();
+    }
+    let backups = dir.path().join("backups");
+    let admin = admin.to_string();
+    let (ok, text) = drkv(&[
+        "ctl",
+        "--admin",
+        &admin,
+        "backup",
+        "--dir",
+        backups.to_str().unwrap(),
+    ]);
+    assert!(ok && text.contains("\"backup_id\": 1"), "{text}");
+    let (ok, text) = drkv(&["ctl", "--admin", &admin, "snapshot"]);
+    assert!(ok && text.contains("snapshot_index"), "{text}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    assert!(server.wait().unwrap().success());
+
+    let restored = dir.path().join("restored");
+    let restore = [
+        "ctl",
+        "restore",
+        "--backup-dir",
+        backups.to_str().unwrap(),
+        "--data-dir",
+        restored.to_str().unwrap(),
+    ];
+    let (ok, text) = drkv(&restore);
+    assert!(ok, "{text}");
+    let (ok, text) = drkv(&restore);
+    assert!(!ok, "restoring over a store must be refused: {text}");
+    let client = free_addr();
+    let mut server = Command::new(DRKV)
+        .args([
+            "server",
+            "--id",
+            "1",
+            "--data-dir",
+            restored.to_str().unwrap(),
+        ])
+        .args([
+            "--client-addr",
+            &client.to_string(),
+            "--peer-addr",
+            &peer.to_string(),
+        ])
+        .args(["--admin-addr", &free_addr().to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut connection = support::connect(client);
+    for i in [0, 25, 49] {
+        let value: String = support::retrying(
+            &mut connection,
+            redis::cmd("GET").arg(format!("b{i}")),
+            std::time::Duration::from_secs(20),
+        )
+        .unwrap();
+        assert_eq!(value, i.to_string());
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
