@@ -88,6 +88,8 @@ fn default_partial_request_timeout_ms() -> u64 {
 }
 
 const IDENTITY_FILE: &str = "drkv.json";
+/// The largest `request_bytes_max` allowed (see [`NodeConfig::validate`]).
+pub const REQUEST_BYTES_LIMIT: usize = 32 << 20;
 const STORE_DIR: &str = "store";
 
 /// Why a node cannot start.
@@ -154,6 +156,12 @@ impl NodeConfig {
             return fail(
                 "a joining node needs --peers with the Raft addresses of existing members",
             );
+        }
+        if self.request_bytes_max > REQUEST_BYTES_LIMIT {
+            return fail(format!(
+                "request_bytes_max is at most {REQUEST_BYTES_LIMIT} bytes: a request becomes one log \
+                 entry, and an entry must fit in one peer frame (64 MiB) with room to spare"
+            ));
         }
         if self.max_clients == 0
             || self.request_bytes_max < 1024

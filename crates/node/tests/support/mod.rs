@@ -41,10 +41,22 @@ impl Drop for TestDir {
     }
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now. Taken below the kernel's
+/// ephemeral range (32768 and up): an ephemeral port released here could
+/// be handed to some outgoing connection before the node binds it. Each
+/// test process starts at its own place in the range.
 pub fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address")
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = 20_000 + (u64::from(std::process::id()) % 600) * 20;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (start - 20_000 + offset) % 12_000;
+        let port = u16::try_from(port).expect("below 32768");
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("local address");
+        }
+        assert!(offset < 12_000, "no free port below 32768");
+    }
 }
 
 pub struct NodeProcess {
