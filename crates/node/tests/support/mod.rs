@@ -127,23 +127,38 @@ impl Cluster {
 
     fn spawn(&mut self, index: usize, args: &[&str]) {
         let node = &self.nodes[index];
-        let log = std::fs::File::create(self.dir.path().join(format!("node-{}.log", node.id)))
-            .expect("create a log file");
-        let child = Command::new(DRKV)
+        let addresses = [
+            "--id".to_owned(),
+            node.id.to_string(),
+            "--client-addr".to_owned(),
+            node.client.to_string(),
+            "--peer-addr".to_owned(),
+            node.peer.to_string(),
+            "--admin-addr".to_owned(),
+            node.admin.to_string(),
+        ];
+        let mut command = self.server(index);
+        command.args(addresses).args(args).args(&self.extra_args);
+        self.nodes[index].child = Some(command.spawn().expect("start drkv"));
+    }
+
+    /// `drkv server --data-dir <the node's>`, its stderr appended to the
+    /// node's log file.
+    fn server(&self, index: usize) -> Command {
+        let node = &self.nodes[index];
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.path().join(format!("node-{}.log", node.id)))
+            .expect("open the log file");
+        let mut command = Command::new(DRKV);
+        command
             .arg("server")
-            .args(["--id", &node.id.to_string()])
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .args(["--client-addr", &node.client.to_string()])
-            .args(["--peer-addr", &node.peer.to_string()])
-            .args(["--admin-addr", &node.admin.to_string()])
-            .args(args)
-            .args(&self.extra_args)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start drkv");
-        self.nodes[index].child = Some(child);
+            .stderr(log);
+        command
     }
 
     /// Adds node `id` (not started).
@@ -175,20 +190,7 @@ impl Cluster {
     /// Restarts a stopped node with nothing but its data directory.
     pub fn restart(&mut self, id: u64) {
         let index = self.index(id);
-        let node = &self.nodes[index];
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(self.dir.path().join(format!("node-{id}.log")))
-            .expect("open the log file");
-        let child = Command::new(DRKV)
-            .arg("server")
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("restart drkv");
+        let child = self.server(index).spawn().expect("restart drkv");
         self.nodes[index].child = Some(child);
     }
 
