@@ -27,8 +27,9 @@ pub enum Command {
     ConfChange(ConfChangeOp),
     /// Hands leadership to a voter (`DR.TRANSFER`).
     TransferLeader(NodeId),
-    /// `INFO`: the node's state.
-    Info,
+    /// `INFO [section ...]`: the node's state (the named sections, in
+    /// lower case; all when none are named).
+    Info(Vec<String>),
 }
 
 /// Commands about the connection, not the data.
@@ -147,7 +148,11 @@ pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
             connection(ConnectionCommand::Select)
         }
         b"quit" => connection(ConnectionCommand::Quit),
-        b"info" => Ok(Command::Info),
+        b"info" => Ok(Command::Info(
+            args.iter()
+                .map(|section| String::from_utf8_lossy(section).to_ascii_lowercase())
+                .collect(),
+        )),
         b"get" => {
             arity(args.len() == 1)?;
             read(ReadOp::Get(key(&args[0])?))

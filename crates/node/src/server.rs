@@ -161,7 +161,7 @@ impl Executor {
                 target: *target,
                 answer: answer_tx,
             },
-            Command::Info => return Started::Done(self.info()),
+            Command::Info(sections) => return Started::Done(self.info(sections)),
             Command::Connection(_) => {
                 return Started::Done(Reply::err(
                     "internal: a connection command reached the executor",
@@ -244,8 +244,10 @@ impl Executor {
         Some(retry)
     }
 
-    /// `INFO`: the node's state in Redis's `key:value` sections.
-    pub fn info(&self) -> Reply {
+    /// `INFO`: the node's state in Redis's `key:value` sections; only
+    /// `sections` when any are named (`all`, `everything` and `default`
+    /// name every one).
+    pub fn info(&self, sections: &[String]) -> Reply {
         let status = self.engine.status.lock().clone();
         let list = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
         let text = format!(
@@ -276,8 +278,30 @@ impl Executor {
             self.engine.metrics.clients_connected.load(Relaxed),
             self.engine.metrics.commands.load(Relaxed),
         );
-        Reply::bulk(text)
+        Reply::bulk(info_sections(&text, sections))
     }
+}
+
+/// The named sections of an `INFO` text (each starts with `# Name` and
+/// ends with a blank line); all of it when none, or `all`, `everything`
+/// or `default`, is named.
+fn info_sections(text: &str, sections: &[String]) -> String {
+    let everything = ["all", "everything", "default"];
+    if sections.is_empty() || sections.iter().any(|s| everything.contains(&s.as_str())) {
+        return text.to_owned();
+    }
+    text.split_inclusive("\r\n\r\n")
+        .filter(|section| {
+            let name = section
+                .trim_start_matches("# ")
+                .split("\r\n")
+                .next()
+                .unwrap_or_default();
+            sections
+                .iter()
+                .any(|wanted| wanted.eq_ignore_ascii_case(name))
+        })
+        .collect()
 }
 
 /// Writes and membership work go to the leader; reads stay here (a
@@ -399,7 +423,7 @@ impl Connection {
                         let parsed = command::parse(&arguments);
                         // Commands of one connection take effect in order:
                         // a read waits for the writes before it.
-                        let reads = matches!(parsed, Ok(Command::Read(_) | Command::Info));
+                        let reads = matches!(parsed, Ok(Command::Read(_) | Command::Info(_)));
                         if reads && writes_pending {
                             self.answer(&mut started, &mut output).await;
                             writes_pending = false;
@@ -547,4 +571,31 @@ impl Connection {
 
 fn command_integer(bytes: &[u8]) -> Option<i64> {
     crate::kv::parse_integer(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::info_sections;
+
+    #[test]
+    fn info_keeps_only_the_sections_asked_for() {
+        let text = "# Server\r\na:1\r\n\r\n# Replication\r\nrole:master\r\n\r\n# Stats\r\nb:2\r\n";
+        let only = |names: &[&str]| {
+            info_sections(
+                text,
+                &names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            only(&["replication"]),
+            "# Replication\r\nrole:master\r\n\r\n"
+        );
+        assert_eq!(
+            only(&["stats", "server"]),
+            "# Server\r\na:1\r\n\r\n# Stats\r\nb:2\r\n"
+        );
+        assert_eq!(only(&[]), text);
+        assert_eq!(only(&["all"]), text);
+        assert_eq!(only(&["nothing"]), "");
+    }
 }
