@@ -225,7 +225,10 @@ pub struct RunningNode {
     /// The Raft port's address.
     pub peer_addr: SocketAddr,
     executor: Executor,
+    /// Stops the client and admin ports.
     shutdown: watch::Sender<bool>,
+    /// Stops the engine, once the ports' connections are done.
+    stop_engine: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     engine_thread: std::thread::JoinHandle<()>,
     transport: Arc<TcpTransport>,
@@ -295,6 +298,7 @@ impl RunningNode {
             limits.request,
         ));
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (stop_engine, stop_engine_rx) = watch::channel(false);
         let engine_config = EngineConfig {
             raft: raft_config,
             cluster_id: config.cluster_id,
@@ -311,7 +315,7 @@ impl RunningNode {
             Arc::clone(&transport),
             inbox,
             Arc::clone(&forwarder),
-            shutdown_rx.clone(),
+            stop_engine_rx,
         )
         .map_err(|e| StartError(format!("cannot start the engine thread: {e}")))?;
         let executor = Executor::new(engine, forwarder, limits);
@@ -352,6 +356,7 @@ impl RunningNode {
             peer_addr,
             executor,
             shutdown,
+            stop_engine,
             tasks,
             engine_thread,
             transport,
@@ -371,6 +376,8 @@ impl RunningNode {
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
+        // Only now: the connections' last commands needed the engine.
+        let _ = self.stop_engine.send(true);
         let _ = tokio::task::spawn_blocking(move || self.engine_thread.join()).await;
         drop(self.transport);
         tracing::info!("node stopped");

@@ -476,8 +476,10 @@ impl Connection {
                 None => Ok(stream.read_buf(input).await),
             }
         };
+        // Bytes already here are read first: a shutdown only closes a
+        // connection that has nothing more to say.
         tokio::select! {
-            _ = self.shutdown.changed(), if idle => Ok(false),
+            biased;
             read = read => match read {
                 Ok(Ok(0)) if idle => Ok(false),
                 Ok(Ok(0)) => Err("the client left mid-request".into()),
@@ -486,6 +488,7 @@ impl Connection {
                 Err(_) if idle => Err("idle too long".into()),
                 Err(_) => Err("a request arrived too slowly".into()),
             },
+            _ = self.shutdown.changed(), if idle => Ok(false),
         }
     }
 

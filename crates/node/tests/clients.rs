@@ -151,3 +151,39 @@ fn bad_input_gets_redis_errors_and_never_harms_other_clients() {
     .unwrap();
     assert_eq!(value, "v");
 }
+
+/// SIGTERM while a pipeline is being answered: every command the node
+/// took is answered, then the connection closes and the node exits 0.
+#[test]
+fn a_stopping_node_answers_what_it_took() {
+    let mut cluster = Cluster::start("stopping", 1, &[]);
+    cluster.wait_for_leader(Duration::from_secs(20));
+    let mut warm = cluster.client(1);
+    let _: String = retrying(
+        &mut warm,
+        redis::cmd("SET").arg("w").arg("1"),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let mut stream = raw(&cluster);
+    let mut pipeline = Vec::new();
+    for i in 0..100 {
+        pipeline.extend_from_slice(
+            format!("*3\r\n$3\r\nSET\r\n$3\r\ns{:02}\r\n$1\r\nx\r\n", i).as_bytes(),
+        );
+    }
+    stream.write_all(&pipeline).unwrap();
+    assert_eq!(read_exactly(&mut stream, 5), "+OK\r\n");
+    let stopping = std::thread::spawn(move || {
+        let status = cluster.stop(1);
+        (cluster, status)
+    });
+    let rest = read_to_close(&mut stream);
+    assert_eq!(
+        rest,
+        "+OK\r\n".repeat(99),
+        "every taken command is answered"
+    );
+    let (_cluster, status) = stopping.join().unwrap();
+    assert!(status.success(), "exit after SIGTERM: {status}");
+}
