@@ -162,11 +162,14 @@ fn status(drkv: &Path, id: u16) -> Result<Value, String> {
 fn wait_for_leader(drkv: &Path) -> Result<u16, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        let leaders: Vec<Option<u64>> = (1..=3)
-            .map(|id| status(drkv, id).ok().and_then(|s| s["leader"].as_u64()))
+        let statuses: Vec<Option<Value>> = (1..=3).map(|id| status(drkv, id).ok()).collect();
+        let leaders: Vec<Option<u64>> = statuses
+            .iter()
+            .map(|s| s.as_ref().and_then(|s| s["leader"].as_u64()))
             .collect();
-        let published = (1..=3).all(|id| {
-            status(drkv, id).is_ok_and(|s| s["members"].as_object().is_some_and(|m| m.len() == 3))
+        let published = statuses.iter().all(|s| {
+            s.as_ref()
+                .is_some_and(|s| s["members"].as_object().is_some_and(|m| m.len() == 3))
         });
         if let Some(Some(leader)) = leaders.first()
             && published

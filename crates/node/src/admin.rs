@@ -259,34 +259,27 @@ async fn add_learner(State(state): Shared, Json(member): Json<NewMember>) -> Res
     if reply != Reply::OK {
         return reply_answer(reply, Value::Null);
     }
-    let reply = run(
+    conf_change(
         &state,
-        &[
-            "DR.CONFCHANGE".into(),
-            "learner".into(),
-            member.id.to_string(),
-        ],
+        "learner",
+        member.id,
+        json!({ "added_learner": member.id }),
     )
-    .await;
-    reply_answer(reply, json!({ "added_learner": member.id }))
+    .await
+}
+
+/// A membership change through the leader (`DR.CONFCHANGE op id`).
+async fn conf_change(state: &AdminState, op: &str, id: u64, done: Value) -> Response {
+    let reply = run(state, &["DR.CONFCHANGE".into(), op.into(), id.to_string()]).await;
+    reply_answer(reply, done)
 }
 
 async fn promote(State(state): Shared, Path(id): Path<u64>) -> Response {
-    let reply = run(
-        &state,
-        &["DR.CONFCHANGE".into(), "voter".into(), id.to_string()],
-    )
-    .await;
-    reply_answer(reply, json!({ "promoted": id }))
+    conf_change(&state, "voter", id, json!({ "promoted": id })).await
 }
 
 async fn remove(State(state): Shared, Path(id): Path<u64>) -> Response {
-    let reply = run(
-        &state,
-        &["DR.CONFCHANGE".into(), "remove".into(), id.to_string()],
-    )
-    .await;
-    reply_answer(reply, json!({ "removed": id }))
+    conf_change(&state, "remove", id, json!({ "removed": id })).await
 }
 
 async fn transfer_leader(State(state): Shared, Path(id): Path<u64>) -> Response {

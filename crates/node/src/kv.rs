@@ -399,8 +399,9 @@ pub fn apply_entries(
 struct ApplyBatch<'a> {
     store: &'a RocksStorage,
     pending: HashMap<Vec<u8>, Option<Bytes>>,
+    /// Client keys before the batch and now.
+    keys_before: u64,
     keys: u64,
-    keys_changed: bool,
 }
 
 impl<'a> ApplyBatch<'a> {
@@ -408,8 +409,8 @@ impl<'a> ApplyBatch<'a> {
         Self {
             store,
             pending: HashMap::new(),
+            keys_before: keys,
             keys,
-            keys_changed: false,
         }
     }
 
@@ -428,7 +429,6 @@ impl<'a> ApplyBatch<'a> {
             (true, false) => self.keys -= 1,
             _ => {}
         }
-        self.keys_changed |= existed != value.is_some();
         self.pending.insert(user_key(key), value);
     }
 
@@ -525,7 +525,7 @@ impl<'a> ApplyBatch<'a> {
     }
 
     fn into_writes(mut self) -> Vec<(Vec<u8>, Option<Bytes>)> {
-        if self.keys_changed {
+        if self.keys != self.keys_before {
             let count = Bytes::copy_from_slice(&self.keys.to_le_bytes());
             self.pending.insert(KEY_COUNT.to_vec(), Some(count));
         }

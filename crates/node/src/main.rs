@@ -472,15 +472,13 @@ fn http(
 }
 
 fn ctl(admin: SocketAddr, action: CtlAction) -> Result<(), String> {
-    if let CtlAction::Restore {
-        backup_dir,
-        data_dir,
-        backup_id,
-    } = &action
-    {
-        return restore(backup_dir, data_dir, *backup_id);
-    }
     let (method, path, body) = match &action {
+        // Offline: no node to ask.
+        CtlAction::Restore {
+            backup_dir,
+            data_dir,
+            backup_id,
+        } => return restore(backup_dir, data_dir, *backup_id),
         CtlAction::Status | CtlAction::Members => ("GET", "/status".to_owned(), None),
         CtlAction::AddLearner { id, peer_addr } => (
             "POST",
@@ -496,7 +494,6 @@ fn ctl(admin: SocketAddr, action: CtlAction) -> Result<(), String> {
             "/backup".to_owned(),
             Some(serde_json::json!({ "dir": dir, "keep": keep }).to_string()),
         ),
-        CtlAction::Restore { .. } => unreachable!("restored locally above"),
     };
     let (status, body) = http(admin, method, &path, body)?;
     let value: serde_json::Value =

@@ -589,15 +589,14 @@ impl Engine {
     }
 
     fn persist(&mut self, ready: &Ready) {
-        // (A ready that only moves the commit index is not synced.)
-        let durable = !ready.entries.is_empty() || ready.snapshot.is_some();
+        let syncs = self.raft.storage().must_sync(ready);
         let started = Instant::now();
         if let Err(error) = self.raft.storage_mut().persist_ready(ready) {
             // The core handed out something the store refuses: a bug, and
             // continuing would break the ready contract.
             panic!("cannot persist a ready: {error}");
         }
-        if durable {
+        if syncs {
             self.metrics
                 .fsync_seconds
                 .observe_duration(started.elapsed());
@@ -848,7 +847,10 @@ impl Engine {
 
     fn reload_members(&mut self) {
         match kv::members(self.raft.storage()) {
-            Ok(members) => self.members = members.into_iter().collect(),
+            Ok(members) => {
+                self.members = members.into_iter().collect();
+                self.status.lock().members.clone_from(&self.members);
+            }
             Err(error) => tracing::error!(%error, "cannot read the member table"),
         }
     }
@@ -925,9 +927,6 @@ impl Engine {
             status.voters.clone_from(&conf.voters);
             status.voters_outgoing.clone_from(&conf.voters_outgoing);
             status.learners.clone_from(&conf.learners);
-        }
-        if status.members != self.members {
-            status.members.clone_from(&self.members);
         }
         status.keys = self.keys;
     }

@@ -540,7 +540,7 @@ impl Connection {
             None => {}
             Some(b"2") => self.protocol = Protocol::Resp2,
             Some(b"3") => self.protocol = Protocol::Resp3,
-            Some(other) if command_integer(other).is_some() => {
+            Some(other) if crate::kv::parse_integer(other).is_some() => {
                 return Reply::Error("NOPROTO unsupported protocol version".into());
             }
             Some(_) => return Reply::err("Protocol version is not an integer or out of range"),
@@ -570,10 +570,6 @@ impl Connection {
             (Reply::bulk("modules"), Reply::Array(Vec::new())),
         ])
     }
-}
-
-fn command_integer(bytes: &[u8]) -> Option<i64> {
-    crate::kv::parse_integer(bytes)
 }
 
 #[cfg(test)]

@@ -446,9 +446,11 @@ impl RocksStorage {
         }
     }
 
-    /// Whether a ready changes what the node promises others: entries,
-    /// a snapshot, its term or its vote.
-    fn must_sync(&self, ready: &Ready) -> bool {
+    /// Whether persisting `ready` syncs the disk: it does when the ready
+    /// changes what the node promises others (entries, a snapshot, its
+    /// term or its vote); a ready that only moves the commit index is
+    /// written without a sync. Ask before persisting it.
+    pub fn must_sync(&self, ready: &Ready) -> bool {
         let promises = |hard_state: &HardState| {
             hard_state.term != self.cached.hard_state.term
                 || hard_state.vote != self.cached.hard_state.vote
