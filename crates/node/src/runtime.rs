@@ -293,6 +293,8 @@ struct Engine {
     members: BTreeMap<NodeId, MemberAddrs>,
     connected_peers: BTreeMap<NodeId, SocketAddr>,
     snapshot_index: LogIndex,
+    /// When the snapshot being copied in the background was started.
+    snapshot_started: Option<Instant>,
     /// Client keys as of the applied index (kept here: reading it from
     /// the store on every turn costs a memtable search).
     keys: u64,
@@ -327,6 +329,7 @@ impl Engine {
             members: BTreeMap::new(),
             connected_peers: config.peers.clone(),
             snapshot_index,
+            snapshot_started: None,
             keys: 0,
             rss_read_at: Instant::now() - Duration::from_secs(2),
             config,
@@ -790,6 +793,8 @@ impl Engine {
         }
     }
 
+    /// Snapshots the state machine on this thread (the admin's request:
+    /// answered once it is done). Cancels a copy in progress.
     fn snapshot_now(&mut self) -> Result<LogIndex, String> {
         let applied = self.raft.storage().applied_index();
         if applied <= self.snapshot_index {
@@ -797,31 +802,55 @@ impl Engine {
         }
         let conf = self.raft.conf_state().clone();
         let started = Instant::now();
-        let store = self.raft.storage_mut();
-        store
+        self.raft
+            .storage_mut()
             .create_snapshot(applied, conf, Bytes::new())
             .map_err(|e| e.to_string())?;
-        self.snapshot_index = applied;
+        self.snapshot_taken(applied, started)?;
+        Ok(applied)
+    }
+
+    /// Records a new snapshot and compacts the log behind it, keeping
+    /// `log_kept` entries for followers a little behind.
+    fn snapshot_taken(&mut self, index: LogIndex, started: Instant) -> Result<(), String> {
+        self.snapshot_index = index;
         bump(&self.metrics.snapshots_created);
-        let compact_to = applied.saturating_sub(self.config.log_kept);
+        let store = self.raft.storage_mut();
+        let compact_to = index.saturating_sub(self.config.log_kept);
         if compact_to >= store.first_index() {
             store.compact(compact_to).map_err(|e| e.to_string())?;
         }
         tracing::info!(
-            index = applied,
+            index,
             millis = started.elapsed().as_millis() as u64,
             "snapshot taken"
         );
-        Ok(applied)
+        Ok(())
     }
 
+    /// Finishes a snapshot copied in the background, or starts one when
+    /// `snapshot_every` entries were applied since the last. The copy runs
+    /// on its own thread from a view pinned at the applied index, so this
+    /// thread keeps answering while tens of megabytes are written.
     fn maybe_snapshot(&mut self) {
+        if let Some(index) = self.raft.storage_mut().poll_snapshot() {
+            let started = self.snapshot_started.take().unwrap_or_else(Instant::now);
+            if let Err(error) = self.snapshot_taken(index, started) {
+                tracing::warn!(%error, "log not compacted after a snapshot");
+            }
+        }
+        if self.raft.storage().snapshot_copy_index().is_some() {
+            return;
+        }
         let applied = self.raft.storage().applied_index();
         let due = self.snapshot_index + self.config.snapshot_every + self.snapshot_offset();
-        if applied >= due
-            && let Err(error) = self.snapshot_now()
-        {
-            tracing::warn!(%error, "snapshot postponed");
+        if applied < due {
+            return;
+        }
+        let conf = self.raft.conf_state().clone();
+        match self.raft.storage_mut().begin_snapshot(conf) {
+            Ok(_) => self.snapshot_started = Some(Instant::now()),
+            Err(error) => tracing::warn!(%error, "snapshot postponed"),
         }
     }
 

@@ -72,6 +72,7 @@ mod backup;
 mod kv_stream;
 pub mod options;
 mod records;
+mod snapshot_copy;
 mod store;
 
 pub use backup::{BackupError, BackupInfo, list_backups};

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use bytes::Bytes;
 use dr_codec::frame::{CodecConfig, decode_entry, encode_entry};
@@ -19,6 +21,7 @@ use rocksdb::{Cache, ColumnFamily, DB, DBRawIterator, WriteBatch, WriteOptions};
 use crate::kv_stream::{self, KeyValue, PairReader, StreamError};
 use crate::options::{self, CF_DATA, CF_META, CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::records::{self, RecordError};
+use crate::snapshot_copy::{self, SnapshotCopy};
 
 /// The on-disk format this code writes and reads.
 pub const FORMAT_VERSION: u64 = 1;
@@ -165,11 +168,13 @@ struct Cached {
 
 /// A node's durable state in RocksDB: see the crate documentation.
 pub struct RocksStorage {
-    db: DB,
+    db: Arc<DB>,
     path: PathBuf,
     cached: Cached,
     codec: CodecConfig,
     state_machine: StateMachine,
+    /// A snapshot being copied on its own thread.
+    copy: Option<SnapshotCopy>,
     _block_cache: Cache,
 }
 
@@ -184,7 +189,7 @@ fn log_key(index: LogIndex) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-fn snapshot_key(slot: u8, offset: u64) -> Vec<u8> {
+pub(crate) fn snapshot_key(slot: u8, offset: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(SNAPSHOT_DATA_PREFIX.len() + 9);
     key.extend_from_slice(SNAPSHOT_DATA_PREFIX);
     key.push(slot);
@@ -193,13 +198,13 @@ fn snapshot_key(slot: u8, offset: u64) -> Vec<u8> {
 }
 
 /// Deletes every stored record of a snapshot slot.
-fn add_clear_slot(batch: &mut WriteBatch, meta_cf: &ColumnFamily, slot: u8) {
+pub(crate) fn add_clear_slot(batch: &mut WriteBatch, meta_cf: &ColumnFamily, slot: u8) {
     batch.delete_range_cf(meta_cf, snapshot_key(slot, 0), snapshot_key(slot, u64::MAX));
 }
 
 /// A failed durable write leaves the process unable to know what is on
 /// disk: it must stop, never retry (the lesson of PostgreSQL's fsyncgate).
-fn fatal(what: &str, error: rocksdb::Error) -> ! {
+fn fatal(what: &str, error: impl fmt::Display) -> ! {
     panic!("dr-storage: {what} failed, the store can no longer be trusted: {error}")
 }
 
@@ -223,7 +228,7 @@ impl RocksStorage {
         )
         .map_err(|e| OpenError::RocksDb(e.to_string()))?;
         let mut store = Self {
-            db,
+            db: Arc::new(db),
             path,
             cached: Cached {
                 compacted_index: 0,
@@ -240,6 +245,7 @@ impl RocksStorage {
             },
             codec: CodecConfig::default(),
             state_machine,
+            copy: None,
             _block_cache: block_cache,
         };
         store.check_format_version()?;
@@ -540,6 +546,95 @@ impl RocksStorage {
         self.cached.applied
     }
 
+    /// Starts a snapshot of the state machine at the applied index, copied
+    /// on a thread of its own while the caller goes on applying (see the
+    /// `snapshot_copy` module), and returns its index. It becomes the
+    /// current snapshot when [`poll_snapshot`](Self::poll_snapshot) sees
+    /// the copy done. [`LogStore::create_snapshot`] does the same on the
+    /// caller's thread (and cancels a copy in progress).
+    ///
+    /// Refused for a store whose state machine is external (it hands its
+    /// image to `create_snapshot`), while a copy runs or a received
+    /// snapshot is being staged, and when nothing was applied since the
+    /// current snapshot.
+    pub fn begin_snapshot(&mut self, conf_state: ConfState) -> Result<LogIndex, StorageError> {
+        if self.state_machine != StateMachine::DataFamily {
+            return Err(StorageError::Invalid(
+                "a store with an external state machine takes its snapshot image from create_snapshot"
+                    .into(),
+            ));
+        }
+        if let Some(copy) = &self.copy {
+            return Err(StorageError::Invalid(format!(
+                "a snapshot at index {} is being copied",
+                copy.meta.index
+            )));
+        }
+        if let Some((receiving, _)) = &self.cached.staged {
+            return Err(StorageError::Invalid(format!(
+                "a snapshot at index {} is being received; not snapshotting now",
+                receiving.index
+            )));
+        }
+        let index = self.cached.applied;
+        let current = self.cached.snapshot.index;
+        if index <= current {
+            return Err(StorageError::SnapshotOutOfDate {
+                offered: index,
+                current,
+            });
+        }
+        let meta = SnapshotMeta {
+            index,
+            term: self.term(index)?,
+            conf_state,
+        };
+        let copy = SnapshotCopy::start(Arc::clone(&self.db), meta, 1 - self.cached.slot)
+            .map_err(StorageError::Io)?;
+        self.copy = Some(copy);
+        Ok(index)
+    }
+
+    /// The index of the snapshot being copied, if one is.
+    pub fn snapshot_copy_index(&self) -> Option<LogIndex> {
+        self.copy.as_ref().map(|copy| copy.meta.index)
+    }
+
+    /// Makes a finished copy the current snapshot, in one synced write,
+    /// and returns its index; `None` while the copy runs or when there is
+    /// none. A failed copy is fatal, as every failed write of the store.
+    pub fn poll_snapshot(&mut self) -> Option<LogIndex> {
+        if !self.copy.as_ref().is_some_and(SnapshotCopy::is_finished) {
+            return None;
+        }
+        let copy = self.copy.take()?;
+        let (meta, slot) = (copy.meta.clone(), copy.slot);
+        let len = match copy.finish() {
+            Ok(Some(len)) => len,
+            Ok(None) => return None,
+            Err(error) => fatal("copying the state machine", error),
+        };
+        // Whatever would supersede the copy (a received snapshot, a copy on
+        // the caller's thread) cancels it first, so these always hold.
+        assert!(
+            meta.index > self.cached.snapshot.index
+                && self.cached.staged.is_none()
+                && slot == 1 - self.cached.slot,
+            "a snapshot copy outlived a change of snapshot"
+        );
+        let mut batch = WriteBatch::default();
+        self.add_slot_switch(&mut batch, meta.clone(), len);
+        self.commit(batch, "switching in a snapshot");
+        Some(meta.index)
+    }
+
+    /// Stops a copy in progress (its slot is about to be reused).
+    fn cancel_snapshot_copy(&mut self) {
+        if let Some(copy) = self.copy.take() {
+            copy.cancel();
+        }
+    }
+
     /// Applies committed entries' effects: `writes`, the new applied index
     /// and (when the entries changed it) the configuration, in one atomic
     /// batch, so a crash never applies an entry twice or skips one. Not
@@ -671,6 +766,9 @@ impl RocksStorage {
         offset: u64,
         data: &[u8],
     ) -> Result<(), StorageError> {
+        if offset == 0 {
+            self.cancel_snapshot_copy();
+        }
         let staging_slot = 1 - self.cached.slot;
         let meta_cf = cf(&self.db, CF_META);
         if offset == 0 {
@@ -803,39 +901,13 @@ impl RocksStorage {
     /// state-machine stream; returns its length. Bounded memory: the copy
     /// goes out in batches of stored records.
     fn copy_data_family(&mut self, meta: &SnapshotMeta) -> u64 {
+        self.cancel_snapshot_copy();
         let staging_slot = 1 - self.cached.slot;
-        let meta_cf = cf(&self.db, CF_META);
-        let mut batch = WriteBatch::default();
-        add_clear_slot(&mut batch, meta_cf, staging_slot);
-        let mut buffer = Vec::with_capacity(2 * SNAPSHOT_RECORD_BYTES);
-        kv_stream::encode_header(&mut buffer);
-        let mut written = 0u64;
-        let mut count = 0u64;
-        let mut iterator = self.db.raw_iterator_cf(cf(&self.db, CF_DATA));
-        iterator.seek_to_first();
-        while let (Some(key), Some(value)) = (iterator.key(), iterator.value()) {
-            kv_stream::encode_pair(key, value, &mut buffer);
-            count += 1;
-            while buffer.len() >= SNAPSHOT_RECORD_BYTES {
-                let rest = buffer.split_off(SNAPSHOT_RECORD_BYTES);
-                batch.put_cf(meta_cf, snapshot_key(staging_slot, written), &buffer);
-                written += buffer.len() as u64;
-                buffer = rest;
-            }
-            self.write_if_full(&mut batch, "copying the state machine");
-            iterator.next();
-        }
-        if let Err(error) = iterator.status() {
-            fatal("reading the state machine for a snapshot", error);
-        }
-        kv_stream::encode_trailer(count, &mut buffer);
-        for piece in buffer.chunks(SNAPSHOT_RECORD_BYTES) {
-            batch.put_cf(meta_cf, snapshot_key(staging_slot, written), piece);
-            written += piece.len() as u64;
-        }
-        self.db
-            .write(batch)
-            .unwrap_or_else(|error| fatal("copying the state machine", error));
+        let source = self.db.raw_iterator_cf(cf(&self.db, CF_DATA));
+        let never = AtomicBool::new(false);
+        let written = snapshot_copy::copy_pairs(&self.db, source, staging_slot, &never)
+            .unwrap_or_else(|error| fatal("copying the state machine", error))
+            .expect("an uncancellable copy ends");
         self.cached.staged = Some((meta.clone(), written));
         written
     }
@@ -1002,6 +1074,14 @@ impl Read for SlotReader<'_> {
         self.consumed += taken;
         self.position += taken as u64;
         Ok(taken)
+    }
+}
+
+impl Drop for RocksStorage {
+    /// A copy thread holds the database open: it stops with the store, so
+    /// the directory can be opened again at once.
+    fn drop(&mut self) {
+        self.cancel_snapshot_copy();
     }
 }
 

@@ -261,3 +261,121 @@ fn keys_over_the_limit_are_refused_whole() {
     assert_eq!(store.get(b"fine").unwrap(), None);
     assert_eq!(store.applied_index(), 0);
 }
+
+/// Polls a background snapshot copy until it is switched in.
+fn wait_for_copy(store: &mut RocksStorage) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(index) = store.poll_snapshot() {
+            return index;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the snapshot copy did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_background_copy_holds_the_state_it_started_at() {
+    let (source_dir, target_dir) = (TestDir::new(), TestDir::new());
+    let mut source = open(&source_dir);
+    fill(&mut source, 1, 10, 3000, 1);
+    assert_eq!(source.begin_snapshot(conf()), Ok(10));
+    assert_eq!(source.snapshot_copy_index(), Some(10));
+    assert!(
+        matches!(source.begin_snapshot(conf()), Err(StorageError::Invalid(_))),
+        "one copy at a time"
+    );
+    // Applying goes on while the copy runs; none of it is in the copy.
+    source.append(&entries(11, 12, 2)).unwrap();
+    source
+        .apply(
+            &[DataWrite::Put(b"late", b"x"), DataWrite::Delete(&key(5))],
+            12,
+            None,
+        )
+        .unwrap();
+    assert_eq!(wait_for_copy(&mut source), 10);
+    assert_eq!(source.snapshot_copy_index(), None);
+    let meta = source.snapshot_meta().unwrap();
+    assert_eq!((meta.index, meta.term, &meta.conf_state), (10, 2, &conf()));
+    source
+        .compact(10)
+        .expect("the log compacts behind the copy");
+
+    let mut target = open(&target_dir);
+    transfer(&source, &mut target, &meta).expect("transfer");
+    let expected: Vec<_> = (0..3000).map(|i| (key(i), value(i, 1))).collect();
+    assert_eq!(all_pairs(&target), expected, "exactly the state at 10");
+    drop(source);
+    let source = open(&source_dir);
+    assert_eq!(source.snapshot_meta().unwrap(), meta, "durable on reopen");
+}
+
+#[test]
+fn a_received_snapshot_or_a_synchronous_one_cancels_a_copy() {
+    let (source_dir, target_dir) = (TestDir::new(), TestDir::new());
+    let mut source = open(&source_dir);
+    fill(&mut source, 1, 20, 2000, 3);
+    source
+        .create_snapshot(20, conf(), Bytes::new())
+        .expect("snapshot");
+    let meta = source.snapshot_meta().unwrap();
+
+    let mut target = open(&target_dir);
+    fill(&mut target, 1, 5, 3000, 1);
+    assert_eq!(target.begin_snapshot(conf()), Ok(5));
+    // The leader's newer snapshot arrives: its chunks take the staging
+    // slot, so the copy stops and never becomes the snapshot.
+    transfer(&source, &mut target, &meta).expect("transfer");
+    assert_eq!(target.snapshot_copy_index(), None);
+    assert_eq!(target.poll_snapshot(), None);
+    assert_eq!(target.snapshot_meta().unwrap(), meta);
+    let expected: Vec<_> = (0..2000).map(|i| (key(i), value(i, 3))).collect();
+    assert_eq!(all_pairs(&target), expected);
+
+    // A synchronous snapshot replaces a copy in progress.
+    target.append(&entries(21, 22, 2)).unwrap();
+    target
+        .apply(&[DataWrite::Put(b"more", b"y")], 22, None)
+        .unwrap();
+    assert_eq!(target.begin_snapshot(conf()), Ok(22));
+    target.create_snapshot(22, conf(), Bytes::new()).unwrap();
+    assert_eq!(target.snapshot_copy_index(), None);
+    assert_eq!(target.snapshot_meta().unwrap().index, 22);
+    // Dropping the store with a copy running lets the directory reopen.
+    target.append(&entries(23, 23, 2)).unwrap();
+    target.apply(&[], 23, None).unwrap();
+    assert_eq!(target.begin_snapshot(conf()), Ok(23));
+    drop(target);
+    let target = open(&target_dir);
+    assert_eq!(
+        target.snapshot_meta().unwrap().index,
+        22,
+        "never switched in"
+    );
+}
+
+#[test]
+fn a_background_copy_is_refused_when_there_is_nothing_new() {
+    let dir = TestDir::new();
+    let mut store = open(&dir);
+    fill(&mut store, 1, 4, 10, 1);
+    store.create_snapshot(4, conf(), Bytes::new()).unwrap();
+    assert_eq!(
+        store.begin_snapshot(conf()),
+        Err(StorageError::SnapshotOutOfDate {
+            offered: 4,
+            current: 4
+        })
+    );
+    let external_dir = TestDir::new();
+    let mut external = RocksStorage::open(external_dir.path(), StateMachine::External).unwrap();
+    external.append(&entries(1, 3, 1)).unwrap();
+    assert!(matches!(
+        external.begin_snapshot(conf()),
+        Err(StorageError::Invalid(_))
+    ));
+}
