@@ -802,6 +802,8 @@ impl Engine {
         }
         let conf = self.raft.conf_state().clone();
         let started = Instant::now();
+        // A background copy in progress is cancelled by this one.
+        self.snapshot_started = None;
         self.raft
             .storage_mut()
             .create_snapshot(applied, conf, Bytes::new())
