@@ -21,6 +21,14 @@ pub struct Config {
     /// Seed of the generator that randomizes election timeouts; give every
     /// node a different one. The core has no other source of randomness.
     pub election_jitter_seed: u64,
+    /// Make leader leases safe (see [`crate::RaftNode::lease_read_index`]):
+    /// a node that starts refuses votes, as a follower of a live leader
+    /// does, until an election timeout has passed, since it cannot know
+    /// whether it promised a leader its vote-free silence before it
+    /// stopped; and a leader that sends `TimeoutNow` serves no lease read
+    /// for the rest of its term. Needs `check_quorum` (leader stickiness is
+    /// what a lease rests on) and must be set on every voter.
+    pub lease_reads: bool,
     /// Run a pre-vote round before a real election, so a node that was
     /// partitioned away cannot force the cluster into a new term.
     pub pre_vote: bool,
@@ -63,6 +71,7 @@ impl Config {
             election_jitter_seed: id,
             pre_vote: true,
             check_quorum: true,
+            lease_reads: false,
             append_bytes_max: 1 << 20,
             inflight_messages_max: 256,
             inflight_bytes_max: 32 << 20,
@@ -98,6 +107,9 @@ impl Config {
         }
         if self.uncommitted_bytes_max == 0 || self.ready_committed_bytes_max == 0 {
             return fail("uncommitted_bytes_max and ready_committed_bytes_max must be at least 1");
+        }
+        if self.lease_reads && !self.check_quorum {
+            return fail("lease_reads needs check_quorum");
         }
         if self.pending_reads_max == 0 {
             return fail("pending_reads_max must be at least 1");

@@ -52,7 +52,9 @@
 //! timeout jitter comes from [`Config::election_jitter_seed`]): those
 //! belong to the runtime. It does not forward proposals or reads from a
 //! follower to the leader (it names the leader in the error), and does not
-//! serve lease or follower reads yet (the read path is built to add them).
+//! time leases: [`RaftNode::lease_read_index`] says when a leader may
+//! serve a read without a round, [`RaftNode::read_rounds`] what a caller
+//! with a clock needs to bound the lease.
 //! A received snapshot is assembled in memory before the ready hands it
 //! out.
 //!
@@ -111,7 +113,7 @@ pub use config::{Config, ConfigError};
 pub use error::{ProposeError, ReadError, StartError, StepError};
 pub use memory::MemStorage;
 pub use raft::{Proposal, RaftNode, Role, SoftState};
-pub use read::ReadState;
+pub use read::{ReadRounds, ReadState};
 pub use ready::{Ready, StagedChunk};
 pub use storage::{
     HardState, InitialState, LogStore, Snapshot, SnapshotChunk, Storage, StorageError,

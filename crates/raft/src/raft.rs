@@ -82,6 +82,12 @@ pub struct RaftNode<S> {
     jitter_state: u64,
     pub(crate) transfer_target: Option<NodeId>,
     pub(crate) transfer_elapsed: u32,
+    /// With `lease_reads`: true from start until an election timeout has
+    /// passed, refusing votes meanwhile (see [`Config::lease_reads`]).
+    pub(crate) starting: bool,
+    /// The latest term in which this node sent `TimeoutNow`: its lease
+    /// ends there, as the target may win an election at once.
+    pub(crate) timeout_now_term: Term,
     /// The index of the latest membership change; no other may be
     /// proposed until it is applied.
     pub(crate) pending_conf_index: LogIndex,
@@ -142,6 +148,8 @@ impl<S: Storage> RaftNode<S> {
             jitter_state: config.election_jitter_seed ^ 0x9e37_79b9_7f4a_7c15,
             transfer_target: None,
             transfer_elapsed: 0,
+            starting: config.lease_reads,
+            timeout_now_term: 0,
             pending_conf_index: 0,
             uncommitted: Default::default(),
             uncommitted_bytes: 0,
@@ -238,6 +246,9 @@ impl<S: Storage> RaftNode<S> {
     }
 
     pub(crate) fn send(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        if matches!(body, MessageBody::TimeoutNow) {
+            self.timeout_now_term = term;
+        }
         self.messages.push(Message {
             from: self.id,
             to,
@@ -276,6 +287,9 @@ impl<S: Storage> RaftNode<S> {
 
     fn tick_election(&mut self) {
         self.election_elapsed += 1;
+        if self.election_elapsed >= self.config.election_ticks {
+            self.starting = false;
+        }
         if self.is_promotable() && self.election_elapsed >= self.election_timeout_ticks {
             self.election_elapsed = 0;
             let kind = if self.config.pre_vote {
@@ -495,7 +509,7 @@ impl<S: Storage> RaftNode<S> {
         match &message.body {
             MessageBody::Vote(request) => {
                 let in_lease = self.config.check_quorum
-                    && self.leader.is_some()
+                    && (self.leader.is_some() || self.starting)
                     && self.election_elapsed < self.config.election_ticks;
                 if in_lease && !request.leader_transfer {
                     // Leader stickiness: a live leader is known.

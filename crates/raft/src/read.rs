@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 
-use dr_codec::message::{Heartbeat, LogIndex, MessageBody, NodeId};
+use dr_codec::message::{Heartbeat, LogIndex, MessageBody, NodeId, Term};
 
 use crate::error::ReadError;
 use crate::raft::{RaftNode, Role};
@@ -30,6 +30,17 @@ pub struct ReadState {
     pub context: u64,
     /// The read index, or a retryable error.
     pub result: Result<LogIndex, ReadError>,
+}
+
+/// A leader's read rounds: see [`RaftNode::read_rounds`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadRounds {
+    /// The term they belong to.
+    pub term: Term,
+    /// The newest round started.
+    pub sent: u64,
+    /// The newest round a quorum has echoed.
+    pub confirmed: u64,
 }
 
 #[derive(Default)]
@@ -94,6 +105,37 @@ impl<S: Storage> RaftNode<S> {
             self.start_read_round();
         }
         Ok(())
+    }
+
+    /// The index a *lease read* may be served at without a round of
+    /// heartbeats: the commit index, when this node leads with
+    /// [`Config::lease_reads`](crate::Config::lease_reads), has committed
+    /// an entry of its term, and has not sent `TimeoutNow` in it. `None`
+    /// otherwise: use [`read_index`](Self::read_index).
+    ///
+    /// The core has no clock, so the lease itself is the caller's: after
+    /// a quorum confirmed read round `r` ([`read_rounds`](Self::read_rounds)),
+    /// no other leader can be elected until an election timeout after the
+    /// moment round `r` was first sent, minus the clock drift the caller
+    /// allows, because every follower that echoed it refuses votes that
+    /// long after hearing from this leader (and a node that restarts
+    /// refuses them for as long). Before that moment the commit index is
+    /// the newest any client may have seen acknowledged.
+    pub fn lease_read_index(&self) -> Option<LogIndex> {
+        let leads = self.config.lease_reads && self.role == Role::Leader;
+        (leads && self.committed_in_term() && self.timeout_now_term < self.term)
+            .then_some(self.log.committed)
+    }
+
+    /// The leader's read rounds in this term: what a caller timing a
+    /// lease watches. A round is sent in the first ready after `sent`
+    /// grows; rounds are numbered from 1 in every term.
+    pub fn read_rounds(&self) -> ReadRounds {
+        ReadRounds {
+            term: self.term,
+            sent: self.reads.round_sent,
+            confirmed: self.reads.round_confirmed,
+        }
     }
 
     fn committed_in_term(&self) -> bool {

@@ -5,7 +5,7 @@
 mod support;
 
 use bytes::Bytes;
-use dr_codec::message::{ConfState, EntryKind, MessageBody};
+use dr_codec::message::{ConfState, EntryKind, MessageBody, NodeId};
 use dr_raft::{
     ConfChange, ConfChangeOp, Config, LogStore, MemStorage, ProposeError, ReadError, Role, Storage,
 };
@@ -465,4 +465,96 @@ fn a_leader_sending_before_its_own_write_counts_itself_only_after_advance() {
         cluster.node(1).step(ack).expect("valid acknowledgement");
     }
     assert_eq!(cluster.node(1).commit_index(), proposal.index);
+}
+
+fn lease_config(id: NodeId) -> Config {
+    Config {
+        lease_reads: true,
+        ..config(id)
+    }
+}
+
+/// A 3-node cluster with `lease_reads`, run until it has a leader (every
+/// node ticks: each refuses votes for its first election timeout) and one
+/// entry committed; returns it with the leader and the two followers.
+fn lease_cluster() -> (Cluster, NodeId, NodeId, NodeId) {
+    let mut cluster = Cluster::with(&[1, 2, 3], &[], lease_config);
+    cluster.tick_all(40);
+    let leaders = cluster.leaders();
+    assert_eq!(leaders.len(), 1, "one leader after 40 ticks");
+    let leader = leaders[0];
+    cluster.propose(leader, "x");
+    let mut followers = [1, 2, 3].into_iter().filter(|&id| id != leader);
+    let (a, b) = (followers.next().unwrap(), followers.next().unwrap());
+    (cluster, leader, a, b)
+}
+
+#[test]
+fn lease_reads_are_offered_only_to_a_leader_that_may_serve_them() {
+    let (mut cluster, leader, follower, target) = lease_cluster();
+    let committed = cluster.node(leader).commit_index();
+    assert_eq!(cluster.node(leader).lease_read_index(), Some(committed));
+    assert_eq!(cluster.node(follower).lease_read_index(), None);
+    // A read round is numbered, sent, and confirmed by a quorum.
+    let before = cluster.node(leader).read_rounds();
+    cluster.node(leader).read_index(5).unwrap();
+    let started = cluster.node(leader).read_rounds();
+    assert_eq!(
+        (started.sent, started.confirmed),
+        (before.sent + 1, before.confirmed)
+    );
+    cluster.settle();
+    let confirmed = cluster.node(leader).read_rounds();
+    assert_eq!(confirmed.confirmed, started.sent);
+    assert_eq!(confirmed.term, cluster.node(leader).term());
+    // Once it has sent TimeoutNow the target may win at once: no lease
+    // for the rest of the term, even when the transfer is abandoned.
+    cluster.cut.insert((leader, target));
+    cluster.node(leader).transfer_leader(target).unwrap();
+    cluster.settle();
+    cluster.heal();
+    assert_eq!(cluster.leaders(), vec![leader]);
+    assert_eq!(cluster.node(leader).lease_read_index(), None);
+    cluster.tick_all(15);
+    if cluster.leaders() == vec![leader] {
+        assert_eq!(cluster.node(leader).lease_read_index(), None);
+    }
+}
+
+#[test]
+fn without_lease_reads_no_lease_is_offered_and_check_quorum_is_required() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.propose(1, "x");
+    assert_eq!(cluster.node(1).lease_read_index(), None);
+    let config = Config {
+        lease_reads: true,
+        check_quorum: false,
+        ..config(1)
+    };
+    assert!(config.validate().is_err());
+}
+
+#[test]
+fn a_restarted_node_grants_no_vote_until_an_election_timeout_passes() {
+    let (mut cluster, leader, restarted, candidate) = lease_cluster();
+    // The leader's lease rests on both followers. One restarts at once and
+    // the other is cut off from the leader: without the restart rule the
+    // restarted one would give the other the second vote while the leader
+    // still serves lease reads.
+    cluster.restart(restarted);
+    cluster.isolate(leader);
+    for _ in 0..2 * 10 - 1 {
+        cluster.node(candidate).tick();
+        cluster.settle();
+    }
+    assert_ne!(cluster.node(candidate).role(), Role::Leader);
+    // After an election timeout of its own the restarted node votes again:
+    // the two elect a leader (and the cut-off one has stepped down).
+    cluster.tick_all(40);
+    let leaders = cluster.leaders();
+    assert!(
+        leaders == vec![restarted] || leaders == vec![candidate],
+        "leaders: {leaders:?}"
+    );
 }
