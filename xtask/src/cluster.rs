@@ -84,24 +84,7 @@ pub(crate) fn bench() -> Result<(), String> {
     ]);
     run_step("build drkv", &mut build)?;
     let drkv = crate::bench::target_dir().join("release").join("drkv");
-    let dir = std::env::temp_dir().join(format!("drkv-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let child = Command::new(&drkv)
-        .args([
-            "--log-level",
-            "warn",
-            "dev",
-            "--base-port",
-            &BASE_PORT.to_string(),
-            "--dir",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start drkv dev: {e}"))?;
-    let cluster = DevCluster { child, dir };
-    let leader = wait_for_leader(&drkv)?;
-    println!("cluster up: leader is node {leader}");
+    let (cluster, leader) = start_cluster(&drkv, false)?;
     let all: String = (1..=3)
         .map(|id| format!("127.0.0.1:{}", client_port(id)))
         .collect::<Vec<_>>()
@@ -111,25 +94,21 @@ pub(crate) fn bench() -> Result<(), String> {
     for (mix, write_percent) in [("write", "100"), ("read", "0"), ("90% read", "10")] {
         for connections in ["1", "16", "64", "256"] {
             let preload = mix == "read" && connections == "1";
-            rows.push(run_load(
-                &drkv,
+            let load = Load {
                 mix,
                 write_percent,
                 connections,
-                &all,
-                "all 3",
                 preload,
-            )?);
+            };
+            rows.push(run_load(&drkv, &load, &all, "all 3")?);
         }
-        rows.push(run_load(
-            &drkv,
+        let load = Load {
             mix,
             write_percent,
-            "64",
-            &leader_only,
-            "leader",
-            false,
-        )?);
+            connections: "64",
+            preload: false,
+        };
+        rows.push(run_load(&drkv, &load, &leader_only, "leader")?);
     }
     let rss: Vec<String> = (1..=3)
         .map(|id| {
@@ -144,11 +123,71 @@ pub(crate) fn bench() -> Result<(), String> {
             )
         })
         .collect();
-    print_table(&rows);
-    println!("\nresident memory after the runs: {}", rss.join(", "));
     redis_benchmark(client_port(leader));
     drop(cluster);
+    print_table(&rows);
+    println!("\nresident memory after the runs: {}", rss.join(", "));
+    // ReadIndex against leases, each on a fresh cluster loaded the same
+    // way, so the two differ only in how the leader confirms reads.
+    for read_lease in [false, true] {
+        let rows = read_rows(&drkv, &all, read_lease)?;
+        let how = if read_lease {
+            "--read-lease (reads on the leader's lease)"
+        } else {
+            "ReadIndex (a heartbeat round per batch of reads)"
+        };
+        println!("\nfresh cluster, {how}:");
+        print_table(&rows);
+    }
     Ok(())
+}
+
+/// Read-only and 90% read rows at 64 connections on a fresh cluster.
+fn read_rows(drkv: &Path, all: &str, read_lease: bool) -> Result<Vec<Row>, String> {
+    let (cluster, leader) = start_cluster(drkv, read_lease)?;
+    let leader_only = format!("127.0.0.1:{}", client_port(leader));
+    let mut rows = Vec::new();
+    for (mix, write_percent) in [("read", "0"), ("90% read", "10")] {
+        for (targets, name) in [(all, "all 3"), (leader_only.as_str(), "leader")] {
+            let load = Load {
+                mix,
+                write_percent,
+                connections: "64",
+                preload: rows.is_empty(),
+            };
+            rows.push(run_load(drkv, &load, targets, name)?);
+        }
+    }
+    drop(cluster);
+    Ok(rows)
+}
+
+/// Starts `drkv dev` (with `--read-lease` if asked) in a scratch
+/// directory and waits for its leader.
+fn start_cluster(drkv: &Path, read_lease: bool) -> Result<(DevCluster, u16), String> {
+    let dir = std::env::temp_dir().join(format!("drkv-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut command = Command::new(drkv);
+    command.args([
+        "--log-level",
+        "warn",
+        "dev",
+        "--base-port",
+        &BASE_PORT.to_string(),
+        "--dir",
+    ]);
+    command.arg(&dir);
+    if read_lease {
+        command.arg("--read-lease");
+    }
+    let child = command
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start drkv dev: {e}"))?;
+    let cluster = DevCluster { child, dir };
+    let leader = wait_for_leader(drkv)?;
+    println!("cluster up: leader is node {leader}");
+    Ok((cluster, leader))
 }
 
 fn status(drkv: &Path, id: u16) -> Result<Value, String> {
@@ -188,15 +227,26 @@ struct Row {
     result: Value,
 }
 
+/// One load: its mix, connections, and whether to write every key first.
+struct Load {
+    mix: &'static str,
+    write_percent: &'static str,
+    connections: &'static str,
+    preload: bool,
+}
+
 fn run_load(
     drkv: &Path,
-    mix: &'static str,
-    write_percent: &str,
-    connections: &str,
+    load: &Load,
     targets: &str,
     targets_name: &'static str,
-    preload: bool,
 ) -> Result<Row, String> {
+    let Load {
+        mix,
+        write_percent,
+        connections,
+        preload,
+    } = *load;
     let mut command = Command::new(drkv);
     command.args([
         "bench",

@@ -10,6 +10,7 @@
 //!   (dr-raft) and its store (dr-storage): ticks, peer messages (from
 //!   dr-transport) and client requests in; one synced write per turn
 //!   for every proposal that arrived (group commit); apply; answer.
+//! - [`lease`]: the clock side of leader leases (`--read-lease`).
 //! - [`kv`]: the state machine: write commands as log entries, applied
 //!   deterministically; [`command`]: Redis commands parsed and answered.
 //! - [`server`]: the client port and the executor that carries commands
@@ -29,7 +30,11 @@
 //!   answered `-UNCERTAIN`, never success.
 //! - Every read is linearizable: served once the applied index reaches a
 //!   read index the leader confirmed with a quorum (ReadIndex), on the
-//!   leader or on a follower that fetched the index from the leader.
+//!   leader or on a follower that fetched the index from the leader. With
+//!   `read_lease` the leader may instead hand out its commit index while
+//!   its lease lasts ([`lease`]): three quarters of the time for which a
+//!   quorum promised to elect no one else, by the monotonic clock (clock
+//!   rates must agree within that margin; pauses only shorten it).
 //! - A ready is persisted (one synced RocksDB write) before its messages
 //!   leave and before anything it covers is applied or answered.
 //! - A client's bytes never make the server allocate past the request
@@ -66,6 +71,7 @@ pub mod admin;
 pub mod command;
 pub mod forward;
 pub mod kv;
+pub mod lease;
 pub mod loadgen;
 pub mod metrics;
 pub mod node;

@@ -45,6 +45,9 @@ enum Commands {
         /// Client ports are BASE+1..BASE+3, Raft ports BASE+101.., admin BASE+201...
         #[arg(long, default_value_t = 7000)]
         base_port: u16,
+        /// Start the nodes with `--read-lease`.
+        #[arg(long)]
+        read_lease: bool,
     },
     /// Talk to a node's admin API.
     Ctl {
@@ -102,6 +105,10 @@ struct ServerArgs {
     /// Milliseconds a client may take to finish a request it started.
     #[arg(long)]
     partial_request_timeout_ms: Option<u64>,
+    /// Serve reads on the leader's lease (no heartbeat round per batch;
+    /// assumes clock rates within 25% of each other).
+    #[arg(long)]
+    read_lease: bool,
 }
 
 #[derive(Subcommand)]
@@ -215,7 +222,11 @@ fn main() -> ExitCode {
     init_logging(cli.log_level.as_deref());
     let result = match cli.command {
         Commands::Server(args) => server(args),
-        Commands::Dev { dir, base_port } => dev(&dir, base_port, cli.log_level.as_deref()),
+        Commands::Dev {
+            dir,
+            base_port,
+            read_lease,
+        } => dev(&dir, base_port, read_lease, cli.log_level.as_deref()),
         Commands::Ctl { admin, action } => ctl(admin, action),
         Commands::Bench(args) => bench(args),
     };
@@ -314,6 +325,7 @@ fn node_config(args: ServerArgs) -> Result<NodeConfig, String> {
     if let Some(every) = args.snapshot_every {
         config.snapshot_every = every;
     }
+    config.read_lease |= args.read_lease;
     if let Some(timeout) = args.partial_request_timeout_ms {
         config.partial_request_timeout_ms = timeout;
     }
@@ -344,7 +356,12 @@ async fn wait_for_stop_signal() -> Result<(), String> {
     Ok(())
 }
 
-fn dev(dir: &Path, base_port: u16, log_level: Option<&str>) -> Result<(), String> {
+fn dev(
+    dir: &Path,
+    base_port: u16,
+    read_lease: bool,
+    log_level: Option<&str>,
+) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let port = |offset: u16| -> Result<u16, String> {
         base_port
@@ -362,14 +379,18 @@ fn dev(dir: &Path, base_port: u16, log_level: Option<&str>) -> Result<(), String
         if let Some(level) = log_level {
             command.env("DRKV_LOG", level);
         }
-        let child = command
+        command
             .args(["server", "--id", &id.to_string()])
             .arg("--data-dir")
             .arg(dir.join(format!("node-{id}")))
             .args(["--client-addr", &format!("127.0.0.1:{}", port(id)?)])
             .args(["--peer-addr", &format!("127.0.0.1:{}", port(100 + id)?)])
             .args(["--admin-addr", &format!("127.0.0.1:{}", port(200 + id)?)])
-            .args(["--peers", &peers])
+            .args(["--peers", &peers]);
+        if read_lease {
+            command.arg("--read-lease");
+        }
+        let child = command
             .spawn()
             .map_err(|e| format!("cannot start node {id}: {e}"))?;
         children.push(child);

@@ -81,6 +81,11 @@ pub struct Metrics {
     pub writes_forwarded: AtomicU64,
     /// ReadIndex requests this node made as leader.
     pub read_index_requests: AtomicU64,
+    /// Reads (and read indexes handed to followers) answered on the
+    /// leader's lease, without a round.
+    pub lease_reads: AtomicU64,
+    /// Read rounds the leader started only to renew its lease.
+    pub lease_renewals: AtomicU64,
     /// Read indexes a follower fetched from the leader (one per batch).
     pub read_index_fetches: AtomicU64,
     /// Reads served.
@@ -116,6 +121,8 @@ impl Default for Metrics {
             proposals_refused: AtomicU64::new(0),
             writes_forwarded: AtomicU64::new(0),
             read_index_requests: AtomicU64::new(0),
+            lease_reads: AtomicU64::new(0),
+            lease_renewals: AtomicU64::new(0),
             read_index_fetches: AtomicU64::new(0),
             reads_served: AtomicU64::new(0),
             entries_applied: AtomicU64::new(0),
@@ -141,7 +148,7 @@ pub fn bump(counter: &AtomicU64) {
 impl Metrics {
     /// The counters and histograms in the Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "drkv_proposals_total",
                 "Proposals accepted as leader.",
@@ -161,6 +168,16 @@ impl Metrics {
                 "drkv_read_index_requests_total",
                 "ReadIndex requests made as leader.",
                 &self.read_index_requests,
+            ),
+            (
+                "drkv_lease_reads_total",
+                "Reads answered on the leader's lease, without a round.",
+                &self.lease_reads,
+            ),
+            (
+                "drkv_lease_renewals_total",
+                "Read rounds started only to renew the leader's lease.",
+                &self.lease_renewals,
             ),
             (
                 "drkv_read_index_fetches_total",

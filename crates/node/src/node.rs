@@ -59,6 +59,15 @@ pub struct NodeConfig {
     /// Snapshot after this many applied entries.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
+    /// Serve reads on the leader's lease, without a heartbeat round per
+    /// batch of reads, while a quorum confirmed the leader within the last
+    /// three quarters of a follower's election timeout. Linearizable as
+    /// long as the nodes' clocks run at rates within a quarter of each
+    /// other (a process pause only shortens the lease: it is measured by
+    /// the monotonic clock). Off by default: ReadIndex assumes nothing
+    /// about clocks.
+    #[serde(default)]
+    pub read_lease: bool,
     /// Milliseconds between Raft ticks (elections after 10-20 ticks).
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
@@ -130,6 +139,7 @@ impl NodeConfig {
             max_clients: default_max_clients(),
             request_bytes_max: default_request_bytes_max(),
             snapshot_every: default_snapshot_every(),
+            read_lease: false,
             tick_ms: default_tick_ms(),
             partial_request_timeout_ms: default_partial_request_timeout_ms(),
         }
@@ -265,6 +275,10 @@ impl RunningNode {
         let store = open_store(&config)?;
         let mut raft_config = dr_raft::Config::new(config.id);
         raft_config.applied = store.applied_index();
+        // Every drkv node keeps the promises a leader lease rests on,
+        // whether or not it serves lease reads itself, so that any node of
+        // the cluster may turn `read_lease` on.
+        raft_config.lease_reads = true;
         raft_config.election_jitter_seed = config.id ^ seed_from_clock();
         let raft = RaftNode::new(raft_config.clone(), store)
             .map_err(|e| StartError(format!("the store cannot start a node: {e:?}")))?;
@@ -308,6 +322,7 @@ impl RunningNode {
             log_kept: (config.snapshot_every / 2).min(10_000),
             peers,
             turn_requests_max: 4096,
+            read_lease: config.read_lease,
         };
         let (engine, engine_thread) = runtime::start(
             engine_config,

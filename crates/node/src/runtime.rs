@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::command::{ReadOp, ReplyShape, glob_match, write_reply};
 use crate::forward::Forwarder;
 use crate::kv::{self, MemberAddrs, Outcome, USER, WriteOp};
+use crate::lease::LeaseClock;
 use crate::metrics::{Metrics, bump};
 use crate::resp::Reply;
 
@@ -182,6 +183,8 @@ pub struct EngineConfig {
     pub peers: BTreeMap<NodeId, SocketAddr>,
     /// Requests one turn takes at most before it writes (bounds latency).
     pub turn_requests_max: usize,
+    /// Serve reads on the leader's lease (see `NodeConfig::read_lease`).
+    pub read_lease: bool,
 }
 
 /// A running engine: how to reach it and watch it.
@@ -299,6 +302,8 @@ struct Engine {
     /// the store on every turn costs a memtable search).
     keys: u64,
     rss_read_at: Instant,
+    /// The leader lease, as this node's clock sees it.
+    lease: LeaseClock,
 }
 
 impl Engine {
@@ -332,6 +337,7 @@ impl Engine {
             snapshot_started: None,
             keys: 0,
             rss_read_at: Instant::now() - Duration::from_secs(2),
+            lease: LeaseClock::new(config.raft.election_ticks, config.tick),
             config,
         };
         engine.reload_key_count();
@@ -353,7 +359,7 @@ impl Engine {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                _ = ticker.tick() => self.raft.tick(),
+                _ = ticker.tick() => self.on_tick(),
                 message = inbox.recv() => match message {
                     Some(message) => self.step(message),
                     None => break,
@@ -475,6 +481,12 @@ impl Engine {
 
     fn read(&mut self, read: PendingRead) {
         if self.raft.role() == Role::Leader {
+            if let Some(index) = self.lease_read_index() {
+                bump(&self.metrics.lease_reads);
+                self.read_confirmed(read, index);
+                self.serve_applied_reads();
+                return;
+            }
             let context = self.next_read_context;
             self.next_read_context += 1;
             match self.raft.read_index(context) {
@@ -567,6 +579,9 @@ impl Engine {
     /// Works off every ready: persist, send, apply, answer.
     fn drive(&mut self) {
         while self.raft.has_ready() {
+            // Before anything leaves: a read round is dated no later than
+            // its first send (the lease's invariant).
+            self.lease.observe(self.raft.read_rounds(), Instant::now());
             let mut ready = self.raft.ready();
             // The leader's appends go out first: followers write their
             // logs while the leader writes its own.
@@ -690,13 +705,48 @@ impl Engine {
                 continue;
             };
             match state.result {
-                Ok(index) if matches!(read.op, ReadOp::ReadIndex) => {
-                    let _ = read.answer.send(Ok(Reply::Integer(index as i64)));
-                }
-                Ok(index) => self.reads_after_apply.entry(index).or_default().push(read),
+                Ok(index) => self.read_confirmed(read, index),
                 Err(error) => {
                     let _ = read.answer.send(Err(self.read_error(error)));
                 }
+            }
+        }
+    }
+
+    /// A read the leader may serve once it has applied `index`: a
+    /// follower's `DR.READINDEX` gets the index, the others wait for it.
+    fn read_confirmed(&mut self, read: PendingRead, index: LogIndex) {
+        if matches!(read.op, ReadOp::ReadIndex) {
+            let _ = read.answer.send(Ok(Reply::Integer(index as i64)));
+        } else {
+            self.reads_after_apply.entry(index).or_default().push(read);
+        }
+    }
+
+    /// The index a read may be served at on the leader's lease, when lease
+    /// reads are on, the core allows one and the lease has not run out.
+    fn lease_read_index(&self) -> Option<LogIndex> {
+        if !self.config.read_lease || self.lease.remaining(Instant::now()).is_zero() {
+            return None;
+        }
+        self.raft.lease_read_index()
+    }
+
+    /// A tick, and with lease reads a read round when the lease has less
+    /// than half its length left and no round is out, so a leader under
+    /// read load keeps its lease rather than falling back to rounds.
+    fn on_tick(&mut self) {
+        self.raft.tick();
+        if !self.config.read_lease || self.raft.lease_read_index().is_none() {
+            return;
+        }
+        let low = self.lease.remaining(Instant::now()) < self.lease.duration() / 2;
+        if low && !self.lease.round_in_flight() {
+            // A context no read holds: the read state it yields is dropped.
+            let context = self.next_read_context;
+            self.next_read_context += 1;
+            if self.raft.read_index(context).is_ok() {
+                bump(&self.metrics.lease_renewals);
             }
         }
     }

@@ -316,3 +316,85 @@ fn voters(cluster: &Cluster, id: u64) -> Vec<u64> {
     let members: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     serde_json::from_value(members["voters"].clone()).expect("a list of ids")
 }
+
+/// The admin port's counter `name`, or 0 when the node does not answer.
+fn metric(admin: std::net::SocketAddr, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(admin) else {
+        return 0;
+    };
+    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: drkv\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// With `--read-lease` the leader answers reads on its lease; every read
+/// that starts after a write was acknowledged still sees it, on every
+/// node, also across the leader's death and a new leader's first lease.
+#[test]
+fn lease_reads_see_every_acknowledged_write_across_a_failover() {
+    let mut cluster = Cluster::start("lease", 3, &["--read-lease"]);
+    let leader = cluster.wait_for_leader(SETTLE);
+    let stop = Arc::new(AtomicBool::new(false));
+    let checkers: Vec<_> = (1..=3u64)
+        .map(|id| {
+            // Write through one node, read back through the next one.
+            let write_addr = cluster.node(id).client;
+            let read_addr = cluster.node(id % 3 + 1).client;
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let reconnect = |addr: std::net::SocketAddr| {
+                    redis::Client::open(format!("redis://{addr}/"))
+                        .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
+                        .ok()
+                };
+                let (mut writer, mut reader) = (connect(write_addr), connect(read_addr));
+                let (mut checked, mut i) = (0u64, 0u64);
+                let key = format!("lease-{id}");
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let written = set(&key, &i.to_string()).query::<String>(&mut writer);
+                    if written.is_err() {
+                        std::thread::sleep(Duration::from_millis(50));
+                        writer = reconnect(write_addr).unwrap_or(writer);
+                        continue;
+                    }
+                    match get(&key).query::<Option<String>>(&mut reader) {
+                        Ok(value) => {
+                            // Only this thread writes the key, so the read
+                            // must see exactly the acknowledged value.
+                            assert_eq!(value, Some(i.to_string()), "stale read of {key}");
+                            checked += 1;
+                        }
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_millis(50));
+                            reader = reconnect(read_addr).unwrap_or(reader);
+                        }
+                    }
+                }
+                checked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let leader_admin = cluster.node(leader).admin;
+    assert!(
+        metric(leader_admin, "drkv_lease_reads_total") > 0,
+        "the leader answered no read on its lease"
+    );
+    cluster.kill(leader);
+    let new_leader = cluster.wait_for_leader(SETTLE);
+    assert_ne!(new_leader, leader);
+    std::thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::Relaxed);
+    let checked: Vec<u64> = checkers.into_iter().map(|c| c.join().unwrap()).collect();
+    // The two checkers that touch only live nodes kept checking.
+    assert!(
+        checked.iter().filter(|&&n| n > 20).count() >= 1,
+        "reads checked per thread: {checked:?}"
+    );
+    assert!(metric(cluster.node(new_leader).admin, "drkv_lease_reads_total") > 0);
+}
