@@ -21,7 +21,7 @@ use dr_raft::{
     ConfChange, ConfChangeOp, LogStore, ProposeError, RaftNode, ReadError, ReadState, Ready, Role,
     Storage,
 };
-use dr_storage::{BackupInfo, RocksStorage};
+use dr_storage::{BackupInfo, RocksStorage, StoreReader};
 use dr_transport::{TcpTransport, Transport};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::command::{ReadOp, ReplyShape, glob_match, write_reply};
 use crate::forward::Forwarder;
 use crate::kv::{self, MemberAddrs, Outcome, USER, WriteOp};
-use crate::lease::LeaseClock;
+use crate::lease::{LeaseClock, LeaseGate};
 use crate::metrics::{Metrics, bump};
 use crate::resp::Reply;
 
@@ -196,6 +196,10 @@ pub struct EngineHandle {
     pub status: Arc<Mutex<Status>>,
     /// The counters.
     pub metrics: Arc<Metrics>,
+    /// The leader lease as published for connections (`--read-lease`).
+    pub lease: Arc<LeaseGate>,
+    /// Point reads of the state machine, for reads on the lease.
+    pub reader: StoreReader,
 }
 
 /// Starts the engine thread. It stops when `shutdown` turns true (or every
@@ -213,6 +217,8 @@ pub fn start(
         requests: requests_tx.clone(),
         status: Arc::default(),
         metrics: Arc::default(),
+        lease: Arc::default(),
+        reader: raft.storage().reader(),
     };
     let engine = Engine::new(config, raft, transport, forwarder, &handle, requests_tx);
     let thread = std::thread::Builder::new()
@@ -304,6 +310,8 @@ struct Engine {
     rss_read_at: Instant,
     /// The leader lease, as this node's clock sees it.
     lease: LeaseClock,
+    /// The lease as published for connections.
+    gate: Arc<LeaseGate>,
 }
 
 impl Engine {
@@ -338,11 +346,15 @@ impl Engine {
             keys: 0,
             rss_read_at: Instant::now() - Duration::from_secs(2),
             lease: LeaseClock::new(config.raft.election_ticks, config.tick),
+            gate: Arc::clone(&handle.lease),
             config,
         };
         engine.reload_key_count();
         engine.reload_members();
         engine.publish_status();
+        engine
+            .gate
+            .publish_applied(engine.raft.storage().applied_index());
         engine
     }
 
@@ -582,6 +594,7 @@ impl Engine {
             // Before anything leaves: a read round is dated no later than
             // its first send (the lease's invariant).
             self.lease.observe(self.raft.read_rounds(), Instant::now());
+            self.publish_lease();
             let mut ready = self.raft.ready();
             // The leader's appends go out first: followers write their
             // logs while the leader writes its own.
@@ -596,6 +609,8 @@ impl Engine {
                 self.transport.send(message);
             }
             self.apply(&ready.committed_entries, ready.conf_state.as_ref());
+            self.gate
+                .publish_applied(self.raft.storage().applied_index());
             self.confirm_reads(ready.read_states);
             self.raft.advance();
             self.serve_applied_reads();
@@ -721,6 +736,18 @@ impl Engine {
         } else {
             self.reads_after_apply.entry(index).or_default().push(read);
         }
+    }
+
+    /// Publishes the lease for connections' own reads: closed unless lease
+    /// reads are on and the core allows one (so it closes before a
+    /// `TimeoutNow` leaves: this runs before every ready's messages).
+    fn publish_lease(&self) {
+        let lease = self
+            .config
+            .read_lease
+            .then(|| Some((self.lease.valid_until()?, self.raft.lease_read_index()?)))
+            .flatten();
+        self.gate.publish(lease);
     }
 
     /// The index a read may be served at on the leader's lease, when lease

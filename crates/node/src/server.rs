@@ -18,8 +18,9 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::command::{self, Command, ConnectionCommand};
+use crate::command::{self, Command, ConnectionCommand, ReadOp};
 use crate::forward::{FORWARDER_NAME, ForwardResult, Forwarder};
+use crate::kv;
 use crate::metrics::bump;
 use crate::resp::{self, Limits, Protocol, Reply};
 use crate::runtime::{EngineHandle, NodeError, Request};
@@ -142,6 +143,11 @@ impl Executor {
                 return self.forward(&addr, retry);
             }
         }
+        if let Command::Read(op) = &retry.command
+            && let Some(reply) = self.read_on_lease(op)
+        {
+            return Started::Done(reply);
+        }
         let (answer_tx, answer) = oneshot::channel();
         let request = match &retry.command {
             Command::Write { op, shape } => Request::Write {
@@ -172,6 +178,33 @@ impl Executor {
             return Started::Done(NodeError::TryAgain("the node is overloaded".into()).reply());
         }
         Started::Local { answer, retry }
+    }
+
+    /// Answers a single-key read from the store on this thread, when this
+    /// node leads with a lease published for connections (see
+    /// `LeaseGate`); `None` sends it the usual way, through the engine.
+    /// Reads of several keys take the engine's way: they must see one
+    /// state, and separate point reads could straddle a write.
+    fn read_on_lease(&self, op: &ReadOp) -> Option<Reply> {
+        let key = match op {
+            ReadOp::Get(key) | ReadOp::Strlen(key) => key,
+            _ => return None,
+        };
+        let gate = &self.engine.lease;
+        if !gate.open() {
+            return None;
+        }
+        let value = self.engine.reader.get(&kv::user_key(key)).ok()?;
+        // Still the only leader after the read: it read a state no
+        // acknowledged write is missing from.
+        if !gate.still_valid() {
+            return None;
+        }
+        bump(&self.engine.metrics.lease_reads);
+        Some(match op {
+            ReadOp::Strlen(_) => Reply::Integer(value.map_or(0, |v| v.len() as i64)),
+            _ => value.map_or(Reply::Null, |v| Reply::Bulk(v.into())),
+        })
     }
 
     fn forward(&self, addr: &str, retry: Retry) -> Started {
@@ -540,7 +573,7 @@ impl Connection {
             None => {}
             Some(b"2") => self.protocol = Protocol::Resp2,
             Some(b"3") => self.protocol = Protocol::Resp3,
-            Some(other) if crate::kv::parse_integer(other).is_some() => {
+            Some(other) if kv::parse_integer(other).is_some() => {
                 return Reply::Error("NOPROTO unsupported protocol version".into());
             }
             Some(_) => return Reply::err("Protocol version is not an integer or out of range"),

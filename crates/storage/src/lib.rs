@@ -79,4 +79,5 @@ pub use backup::{BackupError, BackupInfo, list_backups};
 pub use kv_stream::{KEY_BYTES_MAX, KeyValue, VALUE_BYTES_MAX};
 pub use store::{
     DataWrite, FORMAT_VERSION, OpenError, RocksStorage, SNAPSHOT_RECORD_BYTES, StateMachine,
+    StoreReader,
 };

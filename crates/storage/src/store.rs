@@ -178,6 +178,30 @@ pub struct RocksStorage {
     _block_cache: Cache,
 }
 
+/// Point reads of a store's state machine from any thread, while the
+/// store's owner goes on writing: each read sees the state at one moment
+/// (RocksDB point reads are atomic), and nothing more: whether that state
+/// is fresh enough is the caller's business. Cloning is cheap.
+#[derive(Clone)]
+pub struct StoreReader {
+    db: Arc<DB>,
+}
+
+impl fmt::Debug for StoreReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreReader").finish_non_exhaustive()
+    }
+}
+
+impl StoreReader {
+    /// The state machine's value for `key`, as it is now.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db
+            .get_cf(cf(&self.db, CF_DATA), key)
+            .map_err(|e| io_error("reading the state machine", e))
+    }
+}
+
 /// A column family's handle; borrowing only the database (not the whole
 /// store) lets callers update the cached state meanwhile.
 fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
@@ -496,9 +520,14 @@ impl RocksStorage {
 
     /// The state machine's value for `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db
-            .get_cf(cf(&self.db, CF_DATA), key)
-            .map_err(|e| io_error("reading the state machine", e))
+        self.reader().get(key)
+    }
+
+    /// A handle for point reads of the state machine from other threads.
+    pub fn reader(&self) -> StoreReader {
+        StoreReader {
+            db: Arc::clone(&self.db),
+        }
     }
 
     /// Up to `limit` pairs of the state machine whose keys are at or after
