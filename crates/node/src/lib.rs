@@ -34,7 +34,9 @@
 //!   `read_lease` the leader may instead hand out its commit index while
 //!   its lease lasts ([`lease`]): three quarters of the time for which a
 //!   quorum promised to elect no one else, by the monotonic clock (clock
-//!   rates must agree within that margin; pauses only shorten it).
+//!   rates must agree within that margin; pauses only shorten it). Its
+//!   connections then answer single-key reads from the store directly,
+//!   only if the lease held both before and after the read.
 //! - A ready is persisted (one synced RocksDB write) before its messages
 //!   leave and before anything it covers is applied or answered.
 //! - A client's bytes never make the server allocate past the request

@@ -22,7 +22,9 @@
 //!   key-value state machine: its snapshots are copies of the `data`
 //!   family at the applied index (never the whole state in memory), and
 //!   installing one replaces the family, finishing on the next open if a
-//!   crash cut it short;
+//!   crash cut it short; [`RocksStorage::begin_snapshot`] copies it on a
+//!   thread of its own while the owner goes on applying, and
+//!   [`StoreReader`] serves point reads of it to other threads;
 //! - [`RocksStorage::backup`] and [`RocksStorage::restore`] take
 //!   incremental backups with RocksDB's backup engine and restore them
 //!   into empty directories.

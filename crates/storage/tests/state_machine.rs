@@ -379,3 +379,19 @@ fn a_background_copy_is_refused_when_there_is_nothing_new() {
         Err(StorageError::Invalid(_))
     ));
 }
+
+#[test]
+fn a_reader_on_another_thread_sees_what_was_applied() {
+    let dir = TestDir::new();
+    let mut store = open(&dir);
+    let reader = store.reader();
+    fill(&mut store, 1, 2, 3, 1);
+    let seen = std::thread::spawn(move || reader.get(&key(2)).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(seen, Some(value(2, 1)));
+    let reader = store.reader();
+    store.append(&entries(3, 3, 2)).unwrap();
+    store.apply(&[DataWrite::Delete(&key(2))], 3, None).unwrap();
+    assert_eq!(reader.get(&key(2)).unwrap(), None, "a later apply shows");
+}
