@@ -304,6 +304,8 @@ struct Engine {
     snapshot_index: LogIndex,
     /// When the snapshot being copied in the background was started.
     snapshot_started: Option<Instant>,
+    /// No snapshot is tried before this (after one was refused).
+    snapshot_retry_at: Option<Instant>,
     /// Client keys as of the applied index (kept here: reading it from
     /// the store on every turn costs a memtable search).
     keys: u64,
@@ -343,6 +345,7 @@ impl Engine {
             connected_peers: config.peers.clone(),
             snapshot_index,
             snapshot_started: None,
+            snapshot_retry_at: None,
             keys: 0,
             rss_read_at: Instant::now() - Duration::from_secs(2),
             lease: LeaseClock::new(config.raft.election_ticks, config.tick),
@@ -923,13 +926,22 @@ impl Engine {
         }
         let applied = self.raft.storage().applied_index();
         let due = self.snapshot_index + self.config.snapshot_every + self.snapshot_offset();
-        if applied < due {
+        let now = Instant::now();
+        if applied < due || self.snapshot_retry_at.is_some_and(|at| now < at) {
             return;
         }
         let conf = self.raft.conf_state().clone();
         match self.raft.storage_mut().begin_snapshot(conf) {
-            Ok(_) => self.snapshot_started = Some(Instant::now()),
-            Err(error) => tracing::warn!(%error, "snapshot postponed"),
+            Ok(_) => {
+                self.snapshot_started = Some(now);
+                self.snapshot_retry_at = None;
+            }
+            Err(error) => {
+                // Typically a snapshot from the leader being received:
+                // try again in a second rather than on every turn.
+                tracing::warn!(%error, "snapshot postponed");
+                self.snapshot_retry_at = Some(now + Duration::from_secs(1));
+            }
         }
     }
 
