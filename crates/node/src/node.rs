@@ -64,8 +64,9 @@ pub struct NodeConfig {
     /// three quarters of a follower's election timeout. Linearizable as
     /// long as the nodes' clocks run at rates within a quarter of each
     /// other (a process pause only shortens the lease: it is measured by
-    /// the monotonic clock). Off by default: ReadIndex assumes nothing
-    /// about clocks.
+    /// the monotonic clock) and the leader's machine is not suspended
+    /// while it leads (Linux's monotonic clock stops then). Off by
+    /// default: ReadIndex assumes nothing about clocks.
     #[serde(default)]
     pub read_lease: bool,
     /// Milliseconds between Raft ticks (elections after 10-20 ticks).
