@@ -14,10 +14,15 @@
 //!   or isolate one node; crashes and restarts, including crashes in the
 //!   middle of a ready (before it is persisted, or after persisting but
 //!   before sending), where a node loses exactly what the ready contract
-//!   says it may; leader transfers. Nodes snapshot and compact their logs
+//!   says it may; process pauses of up to 400 ms (mostly the leader's:
+//!   ticks are missed, and on resuming its clients get in before what
+//!   its peers sent meanwhile); leader transfers. Nodes snapshot and compact their logs
 //!   every few dozen entries, so lagging nodes catch up by snapshot.
 //! - **Clients** write and read a few keys of a register store, through
-//!   whichever node they believe leads; reads go through ReadIndex.
+//!   whichever node they believe leads; reads go through ReadIndex, or,
+//!   for half the reads a leader with a live lease gets, on its lease
+//!   (runs with check-quorum turn `lease_reads` on; the lease is timed on
+//!   virtual time as drkv times it on the monotonic clock).
 //! - **Healing**: faults stop, crashed nodes restart; within four virtual
 //!   seconds a new write must commit (liveness), and after a quiet second
 //!   every node must hold the same state.

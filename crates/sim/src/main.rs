@@ -53,6 +53,7 @@ fn main() -> ExitCode {
                 totals.events += stats.events;
                 totals.writes_acked += stats.writes_acked;
                 totals.reads_answered += stats.reads_answered;
+                totals.lease_reads += stats.lease_reads;
                 totals.crashes += stats.crashes;
                 totals.snapshots_installed += stats.snapshots_installed;
                 if count == 1 {
@@ -66,12 +67,13 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "dr-sim: {count} seeds from {start}: {} passed, {failures} failed in {:.1} s ({} events, {} writes acked, {} reads, {} crashes, {} snapshots installed)",
+        "dr-sim: {count} seeds from {start}: {} passed, {failures} failed in {:.1} s ({} events, {} writes acked, {} reads ({} on a lease), {} crashes, {} snapshots installed)",
         count - failures,
         began.elapsed().as_secs_f64(),
         totals.events,
         totals.writes_acked,
         totals.reads_answered,
+        totals.lease_reads,
         totals.crashes,
         totals.snapshots_installed
     );

@@ -3,18 +3,20 @@
 //! messages and partitions nodes, crashes at any point of the ready cycle,
 //! clients writing and reading a key-value store, and the safety checks.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use dr_codec::message::{ConfState, EntryKind, LogIndex, Message, NodeId, Term};
 use dr_raft::{
-    Config, LogStore, MemStorage, ProposeError, RaftNode, ReadError, Ready, Role, Snapshot, Storage,
+    Config, LogStore, MemStorage, ProposeError, RaftNode, ReadError, ReadRounds, Ready, Role,
+    Snapshot, Storage,
 };
 
 use crate::linearizability::{self, Operation, RegisterOp};
 use crate::rng::Rng;
 
 const TICK_US: u64 = 10_000;
+const ELECTION_TICKS: u32 = 10;
 const CLIENT_TIMEOUT_US: u64 = 1_000_000;
 /// Time for the healed cluster to commit a new write.
 const LIVENESS_DEADLINE_US: u64 = 4_000_000;
@@ -42,6 +44,10 @@ pub struct RunStats {
     pub max_term: Term,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Reads answered on the leader's lease, without a round.
+    pub lease_reads: u64,
+    /// Process pauses.
+    pub pauses: u64,
 }
 
 type OpId = u64;
@@ -68,6 +74,47 @@ struct SimNode {
     /// Confirmed reads waiting for the apply: (op, read index).
     reads: Vec<(OpId, LogIndex)>,
     last_commit: LogIndex,
+    lease: SimLease,
+    /// A paused process (a GC pause, SIGSTOP): until this virtual time it
+    /// handles nothing, while time, and the other nodes, go on.
+    paused_until: u64,
+}
+
+/// How long a leader lease lasts after its confirmed round was first
+/// seen: three quarters of the `election_ticks - 1` ticks a follower that
+/// echoed it refuses votes for (as drkv's `LeaseClock`).
+const LEASE_US: u64 = (ELECTION_TICKS as u64 - 1) * TICK_US * 3 / 4;
+
+/// A leader lease on virtual time: each read round dated by its first
+/// sighting, taken before the messages of every ready leave.
+#[derive(Default)]
+struct SimLease {
+    term: Term,
+    seen_sent: u64,
+    unconfirmed: VecDeque<(u64, u64)>,
+    valid_until: u64,
+}
+
+impl SimLease {
+    fn observe(&mut self, rounds: ReadRounds, now: u64) {
+        if rounds.term != self.term {
+            *self = Self {
+                term: rounds.term,
+                ..Self::default()
+            };
+        }
+        if rounds.sent > self.seen_sent {
+            self.seen_sent = rounds.sent;
+            self.unconfirmed.push_back((rounds.sent, now));
+        }
+        while let Some(&(round, seen)) = self.unconfirmed.front() {
+            if round > rounds.confirmed {
+                break;
+            }
+            self.valid_until = self.valid_until.max(seen + LEASE_US);
+            self.unconfirmed.pop_front();
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -215,11 +262,13 @@ impl World {
         };
         for &id in &voters {
             let config = Config {
-                election_ticks: 10,
+                election_ticks: ELECTION_TICKS,
                 heartbeat_ticks: 2,
                 election_jitter_seed: seed.wrapping_mul(31).wrapping_add(id),
                 pre_vote,
                 check_quorum,
+                // Leases rest on leader stickiness, so they come with it.
+                lease_reads: check_quorum,
                 append_bytes_max: 200,
                 inflight_messages_max: 4,
                 inflight_bytes_max: 2_000,
@@ -242,6 +291,8 @@ impl World {
                     writes: BTreeMap::new(),
                     reads: Vec::new(),
                     last_commit: 0,
+                    lease: SimLease::default(),
+                    paused_until: 0,
                 },
             );
             world.restart(id);
@@ -293,15 +344,42 @@ impl World {
 
     fn handle(&mut self, event: Event) -> Result<(), String> {
         match event {
-            Event::Deliver(message) => self.deliver(message)?,
-            Event::Tick(id) => {
-                if let Some(raft) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
-                    raft.tick();
+            Event::Deliver(message) => match self.resumes_at(message.to) {
+                // What reached a paused process waits for it. Its clients
+                // get in first (below): a resumed process may answer them,
+                // as drkv's connection threads do, before its engine has
+                // read what the others said meanwhile.
+                Some(at) => {
+                    let after = at - self.now + self.rng.range(1_000, 3_000);
+                    self.schedule(after, Event::Deliver(message));
                 }
-                self.drive(id)?;
+                None => self.deliver(message)?,
+            },
+            Event::Tick(id) => {
+                // A paused process misses its ticks.
+                if self.resumes_at(id).is_none() {
+                    if let Some(raft) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+                        raft.tick();
+                    }
+                    self.drive(id)?;
+                }
                 self.schedule(TICK_US, Event::Tick(id));
             }
-            Event::ClientNext(client) => self.client_next(client)?,
+            Event::ClientNext(client) => {
+                match self.clients[client].and_then(|target| self.resumes_at(target)) {
+                    // Some clients wait for a paused node; others give up
+                    // on it and try another (so writes go on elsewhere).
+                    Some(at) if self.rng.chance(500_000) => {
+                        let after = at - self.now + self.rng.range(0, 1_000);
+                        self.schedule(after, Event::ClientNext(client));
+                    }
+                    Some(_) => {
+                        self.clients[client] = None;
+                        self.client_next(client)?;
+                    }
+                    None => self.client_next(client)?,
+                }
+            }
             Event::ClientTimeout(op) => self.finish(op, None),
             Event::Nemesis => self.nemesis()?,
             Event::Restart(id) => {
@@ -326,6 +404,12 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// When `id` resumes, if it is paused now.
+    fn resumes_at(&self, id: NodeId) -> Option<u64> {
+        let until = self.nodes.get(&id)?.paused_until;
+        (self.now < until).then_some(until)
     }
 
     fn deliver(&mut self, message: Message) -> Result<(), String> {
@@ -364,13 +448,20 @@ impl World {
     /// but before sending.
     fn drive(&mut self, id: NodeId) -> Result<(), String> {
         loop {
-            let Some(raft) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) else {
+            let now = self.now;
+            let Some(node) = self.nodes.get_mut(&id) else {
+                return Ok(());
+            };
+            let Some(raft) = node.raft.as_mut() else {
                 return Ok(());
             };
             if !raft.has_ready() {
                 return Ok(());
             }
             let ready = raft.ready();
+            // Before this ready's messages leave: a round is dated no
+            // later than its first send.
+            node.lease.observe(raft.read_rounds(), now);
             if self.crash_now() {
                 self.crash(id);
                 return Ok(());
@@ -530,6 +621,8 @@ impl World {
         };
         node.disk = raft.storage().clone();
         node.kv.clear();
+        node.lease = SimLease::default();
+        node.paused_until = 0;
         let writes: Vec<OpId> = node.writes.values().map(|&(_, op)| op).collect();
         let reads: Vec<OpId> = node.reads.iter().map(|&(op, _)| op).collect();
         node.writes.clear();
@@ -584,10 +677,22 @@ impl World {
             self.schedule(50_000, Event::ClientNext(client));
             return Ok(());
         }
+        let awake: Vec<NodeId> = running
+            .iter()
+            .copied()
+            .filter(|&id| self.resumes_at(id).is_none())
+            .collect();
         let target = match self.clients[client] {
             Some(id) if running.contains(&id) => id,
+            _ if !awake.is_empty() => self.rng.pick(&awake),
             _ => self.rng.pick(&running),
         };
+        if let Some(at) = self.resumes_at(target) {
+            // Only a paused node known: wait for it.
+            let after = at - self.now + self.rng.range(0, 1_000);
+            self.schedule(after, Event::ClientNext(client));
+            return Ok(());
+        }
         self.clients[client] = Some(target);
         let key = self.rng.range(0, self.keys);
         let op = if self.rng.chance(500_000) {
@@ -619,16 +724,30 @@ impl World {
                 Err(ProposeError::NotLeader { leader }) => Some(leader),
                 Err(_) => Some(None),
             },
-            ClientOp::Get => match raft.read_index(op_id) {
-                Ok(()) => None,
-                Err(ReadError::NotLeader { leader }) => Some(leader),
-                Err(_) => Some(None),
-            },
+            ClientOp::Get => {
+                // Half the reads a leased leader gets go on its lease.
+                let on_lease = raft
+                    .lease_read_index()
+                    .filter(|_| self.now < node.lease.valid_until && self.rng.chance(500_000));
+                match on_lease {
+                    Some(index) => {
+                        node.reads.push((op_id, index));
+                        self.stats.lease_reads += 1;
+                        None
+                    }
+                    None => match raft.read_index(op_id) {
+                        Ok(()) => None,
+                        Err(ReadError::NotLeader { leader }) => Some(leader),
+                        Err(_) => Some(None),
+                    },
+                }
+            }
         };
         if let Some(leader) = leader_hint {
             self.fail(op_id);
             self.clients[client] = leader;
         }
+        self.serve_reads(target);
         self.drive(target)
     }
 
@@ -736,6 +855,26 @@ impl World {
                     self.crash(victim);
                 }
             }
+            90..95 => {
+                // Pause a process, most often the leader, for up to a few
+                // election timeouts: the case leader leases must survive.
+                let running = self.running();
+                if !running.is_empty() {
+                    let leader = running.iter().copied().find(|id| {
+                        self.nodes[id]
+                            .raft
+                            .as_ref()
+                            .is_some_and(|r| r.role() == Role::Leader)
+                    });
+                    let victim = match leader {
+                        Some(leader) if self.rng.chance(750_000) => leader,
+                        _ => self.rng.pick(&running),
+                    };
+                    let pause = self.rng.range(20_000, 400_000);
+                    self.nodes.get_mut(&victim).expect("running").paused_until = self.now + pause;
+                    self.stats.pauses += 1;
+                }
+            }
             _ => {
                 let leader = self.running().into_iter().find(|id| {
                     self.nodes[id]
@@ -743,7 +882,7 @@ impl World {
                         .as_ref()
                         .is_some_and(|r| r.role() == Role::Leader)
                 });
-                if let Some(leader) = leader {
+                if let Some(leader) = leader.filter(|&id| self.resumes_at(id).is_none()) {
                     let target = self.rng.pick(&ids);
                     let raft = self.nodes.get_mut(&leader).and_then(|n| n.raft.as_mut());
                     let _ = raft.expect("running leader").transfer_leader(target);
