@@ -17,6 +17,9 @@ use crate::rng::Rng;
 
 const TICK_US: u64 = 10_000;
 const ELECTION_TICKS: u32 = 10;
+/// A resumed process takes up what waited for it over this long (its
+/// engine is slow to catch up; its clients are served meanwhile).
+const RESUME_SPREAD_US: u64 = 20_000;
 const CLIENT_TIMEOUT_US: u64 = 1_000_000;
 /// Time for the healed cluster to commit a new write.
 const LIVENESS_DEADLINE_US: u64 = 4_000_000;
@@ -350,7 +353,8 @@ impl World {
                 // as drkv's connection threads do, before its engine has
                 // read what the others said meanwhile.
                 Some(at) => {
-                    let after = at - self.now + self.rng.range(1_000, 3_000);
+                    let after =
+                        at - self.now + self.rng.range(RESUME_SPREAD_US, 2 * RESUME_SPREAD_US);
                     self.schedule(after, Event::Deliver(message));
                 }
                 None => self.deliver(message)?,
@@ -370,7 +374,7 @@ impl World {
                     // Some clients wait for a paused node; others give up
                     // on it and try another (so writes go on elsewhere).
                     Some(at) if self.rng.chance(500_000) => {
-                        let after = at - self.now + self.rng.range(0, 1_000);
+                        let after = at - self.now + self.rng.range(0, RESUME_SPREAD_US);
                         self.schedule(after, Event::ClientNext(client));
                     }
                     Some(_) => {
@@ -689,7 +693,7 @@ impl World {
         };
         if let Some(at) = self.resumes_at(target) {
             // Only a paused node known: wait for it.
-            let after = at - self.now + self.rng.range(0, 1_000);
+            let after = at - self.now + self.rng.range(0, RESUME_SPREAD_US);
             self.schedule(after, Event::ClientNext(client));
             return Ok(());
         }
