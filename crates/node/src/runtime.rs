@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::command::{ReadOp, ReplyShape, glob_match, write_reply};
 use crate::forward::Forwarder;
 use crate::kv::{self, MemberAddrs, Outcome, USER, WriteOp};
-use crate::lease::{LeaseClock, LeaseGate};
+use crate::lease::{LeaseClock, LeaseGate, lease_clock, lease_remaining};
 use crate::metrics::{Metrics, bump};
 use crate::resp::Reply;
 
@@ -348,7 +348,7 @@ impl Engine {
             snapshot_retry_at: None,
             keys: 0,
             rss_read_at: Instant::now() - Duration::from_secs(2),
-            lease: LeaseClock::new(config.raft.election_ticks, config.tick),
+            lease: lease_clock(config.raft.election_ticks, config.tick),
             gate: Arc::clone(&handle.lease),
             config,
         };
@@ -745,18 +745,18 @@ impl Engine {
     /// reads are on and the core allows one (so it closes before a
     /// `TimeoutNow` leaves: this runs before every ready's messages).
     fn publish_lease(&self) {
-        let lease = self
-            .config
-            .read_lease
-            .then(|| Some((self.lease.valid_until()?, self.raft.lease_read_index()?)))
-            .flatten();
+        let lease = if self.config.read_lease {
+            self.lease.valid_until().zip(self.raft.lease_read_index())
+        } else {
+            None
+        };
         self.gate.publish(lease);
     }
 
     /// The index a read may be served at on the leader's lease, when lease
     /// reads are on, the core allows one and the lease has not run out.
     fn lease_read_index(&self) -> Option<LogIndex> {
-        if !self.config.read_lease || self.lease.remaining(Instant::now()).is_zero() {
+        if !self.config.read_lease || !self.lease.holds_at(Instant::now()) {
             return None;
         }
         self.raft.lease_read_index()
@@ -770,7 +770,7 @@ impl Engine {
         if !self.config.read_lease || self.raft.lease_read_index().is_none() {
             return;
         }
-        let low = self.lease.remaining(Instant::now()) < self.lease.duration() / 2;
+        let low = lease_remaining(&self.lease, Instant::now()) < self.lease.duration() / 2;
         if low && !self.lease.round_in_flight() {
             // A context no read holds: the read state it yields is dropped.
             let context = self.next_read_context;

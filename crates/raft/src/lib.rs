@@ -113,7 +113,7 @@ pub use config::{Config, ConfigError};
 pub use error::{ProposeError, ReadError, StartError, StepError};
 pub use memory::MemStorage;
 pub use raft::{Proposal, RaftNode, Role, SoftState};
-pub use read::{ReadRounds, ReadState};
+pub use read::{LeaseTracker, ReadRounds, ReadState};
 pub use ready::{Ready, StagedChunk};
 pub use storage::{
     HardState, InitialState, LogStore, Snapshot, SnapshotChunk, Storage, StorageError,

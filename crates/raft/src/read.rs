@@ -15,6 +15,7 @@
 //! [`ReadError::LeadershipLost`], never dropped.
 
 use std::collections::VecDeque;
+use std::ops::Add;
 
 use dr_codec::message::{Heartbeat, LogIndex, MessageBody, NodeId, Term};
 
@@ -41,6 +42,89 @@ pub struct ReadRounds {
     pub sent: u64,
     /// The newest round a quorum has echoed.
     pub confirmed: u64,
+}
+
+/// The clock side of a leader lease, generic over the caller's instant
+/// type `I` and duration `D` (a monotonic clock, or a simulation's
+/// virtual time): it dates every read round by its first sighting and
+/// keeps the lease `duration` past the newest confirmed round's date.
+///
+/// Call [`observe`](Self::observe) before the messages of every ready
+/// leave, so a round is dated no later than its first send: a quorum that
+/// echoed it heard from the leader after that date, and each of its
+/// members refuses votes for an election timeout after hearing from it
+/// (see [`RaftNode::lease_read_index`]). `duration` must stay below that
+/// timeout, with a margin for clocks running at different rates. The
+/// tracker never extends a lease by itself: the caller starts rounds.
+#[derive(Clone, Debug)]
+pub struct LeaseTracker<I, D> {
+    duration: D,
+    term: Term,
+    /// The newest round seen sent.
+    seen_sent: u64,
+    /// Rounds sent but not yet confirmed, each with its first sighting.
+    unconfirmed: VecDeque<(u64, I)>,
+    valid_until: Option<I>,
+}
+
+impl<I: Copy + Ord + Add<D, Output = I>, D: Copy> LeaseTracker<I, D> {
+    /// A tracker whose leases last `duration` past their round's date.
+    pub fn new(duration: D) -> Self {
+        Self {
+            duration,
+            term: 0,
+            seen_sent: 0,
+            unconfirmed: VecDeque::new(),
+            valid_until: None,
+        }
+    }
+
+    /// How long a lease lasts after its round was first seen.
+    pub fn duration(&self) -> D {
+        self.duration
+    }
+
+    /// Takes in the core's read rounds at `now`; a new term ends the
+    /// lease.
+    pub fn observe(&mut self, rounds: ReadRounds, now: I) {
+        if rounds.term != self.term {
+            *self = Self {
+                term: rounds.term,
+                ..Self::new(self.duration)
+            };
+        }
+        if rounds.sent > self.seen_sent {
+            self.seen_sent = rounds.sent;
+            self.unconfirmed.push_back((rounds.sent, now));
+        }
+        let mut newest_confirmed = None;
+        while let Some(&(round, seen)) = self.unconfirmed.front() {
+            if round > rounds.confirmed {
+                break;
+            }
+            newest_confirmed = Some(seen);
+            self.unconfirmed.pop_front();
+        }
+        if let Some(seen) = newest_confirmed {
+            let until = seen + self.duration;
+            self.valid_until = Some(self.valid_until.map_or(until, |old| old.max(until)));
+        }
+    }
+
+    /// Until when the lease holds, if it was ever confirmed in this term.
+    pub fn valid_until(&self) -> Option<I> {
+        self.valid_until
+    }
+
+    /// Whether the lease holds at `now`.
+    pub fn holds_at(&self, now: I) -> bool {
+        self.valid_until.is_some_and(|until| now < until)
+    }
+
+    /// Whether a round is out that would renew the lease.
+    pub fn round_in_flight(&self) -> bool {
+        !self.unconfirmed.is_empty()
+    }
 }
 
 #[derive(Default)]
@@ -232,5 +316,47 @@ impl<S: Storage> RaftNode<S> {
         if !reads.unassigned.is_empty() && reads.round_confirmed == reads.round_sent {
             self.start_read_round();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rounds(term: Term, sent: u64, confirmed: u64) -> ReadRounds {
+        ReadRounds {
+            term,
+            sent,
+            confirmed,
+        }
+    }
+
+    #[test]
+    fn a_lease_runs_from_the_first_sighting_of_the_confirmed_round() {
+        let mut lease = LeaseTracker::<u64, u64>::new(70);
+        lease.observe(rounds(3, 1, 0), 100);
+        assert!(!lease.holds_at(100), "not confirmed yet");
+        assert!(lease.round_in_flight());
+        // Seen again later (a heartbeat repeating the round): still dated
+        // by its first sighting.
+        lease.observe(rounds(3, 1, 0), 110);
+        lease.observe(rounds(3, 1, 1), 120);
+        assert!(!lease.round_in_flight());
+        assert_eq!(lease.valid_until(), Some(170));
+        assert!(lease.holds_at(169) && !lease.holds_at(170));
+    }
+
+    #[test]
+    fn a_later_round_extends_and_a_new_term_ends_the_lease() {
+        let mut lease = LeaseTracker::<u64, u64>::new(70);
+        lease.observe(rounds(3, 1, 1), 100);
+        lease.observe(rounds(3, 2, 1), 130);
+        lease.observe(rounds(3, 3, 1), 140);
+        // Round 3 confirmed implies round 2: the lease runs from round 3.
+        lease.observe(rounds(3, 3, 3), 150);
+        assert_eq!(lease.valid_until(), Some(210));
+        lease.observe(rounds(4, 0, 0), 150);
+        assert_eq!(lease.valid_until(), None);
+        assert!(!lease.round_in_flight());
     }
 }

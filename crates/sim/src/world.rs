@@ -3,12 +3,12 @@
 //! messages and partitions nodes, crashes at any point of the ready cycle,
 //! clients writing and reading a key-value store, and the safety checks.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use dr_codec::message::{ConfState, EntryKind, LogIndex, Message, NodeId, Term};
 use dr_raft::{
-    Config, LogStore, MemStorage, ProposeError, RaftNode, ReadError, ReadRounds, Ready, Role,
+    Config, LeaseTracker, LogStore, MemStorage, ProposeError, RaftNode, ReadError, Ready, Role,
     Snapshot, Storage,
 };
 
@@ -88,37 +88,9 @@ struct SimNode {
 /// echoed it refuses votes for (as drkv's `LeaseClock`).
 const LEASE_US: u64 = (ELECTION_TICKS as u64 - 1) * TICK_US * 3 / 4;
 
-/// A leader lease on virtual time: each read round dated by its first
-/// sighting, taken before the messages of every ready leave.
-#[derive(Default)]
-struct SimLease {
-    term: Term,
-    seen_sent: u64,
-    unconfirmed: VecDeque<(u64, u64)>,
-    valid_until: u64,
-}
-
-impl SimLease {
-    fn observe(&mut self, rounds: ReadRounds, now: u64) {
-        if rounds.term != self.term {
-            *self = Self {
-                term: rounds.term,
-                ..Self::default()
-            };
-        }
-        if rounds.sent > self.seen_sent {
-            self.seen_sent = rounds.sent;
-            self.unconfirmed.push_back((rounds.sent, now));
-        }
-        while let Some(&(round, seen)) = self.unconfirmed.front() {
-            if round > rounds.confirmed {
-                break;
-            }
-            self.valid_until = self.valid_until.max(seen + LEASE_US);
-            self.unconfirmed.pop_front();
-        }
-    }
-}
+/// A leader lease on virtual time (µs): dr-raft's tracker, as drkv uses
+/// it on the monotonic clock.
+type SimLease = LeaseTracker<u64, u64>;
 
 #[derive(Clone, Copy)]
 enum ClientOp {
@@ -294,7 +266,7 @@ impl World {
                     writes: BTreeMap::new(),
                     reads: Vec::new(),
                     last_commit: 0,
-                    lease: SimLease::default(),
+                    lease: SimLease::new(LEASE_US),
                     paused_until: 0,
                 },
             );
@@ -625,7 +597,7 @@ impl World {
         };
         node.disk = raft.storage().clone();
         node.kv.clear();
-        node.lease = SimLease::default();
+        node.lease = SimLease::new(LEASE_US);
         node.paused_until = 0;
         let writes: Vec<OpId> = node.writes.values().map(|&(_, op)| op).collect();
         let reads: Vec<OpId> = node.reads.iter().map(|&(op, _)| op).collect();
@@ -732,7 +704,7 @@ impl World {
                 // Half the reads a leased leader gets go on its lease.
                 let on_lease = raft
                     .lease_read_index()
-                    .filter(|_| self.now < node.lease.valid_until && self.rng.chance(500_000));
+                    .filter(|_| node.lease.holds_at(self.now) && self.rng.chance(500_000));
                 match on_lease {
                     Some(index) => {
                         node.reads.push((op_id, index));

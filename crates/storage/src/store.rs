@@ -196,10 +196,16 @@ impl fmt::Debug for StoreReader {
 impl StoreReader {
     /// The state machine's value for `key`, as it is now.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db
-            .get_cf(cf(&self.db, CF_DATA), key)
-            .map_err(|e| io_error("reading the state machine", e))
+        get_data(&self.db, key)
     }
+}
+
+/// A point read of the data family: the store's own reads and a
+/// [`StoreReader`]'s share it (the store's without cloning a handle: it
+/// runs for every key a write touches).
+fn get_data(db: &DB, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    db.get_cf(cf(db, CF_DATA), key)
+        .map_err(|e| io_error("reading the state machine", e))
 }
 
 /// A column family's handle; borrowing only the database (not the whole
@@ -520,7 +526,7 @@ impl RocksStorage {
 
     /// The state machine's value for `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.reader().get(key)
+        get_data(&self.db, key)
     }
 
     /// A handle for point reads of the state machine from other threads.
@@ -599,20 +605,9 @@ impl RocksStorage {
                 copy.meta.index
             )));
         }
-        if let Some((receiving, _)) = &self.cached.staged {
-            return Err(StorageError::Invalid(format!(
-                "a snapshot at index {} is being received; not snapshotting now",
-                receiving.index
-            )));
-        }
+        self.refuse_while_receiving()?;
         let index = self.cached.applied;
-        let current = self.cached.snapshot.index;
-        if index <= current {
-            return Err(StorageError::SnapshotOutOfDate {
-                offered: index,
-                current,
-            });
-        }
+        self.refuse_out_of_date(index)?;
         let meta = SnapshotMeta {
             index,
             term: self.term(index)?,
@@ -655,6 +650,30 @@ impl RocksStorage {
         self.add_slot_switch(&mut batch, meta.clone(), len);
         self.commit(batch, "switching in a snapshot");
         Some(meta.index)
+    }
+
+    /// A snapshot at `index` would not be newer than the current one.
+    fn refuse_out_of_date(&self, index: LogIndex) -> Result<(), StorageError> {
+        let current = self.cached.snapshot.index;
+        if index <= current {
+            return Err(StorageError::SnapshotOutOfDate {
+                offered: index,
+                current,
+            });
+        }
+        Ok(())
+    }
+
+    /// Copying the state machine would overwrite the staging slot under
+    /// the chunks arriving for a newer state: let that finish.
+    fn refuse_while_receiving(&self) -> Result<(), StorageError> {
+        if let Some((receiving, _)) = &self.cached.staged {
+            return Err(StorageError::Invalid(format!(
+                "a snapshot at index {} is being received; not snapshotting now",
+                receiving.index
+            )));
+        }
+        Ok(())
     }
 
     /// Stops a copy in progress (its slot is about to be reused).
@@ -1263,13 +1282,7 @@ impl LogStore for RocksStorage {
         conf_state: ConfState,
         data: Bytes,
     ) -> Result<(), StorageError> {
-        let current = self.cached.snapshot.index;
-        if index <= current {
-            return Err(StorageError::SnapshotOutOfDate {
-                offered: index,
-                current,
-            });
-        }
+        self.refuse_out_of_date(index)?;
         let term = self.term(index)?;
         let meta = SnapshotMeta {
             index,
@@ -1283,14 +1296,7 @@ impl LogStore for RocksStorage {
                 (batch, data.len() as u64)
             }
             StateMachine::DataFamily => {
-                if let Some((receiving, _)) = &self.cached.staged {
-                    // The copy would overwrite the staging slot under the
-                    // chunks arriving for a newer state: let that finish.
-                    return Err(StorageError::Invalid(format!(
-                        "a snapshot at index {} is being received; not snapshotting now",
-                        receiving.index
-                    )));
-                }
+                self.refuse_while_receiving()?;
                 if !data.is_empty() || index != self.cached.applied {
                     return Err(StorageError::Invalid(format!(
                         "a store that is its own state machine snapshots its data at the \
