@@ -16,8 +16,10 @@
 //! a portable scalar one that runs everywhere and x86_64 vector ones
 //! (SSE4.2 with PCLMULQDQ, AVX2 with VPCLMULQDQ). The first call detects the
 //! CPU's features ([`CpuFeatures`]), picks the fastest kernel it can run
-//! and caches its function pointer in a `OnceLock`; every later call pays
-//! one atomic load and an indirect call. Keys of up to 64 bytes never reach
+//! and caches its function pointer (CRC32C in a `OnceLock`; `eq` and
+//! `compare` in an `AtomicPtr` that starts out pointing at a resolver);
+//! every later call pays one atomic load and an indirect call, as a call
+//! into glibc's `memcmp` through the GOT does. Keys of up to 64 bytes never reach
 //! the pointer: they are compared inline with overlapping word loads.
 //! Every kernel can also be called directly (`Crc32cKernel::Scalar.update`)
 //! so tests and benches can compare them on one machine.

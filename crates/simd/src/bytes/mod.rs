@@ -13,6 +13,8 @@ mod x86;
 
 use std::cmp::Ordering;
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicPtr;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::cpu::CpuFeatures;
 
@@ -119,11 +121,46 @@ impl BytesKernel {
     }
 }
 
-/// Picks the kernel once per process; later calls pay one atomic load.
-#[inline]
-fn dispatched() -> KernelFns {
+/// The dispatched `compare` kernel, or until the first long comparison
+/// [`resolve_compare`]. A plain atomic pointer rather than a `OnceLock`:
+/// the hot path is then one load and one indirect call, as a call into
+/// glibc's `memcmp` through the GOT is.
+static COMPARE: AtomicPtr<()> = AtomicPtr::new(resolve_compare as *mut ());
+/// The dispatched `eq` kernel, or until the first long comparison
+/// [`resolve_eq`].
+static EQ: AtomicPtr<()> = AtomicPtr::new(resolve_eq as *mut ());
+
+type CompareFn = unsafe fn(&[u8], &[u8]) -> Ordering;
+type EqFn = unsafe fn(&[u8], &[u8]) -> bool;
+
+/// Picks the kernel once per process (racing first calls pick the same one).
+fn chosen() -> KernelFns {
     static CHOSEN: OnceLock<KernelFns> = OnceLock::new();
     *CHOSEN.get_or_init(|| BytesKernel::best().fns())
+}
+
+/// Stands in [`COMPARE`] until the first call, which stores the chosen
+/// kernel there and runs it.
+///
+/// # Safety
+/// None beyond the slices' own validity; `unsafe` only to share
+/// [`CompareFn`]'s type.
+unsafe fn resolve_compare(a: &[u8], b: &[u8]) -> Ordering {
+    let kernel = chosen().compare;
+    COMPARE.store(kernel as *mut (), Relaxed);
+    // SAFETY: `chosen` returns functions of an available kernel.
+    unsafe { kernel(a, b) }
+}
+
+/// Stands in [`EQ`] until the first call, as [`resolve_compare`] does.
+///
+/// # Safety
+/// None; `unsafe` only to share [`EqFn`]'s type.
+unsafe fn resolve_eq(a: &[u8], b: &[u8]) -> bool {
+    let kernel = chosen().eq;
+    EQ.store(kernel as *mut (), Relaxed);
+    // SAFETY: `chosen` returns functions of an available kernel.
+    unsafe { kernel(a, b) }
 }
 
 /// Whether `a` and `b` hold the same bytes; same answer as `a == b`.
@@ -158,20 +195,26 @@ pub fn compare(a: &[u8], b: &[u8]) -> Ordering {
     compare_dispatched(a, b)
 }
 
-// The long-key paths stay out of line: inlined, they would make every
-// caller of `eq` and `compare` save registers even for short keys; out of
-// line they are a direct call that tail-jumps into the kernel.
+// The long-key paths are one load and an indirect call: `Relaxed` is
+// enough, as every value the pointers ever hold is a complete, valid
+// function (there is no data published alongside).
 
-#[inline(never)]
+#[inline(always)]
 fn eq_dispatched(a: &[u8], b: &[u8]) -> bool {
-    // SAFETY: `dispatched` returns functions of an available kernel.
-    unsafe { (dispatched().eq)(a, b) }
+    // SAFETY: `EQ` only ever holds `resolve_eq` or the `eq` of a kernel
+    // `chosen` checked, both `EqFn`s cast to a data pointer.
+    let kernel = unsafe { std::mem::transmute::<*mut (), EqFn>(EQ.load(Relaxed)) };
+    // SAFETY: as above, the kernel runs on this CPU.
+    unsafe { kernel(a, b) }
 }
 
-#[inline(never)]
+#[inline(always)]
 fn compare_dispatched(a: &[u8], b: &[u8]) -> Ordering {
-    // SAFETY: `dispatched` returns functions of an available kernel.
-    unsafe { (dispatched().compare)(a, b) }
+    // SAFETY: `COMPARE` only ever holds `resolve_compare` or the `compare`
+    // of a kernel `chosen` checked, both `CompareFn`s cast to a data pointer.
+    let kernel = unsafe { std::mem::transmute::<*mut (), CompareFn>(COMPARE.load(Relaxed)) };
+    // SAFETY: as above, the kernel runs on this CPU.
+    unsafe { kernel(a, b) }
 }
 
 fn eq_with(fns: KernelFns, a: &[u8], b: &[u8]) -> bool {
