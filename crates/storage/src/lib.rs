@@ -80,6 +80,6 @@ mod store;
 pub use backup::{BackupError, BackupInfo, list_backups};
 pub use kv_stream::{KEY_BYTES_MAX, KeyValue, VALUE_BYTES_MAX};
 pub use store::{
-    DataWrite, FORMAT_VERSION, OpenError, RocksStorage, SNAPSHOT_RECORD_BYTES, StateMachine,
-    StoreReader,
+    DataWrite, FORMAT_VERSION, OpenError, ReadRefused, RocksStorage, SNAPSHOT_RECORD_BYTES,
+    StateMachine, StoreReader,
 };

@@ -7,7 +7,8 @@ use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use bytes::Bytes;
 use dr_codec::frame::{CodecConfig, decode_entry, encode_entry};
@@ -175,16 +176,68 @@ pub struct RocksStorage {
     state_machine: StateMachine,
     /// A snapshot being copied on its own thread.
     copy: Option<SnapshotCopy>,
+    /// Shared with every [`StoreReader`].
+    installs: Arc<InstallCounter>,
     _block_cache: Cache,
 }
 
 /// Point reads of a store's state machine from any thread, while the
 /// store's owner goes on writing: each read sees the state at one moment
-/// (RocksDB point reads are atomic), and nothing more: whether that state
-/// is fresh enough is the caller's business. Cloning is cheap.
+/// (RocksDB point reads are atomic, and every apply is one write), and
+/// nothing more: whether that state is fresh enough is the caller's
+/// business. Cloning is cheap.
+///
+/// A snapshot install rewrites the data family in several writes; a read
+/// that overlapped one is refused ([`ReadRefused::Installing`]) rather than
+/// answered from a state that is half the old one and half the new.
 #[derive(Clone)]
 pub struct StoreReader {
     db: Arc<DB>,
+    installs: Arc<InstallCounter>,
+}
+
+/// Why a [`StoreReader`] gave no answer.
+#[derive(Debug)]
+pub enum ReadRefused {
+    /// A snapshot install was rewriting the state machine during the
+    /// read: ask the store's owner, who does not read while installing.
+    Installing,
+    /// Reading the medium failed.
+    Storage(StorageError),
+}
+
+impl fmt::Display for ReadRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Installing => f.write_str("a snapshot install overlapped the read"),
+            Self::Storage(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadRefused {}
+
+/// Counts snapshot installs into the data family, seqlock-style: odd while
+/// one is writing, so a reader that saw the same even count before and
+/// after its read knows no install touched it.
+#[derive(Debug, Default)]
+struct InstallCounter(AtomicU64);
+
+impl InstallCounter {
+    /// Marks an install under way until the returned guard drops (also on
+    /// an early error return).
+    fn begin(&self) -> InstallGuard<'_> {
+        self.0.fetch_add(1, SeqCst);
+        InstallGuard(self)
+    }
+}
+
+struct InstallGuard<'a>(&'a InstallCounter);
+
+impl Drop for InstallGuard<'_> {
+    fn drop(&mut self) {
+        self.0.0.fetch_add(1, SeqCst);
+    }
 }
 
 impl fmt::Debug for StoreReader {
@@ -195,8 +248,16 @@ impl fmt::Debug for StoreReader {
 
 impl StoreReader {
     /// The state machine's value for `key`, as it is now.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        get_data(&self.db, key)
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReadRefused> {
+        let before = self.installs.0.load(SeqCst);
+        if before % 2 == 1 {
+            return Err(ReadRefused::Installing);
+        }
+        let value = get_data(&self.db, key).map_err(ReadRefused::Storage)?;
+        if self.installs.0.load(SeqCst) != before {
+            return Err(ReadRefused::Installing);
+        }
+        Ok(value)
     }
 }
 
@@ -276,6 +337,7 @@ impl RocksStorage {
             codec: CodecConfig::default(),
             state_machine,
             copy: None,
+            installs: Arc::default(),
             _block_cache: block_cache,
         };
         store.check_format_version()?;
@@ -533,6 +595,7 @@ impl RocksStorage {
     pub fn reader(&self) -> StoreReader {
         StoreReader {
             db: Arc::clone(&self.db),
+            installs: Arc::clone(&self.installs),
         }
     }
 
@@ -930,6 +993,8 @@ impl RocksStorage {
     /// batches, then clears the install marker. Idempotent, so a crash
     /// midway is finished by running it again on open.
     fn finish_data_install(&mut self) -> Result<(), StorageError> {
+        let installs = Arc::clone(&self.installs);
+        let _installing = installs.begin();
         let data = cf(&self.db, CF_DATA);
         let mut batch = WriteBatch::default();
         let everything_after: &[u8] = &[];

@@ -9,7 +9,7 @@ use dr_codec::message::{ConfState, SnapshotMeta};
 use dr_raft::conformance::entries;
 use dr_raft::{LogStore, Ready, StagedChunk, Storage, StorageError};
 use dr_storage::options::{CF_DATA, CF_META, CF_RAFT_LOG, CF_RAFT_STATE};
-use dr_storage::{DataWrite, OpenError, RocksStorage, StateMachine};
+use dr_storage::{DataWrite, OpenError, ReadRefused, RocksStorage, StateMachine};
 use support::TestDir;
 
 const CHUNK_BYTES: u64 = 64 << 10;
@@ -394,4 +394,53 @@ fn a_reader_on_another_thread_sees_what_was_applied() {
     store.append(&entries(3, 3, 2)).unwrap();
     store.apply(&[DataWrite::Delete(&key(2))], 3, None).unwrap();
     assert_eq!(reader.get(&key(2)).unwrap(), None, "a later apply shows");
+}
+
+#[test]
+fn a_reader_never_answers_from_a_half_installed_snapshot() {
+    // Enough data for the install to take several writes (4 MiB each).
+    const KEYS: usize = 12_000;
+    let (source_dir, target_dir) = (TestDir::new(), TestDir::new());
+    let mut source = open(&source_dir);
+    fill(&mut source, 1, 10, KEYS, 1);
+    source
+        .create_snapshot(10, conf(), Bytes::new())
+        .expect("snapshot");
+    let meta = source.snapshot_meta().unwrap();
+    let mut target = open(&target_dir);
+    fill(&mut target, 1, 3, KEYS, 9);
+
+    let reader = target.reader();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reading = {
+        let done = std::sync::Arc::clone(&done);
+        std::thread::spawn(move || {
+            let (mut answered, mut refused) = (0u64, 0u64);
+            let mut i = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                // Keys from the end: the install writes them last.
+                let k = KEYS - 1 - i % 64;
+                match reader.get(&key(k)) {
+                    Ok(Some(seen)) => {
+                        assert!(
+                            seen == value(k, 9) || seen == value(k, 1),
+                            "key {k}: a value of neither state"
+                        );
+                        answered += 1;
+                    }
+                    Ok(None) => panic!("key {k} read as absent: a half-installed state"),
+                    Err(ReadRefused::Installing) => refused += 1,
+                    Err(error) => panic!("read failed: {error}"),
+                }
+                i += 1;
+            }
+            (answered, refused)
+        })
+    };
+    transfer(&source, &mut target, &meta).expect("transfer");
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (answered, refused) = reading.join().expect("the reader saw whole states");
+    assert!(answered > 0, "reads were answered around the install");
+    assert!(refused > 0, "reads overlapping the install were refused");
+    assert_eq!(target.reader().get(&key(7)).unwrap(), Some(value(7, 1)));
 }
