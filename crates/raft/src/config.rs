@@ -48,6 +48,10 @@ pub struct Config {
     pub uncommitted_bytes_max: u64,
     /// Payload bytes of committed entries handed out in one ready.
     pub ready_committed_bytes_max: u64,
+    /// Payload bytes of recently persisted entries kept in memory, so
+    /// that applying them and sending them to a follower a little behind
+    /// need not read them back from the store (0: keep none).
+    pub entry_cache_bytes_max: u64,
     /// Bytes of snapshot data in one install-snapshot chunk.
     pub snapshot_chunk_bytes: u64,
     /// Snapshot chunks in flight to one follower.
@@ -77,6 +81,7 @@ impl Config {
             inflight_bytes_max: 32 << 20,
             uncommitted_bytes_max: 256 << 20,
             ready_committed_bytes_max: 64 << 20,
+            entry_cache_bytes_max: 8 << 20,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_chunks_inflight_max: 4,
             pending_reads_max: 1 << 16,

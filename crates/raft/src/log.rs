@@ -1,10 +1,27 @@
 //! [`RaftLog`]: the log as the consensus core sees it, the durable part in
 //! a [`Storage`] plus the unstable tail (entries and at most one snapshot)
 //! that the next ready hands to the runtime to persist.
+//!
+//! Entries stay in memory a while after they are persisted (the *entry
+//! cache*, bounded in bytes): the ready that applies them and the appends
+//! to a follower a little behind come right after, and reading them back
+//! from the store would cost an iterator and a decode each time. The cache
+//! always holds exactly what the store holds at those indexes: it is cut
+//! where an append replaces the store's tail, and emptied by a snapshot.
+
+use std::collections::VecDeque;
 
 use dr_codec::message::{Entry, LogIndex, SnapshotMeta, Term};
 
 use crate::storage::{Storage, StorageError};
+
+/// What an entry costs the cache beyond its payload (its fields and the
+/// `Bytes` handle), so that empty entries count too.
+const CACHED_ENTRY_OVERHEAD: u64 = 64;
+
+fn cache_cost(entry: &Entry) -> u64 {
+    entry.payload.len() as u64 + CACHED_ENTRY_OVERHEAD
+}
 
 pub(crate) struct RaftLog<S> {
     pub(crate) storage: S,
@@ -13,6 +30,11 @@ pub(crate) struct RaftLog<S> {
     /// Entries not yet persisted: `unstable[i].index == unstable_offset + i`.
     unstable: Vec<Entry>,
     unstable_offset: LogIndex,
+    /// Persisted entries kept in memory: the stored ones just below
+    /// `unstable_offset`, `cached[i].index == unstable_offset - len + i`.
+    cached: VecDeque<Entry>,
+    cached_bytes: u64,
+    cache_bytes_max: u64,
     /// The highest index known committed; never goes backwards.
     pub(crate) committed: LogIndex,
     /// The highest index the runtime has applied.
@@ -20,13 +42,21 @@ pub(crate) struct RaftLog<S> {
 }
 
 impl<S: Storage> RaftLog<S> {
-    pub(crate) fn new(storage: S, committed: LogIndex, applied: LogIndex) -> Self {
+    pub(crate) fn new(
+        storage: S,
+        committed: LogIndex,
+        applied: LogIndex,
+        cache_bytes_max: u64,
+    ) -> Self {
         let unstable_offset = storage.last_index() + 1;
         let log = Self {
             storage,
             unstable_snapshot: None,
             unstable: Vec::new(),
             unstable_offset,
+            cached: VecDeque::new(),
+            cached_bytes: 0,
+            cache_bytes_max,
             committed,
             applied,
         };
@@ -113,19 +143,20 @@ impl<S: Storage> RaftLog<S> {
         }
         let mut entries = Vec::new();
         let mut bytes = 0u64;
-        if low < self.unstable_offset {
+        let cached_from = self.cached_offset();
+        if low < cached_from {
             entries = self
                 .storage
-                .entries(low, high.min(self.unstable_offset), max_bytes)?;
+                .entries(low, high.min(cached_from), max_bytes)?;
             bytes = entries.iter().map(|e| e.payload.len() as u64).sum();
             let stored_end = low + entries.len() as u64;
-            if stored_end < high.min(self.unstable_offset) {
+            if stored_end < high.min(cached_from) {
                 return Ok(entries);
             }
         }
-        let from = low.max(self.unstable_offset);
+        let from = low.max(cached_from);
         for index in from..high {
-            let Some(entry) = self.unstable.get((index - self.unstable_offset) as usize) else {
+            let Some(entry) = self.in_memory(index) else {
                 break;
             };
             bytes += entry.payload.len() as u64;
@@ -135,6 +166,21 @@ impl<S: Storage> RaftLog<S> {
             entries.push(entry.clone());
         }
         Ok(entries)
+    }
+
+    /// The first index the entry cache holds (`unstable_offset` when it
+    /// holds none).
+    fn cached_offset(&self) -> LogIndex {
+        self.unstable_offset - self.cached.len() as u64
+    }
+
+    /// The entry at `index` from the cache or the unstable tail.
+    fn in_memory(&self, index: LogIndex) -> Option<&Entry> {
+        if index >= self.unstable_offset {
+            return self.unstable.get((index - self.unstable_offset) as usize);
+        }
+        let position = index.checked_sub(self.cached_offset())?;
+        self.cached.get(position as usize)
     }
 
     /// The first index in `entries` whose term differs from this log's, or
@@ -166,7 +212,15 @@ impl<S: Storage> RaftLog<S> {
         );
         if after <= self.unstable_offset {
             // The store's entries from `after` on are replaced when the
-            // runtime persists these (the append contract truncates).
+            // runtime persists these (the append contract truncates); the
+            // cache keeps only what stays.
+            let kept = self
+                .cached
+                .len()
+                .saturating_sub((self.unstable_offset - after) as usize);
+            for dropped in self.cached.drain(kept..) {
+                self.cached_bytes -= cache_cost(&dropped);
+            }
             self.unstable.clear();
             self.unstable_offset = after;
         } else {
@@ -209,6 +263,7 @@ impl<S: Storage> RaftLog<S> {
         );
         self.committed = snapshot.index;
         self.unstable.clear();
+        self.clear_cache();
         self.unstable_offset = snapshot.index + 1;
         self.unstable_snapshot = Some(snapshot);
     }
@@ -230,11 +285,36 @@ impl<S: Storage> RaftLog<S> {
         self.unstable_snapshot.as_ref()
     }
 
-    /// The runtime persisted everything unstable.
+    /// The runtime persisted everything unstable: the entries move to the
+    /// cache, whose oldest go once it is over its budget.
     pub(crate) fn persisted(&mut self) {
+        if self.unstable_snapshot.take().is_some() {
+            // `restore` emptied the cache when the snapshot arrived.
+            debug_assert!(self.cached.is_empty());
+        }
         self.unstable_offset = self.last_index() + 1;
-        self.unstable.clear();
-        self.unstable_snapshot = None;
+        for entry in self.unstable.drain(..) {
+            self.cached_bytes += cache_cost(&entry);
+            self.cached.push_back(entry);
+        }
+        while self.cached_bytes > self.cache_bytes_max {
+            let Some(oldest) = self.cached.pop_front() else {
+                break;
+            };
+            self.cached_bytes -= cache_cost(&oldest);
+        }
+        debug_assert!(
+            self.cached
+                .iter()
+                .zip(self.cached_offset()..)
+                .all(|(entry, index)| entry.index == index),
+            "the entry cache holds a contiguous run ending at the stored tail"
+        );
+    }
+
+    fn clear_cache(&mut self) {
+        self.cached.clear();
+        self.cached_bytes = 0;
     }
 
     /// The latest snapshot's metadata, to send to a follower.
@@ -254,7 +334,7 @@ mod tests {
     fn log_with(stored: &[Entry], unstable: &[Entry]) -> RaftLog<MemStorage> {
         let mut storage = MemStorage::new();
         storage.append(stored).unwrap();
-        let mut log = RaftLog::new(storage, 0, 0);
+        let mut log = RaftLog::new(storage, 0, 0, 1 << 20);
         log.append(unstable);
         log
     }
@@ -273,6 +353,87 @@ mod tests {
         );
         let one = log.slice(2, 7, 0).unwrap();
         assert_eq!(one.len(), 1, "at least one entry always comes back");
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<LogIndex> {
+        entries.iter().map(|e| e.index).collect()
+    }
+
+    /// Entries whose payload is `[source]`, to tell which copy a read
+    /// returned.
+    fn marked(from: LogIndex, to: LogIndex, term: Term, source: u8) -> Vec<Entry> {
+        let mut marked = entries(from, to, term);
+        for entry in &mut marked {
+            entry.payload = bytes::Bytes::from(vec![source]);
+        }
+        marked
+    }
+
+    const STORE: u8 = b's';
+    const CACHE: u8 = b'c';
+
+    fn sources(entries: &[Entry]) -> Vec<u8> {
+        entries.iter().map(|e| e.payload[0]).collect()
+    }
+
+    /// A log over a store holding `1..=stored` whose entries
+    /// `stored+1..=last` were appended and persisted (copies marked
+    /// `STORE` in the store, `CACHE` in the log), with a cache of
+    /// `budget` bytes.
+    fn persisted_log(stored: LogIndex, last: LogIndex, budget: u64) -> RaftLog<MemStorage> {
+        let mut storage = MemStorage::new();
+        storage.append(&marked(1, last, 1, STORE)).unwrap();
+        let mut log = RaftLog::new(storage, 0, 0, budget);
+        log.unstable_offset = stored + 1;
+        log.append(&marked(stored + 1, last, 1, CACHE));
+        log.persisted();
+        log
+    }
+
+    #[test]
+    fn persisted_entries_are_read_from_the_cache() {
+        let mut log = persisted_log(3, 6, 1 << 20);
+        assert_eq!(log.unstable_entries(), &[]);
+        let read = log.slice(2, 7, u64::MAX).unwrap();
+        assert_eq!(indexes(&read), vec![2, 3, 4, 5, 6]);
+        assert_eq!(sources(&read), b"ssccc");
+        log.append_one(marked(7, 7, 1, CACHE).remove(0));
+        assert_eq!(sources(&log.slice(5, 8, u64::MAX).unwrap()), b"ccc");
+    }
+
+    #[test]
+    fn an_append_that_replaces_the_stored_tail_cuts_the_cache() {
+        let mut log = persisted_log(3, 6, 1 << 20);
+        log.append(&marked(5, 5, 2, b'n'));
+        let read = log.slice(4, 6, u64::MAX).unwrap();
+        assert_eq!(indexes(&read), vec![4, 5]);
+        assert_eq!(sources(&read), b"cn", "4 cached, 5 the new one");
+        log.append(&marked(2, 2, 3, b'n'));
+        assert!(log.cached.is_empty(), "everything cached was at or after 2");
+        assert_eq!(log.cached_bytes, 0);
+    }
+
+    #[test]
+    fn the_cache_keeps_its_budget_and_falls_back_to_the_store() {
+        let budget = 3 * (1 + CACHED_ENTRY_OVERHEAD);
+        let log = persisted_log(10, 15, budget);
+        assert_eq!(log.cached_bytes, budget);
+        let read = log.slice(9, 16, u64::MAX).unwrap();
+        assert_eq!(indexes(&read), (9..=15).collect::<Vec<_>>());
+        assert_eq!(sources(&read), b"ssssccc", "the oldest two were dropped");
+        let none = persisted_log(10, 15, 0);
+        assert_eq!(sources(&none.slice(11, 16, u64::MAX).unwrap()), b"sssss");
+    }
+
+    #[test]
+    fn a_snapshot_empties_the_cache() {
+        let mut log = persisted_log(3, 6, 1 << 20);
+        log.restore(SnapshotMeta {
+            index: 9,
+            term: 2,
+            ..SnapshotMeta::default()
+        });
+        assert!(log.cached.is_empty() && log.cached_bytes == 0);
     }
 
     #[test]

@@ -137,7 +137,7 @@ impl<S: Storage> RaftNode<S> {
             vote: hard_state.vote,
             leader: None,
             role: Role::Follower,
-            log: RaftLog::new(storage, committed, applied),
+            log: RaftLog::new(storage, committed, applied, config.entry_cache_bytes_max),
             quorum: JointConfig::from_conf_state(&initial.conf_state),
             conf: initial.conf_state,
             progress: BTreeMap::new(),

@@ -249,6 +249,9 @@ impl World {
                 inflight_bytes_max: 2_000,
                 snapshot_chunk_bytes: 48,
                 snapshot_chunks_inflight_max: 2,
+                // No entry cache, one that keeps a few entries (so reads
+                // straddle it and the store), or one that keeps them all.
+                entry_cache_bytes_max: [0, 400, 8 << 20][(seed / 7 % 3) as usize],
                 ..Config::new(id)
             };
             let mut disk = MemStorage::new();
