@@ -111,7 +111,8 @@ pub enum Outcome {
     Set {
         /// The condition held and the value was written.
         written: bool,
-        /// The value before the command.
+        /// The value before the command, when the applier asked for it
+        /// (`wants_old` of [`apply_entries`]); `None` otherwise.
         old: Option<Bytes>,
     },
     /// A count or a number (`DEL`, `INCR`, `APPEND`, `CAS`).
@@ -342,21 +343,90 @@ pub struct Applied {
     pub member_changed: bool,
 }
 
+/// Which client keys exist, for the keys the apply path wrote or read
+/// since it was last cleared. Most writes need only that of their key's
+/// old state (for the key count: `SET`, `MSET`, `DEL`, `NX`/`XX`), and a
+/// hit spares the store read, which is most of an apply's cost.
+///
+/// Invariant: what it says is what the store holds, because every write
+/// of a client key goes through [`apply_entries`], which records it; the
+/// one other writer, a snapshot install, must be followed by
+/// [`clear`](Self::clear). Bounded: past its limit it starts over.
+#[derive(Debug)]
+pub struct PresenceCache {
+    known: HashMap<Vec<u8>, bool>,
+    keys_max: usize,
+}
+
+impl Default for PresenceCache {
+    fn default() -> Self {
+        Self::with_limit(PRESENCE_KEYS_MAX)
+    }
+}
+
+/// Keys a [`PresenceCache`] remembers by default (a few tens of MiB).
+pub const PRESENCE_KEYS_MAX: usize = 256 << 10;
+
+impl PresenceCache {
+    /// A cache that remembers at most `keys_max` keys.
+    pub fn with_limit(keys_max: usize) -> Self {
+        Self {
+            known: HashMap::new(),
+            keys_max,
+        }
+    }
+
+    /// Forgets everything (after the store changed behind the apply path).
+    pub fn clear(&mut self) {
+        self.known = HashMap::new();
+    }
+
+    /// How many keys it remembers.
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Whether it remembers none.
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
+    fn get(&self, stored_key: &[u8]) -> Option<bool> {
+        self.known.get(stored_key).copied()
+    }
+
+    fn record(&mut self, stored_key: &[u8], present: bool) {
+        if let Some(known) = self.known.get_mut(stored_key) {
+            *known = present;
+            return;
+        }
+        if self.known.len() >= self.keys_max {
+            self.known.clear();
+        }
+        self.known.insert(stored_key.to_vec(), present);
+    }
+}
+
 /// Applies committed entries in one atomic storage batch (with the new
 /// applied index and configuration) and returns each entry's outcome.
 /// Later entries of the batch see the earlier ones' writes. `keys` is the
 /// number of client keys before (the caller keeps it, so no apply reads
-/// it back) and after.
+/// it back) and after. `wants_old(index)`: whether the outcome of the
+/// entry at `index` must carry the old value (`SET ... GET`, `GETSET`: a
+/// client waits on this node for it); other writes read only whether their
+/// key existed, which `presence` often knows.
 pub fn apply_entries(
     store: &mut RocksStorage,
     entries: &[Entry],
     conf_state: Option<&ConfState>,
     keys: &mut u64,
+    presence: &mut PresenceCache,
+    wants_old: impl Fn(LogIndex) -> bool,
 ) -> Result<Vec<Applied>, StorageError> {
     let Some(last) = entries.last() else {
         return Ok(Vec::new());
     };
-    let mut batch = ApplyBatch::new(store, *keys);
+    let mut batch = ApplyBatch::new(store, *keys, &mut *presence);
     let mut applied = Vec::with_capacity(entries.len());
     for entry in entries {
         let mut member_changed = false;
@@ -364,7 +434,7 @@ pub fn apply_entries(
             EntryKind::Normal => match WriteOp::decode(&entry.payload) {
                 Ok(op) => {
                     member_changed = matches!(op, WriteOp::Member { .. });
-                    batch.apply(op)?
+                    batch.apply(op, wants_old(entry.index))?
                 }
                 Err(error) => {
                     tracing::error!(index = entry.index, error = %error.0, "a log entry is not a command; skipped");
@@ -390,6 +460,13 @@ pub fn apply_entries(
         })
         .collect();
     store.apply(&writes, last.index, conf_state)?;
+    // Stored: from now on the cache may say so.
+    for write in writes
+        .iter()
+        .filter(|write| write.key().first() == Some(&USER))
+    {
+        presence.record(write.key(), matches!(write, DataWrite::Put(..)));
+    }
     *keys = after;
     Ok(applied)
 }
@@ -398,6 +475,7 @@ pub fn apply_entries(
 /// written, so later entries read what earlier ones wrote.
 struct ApplyBatch<'a> {
     store: &'a RocksStorage,
+    presence: &'a mut PresenceCache,
     pending: HashMap<Vec<u8>, Option<Bytes>>,
     /// Client keys before the batch and now.
     keys_before: u64,
@@ -405,21 +483,38 @@ struct ApplyBatch<'a> {
 }
 
 impl<'a> ApplyBatch<'a> {
-    fn new(store: &'a RocksStorage, keys: u64) -> Self {
+    fn new(store: &'a RocksStorage, keys: u64, presence: &'a mut PresenceCache) -> Self {
         Self {
             store,
+            presence,
             pending: HashMap::new(),
             keys_before: keys,
             keys,
         }
     }
 
-    fn read(&self, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
+    fn read(&mut self, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
         let stored = user_key(key);
-        match self.pending.get(&stored) {
-            Some(value) => Ok(value.clone()),
-            None => Ok(self.store.get(&stored)?.map(Bytes::from)),
+        if let Some(value) = self.pending.get(&stored) {
+            return Ok(value.clone());
         }
+        let value = self.store.get(&stored)?.map(Bytes::from);
+        self.presence.record(&stored, value.is_some());
+        Ok(value)
+    }
+
+    /// Whether the key exists, without its value when that is known.
+    fn exists(&mut self, key: &[u8]) -> Result<bool, StorageError> {
+        let stored = user_key(key);
+        if let Some(value) = self.pending.get(&stored) {
+            return Ok(value.is_some());
+        }
+        if let Some(present) = self.presence.get(&stored) {
+            return Ok(present);
+        }
+        let present = self.store.get(&stored)?.is_some();
+        self.presence.record(&stored, present);
+        Ok(present)
     }
 
     /// Writes (or with `None` deletes) a client key, keeping the count.
@@ -432,28 +527,33 @@ impl<'a> ApplyBatch<'a> {
         self.pending.insert(user_key(key), value);
     }
 
-    fn apply(&mut self, op: WriteOp) -> Result<Outcome, StorageError> {
+    fn apply(&mut self, op: WriteOp, wants_old: bool) -> Result<Outcome, StorageError> {
         Ok(match op {
             WriteOp::Set {
                 key,
                 value,
                 condition,
             } => {
-                let old = self.read(&key)?;
+                let (existed, old) = if wants_old {
+                    let old = self.read(&key)?;
+                    (old.is_some(), old)
+                } else {
+                    (self.exists(&key)?, None)
+                };
                 let written = match condition {
                     SetCondition::Always => true,
-                    SetCondition::IfAbsent => old.is_none(),
-                    SetCondition::IfPresent => old.is_some(),
+                    SetCondition::IfAbsent => !existed,
+                    SetCondition::IfPresent => existed,
                 };
                 if written {
-                    self.write(&key, Some(value), old.is_some());
+                    self.write(&key, Some(value), existed);
                 }
                 Outcome::Set { written, old }
             }
             WriteOp::Delete(keys) => {
                 let mut removed = 0;
                 for key in keys {
-                    if self.read(&key)?.is_some() {
+                    if self.exists(&key)? {
                         self.write(&key, None, true);
                         removed += 1;
                     }
@@ -462,7 +562,7 @@ impl<'a> ApplyBatch<'a> {
             }
             WriteOp::SetMany(pairs) => {
                 for (key, value) in pairs {
-                    let existed = self.read(&key)?.is_some();
+                    let existed = self.exists(&key)?;
                     self.write(&key, Some(value), existed);
                 }
                 Outcome::Done
@@ -603,6 +703,126 @@ mod tests {
                 let _ = WriteOp::decode(&Bytes::from(flipped));
             }
         }
+    }
+
+    /// A store in a fresh directory, removed on drop.
+    struct TempStore {
+        store: Option<RocksStorage>,
+        dir: std::path::PathBuf,
+    }
+
+    impl TempStore {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "drkv-kv-{name}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            let store = RocksStorage::open(&dir, dr_storage::StateMachine::DataFamily)
+                .expect("a fresh store opens");
+            Self {
+                store: Some(store),
+                dir,
+            }
+        }
+
+        fn store(&mut self) -> &mut RocksStorage {
+            self.store.as_mut().expect("open until dropped")
+        }
+    }
+
+    impl Drop for TempStore {
+        fn drop(&mut self) {
+            drop(self.store.take());
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// A random op on one of eight keys (xorshift: reproducible).
+    fn random_op(state: &mut u64) -> WriteOp {
+        let mut next = |bound: u64| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            *state % bound
+        };
+        let key = |k: u64| Bytes::from(format!("key-{k}"));
+        match next(6) {
+            0 | 1 => WriteOp::Set {
+                key: key(next(8)),
+                value: Bytes::from(format!("v{}", next(100))),
+                condition: [
+                    SetCondition::Always,
+                    SetCondition::IfAbsent,
+                    SetCondition::IfPresent,
+                ][next(3) as usize],
+            },
+            2 => WriteOp::Delete((0..=next(3)).map(|_| key(next(8))).collect()),
+            3 => WriteOp::SetMany((0..=next(3)).map(|_| (key(next(8)), "m".into())).collect()),
+            4 => WriteOp::IncrementBy {
+                key: key(next(8)),
+                delta: 1,
+            },
+            _ => WriteOp::CompareAndSet {
+                key: key(next(8)),
+                expected: "".into(),
+                new: "c".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn applying_with_a_warm_presence_cache_matches_reading_the_store() {
+        // `warm` keeps one small cache (it fills and starts over);
+        // `cold` starts every batch with an empty one, so reads the store.
+        let (mut warm, mut cold) = (TempStore::new("warm"), TempStore::new("cold"));
+        let mut warm_cache = PresenceCache::with_limit(5);
+        let (mut warm_keys, mut cold_keys) = (0u64, 0u64);
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut index = 0;
+        for _batch in 0..300 {
+            let entries: Vec<Entry> = (0..1 + state % 5)
+                .map(|_| {
+                    index += 1;
+                    Entry {
+                        term: 1,
+                        index,
+                        kind: EntryKind::Normal,
+                        payload: random_op(&mut state).encode(),
+                    }
+                })
+                .collect();
+            let wants_old = |index: LogIndex| index.is_multiple_of(3);
+            let got = apply_entries(
+                warm.store(),
+                &entries,
+                None,
+                &mut warm_keys,
+                &mut warm_cache,
+                wants_old,
+            )
+            .expect("applies");
+            let expected = apply_entries(
+                cold.store(),
+                &entries,
+                None,
+                &mut cold_keys,
+                &mut PresenceCache::default(),
+                wants_old,
+            )
+            .expect("applies");
+            assert_eq!(format!("{got:?}"), format!("{expected:?}"));
+            assert_eq!(warm_keys, cold_keys);
+            assert_eq!(key_count(warm.store()).unwrap(), warm_keys);
+        }
+        let stored = |store: &mut RocksStorage| store.scan(b"", usize::MAX).expect("scan");
+        assert_eq!(stored(warm.store()), stored(cold.store()));
+        let client_keys = stored(cold.store())
+            .iter()
+            .filter(|(key, _)| key.first() == Some(&USER))
+            .count() as u64;
+        assert_eq!(cold_keys, client_keys, "the count is the number of keys");
     }
 
     #[test]

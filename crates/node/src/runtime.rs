@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::command::{ReadOp, ReplyShape, glob_match, write_reply};
 use crate::forward::Forwarder;
-use crate::kv::{self, MemberAddrs, Outcome, USER, WriteOp};
+use crate::kv::{self, MemberAddrs, Outcome, PresenceCache, USER, WriteOp};
 use crate::lease::{LeaseClock, LeaseGate, lease_clock, lease_remaining};
 use crate::metrics::{Metrics, bump};
 use crate::resp::Reply;
@@ -309,6 +309,8 @@ struct Engine {
     /// Client keys as of the applied index (kept here: reading it from
     /// the store on every turn costs a memtable search).
     keys: u64,
+    /// Which client keys exist, as far as applies have seen.
+    presence: PresenceCache,
     rss_read_at: Instant,
     /// The leader lease, as this node's clock sees it.
     lease: LeaseClock,
@@ -347,6 +349,7 @@ impl Engine {
             snapshot_started: None,
             snapshot_retry_at: None,
             keys: 0,
+            presence: PresenceCache::default(),
             rss_read_at: Instant::now() - Duration::from_secs(2),
             lease: lease_clock(config.raft.election_ticks, config.tick),
             gate: Arc::clone(&handle.lease),
@@ -660,6 +663,8 @@ impl Engine {
                 )));
             }
         }
+        // The install rewrote the data behind the apply path.
+        self.presence.clear();
         self.reload_members();
         self.reload_key_count();
         self.sync_peers(&snapshot.conf_state);
@@ -681,9 +686,19 @@ impl Engine {
             }
             return;
         }
-        let results =
-            kv::apply_entries(self.raft.storage_mut(), entries, conf_state, &mut self.keys)
-                .unwrap_or_else(|error| panic!("cannot apply committed entries: {error}"));
+        let results = kv::apply_entries(
+            self.raft.storage_mut(),
+            entries,
+            conf_state,
+            &mut self.keys,
+            &mut self.presence,
+            |index| {
+                self.writes
+                    .get(&index)
+                    .is_some_and(|(_, _, shape)| *shape == Some(ReplyShape::OldValue))
+            },
+        )
+        .unwrap_or_else(|error| panic!("cannot apply committed entries: {error}"));
         self.metrics
             .entries_applied
             .fetch_add(entries.len() as u64, Relaxed);
