@@ -21,8 +21,8 @@ use crate::message::{
 };
 use crate::message::{
     ArchivedAppendEntries, ArchivedConfState, ArchivedEntry, ArchivedEntryKind, ArchivedMessage,
-    ArchivedMessageBody, ArchivedSnapshotMeta, ConfState, Entry, EntryKind, Message, MessageBody,
-    SnapshotMeta,
+    ArchivedMessageBody, ArchivedSnapshotMeta, ConfState, Entry, EntryKind, LogIndex, Message,
+    MessageBody, SnapshotMeta, Term,
 };
 
 /// The first four bytes of every frame.
@@ -488,15 +488,74 @@ impl<'a> MessagesView<'a> {
     /// entries from a received frame into a log.
     pub fn entries_of(&self, index: usize) -> Option<impl Iterator<Item = Entry> + 'a> {
         let frame = self.frame;
+        Some(
+            self.archived_entries_of(index)?
+                .iter()
+                .map(move |entry| decode_entry_archived(frame, entry)),
+        )
+    }
+
+    /// The entries of the `index`th message if it is an append, read in
+    /// place: each payload borrows the frame, so nothing is counted or
+    /// allocated per entry (an [`Entry`] holds a `Bytes` slice, whose
+    /// reference count each one raises and lowers). For looking at
+    /// entries; [`EntryRef::to_entry`] makes an owned one.
+    pub fn entry_refs_of(&self, index: usize) -> Option<impl Iterator<Item = EntryRef<'a>> + 'a> {
+        Some(self.archived_entries_of(index)?.iter().map(EntryRef::from))
+    }
+
+    fn archived_entries_of(&self, index: usize) -> Option<&'a ArchivedVec<ArchivedEntry>> {
         match &self.messages.get(index)?.body {
-            ArchivedMessageBody::AppendEntries(append) => Some(
-                append
-                    .entries
-                    .iter()
-                    .map(move |entry| decode_entry_archived(frame, entry)),
-            ),
+            ArchivedMessageBody::AppendEntries(append) => Some(&append.entries),
             _ => None,
         }
+    }
+}
+
+/// A checked log entry read in place from its frame: the payload borrows
+/// the frame's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    /// The entry's term.
+    pub term: Term,
+    /// The entry's index.
+    pub index: LogIndex,
+    /// What the entry holds.
+    pub kind: EntryKind,
+    /// The payload, inside the frame.
+    pub payload: &'a [u8],
+}
+
+impl<'a> From<&'a ArchivedEntry> for EntryRef<'a> {
+    fn from(entry: &'a ArchivedEntry) -> Self {
+        Self {
+            term: entry.term.to_native(),
+            index: entry.index.to_native(),
+            kind: decode_entry_kind(&entry.kind),
+            payload: entry.payload.as_slice(),
+        }
+    }
+}
+
+impl EntryRef<'_> {
+    /// The owned entry, its payload a slice of `frame` (the frame this
+    /// entry was read from; another buffer panics, as `Bytes::slice_ref`
+    /// does).
+    pub fn to_entry(&self, frame: &Bytes) -> Entry {
+        Entry {
+            term: self.term,
+            index: self.index,
+            kind: self.kind,
+            payload: frame.slice_ref(self.payload),
+        }
+    }
+}
+
+fn decode_entry_kind(kind: &ArchivedEntryKind) -> EntryKind {
+    match kind {
+        ArchivedEntryKind::Normal => EntryKind::Normal,
+        ArchivedEntryKind::ConfChange => EntryKind::ConfChange,
+        ArchivedEntryKind::Noop => EntryKind::Noop,
     }
 }
 
@@ -515,16 +574,7 @@ impl EntryView<'_> {
 }
 
 fn decode_entry_archived(frame: &Bytes, entry: &ArchivedEntry) -> Entry {
-    Entry {
-        term: entry.term.to_native(),
-        index: entry.index.to_native(),
-        kind: match entry.kind {
-            ArchivedEntryKind::Normal => EntryKind::Normal,
-            ArchivedEntryKind::ConfChange => EntryKind::ConfChange,
-            ArchivedEntryKind::Noop => EntryKind::Noop,
-        },
-        payload: frame.slice_ref(entry.payload.as_slice()),
-    }
+    EntryRef::from(entry).to_entry(frame)
 }
 
 fn decode_ids(ids: &ArchivedVec<rkyv::Archived<u64>>) -> Vec<u64> {

@@ -62,6 +62,12 @@ fn steady_state_encode_and_decode_allocate_nothing() {
             decoded_bytes += entry.payload.len();
         }
         assert_eq!(decoded_bytes, 64 * 256);
+        let borrowed: usize = view
+            .entry_refs_of(0)
+            .expect("an append")
+            .map(|entry| entry.payload.len())
+            .sum();
+        assert_eq!(borrowed, 64 * 256);
     };
     for _ in 0..3 {
         round();

@@ -4,7 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use dr_codec::frame::{
-    CodecConfig, Frame, decode_entry, decode_frame, decode_messages, encode_entry, encode_messages,
+    CodecConfig, EntryRef, Frame, decode_entry, decode_frame, decode_messages, encode_entry,
+    encode_messages,
 };
 use dr_codec::message::{
     AppendEntries, AppendEntriesResponse, ConfState, Entry, EntryKind, Heartbeat,
@@ -212,6 +213,20 @@ fn entries_can_be_read_without_collecting_the_message() {
     assert_eq!(indexes, [11, 12, 13]);
     assert!(view.entries_of(0).is_none(), "a vote has no entries");
     assert!(view.entries_of(100).is_none());
+    // In place: the same entries, payloads inside the frame's bytes.
+    let owned: Vec<Entry> = view.entries_of(2).expect("an append").collect();
+    let refs: Vec<EntryRef<'_>> = view.entry_refs_of(2).expect("an append").collect();
+    assert_eq!(refs.len(), owned.len());
+    let frame_bytes = frame.as_ptr_range();
+    for (borrowed, entry) in refs.iter().zip(&owned) {
+        assert_eq!(borrowed.to_entry(&frame), *entry);
+        assert_eq!(
+            (borrowed.term, borrowed.index, borrowed.kind),
+            (entry.term, entry.index, entry.kind)
+        );
+        assert!(frame_bytes.contains(&borrowed.payload.as_ptr()) || borrowed.payload.is_empty());
+    }
+    assert!(view.entry_refs_of(0).is_none() && view.entry_refs_of(100).is_none());
 }
 
 #[test]
