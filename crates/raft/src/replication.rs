@@ -79,12 +79,15 @@ impl<S: Storage> RaftNode<S> {
         while let Some(peer) = self.progress.keys().nth(position).copied() {
             position += 1;
             if peer != self.id {
-                self.send_appends(peer);
+                self.send_appends(peer, false);
             }
         }
     }
 
-    fn send_appends(&mut self, peer: NodeId) {
+    /// Sends `peer` appends within its window. `check_tail`: send one
+    /// even when nothing is new, an empty one right after what was sent
+    /// last, which the follower rejects if an earlier append was lost.
+    fn send_appends(&mut self, peer: NodeId, mut check_tail: bool) {
         loop {
             let progress = &self.progress[&peer];
             if progress.state == ProgressState::Snapshot {
@@ -98,7 +101,7 @@ impl<S: Storage> RaftNode<S> {
             let wants_commit = progress.commit_sent < self.log.committed;
             let probing = progress.state == ProgressState::Probe;
             let last_index = self.log.last_index();
-            if next > last_index && !wants_commit && !probing {
+            if next > last_index && !wants_commit && !probing && !check_tail {
                 return;
             }
             let prev_log_index = next - 1;
@@ -130,6 +133,7 @@ impl<S: Storage> RaftNode<S> {
                 entries,
             };
             self.send(peer, self.term, MessageBody::AppendEntries(append));
+            check_tail = false;
             if last_sent.is_none() {
                 return;
             }
@@ -402,7 +406,15 @@ impl<S: Storage> RaftNode<S> {
         };
         progress.heard_heartbeat_answer(&self.config);
         progress.read_round_acked = progress.read_round_acked.max(response.read_context);
+        // A follower still short of the log after a heartbeat round may
+        // have lost appends (a dropped connection), and in the replicate
+        // state nothing would be resent until the next proposal: check
+        // the tail now, as etcd's raft does.
+        let behind = progress.matched < self.log.last_index();
         self.confirm_reads();
+        if behind {
+            self.send_appends(from, true);
+        }
         Ok(())
     }
 

@@ -467,6 +467,26 @@ fn a_leader_sending_before_its_own_write_counts_itself_only_after_advance() {
     assert_eq!(cluster.node(1).commit_index(), proposal.index);
 }
 
+/// A follower whose last appends were lost (a dropped connection) while
+/// no further writes come is brought up to date by the heartbeats alone.
+#[test]
+fn a_follower_that_lost_the_last_appends_catches_up_without_new_writes() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.propose(1, "seen");
+    cluster.cut.insert((1, 3));
+    let last = cluster.propose(1, "lost on the way to 3");
+    assert!(cluster.node(3).last_index() < last.index);
+    cluster.heal();
+    cluster.tick_all(5);
+    assert_eq!(cluster.node(3).last_index(), last.index);
+    assert_eq!(cluster.node(3).commit_index(), last.index);
+    assert_eq!(
+        cluster.applied_payloads(3).last().map(|p| &p[..]),
+        Some(&b"lost on the way to 3"[..])
+    );
+}
+
 fn lease_config(id: NodeId) -> Config {
     Config {
         lease_reads: true,
