@@ -48,6 +48,12 @@ pub struct Config {
     pub uncommitted_bytes_max: u64,
     /// Payload bytes of committed entries handed out in one ready.
     pub ready_committed_bytes_max: u64,
+    /// The runtime may settle readies before their entries are durable
+    /// ([`crate::RaftNode::advance_persisting`], then
+    /// [`crate::RaftNode::on_persisted`]), so its turn never waits for a
+    /// sync. Committed entries are then handed out only once this node has
+    /// persisted them.
+    pub async_persist: bool,
     /// Payload bytes of recently persisted entries kept in memory, so
     /// that applying them and sending them to a follower a little behind
     /// need not read them back from the store (0: keep none).
@@ -82,6 +88,7 @@ impl Config {
             uncommitted_bytes_max: 256 << 20,
             ready_committed_bytes_max: 64 << 20,
             entry_cache_bytes_max: 8 << 20,
+            async_persist: false,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_chunks_inflight_max: 4,
             pending_reads_max: 1 << 16,

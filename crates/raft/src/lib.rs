@@ -35,6 +35,14 @@
 //! the entries are persisted, so a leader crash can never lose an entry it
 //! counted.
 //!
+//! With [`Config::async_persist`] the runtime may instead write a ready's
+//! entries and hard state on another thread: it settles the ready with
+//! `advance_persisting()`, holds the messages that wait for the write, and
+//! reports the write's end with `on_persisted(number)`. The promises stay
+//! the same (messages leave after what they promise is durable; the
+//! leader counts its entries once written); committed entries are then
+//! handed out only once this node holds them durably.
+//!
 //! ## Invariants, asserted in production code
 //!
 //! - One leader per term: a node never becomes leader twice in a term, and

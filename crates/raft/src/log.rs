@@ -30,6 +30,8 @@ pub(crate) struct RaftLog<S> {
     /// Entries not yet persisted: `unstable[i].index == unstable_offset + i`.
     unstable: Vec<Entry>,
     unstable_offset: LogIndex,
+    /// How many of `unstable` a ready has handed out (being persisted).
+    handed_out: usize,
     /// Persisted entries kept in memory: the stored ones just below
     /// `unstable_offset`, `cached[i].index == unstable_offset - len + i`.
     cached: VecDeque<Entry>,
@@ -54,6 +56,7 @@ impl<S: Storage> RaftLog<S> {
             unstable_snapshot: None,
             unstable: Vec::new(),
             unstable_offset,
+            handed_out: 0,
             cached: VecDeque::new(),
             cached_bytes: 0,
             cache_bytes_max,
@@ -223,9 +226,13 @@ impl<S: Storage> RaftLog<S> {
             }
             self.unstable.clear();
             self.unstable_offset = after;
+            self.handed_out = 0;
         } else {
-            self.unstable
-                .truncate((after - self.unstable_offset) as usize);
+            let kept = (after - self.unstable_offset) as usize;
+            self.unstable.truncate(kept);
+            // Replaced entries are handed out again; a write of the old
+            // ones still under way is recognized by its term when it ends.
+            self.handed_out = self.handed_out.min(kept);
         }
         self.unstable.extend_from_slice(entries);
     }
@@ -263,6 +270,7 @@ impl<S: Storage> RaftLog<S> {
         );
         self.committed = snapshot.index;
         self.unstable.clear();
+        self.handed_out = 0;
         self.clear_cache();
         self.unstable_offset = snapshot.index + 1;
         self.unstable_snapshot = Some(snapshot);
@@ -277,8 +285,35 @@ impl<S: Storage> RaftLog<S> {
         self.unstable_offset - 1
     }
 
+    #[cfg(test)]
     pub(crate) fn unstable_entries(&self) -> &[Entry] {
         &self.unstable
+    }
+
+    /// The unstable entries no ready has handed out yet.
+    pub(crate) fn entries_to_hand_out(&self) -> &[Entry] {
+        &self.unstable[self.handed_out..]
+    }
+
+    /// The next ready hands out every unstable entry.
+    pub(crate) fn hand_out(&mut self) {
+        self.handed_out = self.unstable.len();
+    }
+
+    /// The runtime persisted the entries up to `index`, which had `term`:
+    /// they move to the cache, unless the log no longer holds that entry
+    /// (a conflicting append replaced it while it was being written; the
+    /// replacement's own write is still to come).
+    pub(crate) fn persisted_to(&mut self, index: LogIndex, term: Term) {
+        if index < self.unstable_offset || !self.matches_term(index, term) {
+            return;
+        }
+        let count = (index + 1 - self.unstable_offset) as usize;
+        let rest = self.unstable.split_off(count);
+        let stable = std::mem::replace(&mut self.unstable, rest);
+        self.unstable_offset = index + 1;
+        self.handed_out = self.handed_out.saturating_sub(count);
+        self.cache(stable);
     }
 
     pub(crate) fn unstable_snapshot(&self) -> Option<&SnapshotMeta> {
@@ -293,7 +328,15 @@ impl<S: Storage> RaftLog<S> {
             debug_assert!(self.cached.is_empty());
         }
         self.unstable_offset = self.last_index() + 1;
-        for entry in self.unstable.drain(..) {
+        self.handed_out = 0;
+        let stable = std::mem::take(&mut self.unstable);
+        self.cache(stable);
+    }
+
+    /// Appends just-persisted entries to the cache, dropping its oldest
+    /// while it is over budget.
+    fn cache(&mut self, stable: Vec<Entry>) {
+        for entry in stable {
             self.cached_bytes += cache_cost(&entry);
             self.cached.push_back(entry);
         }
@@ -434,6 +477,54 @@ mod tests {
             ..SnapshotMeta::default()
         });
         assert!(log.cached.is_empty() && log.cached_bytes == 0);
+    }
+
+    #[test]
+    fn entries_handed_out_are_not_handed_out_again_until_replaced() {
+        let mut log = log_with(&entries(1, 3, 1), &entries(4, 6, 1));
+        assert_eq!(indexes(log.entries_to_hand_out()), vec![4, 5, 6]);
+        log.hand_out();
+        assert!(log.entries_to_hand_out().is_empty());
+        log.append_one(entries(7, 7, 1).remove(0));
+        assert_eq!(indexes(log.entries_to_hand_out()), vec![7]);
+        log.hand_out();
+        // A conflicting append replaces 6 and 7: they go out again.
+        log.append(&entries(6, 6, 2));
+        assert_eq!(indexes(log.entries_to_hand_out()), vec![6]);
+        log.append(&entries(3, 3, 3));
+        assert_eq!(indexes(log.entries_to_hand_out()), vec![3]);
+    }
+
+    #[test]
+    fn a_finished_write_stabilizes_only_entries_the_log_still_holds() {
+        let mut log = log_with(&entries(1, 3, 1), &entries(4, 6, 1));
+        log.hand_out();
+        log.storage.append(&entries(4, 6, 1)).unwrap();
+        log.persisted_to(5, 1);
+        assert_eq!(log.stable_last_index(), 5);
+        assert_eq!(indexes(log.unstable_entries()), vec![6]);
+        assert_eq!(indexes(log.entries_to_hand_out()), Vec::<LogIndex>::new());
+        // 6 is replaced (term 2) while its first write is under way: that
+        // write ending must not make the replacement count as durable.
+        log.append(&entries(6, 6, 2));
+        log.persisted_to(6, 1);
+        assert_eq!(log.stable_last_index(), 5);
+        log.hand_out();
+        log.storage.append(&entries(6, 6, 2)).unwrap();
+        log.persisted_to(6, 2);
+        assert_eq!(log.stable_last_index(), 6);
+        assert!(log.unstable_entries().is_empty());
+        assert_eq!(
+            sources_of_terms(&log.slice(4, 7, u64::MAX).unwrap()),
+            vec![1, 1, 2]
+        );
+        // A write the log has already moved past is ignored.
+        log.persisted_to(3, 1);
+        assert_eq!(log.stable_last_index(), 6);
+    }
+
+    fn sources_of_terms(entries: &[Entry]) -> Vec<Term> {
+        entries.iter().map(|e| e.term).collect()
     }
 
     #[test]

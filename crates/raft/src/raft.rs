@@ -102,6 +102,11 @@ pub struct RaftNode<S> {
     pub(crate) last_hard_state: HardState,
     pub(crate) last_soft_state: SoftState,
     pub(crate) outstanding: Option<ReadyMark>,
+    /// Readies settled with `advance_persisting` whose writes have not
+    /// ended, oldest first.
+    pub(crate) persisting: std::collections::VecDeque<crate::ready::PersistingReady>,
+    /// Readies handed out so far (the last one's number).
+    pub(crate) readies_handed_out: u64,
     /// The highest term in which this node has seen itself lead, to
     /// assert one leader per term.
     pub(crate) led_term: Term,
@@ -116,17 +121,18 @@ impl<S: Storage> RaftNode<S> {
         let initial = storage.initial_state().map_err(StartError::Storage)?;
         let hard_state = initial.hard_state;
         let snapshot_index = storage.first_index() - 1;
-        let committed = hard_state.commit.max(snapshot_index);
+        // Only committed entries are ever applied, so the applied index is
+        // a commit index too; the stored one may lag it (a commit index
+        // alone is written without a sync, and with asynchronous
+        // persistence an apply may reach the store before the hard state
+        // of its ready).
+        let committed = hard_state.commit.max(snapshot_index).max(config.applied);
         if committed > storage.last_index() {
             return Err(StartError::Inconsistent(format!(
-                "commit index {committed} is past the last log index {}",
+                "commit index {committed} (stored {}, applied {}) is past the last log index {}",
+                hard_state.commit,
+                config.applied,
                 storage.last_index()
-            )));
-        }
-        if config.applied > committed {
-            return Err(StartError::Inconsistent(format!(
-                "applied index {} is past the commit index {committed}",
-                config.applied
             )));
         }
         let applied = config.applied.max(snapshot_index);
@@ -166,6 +172,8 @@ impl<S: Storage> RaftNode<S> {
                 role: Role::Follower,
             },
             outstanding: None,
+            persisting: Default::default(),
+            readies_handed_out: 0,
             led_term: 0,
             config,
         };

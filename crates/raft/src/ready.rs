@@ -13,6 +13,7 @@ use crate::quorum::JointConfig;
 use crate::raft::{Proposal, RaftNode, Role, SoftState};
 use crate::read::ReadState;
 use crate::storage::{HardState, Storage};
+use dr_codec::message::Term;
 
 /// One batch of work for the runtime. Handle it in this order:
 ///
@@ -32,8 +33,21 @@ use crate::storage::{HardState, Storage};
 ///
 /// A leader's own messages may go before step 1: see
 /// [`Ready::take_messages_before_persist`].
+///
+/// With [`Config::async_persist`](crate::Config::async_persist) step 1 may
+/// also run on another thread: hand it the ready's `entries` and
+/// `hard_state`, send the messages that may go early, apply, call
+/// [`RaftNode::advance_persisting`] and go on; once the write is durable,
+/// send the ready's remaining `messages` and call
+/// [`RaftNode::on_persisted`] with its `number`. Writes must become
+/// durable in the order of the readies. A ready with `snapshot` or
+/// `snapshot_chunks` is always settled with `advance`, after every earlier
+/// write has ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ready {
+    /// This ready's place in the sequence (from 1), for
+    /// [`RaftNode::on_persisted`].
+    pub number: u64,
     /// The leader or role changed.
     pub soft_state: Option<SoftState>,
     /// Term, vote or commit changed: persist.
@@ -61,7 +75,11 @@ pub struct Ready {
 impl Ready {
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        *self
+            == Self {
+                number: self.number,
+                ..Self::default()
+            }
     }
 
     /// Takes out the messages that may leave *before* step 1: a leader's
@@ -104,6 +122,18 @@ pub struct StagedChunk {
 pub(crate) struct ReadyMark {
     applied_to: LogIndex,
     conf_state: Option<ConfState>,
+    number: u64,
+    /// The last entry it handed out, to recognize it when its write ends.
+    last_entry: Option<(LogIndex, Term)>,
+    /// It carried snapshot data, which must be persisted before `advance`.
+    snapshot_data: bool,
+}
+
+/// A ready settled with `advance_persisting` whose write has not ended.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PersistingReady {
+    number: u64,
+    last_entry: Option<(LogIndex, Term)>,
 }
 
 impl<S: Storage> RaftNode<S> {
@@ -113,11 +143,11 @@ impl<S: Storage> RaftNode<S> {
         self.flush_appends();
         self.soft_state() != self.last_soft_state
             || self.hard_state() != self.last_hard_state
-            || !self.log.unstable_entries().is_empty()
+            || !self.log.entries_to_hand_out().is_empty()
             || self.log.unstable_snapshot().is_some()
             || !self.staged_chunks.is_empty()
             || !self.messages.is_empty()
-            || self.log.committed > self.apply_floor()
+            || self.apply_ceiling() > self.apply_floor()
             || !self.reads.done.is_empty()
     }
 
@@ -127,6 +157,17 @@ impl<S: Storage> RaftNode<S> {
         self.log.applied.max(snapshot_index)
     }
 
+    /// The entries up to here may be applied: the committed ones, and
+    /// with asynchronous persistence only those this node has persisted
+    /// (so the applied index never reaches the store ahead of them).
+    fn apply_ceiling(&self) -> LogIndex {
+        if self.config.async_persist {
+            self.log.committed.min(self.log.stable_last_index())
+        } else {
+            self.log.committed
+        }
+    }
+
     /// Hands out the next batch of work. Call [`Self::advance`] once it is
     /// done, before anything else on this node.
     pub fn ready(&mut self) -> Ready {
@@ -134,11 +175,12 @@ impl<S: Storage> RaftNode<S> {
         self.flush_appends();
         let snapshot = self.log.unstable_snapshot().cloned();
         let apply_floor = self.apply_floor();
-        let committed_entries = if self.log.committed > apply_floor {
+        let apply_ceiling = self.apply_ceiling();
+        let committed_entries = if apply_ceiling > apply_floor {
             self.log
                 .slice(
                     apply_floor + 1,
-                    self.log.committed + 1,
+                    apply_ceiling + 1,
                     self.config.ready_committed_bytes_max,
                 )
                 .unwrap_or_else(|error| panic!("cannot read committed entries to apply: {error}"))
@@ -148,10 +190,14 @@ impl<S: Storage> RaftNode<S> {
         let conf_state = self.conf_after(&committed_entries, snapshot.is_some());
         let hard_state = self.hard_state();
         let soft_state = self.soft_state();
+        self.readies_handed_out += 1;
+        let entries = self.log.entries_to_hand_out().to_vec();
+        self.log.hand_out();
         let ready = Ready {
+            number: self.readies_handed_out,
             soft_state: (soft_state != self.last_soft_state).then_some(soft_state),
             hard_state: (hard_state != self.last_hard_state).then_some(hard_state),
-            entries: self.log.unstable_entries().to_vec(),
+            entries,
             snapshot,
             snapshot_chunks: std::mem::take(&mut self.staged_chunks),
             messages: std::mem::take(&mut self.messages),
@@ -167,6 +213,9 @@ impl<S: Storage> RaftNode<S> {
                 .last()
                 .map_or(apply_floor, |e| e.index),
             conf_state,
+            number: ready.number,
+            last_entry: ready.entries.last().map(|e| (e.index, e.term)),
+            snapshot_data: ready.snapshot.is_some() || !ready.snapshot_chunks.is_empty(),
         });
         ready
     }
@@ -188,13 +237,71 @@ impl<S: Storage> RaftNode<S> {
     }
 
     /// Settles the ready handed out last: everything it said to persist is
-    /// durable, its messages are sent and its committed entries applied.
+    /// durable (and so is every earlier ready's), its messages are sent
+    /// and its committed entries applied.
     pub fn advance(&mut self) {
         let mark = self
             .outstanding
             .take()
             .expect("raft contract: advance() without a ready() before it");
+        self.persisting.clear();
         self.log.persisted();
+        self.settle(mark);
+        self.count_own_persisted();
+    }
+
+    /// Settles the ready handed out last whose `entries` and `hard_state`
+    /// are still being written (see [`Ready`]): its committed entries are
+    /// applied and the messages that may go early were sent; the rest of
+    /// its messages wait for [`Self::on_persisted`]. Needs
+    /// [`Config::async_persist`](crate::Config::async_persist).
+    ///
+    /// # Panics
+    /// Without that setting, or for a ready with snapshot data (settle
+    /// those with [`Self::advance`] once they are durable).
+    pub fn advance_persisting(&mut self) {
+        assert!(
+            self.config.async_persist,
+            "raft contract: advance_persisting() needs Config::async_persist"
+        );
+        let mark = self
+            .outstanding
+            .take()
+            .expect("raft contract: advance_persisting() without a ready() before it");
+        assert!(
+            !mark.snapshot_data,
+            "raft contract: a ready with snapshot data is settled with advance() once durable"
+        );
+        self.persisting.push_back(PersistingReady {
+            number: mark.number,
+            last_entry: mark.last_entry,
+        });
+        self.settle(mark);
+    }
+
+    /// The write of ready `number` (and, writes ending in order, of every
+    /// earlier one) is durable: its entries count as this node's, towards
+    /// a quorum too. Call it between readies, and then send the ready's
+    /// remaining messages. Numbers already settled are ignored.
+    pub fn on_persisted(&mut self, number: u64) {
+        self.assert_no_outstanding_ready();
+        let mut last_entry = None;
+        while let Some(ready) = self.persisting.front().copied() {
+            if ready.number > number {
+                break;
+            }
+            self.persisting.pop_front();
+            last_entry = ready.last_entry.or(last_entry);
+        }
+        if let Some((index, term)) = last_entry {
+            self.log.persisted_to(index, term);
+        }
+        self.count_own_persisted();
+    }
+
+    /// What `advance` and `advance_persisting` share: the applied index,
+    /// the configuration, and leaving a joint configuration once applied.
+    fn settle(&mut self, mark: ReadyMark) {
         assert!(
             mark.applied_to <= self.log.committed,
             "applied {} past commit {}",
@@ -205,18 +312,25 @@ impl<S: Storage> RaftNode<S> {
         if let Some(conf) = mark.conf_state {
             self.apply_conf(conf);
         }
+        if self.role == Role::Leader
+            && self.quorum.is_joint()
+            && self.pending_conf_index <= self.log.applied
+        {
+            let leave = ConfChange::leave_joint().encode();
+            self.pending_conf_index = self.append_new_entry(EntryKind::ConfChange, leave);
+        }
+    }
+
+    /// A leader counts its own entries towards a quorum once persisted.
+    fn count_own_persisted(&mut self) {
         if self.role != Role::Leader {
             return;
         }
-        let persisted = self.log.last_index();
+        let persisted = self.log.stable_last_index();
         if let Some(own) = self.progress.get_mut(&self.id) {
             own.update(persisted);
         }
         self.maybe_commit();
-        if self.quorum.is_joint() && self.pending_conf_index <= self.log.applied {
-            let leave = ConfChange::leave_joint().encode();
-            self.pending_conf_index = self.append_new_entry(EntryKind::ConfChange, leave);
-        }
     }
 
     fn apply_conf(&mut self, conf: ConfState) {

@@ -487,6 +487,178 @@ fn a_follower_that_lost_the_last_appends_catches_up_without_new_writes() {
     );
 }
 
+fn async_config(id: NodeId) -> Config {
+    Config {
+        async_persist: true,
+        ..config(id)
+    }
+}
+
+/// Steps `message` into its target, which persists and settles the
+/// ready synchronously; returns that ready's messages.
+fn step_and_persist(
+    cluster: &mut Cluster,
+    message: dr_codec::message::Message,
+) -> Vec<dr_codec::message::Message> {
+    let node = cluster.node(message.to);
+    node.step(message).expect("valid message");
+    let ready = node.ready();
+    node.storage_mut().persist_ready(&ready).expect("persist");
+    node.advance();
+    ready.messages
+}
+
+/// With asynchronous persistence a leader settles its ready before its
+/// write ends and keeps going, but counts its own entries towards a
+/// quorum only once told they are durable: one follower's
+/// acknowledgement plus an unwritten leader is one durable copy of
+/// three, not a quorum.
+#[test]
+fn an_async_leader_counts_its_own_entries_only_once_persisted() {
+    let mut cluster = Cluster::with(&[1, 2, 3], &[], async_config);
+    cluster.elect(1);
+    let proposal = cluster
+        .node(1)
+        .propose(Bytes::from_static(b"behind"))
+        .expect("leader");
+    let leader = cluster.node(1);
+    let mut ready = leader.ready();
+    let number = ready.number;
+    let early = ready.take_messages_before_persist();
+    leader.advance_persisting();
+    assert!(
+        !leader.has_ready(),
+        "the handed-out entries are not handed out again"
+    );
+    let to_two = early
+        .into_iter()
+        .find(|m| m.to == 2)
+        .expect("an append to 2");
+    let acks = step_and_persist(&mut cluster, to_two);
+    for ack in acks {
+        cluster.node(1).step(ack).expect("valid acknowledgement");
+    }
+    assert!(
+        cluster.node(1).commit_index() < proposal.index,
+        "committed on one durable copy"
+    );
+    // A later proposal can be handed out while the first write is under way.
+    let second = cluster
+        .node(1)
+        .propose(Bytes::from_static(b"next"))
+        .expect("leader");
+    let leader = cluster.node(1);
+    let later = leader.ready();
+    assert_eq!(later.entries.first().map(|e| e.index), Some(second.index));
+    leader.advance_persisting();
+    leader.storage_mut().persist_ready(&ready).expect("persist");
+    leader.on_persisted(number);
+    assert_eq!(
+        leader.commit_index(),
+        proposal.index,
+        "now two durable copies"
+    );
+    assert!(leader.commit_index() < second.index);
+    leader.storage_mut().persist_ready(&later).expect("persist");
+    leader.on_persisted(later.number);
+    leader.on_persisted(number);
+    assert_eq!(
+        leader.commit_index(),
+        proposal.index,
+        "only node 2's ack counts"
+    );
+}
+
+/// Committed entries are handed out for applying only once this node
+/// has persisted them, so an applied index never reaches the store ahead
+/// of the entries.
+#[test]
+fn an_async_follower_applies_only_what_it_has_persisted() {
+    let mut cluster = Cluster::with(&[1, 2, 3], &[], async_config);
+    cluster.elect(1);
+    let proposal = cluster.propose(1, "applied");
+    // Node 3 learns of the entry and its commit in one append.
+    let leader = cluster.node(1);
+    let _ = proposal;
+    let next = leader.propose(Bytes::from_static(b"late")).expect("leader");
+    let mut ready = leader.ready();
+    let early = ready.take_messages_before_persist();
+    leader.storage_mut().persist_ready(&ready).expect("persist");
+    leader.advance();
+    let to_three = early
+        .into_iter()
+        .find(|m| m.to == 3)
+        .expect("an append to 3");
+    let follower = cluster.node(3);
+    follower.step(to_three).expect("valid append");
+    let ready = follower.ready();
+    assert_eq!(ready.entries.last().map(|e| e.index), Some(next.index));
+    assert!(
+        ready.committed_entries.iter().all(|e| e.index < next.index),
+        "nothing it has not persisted is applied"
+    );
+    let acks = ready.messages.clone();
+    follower.advance_persisting();
+    follower
+        .storage_mut()
+        .persist_ready(&ready)
+        .expect("persist");
+    follower.on_persisted(ready.number);
+    for ack in acks {
+        cluster.node(1).step(ack).expect("valid acknowledgement");
+    }
+    cluster.settle();
+    assert_eq!(cluster.node(3).applied_index(), next.index);
+    assert_eq!(
+        cluster.applied_payloads(3).last().map(|p| &p[..]),
+        Some(&b"late"[..])
+    );
+}
+
+/// A ready with snapshot data is never settled before it is durable.
+#[test]
+#[should_panic(expected = "snapshot data is settled with advance()")]
+fn a_snapshot_ready_cannot_be_settled_before_its_write() {
+    let mut cluster = Cluster::with(&[1, 2, 3], &[], async_config);
+    cluster.elect(1);
+    // Node 3 is cut off while the others move on and the leader compacts
+    // its log, so catching up takes a snapshot.
+    cluster.isolate(3);
+    for _ in 0..3 {
+        cluster.propose(1, "y");
+    }
+    let leader = cluster.node(1);
+    let applied = leader.applied_index();
+    let conf = leader.conf_state().clone();
+    leader
+        .storage_mut()
+        .create_snapshot(applied, conf, Bytes::from_static(b"state"))
+        .expect("snapshot");
+    leader.storage_mut().compact(applied).expect("compact");
+    cluster.heal();
+    for _ in 0..100 {
+        cluster.node(1).tick();
+        let _ = cluster.process_ready(1);
+        while let Some(message) = cluster.in_flight.pop_front() {
+            let to = message.to;
+            cluster.node(to).step(message).expect("valid");
+            if to == 3 && cluster.node(3).has_ready() {
+                let ready = cluster.node(3).ready();
+                if ready.snapshot.is_some() || !ready.snapshot_chunks.is_empty() {
+                    cluster.node(3).advance_persisting();
+                }
+                let node = cluster.node(3);
+                node.storage_mut().persist_ready(&ready).expect("persist");
+                node.advance();
+                cluster.in_flight.extend(ready.messages);
+            } else {
+                let _ = cluster.process_ready(to);
+            }
+        }
+    }
+    panic!("no snapshot reached node 3");
+}
+
 fn lease_config(id: NodeId) -> Config {
     Config {
         lease_reads: true,

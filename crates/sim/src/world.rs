@@ -3,7 +3,7 @@
 //! messages and partitions nodes, crashes at any point of the ready cycle,
 //! clients writing and reading a key-value store, and the safety checks.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use dr_codec::message::{ConfState, EntryKind, LogIndex, Message, NodeId, Term};
@@ -63,6 +63,20 @@ enum Event {
     Nemesis,
     Restart(NodeId),
     Heal,
+    /// A node's log write (async persistence) has become durable.
+    Persisted {
+        id: NodeId,
+        generation: u64,
+        number: u64,
+    },
+}
+
+/// A ready's write under way (async persistence): what it persists and
+/// the messages that wait for it.
+struct PendingWrite {
+    number: u64,
+    write: Ready,
+    messages: Vec<Message>,
 }
 
 struct SimNode {
@@ -81,6 +95,11 @@ struct SimNode {
     /// A paused process (a GC pause, SIGSTOP): until this virtual time it
     /// handles nothing, while time, and the other nodes, go on.
     paused_until: u64,
+    /// Log writes under way, oldest first (async persistence).
+    writing: VecDeque<PendingWrite>,
+    /// Incremented on every restart, so a write of a crashed incarnation
+    /// is never taken for one of the next.
+    generation: u64,
 }
 
 /// How long a leader lease lasts after its confirmed round was first
@@ -252,6 +271,9 @@ impl World {
                 // No entry cache, one that keeps a few entries (so reads
                 // straddle it and the store), or one that keeps them all.
                 entry_cache_bytes_max: [0, 400, 8 << 20][(seed / 7 % 3) as usize],
+                // Half the runs write logs behind the nodes' backs, the
+                // writes ending a while later, or never if the node crashes.
+                async_persist: seed / 11 % 2 == 1,
                 ..Config::new(id)
             };
             let mut disk = MemStorage::new();
@@ -271,6 +293,8 @@ impl World {
                     last_commit: 0,
                     lease: SimLease::new(LEASE_US),
                     paused_until: 0,
+                    writing: VecDeque::new(),
+                    generation: 0,
                 },
             );
             world.restart(id);
@@ -367,6 +391,33 @@ impl World {
                     self.drive(id)?;
                 }
             }
+            Event::Persisted {
+                id,
+                generation,
+                number,
+            } => {
+                let node = &self.nodes[&id];
+                if node.raft.is_none() || node.generation != generation {
+                    return Ok(());
+                }
+                if let Some(at) = self.resumes_at(id) {
+                    // The disk finished; the paused process notices later.
+                    self.schedule(
+                        at - self.now,
+                        Event::Persisted {
+                            id,
+                            generation,
+                            number,
+                        },
+                    );
+                    return Ok(());
+                }
+                if self.finish_writes(id, number)? {
+                    let raft = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut());
+                    raft.expect("running").on_persisted(number);
+                    self.drive(id)?;
+                }
+            }
             Event::Heal => {
                 self.faults_active = false;
                 self.blocked.clear();
@@ -437,12 +488,28 @@ impl World {
             if !raft.has_ready() {
                 return Ok(());
             }
-            let ready = raft.ready();
+            let mut ready = raft.ready();
             // Before this ready's messages leave: a round is dated no
             // later than its first send.
             node.lease.observe(raft.read_rounds(), now);
             if self.crash_now() {
                 self.crash(id);
+                return Ok(());
+            }
+            let snapshot_data = ready.snapshot.is_some() || !ready.snapshot_chunks.is_empty();
+            if self.configs[&id].async_persist && !snapshot_data {
+                self.write_behind(id, &mut ready)?;
+                self.apply(id, ready.committed_entries)?;
+                self.read_states(id, ready.read_states);
+                let node = self.nodes.get_mut(&id).expect("node exists");
+                node.raft.as_mut().expect("running").advance_persisting();
+                self.serve_reads(id);
+                self.maybe_snapshot(id)?;
+                continue;
+            }
+            // Synchronously: every write under way ends first.
+            self.finish_writes(id, u64::MAX)?;
+            if self.nodes[&id].raft.is_none() {
                 return Ok(());
             }
             self.persist(id, &ready)?;
@@ -459,6 +526,77 @@ impl World {
             node.raft.as_mut().expect("running").advance();
             self.serve_reads(id);
             self.maybe_snapshot(id)?;
+        }
+    }
+
+    /// Async persistence: sends what may leave before the write, stores
+    /// the configuration (it goes with the apply), and queues the write,
+    /// to end after a disk's delay.
+    fn write_behind(&mut self, id: NodeId, ready: &mut Ready) -> Result<(), String> {
+        for message in ready.take_messages_before_persist() {
+            self.send(message);
+        }
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if let Some(conf) = &ready.conf_state {
+            let store = node.raft.as_mut().expect("running").storage_mut();
+            store
+                .set_conf_state(conf.clone())
+                .map_err(|e| format!("node {id}: conf state: {e}"))?;
+        }
+        let write = Ready {
+            number: ready.number,
+            entries: std::mem::take(&mut ready.entries),
+            hard_state: ready.hard_state.take(),
+            ..Ready::default()
+        };
+        node.writing.push_back(PendingWrite {
+            number: ready.number,
+            write,
+            messages: std::mem::take(&mut ready.messages),
+        });
+        let generation = node.generation;
+        // A slow disk while faults run widens the window in which a
+        // write is acknowledged by peers but not yet durable here.
+        let slowest = if self.faults_active { 30_000 } else { 3_000 };
+        let delay = self.rng.range(100, slowest);
+        let number = ready.number;
+        self.schedule(
+            delay,
+            Event::Persisted {
+                id,
+                generation,
+                number,
+            },
+        );
+        Ok(())
+    }
+
+    /// Ends the writes under way up to ready `number`, in order: each is
+    /// stored, then its messages leave. False if there were none (or the
+    /// node crashed meanwhile).
+    fn finish_writes(&mut self, id: NodeId, number: u64) -> Result<bool, String> {
+        let mut finished = false;
+        loop {
+            let node = self.nodes.get_mut(&id).expect("node exists");
+            if node.writing.front().is_none_or(|w| w.number > number) {
+                return Ok(finished);
+            }
+            if self.crash_now() {
+                self.crash(id);
+                return Ok(false);
+            }
+            let node = self.nodes.get_mut(&id).expect("node exists");
+            let pending = node.writing.pop_front().expect("checked above");
+            node.raft
+                .as_mut()
+                .expect("running")
+                .storage_mut()
+                .persist_ready(&pending.write)
+                .map_err(|e| format!("node {id}: persisting ready {}: {e}", pending.number))?;
+            for message in pending.messages {
+                self.send(message);
+            }
+            finished = true;
         }
     }
 
@@ -602,6 +740,8 @@ impl World {
         node.kv.clear();
         node.lease = SimLease::new(LEASE_US);
         node.paused_until = 0;
+        // Writes under way are lost with the process.
+        node.writing.clear();
         let writes: Vec<OpId> = node.writes.values().map(|&(_, op)| op).collect();
         let reads: Vec<OpId> = node.reads.iter().map(|&(op, _)| op).collect();
         node.writes.clear();
@@ -622,6 +762,7 @@ impl World {
     /// rebuilt from the snapshot and the log after it.
     fn restart(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("node exists");
+        node.generation += 1;
         let snapshot = node.disk.snapshot().clone();
         node.disk
             .set_conf_state(snapshot.meta.conf_state.clone())
