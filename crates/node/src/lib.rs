@@ -12,7 +12,8 @@
 //!   for every proposal that arrived (group commit); apply; answer.
 //! - [`lease`]: the clock side of leader leases (`--read-lease`).
 //! - [`kv`]: the state machine: write commands as log entries, applied
-//!   deterministically; [`command`]: Redis commands parsed and answered.
+//!   deterministically (a presence cache spares most writes a store read);
+//!   [`command`]: Redis commands parsed and answered.
 //! - [`server`]: the client port and the executor that carries commands
 //!   to the engine or, on a follower, writes to the leader ([`forward`]).
 //! - [`admin`]: the HTTP admin port (`/metrics`, `/status`, membership,

@@ -13,7 +13,10 @@
 //!   [`RaftNode::step`], [`RaftNode::propose`],
 //!   [`RaftNode::propose_conf_change`], [`RaftNode::read_index`] and
 //!   [`RaftNode::transfer_leader`]; collect work with [`RaftNode::ready`]
-//!   and settle it with [`RaftNode::advance`].
+//!   and settle it with [`RaftNode::advance`] (or, writing the log on
+//!   another thread, [`RaftNode::advance_persisting`] and
+//!   [`RaftNode::on_persisted`]). Recently persisted entries stay in an
+//!   in-memory entry cache ([`Config::entry_cache_bytes_max`]).
 //! - [`Storage`] / [`LogStore`]: what the core reads from a log store and
 //!   what the runtime writes to it; [`MemStorage`] in memory;
 //!   [`conformance`]: the suite every store passes.
