@@ -194,6 +194,20 @@ impl Cluster {
         self.nodes[index].child = Some(child);
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to a running node: a paused
+    /// process keeps all its memory, unlike a restarted one.
+    pub fn signal(&self, id: u64, signal: &str) {
+        let child = self.nodes[self.index(id)]
+            .child
+            .as_ref()
+            .expect("node is running");
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill(&mut self, id: u64) {
         let index = self.index(id);
