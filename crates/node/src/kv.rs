@@ -351,34 +351,43 @@ pub struct Applied {
 /// Invariant: what it says is what the store holds, because every write
 /// of a client key goes through [`apply_entries`], which records it; the
 /// one other writer, a snapshot install, must be followed by
-/// [`clear`](Self::clear). Bounded: past its limit it starts over.
+/// [`clear`](Self::clear). Bounded in bytes (keys may be up to 64 KiB):
+/// past its budget it starts over.
 #[derive(Debug)]
 pub struct PresenceCache {
     known: HashMap<Vec<u8>, bool>,
-    keys_max: usize,
+    bytes: usize,
+    bytes_max: usize,
 }
 
 impl Default for PresenceCache {
     fn default() -> Self {
-        Self::with_limit(PRESENCE_KEYS_MAX)
+        Self::with_limit(PRESENCE_BYTES_MAX)
     }
 }
 
-/// Keys a [`PresenceCache`] remembers by default (a few tens of MiB).
-pub const PRESENCE_KEYS_MAX: usize = 256 << 10;
+/// Bytes a [`PresenceCache`] may hold by default: about 256k keys of
+/// 64 bytes.
+pub const PRESENCE_BYTES_MAX: usize = 32 << 20;
+
+/// What a remembered key costs beyond its bytes (the map's slot, the
+/// key's allocation).
+const PRESENCE_ENTRY_OVERHEAD: usize = 64;
 
 impl PresenceCache {
-    /// A cache that remembers at most `keys_max` keys.
-    pub fn with_limit(keys_max: usize) -> Self {
+    /// A cache that holds at most `bytes_max` bytes.
+    pub fn with_limit(bytes_max: usize) -> Self {
         Self {
             known: HashMap::new(),
-            keys_max,
+            bytes: 0,
+            bytes_max,
         }
     }
 
     /// Forgets everything (after the store changed behind the apply path).
     pub fn clear(&mut self) {
         self.known = HashMap::new();
+        self.bytes = 0;
     }
 
     /// How many keys it remembers.
@@ -391,6 +400,11 @@ impl PresenceCache {
         self.known.is_empty()
     }
 
+    /// The bytes it holds, as its budget counts them.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     fn get(&self, stored_key: &[u8]) -> Option<bool> {
         self.known.get(stored_key).copied()
     }
@@ -400,9 +414,14 @@ impl PresenceCache {
             *known = present;
             return;
         }
-        if self.known.len() >= self.keys_max {
-            self.known.clear();
+        let cost = stored_key.len() + PRESENCE_ENTRY_OVERHEAD;
+        if cost > self.bytes_max {
+            return;
         }
+        if self.bytes + cost > self.bytes_max {
+            self.clear();
+        }
+        self.bytes += cost;
         self.known.insert(stored_key.to_vec(), present);
     }
 }
@@ -777,7 +796,8 @@ mod tests {
         // `warm` keeps one small cache (it fills and starts over);
         // `cold` starts every batch with an empty one, so reads the store.
         let (mut warm, mut cold) = (TempStore::new("warm"), TempStore::new("cold"));
-        let mut warm_cache = PresenceCache::with_limit(5);
+        // Room for five of these keys.
+        let mut warm_cache = PresenceCache::with_limit(5 * (6 + PRESENCE_ENTRY_OVERHEAD));
         let (mut warm_keys, mut cold_keys) = (0u64, 0u64);
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut index = 0;
@@ -823,6 +843,26 @@ mod tests {
             .filter(|(key, _)| key.first() == Some(&USER))
             .count() as u64;
         assert_eq!(cold_keys, client_keys, "the count is the number of keys");
+    }
+
+    #[test]
+    fn the_presence_cache_keeps_its_byte_budget_whatever_the_key_sizes() {
+        let budget = 1 << 20;
+        let mut cache = PresenceCache::with_limit(budget);
+        for round in 0..200usize {
+            let key = vec![round as u8; (round * 997) % (64 << 10) + 1];
+            cache.record(&key, round % 2 == 0);
+            assert!(cache.bytes() <= budget, "over budget after {round} keys");
+            assert_eq!(cache.get(&key), Some(round % 2 == 0));
+        }
+        cache.record(&vec![1; budget], true);
+        assert_eq!(
+            cache.get(&vec![1; budget]),
+            None,
+            "a key over the budget is not kept"
+        );
+        cache.clear();
+        assert!(cache.is_empty() && cache.bytes() == 0);
     }
 
     #[test]
