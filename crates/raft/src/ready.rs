@@ -73,6 +73,13 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// Whether it carries snapshot data (chunks or a whole snapshot to
+    /// apply), which is persisted before the ready is settled, never
+    /// behind the runtime's back.
+    pub fn has_snapshot_data(&self) -> bool {
+        self.snapshot.is_some() || !self.snapshot_chunks.is_empty()
+    }
+
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         *self
@@ -215,7 +222,7 @@ impl<S: Storage> RaftNode<S> {
             conf_state,
             number: ready.number,
             last_entry: ready.entries.last().map(|e| (e.index, e.term)),
-            snapshot_data: ready.snapshot.is_some() || !ready.snapshot_chunks.is_empty(),
+            snapshot_data: ready.has_snapshot_data(),
         });
         ready
     }

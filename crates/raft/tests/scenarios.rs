@@ -660,7 +660,7 @@ fn a_snapshot_ready_cannot_be_settled_before_its_write() {
             cluster.node(to).step(message).expect("valid");
             if to == 3 && cluster.node(3).has_ready() {
                 let ready = cluster.node(3).ready();
-                if ready.snapshot.is_some() || !ready.snapshot_chunks.is_empty() {
+                if ready.has_snapshot_data() {
                     cluster.node(3).advance_persisting();
                 }
                 let node = cluster.node(3);

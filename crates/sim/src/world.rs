@@ -496,34 +496,33 @@ impl World {
                 self.crash(id);
                 return Ok(());
             }
-            let snapshot_data = ready.snapshot.is_some() || !ready.snapshot_chunks.is_empty();
-            if self.configs[&id].async_persist && !snapshot_data {
+            let behind = self.configs[&id].async_persist && !ready.has_snapshot_data();
+            if behind {
                 self.write_behind(id, &mut ready)?;
-                self.apply(id, ready.committed_entries)?;
-                self.read_states(id, ready.read_states);
-                let node = self.nodes.get_mut(&id).expect("node exists");
-                node.raft.as_mut().expect("running").advance_persisting();
-                self.serve_reads(id);
-                self.maybe_snapshot(id)?;
-                continue;
-            }
-            // Synchronously: every write under way ends first.
-            self.finish_writes(id, u64::MAX)?;
-            if self.nodes[&id].raft.is_none() {
-                return Ok(());
-            }
-            self.persist(id, &ready)?;
-            if self.crash_now() {
-                self.crash(id);
-                return Ok(());
-            }
-            for message in ready.messages {
-                self.send(message);
+            } else {
+                // Synchronously: every write under way ends first.
+                self.finish_writes(id, u64::MAX)?;
+                if self.nodes[&id].raft.is_none() {
+                    return Ok(());
+                }
+                self.persist(id, &ready)?;
+                if self.crash_now() {
+                    self.crash(id);
+                    return Ok(());
+                }
+                for message in std::mem::take(&mut ready.messages) {
+                    self.send(message);
+                }
             }
             self.apply(id, ready.committed_entries)?;
             self.read_states(id, ready.read_states);
-            let node = self.nodes.get_mut(&id).expect("node exists");
-            node.raft.as_mut().expect("running").advance();
+            let raft = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut());
+            let raft = raft.expect("running");
+            if behind {
+                raft.advance_persisting();
+            } else {
+                raft.advance();
+            }
             self.serve_reads(id);
             self.maybe_snapshot(id)?;
         }
