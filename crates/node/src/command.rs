@@ -451,7 +451,7 @@ pub fn write_reply(shape: ReplyShape, outcome: Outcome) -> Reply {
         (_, Outcome::Error(text)) => Reply::Error(text),
         (ReplyShape::Ok, Outcome::Set { written: false, .. }) => Reply::Null,
         (ReplyShape::Ok, _) => Reply::OK,
-        (ReplyShape::OldValue, Outcome::Set { old, .. }) => old.map_or(Reply::Null, Reply::Bulk),
+        (ReplyShape::OldValue, Outcome::Set { old, .. }) => Reply::bulk_or_null(old),
         (ReplyShape::Written, Outcome::Set { written, .. }) => Reply::Integer(i64::from(written)),
         (_, Outcome::Integer(value)) => Reply::Integer(value),
         (shape, outcome) => Reply::err(format!("internal: {outcome:?} for {shape:?}")),

@@ -390,11 +390,6 @@ impl PresenceCache {
         self.bytes = 0;
     }
 
-    /// How many keys it remembers.
-    pub fn len(&self) -> usize {
-        self.known.len()
-    }
-
     /// Whether it remembers none.
     pub fn is_empty(&self) -> bool {
         self.known.is_empty()

@@ -316,6 +316,11 @@ impl Reply {
         Self::Bulk(bytes.into())
     }
 
+    /// A bulk string of the value, or nil without one (a `GET`'s reply).
+    pub fn bulk_or_null(value: Option<impl Into<Bytes>>) -> Self {
+        value.map_or(Self::Null, Self::bulk)
+    }
+
     /// Appends the reply's bytes in `protocol` to `out`.
     pub fn encode(&self, protocol: Protocol, out: &mut BytesMut) {
         match self {

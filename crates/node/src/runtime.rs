@@ -816,10 +816,10 @@ impl Engine {
         let store = self.raft.storage();
         let value = |key: &[u8]| store.get(&kv::user_key(key));
         Ok(match op {
-            ReadOp::Get(key) => value(key)?.map_or(Reply::Null, |v| Reply::Bulk(v.into())),
+            ReadOp::Get(key) => Reply::bulk_or_null(value(key)?),
             ReadOp::GetMany(keys) => Reply::Array(
                 keys.iter()
-                    .map(|key| Ok(value(key)?.map_or(Reply::Null, |v| Reply::Bulk(v.into()))))
+                    .map(|key| Ok(Reply::bulk_or_null(value(key)?)))
                     .collect::<Result<_, dr_raft::StorageError>>()?,
             ),
             ReadOp::Exists(keys) => {

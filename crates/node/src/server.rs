@@ -203,7 +203,7 @@ impl Executor {
         bump(&self.engine.metrics.lease_reads);
         Some(match op {
             ReadOp::Strlen(_) => Reply::Integer(value.map_or(0, |v| v.len() as i64)),
-            _ => value.map_or(Reply::Null, |v| Reply::Bulk(v.into())),
+            _ => Reply::bulk_or_null(value),
         })
     }
 
@@ -557,7 +557,7 @@ impl Connection {
                 self.name = Some(name);
                 Reply::OK
             }
-            ConnectionCommand::GetName => self.name.clone().map_or(Reply::Null, Reply::Bulk),
+            ConnectionCommand::GetName => Reply::bulk_or_null(self.name.clone()),
             ConnectionCommand::Id => Reply::Integer(self.id as i64),
             ConnectionCommand::ClientOk | ConnectionCommand::Select => Reply::OK,
             ConnectionCommand::CommandInfo(sub) => match sub.map(|s| s.to_ascii_uppercase()) {

@@ -514,16 +514,13 @@ mod tests {
         log.persisted_to(6, 2);
         assert_eq!(log.stable_last_index(), 6);
         assert!(log.unstable_entries().is_empty());
-        assert_eq!(
-            sources_of_terms(&log.slice(4, 7, u64::MAX).unwrap()),
-            vec![1, 1, 2]
-        );
+        assert_eq!(terms(&log.slice(4, 7, u64::MAX).unwrap()), vec![1, 1, 2]);
         // A write the log has already moved past is ignored.
         log.persisted_to(3, 1);
         assert_eq!(log.stable_last_index(), 6);
     }
 
-    fn sources_of_terms(entries: &[Entry]) -> Vec<Term> {
+    fn terms(entries: &[Entry]) -> Vec<Term> {
         entries.iter().map(|e| e.term).collect()
     }
 
