@@ -1,35 +1,56 @@
 //! The buffer pool: size classes of `BytesMut` buffers, bounded by a byte
 //! budget, handed out as [`PooledBuffer`] and taken back on drop.
 //!
-//! # Layout: shards of lock-free queues
+//! # Layout: thread magazines over a shared depot
 //!
-//! The pool is split into [`SHARDS`] shards, each on its own cache lines
-//! with its own queue per size class, its own share of the budget and its
-//! own counters. Every thread has a home shard (assigned round-robin on
-//! first use): it takes from and returns to its home shard first and moves
-//! on to the others only when that one is empty or full. So threads
-//! working at once mostly touch different cache lines, and a get plus a
-//! return costs two uncontended queue operations and a few relaxed
-//! counter updates.
+//! Bonwick's magazine design (the one behind Solaris' and jemalloc's
+//! thread caches). Each thread keeps, per pool and size class, two
+//! *magazines*: small stacks of idle buffers. A get pops from the loaded
+//! magazine and a return pushes onto it, with no atomic operation and no
+//! lock: a thread-local lookup, a `Vec` pop or push and three counter
+//! stores by their only writer. Only when the loaded magazine runs empty
+//! (or full) does the thread swap in its other magazine, or trade a whole
+//! magazine with the pool's shared *depot* (a lock-free queue of full
+//! magazines per class). So a buffer filled on one thread and dropped on
+//! another (the receive path) costs one queue operation per magazine, not
+//! per buffer.
 //!
-//! We also built and measured per-thread magazine caches (Bonwick's
-//! design, thread-local magazines traded whole with a shared depot). In
-//! safe Rust on this project's 2-core machines their thread-local
-//! bookkeeping cost more than it saved (about 52 ns per get and return
-//! single-threaded, against 34 ns for plain queues), so they are not used.
+//! Each buffer lives in a `Box<BytesMut>` that stays with it through the
+//! pool, so handing it out and taking it back moves one pointer. Moving the
+//! 32-byte `BytesMut` itself through a stack cost 25 ns a round trip here
+//! (store-to-load forwarding stalls on this Zen 3), the boxed one 8 ns.
+//!
+//! # The budget
+//!
+//! Idle buffers are paid for from the pool's byte budget *before* they are
+//! kept: a thread reserves room for a magazine's worth of buffers at a time
+//! (one atomic add per magazine, or one buffer's worth when a magazine no
+//! longer fits), a full magazine carries its reservation into the depot and
+//! out to the thread that takes it, and a thread that finds its magazines
+//! empty gives back what it reserved. Reserved bytes never exceed the
+//! budget and idle bytes never exceed the reserved, so idle buffers never
+//! exceed the budget, even while threads race.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
 
 use bytes::{Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
 
-/// Shards per pool.
-pub const SHARDS: usize = 4;
+/// The most size classes a pool may have (each thread's cache holds them
+/// inline).
+pub const SIZE_CLASSES_MAX: usize = 16;
+
+/// The bytes of buffer capacity one magazine aims to hold: 32 buffers of
+/// 16 KiB or less, 8 of 64 KiB, 2 of 256 KiB, 1 of 1 MiB or more. Long
+/// magazines make trades with the depot rare; the budget bounds the memory.
+const MAGAZINE_BYTES: usize = 512 << 10;
+const MAGAZINE_BUFFERS_MAX: usize = 32;
 
 /// How a [`BufferPool`] is sized.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,19 +59,21 @@ pub struct BufferPoolConfig {
     /// the smallest class that fits it; requests larger than every class
     /// are allocated exactly and never pooled.
     pub size_classes: Vec<usize>,
-    /// The most bytes of capacity that idle buffers may hold, split evenly
-    /// between the shards. A buffer returned when no shard has room for it
-    /// is freed.
+    /// The most bytes of capacity that idle buffers may hold, in every
+    /// thread's magazines and the depot together. A buffer returned when
+    /// the budget has no room for it is freed. Threads reserve room a
+    /// magazine at a time (up to 512 KiB per class), so a budget of many
+    /// magazines per thread keeps each thread's returns cheap.
     pub budget_bytes: usize,
-    /// The most idle buffers one size class keeps, whatever the budget
-    /// (rounded up to a multiple of the shard count): each class reserves
-    /// a queue slot per buffer up front.
+    /// The most idle buffers one size class keeps in the shared depot
+    /// (rounded up to whole magazines). Each thread using the class also
+    /// keeps up to two magazines of its own; the budget bounds them all.
     pub idle_buffers_per_class_max: usize,
 }
 
 impl Default for BufferPoolConfig {
     /// Classes from 256 B to 1 MiB in steps of 4x, a 64 MiB budget, at most
-    /// 4096 idle buffers per class.
+    /// 4096 idle buffers per class in the depot.
     fn default() -> Self {
         Self {
             size_classes: vec![
@@ -77,6 +100,8 @@ pub enum BufferPoolConfigError {
     SizeClassesNotAscending,
     /// `idle_buffers_per_class_max` was zero.
     ZeroIdleBuffers,
+    /// More than [`SIZE_CLASSES_MAX`] size classes were given.
+    TooManySizeClasses,
 }
 
 impl fmt::Display for BufferPoolConfigError {
@@ -87,13 +112,14 @@ impl fmt::Display for BufferPoolConfigError {
                 "buffer pool size classes must be non-zero and strictly ascending"
             }
             Self::ZeroIdleBuffers => "idle_buffers_per_class_max must be at least 1",
+            Self::TooManySizeClasses => "a buffer pool has at most 16 size classes",
         })
     }
 }
 
 impl std::error::Error for BufferPoolConfigError {}
 
-/// A snapshot of a pool's counters, summed over its shards, for metrics.
+/// A snapshot of a pool's counters, summed over its threads, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BufferPoolStats {
     /// Requests served from an idle buffer.
@@ -104,131 +130,388 @@ pub struct BufferPoolStats {
     pub oversized: u64,
     /// Buffers taken back for reuse.
     pub returns: u64,
-    /// Buffers freed on return: no room in the budget or the queues, or
+    /// Buffers freed on return: no room in the budget or the depot, or
     /// resized by their user (split or grown).
     pub discards: u64,
-    /// Bytes of capacity held by idle buffers now. Never more than the
-    /// budget.
+    /// Bytes of capacity held by idle buffers now. Never more than
+    /// `bytes_reserved` once the pool's threads are quiet (while buffers
+    /// move between threads the sum may count a magazine twice or not at
+    /// all).
     pub bytes_held: usize,
+    /// Bytes of the budget reserved for idle buffers now (held, or room
+    /// threads keep for the buffers they will return). Never more than the
+    /// budget.
+    pub bytes_reserved: usize,
     /// Idle buffers now.
     pub buffers_held: usize,
 }
 
+/// A pooled buffer: boxed, so that it moves through the pool as a pointer.
+type Buffer = Box<BytesMut>;
+/// A stack of idle buffers of one class.
+type Magazine = Vec<Buffer>;
+
+/// One size class: its capacity and the shared depot of full magazines.
+struct Class {
+    capacity: usize,
+    magazine_len: usize,
+    /// Magazines of idle buffers, each carrying its reservation.
+    full: ArrayQueue<Magazine>,
+    /// Empty magazines for reuse, so trading magazines does not allocate.
+    empty: ArrayQueue<Magazine>,
+}
+
+/// One size class's counts in one thread.
 #[derive(Default)]
-struct Counters {
+struct ClassCounts {
     hits: AtomicU64,
-    misses: AtomicU64,
-    oversized: AtomicU64,
     returns: AtomicU64,
+    /// Buffers that entered this thread's magazines a magazine at a time
+    /// (from the depot) minus those that left that way (wrapping).
+    moved_in: AtomicU64,
+}
+
+impl ClassCounts {
+    /// Idle buffers of this class in the thread's magazines.
+    fn held(&self) -> u64 {
+        let returns = self.returns.load(Relaxed);
+        let moved_in = self.moved_in.load(Relaxed);
+        returns
+            .wrapping_add(moved_in)
+            .wrapping_sub(self.hits.load(Relaxed))
+    }
+}
+
+/// Counters written by one thread only (a load and a store, no atomic
+/// read-modify-write) and read by [`BufferPool::stats`] from any thread.
+/// A get or a return updates one of them.
+#[derive(Default)]
+struct Counts {
+    classes: [ClassCounts; SIZE_CLASSES_MAX],
+    misses: AtomicU64,
     discards: AtomicU64,
 }
 
-/// One shard: a queue per size class, a share of the budget, counters.
-struct Shard {
-    idle: Box<[ArrayQueue<BytesMut>]>,
-    budget_bytes: usize,
-    /// Capacity of this shard's idle buffers: reserved before a buffer is
-    /// queued and released after one is taken, so it never exceeds the
-    /// shard's budget, even while threads race.
-    bytes_held: AtomicUsize,
-    counters: Counters,
+/// Adds `delta` (wrapping) to a counter that only the calling thread
+/// writes.
+#[inline]
+fn bump(counter: &AtomicU64, delta: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(delta), Relaxed);
 }
 
-impl Shard {
-    /// Reserves `bytes` of this shard's budget, if they fit.
-    fn reserve(&self, bytes: usize) -> bool {
-        let previous = self.bytes_held.fetch_add(bytes, Relaxed);
-        if previous + bytes <= self.budget_bytes {
-            return true;
-        }
-        self.bytes_held.fetch_sub(bytes, Relaxed);
-        false
-    }
-
-    /// Queues `buffer` of `capacity` in `class` if the budget and the
-    /// queue have room; gives it back otherwise.
-    fn keep(&self, class: usize, capacity: usize, buffer: BytesMut) -> Result<(), BytesMut> {
-        if !self.reserve(capacity) {
-            return Err(buffer);
-        }
-        self.idle[class].push(buffer).inspect_err(|_| {
-            self.bytes_held.fetch_sub(capacity, Relaxed);
-        })
-    }
+/// Counts kept outside any live thread's cache: the depot's holdings,
+/// the counts of threads that have exited, and the rare paths (oversized
+/// requests, calls made during thread teardown). Atomic read-modify-writes,
+/// off the fast path.
+#[derive(Default)]
+struct SharedCounts {
+    oversized: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    returns: AtomicU64,
+    discards: AtomicU64,
+    depot_buffers: AtomicUsize,
+    depot_bytes: AtomicUsize,
 }
 
 struct Shared {
-    /// Capacity of each size class, ascending.
+    /// Each class's capacity, ascending: searched on every get, so kept
+    /// apart from the classes' queues (hundreds of bytes each).
     capacities: Box<[usize]>,
-    shards: [CachePadded<Shard>; SHARDS],
-}
-
-thread_local! {
-    /// This thread's home shard; `usize::MAX` until first use.
-    static HOME_SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-/// This thread's home shard, assigned round-robin on first use.
-#[inline]
-fn home_shard() -> usize {
-    static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
-    HOME_SHARD
-        .try_with(|home| {
-            if home.get() == usize::MAX {
-                home.set(NEXT_SHARD.fetch_add(1, Relaxed) % SHARDS);
-            }
-            home.get()
-        })
-        .unwrap_or(0)
+    /// In the order of `capacities`.
+    classes: Box<[Class]>,
+    budget_bytes: usize,
+    /// Budget reserved by threads' magazines and the depot.
+    reserved_bytes: CachePadded<AtomicUsize>,
+    counts: SharedCounts,
+    /// The counters of every thread with a cache for this pool.
+    threads: Mutex<Vec<Arc<Counts>>>,
 }
 
 impl Shared {
-    /// The shards in the order this thread visits them: its home first.
-    fn shards_from_home(&self) -> impl Iterator<Item = &Shard> {
-        let home = home_shard();
-        (0..SHARDS).map(move |offset| &*self.shards[(home + offset) % SHARDS])
+    fn class_for(&self, capacity: usize) -> Option<usize> {
+        self.capacities.iter().position(|&class| class >= capacity)
     }
 
-    /// An idle buffer of `class`, or a new one.
-    fn take(&self, class: usize) -> BytesMut {
-        let capacity = self.capacities[class];
-        for shard in self.shards_from_home() {
-            if let Some(buffer) = shard.idle[class].pop() {
-                shard.bytes_held.fetch_sub(capacity, Relaxed);
-                shard.counters.hits.fetch_add(1, Relaxed);
-                return buffer;
+    /// Reserves `bytes` of the budget, if they fit. A compare-and-swap
+    /// loop rather than add-then-undo, so the reserved count never exceeds
+    /// the budget even for an instant (`stats` may read it at any time).
+    fn reserve(&self, bytes: usize) -> bool {
+        self.reserved_bytes
+            .fetch_update(Relaxed, Relaxed, |reserved| {
+                reserved
+                    .checked_add(bytes)
+                    .filter(|&total| total <= self.budget_bytes)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            self.reserved_bytes.fetch_sub(bytes, Relaxed);
+        }
+    }
+
+    /// An empty magazine for `class`, reused when one is spare.
+    fn empty_magazine(&self, class: usize) -> Magazine {
+        let class = &self.classes[class];
+        class
+            .empty
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(class.magazine_len))
+    }
+
+    /// Keeps an emptied magazine for reuse (freed when enough are kept).
+    fn recycle(&self, class: usize, magazine: Magazine) {
+        debug_assert!(magazine.is_empty());
+        let _freed_if_enough_are_spare = self.classes[class].empty.push(magazine);
+    }
+
+    /// Moves `magazine` (non-empty, with its reservation) into the depot;
+    /// gives it back when the depot is full.
+    fn deposit(&self, class: usize, magazine: Magazine) -> Result<(), Magazine> {
+        let (buffers, capacity) = (magazine.len(), self.classes[class].capacity);
+        self.classes[class].full.push(magazine)?;
+        self.counts.depot_buffers.fetch_add(buffers, Relaxed);
+        self.counts
+            .depot_bytes
+            .fetch_add(buffers * capacity, Relaxed);
+        Ok(())
+    }
+
+    /// A magazine of idle buffers from the depot, with its reservation.
+    fn withdraw(&self, class: usize) -> Option<Magazine> {
+        let magazine = self.classes[class].full.pop()?;
+        let (buffers, capacity) = (magazine.len(), self.classes[class].capacity);
+        self.counts.depot_buffers.fetch_sub(buffers, Relaxed);
+        self.counts
+            .depot_bytes
+            .fetch_sub(buffers * capacity, Relaxed);
+        Some(magazine)
+    }
+}
+
+/// One thread's magazines for one class.
+#[derive(Default)]
+struct ClassCache {
+    capacity: usize,
+    magazine_len: usize,
+    loaded: Magazine,
+    previous: Magazine,
+    /// Buffers' worth of budget this cache has reserved: at least as many
+    /// as its magazines hold.
+    slots: usize,
+}
+
+impl ClassCache {
+    fn held(&self) -> usize {
+        self.loaded.len() + self.previous.len()
+    }
+}
+
+/// One thread's cache for one pool.
+struct ThreadCache {
+    /// The pool's address: while `pool` (a weak reference) lives, no other
+    /// pool can be allocated there, so comparing addresses identifies it.
+    pool_address: usize,
+    pool: Weak<Shared>,
+    /// Inline, in the order of the pool's classes: one pointer less to
+    /// follow on every get and return.
+    classes: [ClassCache; SIZE_CLASSES_MAX],
+    counts: Arc<Counts>,
+}
+
+impl ThreadCache {
+    fn new(shared: &Arc<Shared>) -> Self {
+        let counts = Arc::new(Counts::default());
+        shared.threads.lock().push(Arc::clone(&counts));
+        let mut classes: [ClassCache; SIZE_CLASSES_MAX] = Default::default();
+        for (cache, class) in classes.iter_mut().zip(&shared.classes) {
+            cache.capacity = class.capacity;
+            cache.magazine_len = class.magazine_len;
+        }
+        Self {
+            pool_address: Arc::as_ptr(shared) as usize,
+            pool: Arc::downgrade(shared),
+            classes,
+            counts,
+        }
+    }
+
+    /// An idle buffer of `class`, or `None` (a miss, counted).
+    #[inline]
+    fn take(&mut self, shared: &Shared, class: usize) -> Option<Buffer> {
+        let cache = &mut self.classes[class];
+        if let Some(buffer) = cache.loaded.pop() {
+            bump(&self.counts.classes[class].hits, 1);
+            return Some(buffer);
+        }
+        self.take_slow(shared, class)
+    }
+
+    /// `take` with an empty loaded magazine: swap in the other one, or
+    /// trade the empty one for a full one from the depot.
+    #[cold]
+    fn take_slow(&mut self, shared: &Shared, class: usize) -> Option<Buffer> {
+        let cache = &mut self.classes[class];
+        if cache.previous.is_empty() {
+            let Some(full) = shared.withdraw(class) else {
+                bump(&self.counts.misses, 1);
+                return None;
+            };
+            // Both magazines were empty: the reservation we kept for them
+            // goes back, and the new magazine brings its own.
+            shared.release(cache.slots * cache.capacity);
+            cache.slots = full.len();
+            bump(&self.counts.classes[class].moved_in, full.len() as u64);
+            let empty = std::mem::replace(&mut cache.loaded, full);
+            shared.recycle(class, empty);
+        } else {
+            std::mem::swap(&mut cache.loaded, &mut cache.previous);
+        }
+        let buffer = cache.loaded.pop()?;
+        bump(&self.counts.classes[class].hits, 1);
+        Some(buffer)
+    }
+
+    /// Keeps `buffer` (cleared, of its class's capacity) for reuse, or
+    /// gives it back to be freed (counted) when there is no room.
+    #[inline]
+    fn keep(&mut self, shared: &Shared, class: usize, buffer: Buffer) -> Result<(), Buffer> {
+        let cache = &mut self.classes[class];
+        if cache.loaded.len() < cache.magazine_len && cache.held() < cache.slots {
+            cache.loaded.push(buffer);
+            bump(&self.counts.classes[class].returns, 1);
+            return Ok(());
+        }
+        self.keep_slow(shared, class, buffer)
+    }
+
+    /// `keep` with a full loaded magazine or no reserved room: swap in the
+    /// other magazine or send a full one to the depot, then reserve room.
+    #[cold]
+    fn keep_slow(&mut self, shared: &Shared, class: usize, buffer: Buffer) -> Result<(), Buffer> {
+        let cache = &mut self.classes[class];
+        if cache.loaded.len() >= cache.magazine_len {
+            if cache.previous.len() >= cache.magazine_len {
+                let full = std::mem::take(&mut cache.previous);
+                let buffers = full.len();
+                if let Err(full) = shared.deposit(class, full) {
+                    // The depot is at its limit: this buffer goes.
+                    cache.previous = full;
+                    bump(&self.counts.discards, 1);
+                    return Err(buffer);
+                }
+                cache.previous = shared.empty_magazine(class);
+                cache.slots -= buffers;
+                let moved_out = (buffers as u64).wrapping_neg();
+                bump(&self.counts.classes[class].moved_in, moved_out);
+            }
+            std::mem::swap(&mut cache.loaded, &mut cache.previous);
+        }
+        if cache.held() >= cache.slots && !Self::reserve_room(shared, cache) {
+            bump(&self.counts.discards, 1);
+            return Err(buffer);
+        }
+        cache.loaded.push(buffer);
+        bump(&self.counts.classes[class].returns, 1);
+        Ok(())
+    }
+
+    /// Reserves a magazine's worth of budget, or one buffer's worth when
+    /// that does not fit.
+    fn reserve_room(shared: &Shared, cache: &mut ClassCache) -> bool {
+        let room_left = 2 * cache.magazine_len - cache.slots;
+        let magazine = cache.magazine_len.min(room_left);
+        for buffers in [magazine, 1] {
+            if buffers > 0 && shared.reserve(buffers * cache.capacity) {
+                cache.slots += buffers;
+                return true;
             }
         }
-        self.shards[home_shard()]
-            .counters
-            .misses
-            .fetch_add(1, Relaxed);
-        BytesMut::with_capacity(capacity)
+        false
     }
+}
 
-    /// Takes `buffer` back into `class`, or frees it (counted) when it was
-    /// resized or no shard has room.
-    fn give_back(&self, class: usize, mut buffer: BytesMut) {
-        let capacity = self.capacities[class];
-        buffer.clear();
-        // A buffer split or grown by its user no longer has its class's
-        // capacity, which the budget accounts for exactly.
-        if buffer.capacity() == capacity {
-            for shard in self.shards_from_home() {
-                match shard.keep(class, capacity, buffer) {
-                    Ok(()) => {
-                        shard.counters.returns.fetch_add(1, Relaxed);
-                        return;
-                    }
-                    Err(refused) => buffer = refused,
+impl Drop for ThreadCache {
+    /// At thread exit (or once its pool is gone): magazines go to the
+    /// depot, unused reservations back to the budget, the counts to the
+    /// pool's shared counts.
+    fn drop(&mut self) {
+        let Some(shared) = self.pool.upgrade() else {
+            return;
+        };
+        let classes = self.classes.iter_mut().take(shared.classes.len());
+        for (class, cache) in classes.enumerate() {
+            let mut kept = 0;
+            for magazine in [
+                std::mem::take(&mut cache.loaded),
+                std::mem::take(&mut cache.previous),
+            ] {
+                let buffers = magazine.len();
+                if buffers == 0 {
+                    continue;
+                }
+                match shared.deposit(class, magazine) {
+                    Ok(()) => kept += buffers,
+                    Err(_freed) => bump(&self.counts.discards, buffers as u64),
                 }
             }
+            shared.release((cache.slots - kept) * cache.capacity);
         }
-        self.shards[home_shard()]
-            .counters
+        let counts = &shared.counts;
+        let mine = &self.counts;
+        for class in &mine.classes {
+            counts.hits.fetch_add(class.hits.load(Relaxed), Relaxed);
+            counts
+                .returns
+                .fetch_add(class.returns.load(Relaxed), Relaxed);
+        }
+        counts.misses.fetch_add(mine.misses.load(Relaxed), Relaxed);
+        counts
             .discards
-            .fetch_add(1, Relaxed);
+            .fetch_add(mine.discards.load(Relaxed), Relaxed);
+        shared
+            .threads
+            .lock()
+            .retain(|counts| !Arc::ptr_eq(counts, &self.counts));
     }
+}
+
+thread_local! {
+    /// This thread's caches, one per pool it has used.
+    static THREAD_CACHES: RefCell<Vec<ThreadCache>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `work` on this thread's cache for `shared`, made on first use.
+/// `None` when thread-local storage is gone (thread teardown) or already
+/// borrowed (a re-entrant call): callers then bypass the pool.
+#[inline]
+fn with_thread_cache<R>(
+    shared: &Arc<Shared>,
+    work: impl FnOnce(&mut ThreadCache) -> R,
+) -> Option<R> {
+    THREAD_CACHES
+        .try_with(|caches| {
+            let mut caches = caches.try_borrow_mut().ok()?;
+            let address = Arc::as_ptr(shared) as usize;
+            let index = match caches.iter().position(|c| c.pool_address == address) {
+                Some(index) => index,
+                None => install_thread_cache(&mut caches, shared),
+            };
+            Some(work(&mut caches[index]))
+        })
+        .ok()
+        .flatten()
+}
+
+/// Adds this thread's cache for `shared`, first dropping caches of pools
+/// that are gone (their buffers are freed).
+#[cold]
+fn install_thread_cache(caches: &mut Vec<ThreadCache>, shared: &Arc<Shared>) -> usize {
+    caches.retain(|cache| cache.pool.strong_count() > 0);
+    caches.push(ThreadCache::new(shared));
+    caches.len() - 1
 }
 
 /// A bounded pool of reusable `BytesMut` buffers in size classes.
@@ -262,26 +545,29 @@ impl BufferPool {
         if config.idle_buffers_per_class_max == 0 {
             return Err(BufferPoolConfigError::ZeroIdleBuffers);
         }
-        let shard_budget = config.budget_bytes / SHARDS;
-        let shard = || {
-            let idle = sizes
-                .iter()
-                .map(|&capacity| {
-                    let slots = (shard_budget / capacity)
-                        .clamp(1, config.idle_buffers_per_class_max.div_ceil(SHARDS));
-                    ArrayQueue::new(slots)
-                })
-                .collect();
-            CachePadded::new(Shard {
-                idle,
-                budget_bytes: shard_budget,
-                bytes_held: AtomicUsize::new(0),
-                counters: Counters::default(),
+        if sizes.len() > SIZE_CLASSES_MAX {
+            return Err(BufferPoolConfigError::TooManySizeClasses);
+        }
+        let classes = sizes
+            .iter()
+            .map(|&capacity| {
+                let magazine_len = (MAGAZINE_BYTES / capacity).clamp(1, MAGAZINE_BUFFERS_MAX);
+                let magazines = config.idle_buffers_per_class_max.div_ceil(magazine_len);
+                Class {
+                    capacity,
+                    magazine_len,
+                    full: ArrayQueue::new(magazines),
+                    empty: ArrayQueue::new(magazines),
+                }
             })
-        };
+            .collect();
         let shared = Shared {
             capacities: sizes.clone().into_boxed_slice(),
-            shards: std::array::from_fn(|_| shard()),
+            classes,
+            budget_bytes: config.budget_bytes,
+            reserved_bytes: CachePadded::new(AtomicUsize::new(0)),
+            counts: SharedCounts::default(),
+            threads: Mutex::new(Vec::new()),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -291,113 +577,150 @@ impl BufferPool {
     /// An empty buffer with capacity for at least `capacity` bytes. It
     /// returns to the pool when dropped.
     pub fn get(&self, capacity: usize) -> PooledBuffer<'_> {
-        let Some(class) = self
-            .shared
-            .capacities
-            .iter()
-            .position(|&class| class >= capacity)
-        else {
-            self.shared.shards[home_shard()]
-                .counters
-                .oversized
-                .fetch_add(1, Relaxed);
+        let shared = &self.shared;
+        let Some(class) = shared.class_for(capacity) else {
+            shared.counts.oversized.fetch_add(1, Relaxed);
             return PooledBuffer {
-                buffer: BytesMut::with_capacity(capacity),
+                buffer: Some(Box::new(BytesMut::with_capacity(capacity))),
                 home: None,
             };
         };
-        let buffer = self.shared.take(class);
+        let buffer = with_thread_cache(shared, |cache| cache.take(shared, class))
+            .unwrap_or_else(|| {
+                shared.counts.misses.fetch_add(1, Relaxed);
+                None
+            })
+            .unwrap_or_else(|| Box::new(BytesMut::with_capacity(shared.capacities[class])));
         debug_assert!(buffer.is_empty() && buffer.capacity() >= capacity);
         PooledBuffer {
-            buffer,
-            home: Some((&self.shared, class)),
+            buffer: Some(buffer),
+            home: Some((shared, class)),
         }
     }
 
-    /// The pool's counters now, summed over its shards.
+    /// The pool's counters now, summed over its threads: each thread's
+    /// counts as of its last store, so the totals are exact once the
+    /// threads are quiet and approximate while they work. `bytes_reserved`
+    /// is always exact and never above the budget.
     pub fn stats(&self) -> BufferPoolStats {
-        let mut stats = BufferPoolStats::default();
-        for shard in &self.shared.shards {
-            let counters = &shard.counters;
-            stats.hits += counters.hits.load(Relaxed);
-            stats.misses += counters.misses.load(Relaxed);
-            stats.oversized += counters.oversized.load(Relaxed);
-            stats.returns += counters.returns.load(Relaxed);
-            stats.discards += counters.discards.load(Relaxed);
-            stats.bytes_held += shard.bytes_held.load(Relaxed);
-            stats.buffers_held += shard.idle.iter().map(ArrayQueue::len).sum::<usize>();
+        let counts = &self.shared.counts;
+        let mut stats = BufferPoolStats {
+            hits: counts.hits.load(Relaxed),
+            misses: counts.misses.load(Relaxed),
+            oversized: counts.oversized.load(Relaxed),
+            returns: counts.returns.load(Relaxed),
+            discards: counts.discards.load(Relaxed),
+            bytes_held: counts.depot_bytes.load(Relaxed),
+            bytes_reserved: self.shared.reserved_bytes.load(Relaxed),
+            buffers_held: counts.depot_buffers.load(Relaxed),
+        };
+        for thread in self.shared.threads.lock().iter() {
+            stats.misses += thread.misses.load(Relaxed);
+            stats.discards += thread.discards.load(Relaxed);
+            for (class, &capacity) in thread.classes.iter().zip(&self.shared.capacities) {
+                stats.hits += class.hits.load(Relaxed);
+                stats.returns += class.returns.load(Relaxed);
+                let held = class.held() as usize;
+                stats.buffers_held += held;
+                stats.bytes_held += held * capacity;
+            }
         }
         stats
     }
 
-    /// The byte budget for idle buffers (the shards' shares added up).
+    /// The byte budget for idle buffers.
     pub fn budget_bytes(&self) -> usize {
-        self.shared
-            .shards
-            .iter()
-            .map(|shard| shard.budget_bytes)
-            .sum()
+        self.shared.budget_bytes
+    }
+}
+
+/// Takes `buffer` back into `class` through this thread's cache, or frees
+/// it (counted) when it was resized or there is no room.
+fn give_back(shared: &Arc<Shared>, class: usize, mut buffer: Buffer) {
+    buffer.clear();
+    // A buffer split or grown by its user no longer has its class's
+    // capacity, which the budget accounts for exactly.
+    let resized = buffer.capacity() != shared.capacities[class];
+    let kept = with_thread_cache(shared, |cache| {
+        if resized {
+            bump(&cache.counts.discards, 1);
+            return;
+        }
+        // Freed here when there was no room; `keep` counted it.
+        let _freed_if_refused = cache.keep(shared, class, buffer);
+    });
+    if kept.is_none() {
+        shared.counts.discards.fetch_add(1, Relaxed);
     }
 }
 
 /// A buffer from a [`BufferPool`]: a `BytesMut` (through `Deref`) that goes
 /// back to its pool when dropped.
 pub struct PooledBuffer<'pool> {
-    buffer: BytesMut,
+    /// Always `Some` until `drop`, `detach` or `freeze` takes it (a `Box`
+    /// cannot be moved out of a value with a destructor otherwise).
+    buffer: Option<Buffer>,
     /// The pool and class it returns to; `None` for oversized buffers.
     home: Option<(&'pool Arc<Shared>, usize)>,
 }
+
+const TAKEN: &str = "a pooled buffer is present until its handle is consumed";
 
 impl PooledBuffer<'_> {
     /// Takes the buffer out of the pool's care: it will be freed, not
     /// returned, when dropped.
     pub fn detach(mut self) -> BytesMut {
         self.home = None;
-        std::mem::take(&mut self.buffer)
+        *self.buffer.take().expect(TAKEN)
     }
 
     /// Turns the filled buffer into shared, immutable `Bytes`. Slices of it
     /// (`Bytes::slice`) keep the memory alive; when the last one is
-    /// dropped the buffer returns to its pool. This is the receive path: a
-    /// frame read into a pooled buffer, decoded into payloads that are
-    /// slices of it, recycled when the last payload is gone. (`Bytes`
-    /// allocates one small header per frozen buffer for its reference
-    /// count.)
+    /// dropped the buffer returns to its pool, through the cache of the
+    /// thread that drops it. This is the receive path: a frame read into a
+    /// pooled buffer, decoded into payloads that are slices of it, recycled
+    /// when the last payload is gone. (`Bytes` allocates one small header
+    /// per frozen buffer for its reference count.)
     pub fn freeze(mut self) -> Bytes {
         let home = self
             .home
             .take()
             .map(|(shared, class)| (Arc::clone(shared), class));
-        let buffer = std::mem::take(&mut self.buffer);
-        Bytes::from_owner(FrozenBuffer { buffer, home })
+        let buffer = self.buffer.take().expect(TAKEN);
+        Bytes::from_owner(FrozenBuffer {
+            buffer: Some(buffer),
+            home,
+        })
     }
 }
 
 impl Deref for PooledBuffer<'_> {
     type Target = BytesMut;
 
+    #[inline]
     fn deref(&self) -> &BytesMut {
-        &self.buffer
+        self.buffer.as_deref().expect(TAKEN)
     }
 }
 
 impl DerefMut for PooledBuffer<'_> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut BytesMut {
-        &mut self.buffer
+        self.buffer.as_deref_mut().expect(TAKEN)
     }
 }
 
 impl AsRef<[u8]> for PooledBuffer<'_> {
     fn as_ref(&self) -> &[u8] {
-        &self.buffer
+        self
     }
 }
 
 impl fmt::Debug for PooledBuffer<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PooledBuffer")
-            .field("len", &self.buffer.len())
-            .field("capacity", &self.buffer.capacity())
+            .field("len", &self.len())
+            .field("capacity", &self.capacity())
             .field("pooled", &self.home.is_some())
             .finish()
     }
@@ -405,8 +728,8 @@ impl fmt::Debug for PooledBuffer<'_> {
 
 impl Drop for PooledBuffer<'_> {
     fn drop(&mut self) {
-        if let Some((shared, class)) = self.home.take() {
-            shared.give_back(class, std::mem::take(&mut self.buffer));
+        if let (Some((shared, class)), Some(buffer)) = (self.home.take(), self.buffer.take()) {
+            give_back(shared, class, buffer);
         }
     }
 }
@@ -414,20 +737,21 @@ impl Drop for PooledBuffer<'_> {
 /// The owner behind [`PooledBuffer::freeze`]'s `Bytes`: holds the pool
 /// alive (an `Arc`) because `Bytes` may outlive every pool handle.
 struct FrozenBuffer {
-    buffer: BytesMut,
+    /// `Some` until dropped.
+    buffer: Option<Buffer>,
     home: Option<(Arc<Shared>, usize)>,
 }
 
 impl AsRef<[u8]> for FrozenBuffer {
     fn as_ref(&self) -> &[u8] {
-        &self.buffer
+        self.buffer.as_deref().map_or(&[], |buffer| buffer)
     }
 }
 
 impl Drop for FrozenBuffer {
     fn drop(&mut self) {
-        if let Some((shared, class)) = self.home.take() {
-            shared.give_back(class, std::mem::take(&mut self.buffer));
+        if let (Some((shared, class)), Some(buffer)) = (self.home.take(), self.buffer.take()) {
+            give_back(&shared, class, buffer);
         }
     }
 }
@@ -474,21 +798,64 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_bounds_idle_bytes_across_all_shards() {
-        // 1 KiB of budget per shard: four buffers kept, the rest freed.
-        let pool = pool(&[1024], SHARDS * 1024);
+    fn the_budget_bounds_idle_bytes() {
+        // Room for four 1 KiB buffers: less than a magazine, so the thread
+        // reserves one buffer's worth at a time; four kept, three freed.
+        let pool = pool(&[1024], 4 * 1024);
         let buffers: Vec<_> = (0..7).map(|_| pool.get(1024)).collect();
         drop(buffers);
         let stats = pool.stats();
-        assert_eq!(stats.bytes_held, SHARDS * 1024);
-        assert_eq!(
-            (stats.returns, stats.discards),
-            (SHARDS as u64, 7 - SHARDS as u64)
-        );
-        // And all of them are found again, whatever shard they went to.
-        let again: Vec<_> = (0..SHARDS).map(|_| pool.get(1024)).collect();
-        assert_eq!(pool.stats().hits, SHARDS as u64);
+        assert_eq!((stats.bytes_held, stats.bytes_reserved), (4096, 4096));
+        assert_eq!((stats.returns, stats.discards), (4, 3));
+        let again: Vec<_> = (0..4).map(|_| pool.get(1024)).collect();
+        assert_eq!(pool.stats().hits, 4);
         drop(again);
+    }
+
+    #[test]
+    fn a_magazine_reservation_is_taken_whole_when_it_fits() {
+        let pool = pool(&[4096], 1 << 20);
+        drop(pool.get(4096));
+        let stats = pool.stats();
+        let magazine_bytes = MAGAZINE_BUFFERS_MAX * 4096;
+        assert_eq!(
+            (stats.bytes_held, stats.bytes_reserved),
+            (4096, magazine_bytes)
+        );
+    }
+
+    #[test]
+    fn an_exiting_thread_leaves_its_buffers_to_the_others() {
+        let pool = pool(&[1024], 1 << 20);
+        // `join` (unlike a scope's end) waits for thread-local destructors.
+        let worker = pool.clone();
+        std::thread::spawn(move || {
+            let buffers: Vec<_> = (0..40).map(|_| worker.get(1000)).collect();
+            drop(buffers);
+        })
+        .join()
+        .expect("worker thread");
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.misses, stats.returns, stats.buffers_held),
+            (40, 40, 40)
+        );
+        assert_eq!(stats.bytes_reserved, 40 * 1024, "unused room went back");
+        let again: Vec<_> = (0..40).map(|_| pool.get(1000)).collect();
+        let stats = pool.stats();
+        assert_eq!((stats.hits, stats.misses), (40, 40));
+        drop(again);
+    }
+
+    #[test]
+    fn a_dropped_pools_thread_cache_goes_when_another_pool_arrives() {
+        let first = pool(&[1024], 1 << 20);
+        drop(first.get(10));
+        drop(first);
+        let second = pool(&[1024], 1 << 20);
+        drop(second.get(10));
+        let caches = THREAD_CACHES.with(|caches| caches.borrow().len());
+        assert_eq!(caches, 1, "the dropped pool's cache is gone");
     }
 
     #[test]

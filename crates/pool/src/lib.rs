@@ -12,23 +12,24 @@
 //!   its buffer by itself.
 //! - [`ObjectPool`]: reusable values of any type with a reset hook.
 //!
-//! Both are lock-free (crossbeam `ArrayQueue`s), cheap to clone (an
-//! `Arc`), and usable from any thread: a buffer filled on one thread may be
-//! dropped on another. The buffer pool is split into [`SHARDS`] shards on
-//! separate cache lines, and each thread starts at its own, so threads
-//! working at once rarely share a cache line (see the `buffer` module
-//! docs). A [`PooledBuffer`] borrows its pool rather than holding an
-//! `Arc`, which keeps reference counting off the hot path.
+//! Both are cheap to clone (an `Arc`) and usable from any thread: a buffer
+//! filled on one thread may be dropped on another. The buffer pool keeps
+//! per-thread *magazines* over a shared lock-free depot (Bonwick's design,
+//! see the `buffer` module docs): a get and a return on one thread touch no
+//! atomic and take no lock, and buffers crossing threads move between them
+//! a magazine at a time. A [`PooledBuffer`] borrows its pool rather than
+//! holding an `Arc`, which keeps reference counting off the hot path. The
+//! object pool is one crossbeam `ArrayQueue`.
 //!
 //! ## Invariants
 //!
 //! - **Bounded.** Idle buffers never hold more than
-//!   [`BufferPoolConfig::budget_bytes`] of capacity: each shard reserves
-//!   its share of the budget before it queues a buffer and releases it
-//!   after one is taken, so racing threads cannot overshoot. A class also
-//!   keeps at most `idle_buffers_per_class_max` buffers (rounded up to a
-//!   multiple of the shard count); an object pool at most its `idle_max`
-//!   objects.
+//!   [`BufferPoolConfig::budget_bytes`] of capacity: room in the budget is
+//!   reserved before a buffer is kept (a magazine's worth at a time) and
+//!   travels with the buffers between threads, so racing threads cannot
+//!   overshoot. The shared depot keeps at most `idle_buffers_per_class_max`
+//!   buffers per class (in whole magazines); an object pool at most its
+//!   `idle_max` objects.
 //! - **Never blocks.** An empty class allocates and counts a miss.
 //! - **Handed out clean.** A buffer comes out empty with at least the
 //!   requested capacity; an object comes out after its reset hook ran.
@@ -37,12 +38,14 @@
 //!
 //! ## What this crate does not do
 //!
-//! It has no per-thread caches (we measured them slower here: see the
-//! `buffer` module docs), never trims itself (idle buffers stay until
-//! reused), does not zero memory (a buffer is empty, not scrubbed: do not
-//! rely on it for secrets), and keeps no buffer its user has split or
-//! grown. Its only `unsafe` code is the counting allocator of the
-//! `testing` feature (for allocation-free tests), never in the pools.
+//! It never trims itself: idle buffers stay until reused, and a thread's
+//! magazines (up to two per class, 512 KiB each at most) stay with that
+//! thread until it exits, when they go to the depot; a thread that stops
+//! using a pool keeps its magazines until it uses another pool or exits.
+//! It does not zero memory (a buffer is empty, not scrubbed: do not rely on
+//! it for secrets), and keeps no buffer its user has split or grown. Its
+//! only `unsafe` code is the counting allocator of the `testing` feature
+//! (for allocation-free tests), never in the pools.
 //!
 //! ## Example
 //!
@@ -71,6 +74,7 @@ mod object;
 pub mod testing;
 
 pub use buffer::{
-    BufferPool, BufferPoolConfig, BufferPoolConfigError, BufferPoolStats, PooledBuffer, SHARDS,
+    BufferPool, BufferPoolConfig, BufferPoolConfigError, BufferPoolStats, PooledBuffer,
+    SIZE_CLASSES_MAX,
 };
 pub use object::{ObjectPool, ObjectPoolStats, Pooled};
