@@ -421,9 +421,10 @@ impl ThreadCache {
     /// Reserves a magazine's worth of budget, or one buffer's worth when
     /// that does not fit.
     fn reserve_room(shared: &Shared, cache: &mut ClassCache) -> bool {
-        let room_left = 2 * cache.magazine_len - cache.slots;
+        // Two magazines' worth at most: what the two magazines can hold.
+        let room_left = (2 * cache.magazine_len).saturating_sub(cache.slots);
         let magazine = cache.magazine_len.min(room_left);
-        for buffers in [magazine, 1] {
+        for buffers in [magazine, room_left.min(1)] {
             if buffers > 0 && shared.reserve(buffers * cache.capacity) {
                 cache.slots += buffers;
                 return true;
@@ -845,6 +846,76 @@ mod tests {
         let stats = pool.stats();
         assert_eq!((stats.hits, stats.misses), (40, 40));
         drop(again);
+    }
+
+    /// Bytes of budget this thread's cache for `pool` has reserved.
+    fn thread_room(pool: &BufferPool) -> usize {
+        let address = Arc::as_ptr(&pool.shared) as usize;
+        THREAD_CACHES.with(|caches| {
+            let caches = caches.borrow();
+            let cache = caches.iter().find(|c| c.pool_address == address);
+            cache.map_or(0, |cache| {
+                let classes = cache.classes.iter();
+                classes.map(|class| class.slots * class.capacity).sum()
+            })
+        })
+    }
+
+    #[test]
+    fn accounting_holds_after_every_step_of_a_random_workload() {
+        // Small budget and depot, so reservations, 1-buffer fallbacks,
+        // depot trades and refusals all happen; one thread, so the stats
+        // are exact after every step.
+        let config = BufferPoolConfig {
+            size_classes: vec![256, 4096, 64 << 10],
+            budget_bytes: 300 << 10,
+            idle_buffers_per_class_max: 40,
+        };
+        let pool = BufferPool::new(&config).expect("valid config");
+        let mut outstanding = Vec::new();
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for step in 0..20_000 {
+            let roll = next();
+            let wants_more = roll % 100 < 50 && outstanding.len() < 200;
+            if wants_more || outstanding.is_empty() {
+                let size = [100, 256, 3000, 50_000][(roll >> 8) as usize % 4];
+                outstanding.push(pool.get(size));
+            } else {
+                let at = (roll >> 8) as usize % outstanding.len();
+                outstanding.swap_remove(at);
+            }
+            let stats = pool.stats();
+            let allocated = stats.misses - stats.discards;
+            assert_eq!(
+                allocated,
+                stats.buffers_held as u64 + outstanding.len() as u64,
+                "step {step}: {stats:?}"
+            );
+            assert!(
+                stats.bytes_held <= stats.bytes_reserved,
+                "step {step}: {stats:?}"
+            );
+            // Every reserved byte is the depot's or this thread's room.
+            let depot_bytes = pool.shared.counts.depot_bytes.load(Relaxed);
+            assert_eq!(
+                stats.bytes_reserved,
+                depot_bytes + thread_room(&pool),
+                "step {step}: {stats:?}"
+            );
+            assert!(
+                stats.bytes_reserved <= config.budget_bytes,
+                "step {step}: {stats:?}"
+            );
+        }
+        drop(outstanding);
+        let stats = pool.stats();
+        assert!(stats.hits > 8_000, "buffers were reused: {stats:?}");
     }
 
     #[test]
