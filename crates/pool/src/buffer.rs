@@ -151,9 +151,9 @@ type Buffer = Box<BytesMut>;
 /// A stack of idle buffers of one class.
 type Magazine = Vec<Buffer>;
 
-/// One size class: its capacity and the shared depot of full magazines.
+/// One size class's shared depot of full magazines (its capacity is in
+/// `Shared::capacities`).
 struct Class {
-    capacity: usize,
     magazine_len: usize,
     /// Magazines of idle buffers, each carrying its reservation.
     full: ArrayQueue<Magazine>,
@@ -270,7 +270,7 @@ impl Shared {
     /// Moves `magazine` (non-empty, with its reservation) into the depot;
     /// gives it back when the depot is full.
     fn deposit(&self, class: usize, magazine: Magazine) -> Result<(), Magazine> {
-        let (buffers, capacity) = (magazine.len(), self.classes[class].capacity);
+        let (buffers, capacity) = (magazine.len(), self.capacities[class]);
         self.classes[class].full.push(magazine)?;
         self.counts.depot_buffers.fetch_add(buffers, Relaxed);
         self.counts
@@ -282,7 +282,7 @@ impl Shared {
     /// A magazine of idle buffers from the depot, with its reservation.
     fn withdraw(&self, class: usize) -> Option<Magazine> {
         let magazine = self.classes[class].full.pop()?;
-        let (buffers, capacity) = (magazine.len(), self.classes[class].capacity);
+        let (buffers, capacity) = (magazine.len(), self.capacities[class]);
         self.counts.depot_buffers.fetch_sub(buffers, Relaxed);
         self.counts
             .depot_bytes
@@ -326,8 +326,9 @@ impl ThreadCache {
         let counts = Arc::new(Counts::default());
         shared.threads.lock().push(Arc::clone(&counts));
         let mut classes: [ClassCache; SIZE_CLASSES_MAX] = Default::default();
-        for (cache, class) in classes.iter_mut().zip(&shared.classes) {
-            cache.capacity = class.capacity;
+        let pool_classes = shared.capacities.iter().zip(&shared.classes);
+        for (cache, (&capacity, class)) in classes.iter_mut().zip(pool_classes) {
+            cache.capacity = capacity;
             cache.magazine_len = class.magazine_len;
         }
         Self {
@@ -555,7 +556,6 @@ impl BufferPool {
                 let magazine_len = (MAGAZINE_BYTES / capacity).clamp(1, MAGAZINE_BUFFERS_MAX);
                 let magazines = config.idle_buffers_per_class_max.div_ceil(magazine_len);
                 Class {
-                    capacity,
                     magazine_len,
                     full: ArrayQueue::new(magazines),
                     empty: ArrayQueue::new(magazines),
@@ -586,12 +586,17 @@ impl BufferPool {
                 home: None,
             };
         };
-        let buffer = with_thread_cache(shared, |cache| cache.take(shared, class))
-            .unwrap_or_else(|| {
+        let allocate = || Box::new(BytesMut::with_capacity(shared.capacities[class]));
+        let buffer = match with_thread_cache(shared, |cache| cache.take(shared, class)) {
+            Some(Some(buffer)) => buffer,
+            // A miss, which the thread's cache counted.
+            Some(None) => allocate(),
+            // No cache (thread teardown): a miss counted here.
+            None => {
                 shared.counts.misses.fetch_add(1, Relaxed);
-                None
-            })
-            .unwrap_or_else(|| Box::new(BytesMut::with_capacity(shared.capacities[class])));
+                allocate()
+            }
+        };
         debug_assert!(buffer.is_empty() && buffer.capacity() >= capacity);
         PooledBuffer {
             buffer: Some(buffer),
