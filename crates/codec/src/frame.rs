@@ -16,13 +16,14 @@ use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Place, Serialize};
 
 use crate::message::{
-    AppendEntries, AppendEntriesResponse, Heartbeat, HeartbeatResponse, InstallSnapshot,
-    InstallSnapshotResponse, RejectHint, VoteRequest, VoteResponse,
+    AppendEntries, AppendEntriesResponse, ForwardRequest, ForwardResponse, ForwardStatus,
+    Heartbeat, HeartbeatResponse, InstallSnapshot, InstallSnapshotResponse, ReadIndexRequest,
+    ReadIndexResponse, RejectHint, VoteRequest, VoteResponse,
 };
 use crate::message::{
-    ArchivedAppendEntries, ArchivedConfState, ArchivedEntry, ArchivedEntryKind, ArchivedMessage,
-    ArchivedMessageBody, ArchivedSnapshotMeta, ConfState, Entry, EntryKind, LogIndex, Message,
-    MessageBody, SnapshotMeta, Term,
+    ArchivedAppendEntries, ArchivedConfState, ArchivedEntry, ArchivedEntryKind,
+    ArchivedForwardStatus, ArchivedMessage, ArchivedMessageBody, ArchivedSnapshotMeta, ConfState,
+    Entry, EntryKind, LogIndex, Message, MessageBody, SnapshotMeta, Term,
 };
 
 /// The first four bytes of every frame.
@@ -611,6 +612,15 @@ fn decode_append(frame: &Bytes, append: &ArchivedAppendEntries) -> AppendEntries
     }
 }
 
+fn decode_forward_status(status: &ArchivedForwardStatus) -> ForwardStatus {
+    match status {
+        ArchivedForwardStatus::Done => ForwardStatus::Done,
+        ArchivedForwardStatus::NotDone => ForwardStatus::NotDone,
+        ArchivedForwardStatus::Uncertain => ForwardStatus::Uncertain,
+        ArchivedForwardStatus::Refused => ForwardStatus::Refused,
+    }
+}
+
 fn decode_message(frame: &Bytes, message: &ArchivedMessage) -> Message {
     let body = match &message.body {
         ArchivedMessageBody::Vote(vote) => MessageBody::Vote(VoteRequest {
@@ -661,6 +671,27 @@ fn decode_message(frame: &Bytes, message: &ArchivedMessage) -> Message {
             })
         }
         ArchivedMessageBody::TimeoutNow => MessageBody::TimeoutNow,
+        ArchivedMessageBody::Forward(request) => MessageBody::Forward(ForwardRequest {
+            request_id: request.request_id.to_native(),
+            payload: frame.slice_ref(request.payload.as_slice()),
+        }),
+        ArchivedMessageBody::ForwardResponse(response) => {
+            MessageBody::ForwardResponse(ForwardResponse {
+                request_id: response.request_id.to_native(),
+                status: decode_forward_status(&response.status),
+                payload: frame.slice_ref(response.payload.as_slice()),
+            })
+        }
+        ArchivedMessageBody::ReadIndex(request) => MessageBody::ReadIndex(ReadIndexRequest {
+            request_id: request.request_id.to_native(),
+        }),
+        ArchivedMessageBody::ReadIndexResponse(response) => {
+            MessageBody::ReadIndexResponse(ReadIndexResponse {
+                request_id: response.request_id.to_native(),
+                status: decode_forward_status(&response.status),
+                index: response.index.to_native(),
+            })
+        }
     };
     Message {
         from: message.from.to_native(),

@@ -181,6 +181,70 @@ pub struct InstallSnapshotResponse {
     pub rejected: bool,
 }
 
+/// What a node's answer to a peer's [`ForwardRequest`] or
+/// [`ReadIndexRequest`] says happened.
+#[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum ForwardStatus {
+    /// Done: the payload (or index) is the result.
+    Done,
+    /// Certainly not done (never appended to the log, or not the
+    /// leader): asking again is safe. The payload says why.
+    NotDone,
+    /// Appended, but whether it took effect is unknown. The payload says
+    /// why.
+    Uncertain,
+    /// Refused for good (asking again will not help). The payload says
+    /// why.
+    Refused,
+}
+
+/// A request a follower hands to the leader on a client's behalf (a
+/// write, a membership or leadership change), opaque to this crate: the
+/// node that sends it encodes the payload and the leader validates it.
+#[derive(Archive, Serialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ForwardRequest {
+    /// Chosen by the sender, unique among its requests in flight; the
+    /// answer carries it back.
+    pub request_id: u64,
+    /// The request.
+    pub payload: Bytes,
+}
+
+/// The leader's one answer to a [`ForwardRequest`].
+#[derive(Archive, Serialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ForwardResponse {
+    /// The request answered.
+    pub request_id: u64,
+    /// What happened.
+    pub status: ForwardStatus,
+    /// The result when done, else the reason, as text.
+    pub payload: Bytes,
+}
+
+/// A follower asks the leader for a read index: the commit index as of a
+/// moment after this request was sent, confirmed by a quorum.
+#[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ReadIndexRequest {
+    /// Chosen by the sender; the answer carries it back.
+    pub request_id: u64,
+}
+
+/// The leader's one answer to a [`ReadIndexRequest`].
+#[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ReadIndexResponse {
+    /// The request answered.
+    pub request_id: u64,
+    /// [`ForwardStatus::Done`] when `index` is valid; else why not.
+    pub status: ForwardStatus,
+    /// The read index: reads are linearizable once applied to it.
+    pub index: LogIndex,
+}
+
 /// What a [`Message`] says.
 #[derive(Archive, Serialize, Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -203,6 +267,31 @@ pub enum MessageBody {
     InstallSnapshotResponse(InstallSnapshotResponse),
     /// Tells the leader-transfer target to start an election now.
     TimeoutNow,
+    // The node's services to its peers, outside Raft. New variants only
+    // ever go at the end: a variant's tag is its position.
+    /// A request forwarded to the leader.
+    Forward(ForwardRequest),
+    /// The answer to a forwarded request.
+    ForwardResponse(ForwardResponse),
+    /// A follower's request for a read index.
+    ReadIndex(ReadIndexRequest),
+    /// The answer to a read-index request.
+    ReadIndexResponse(ReadIndexResponse),
+}
+
+impl MessageBody {
+    /// Whether the consensus core reads this message. The others are the
+    /// node's services to its peers (forwarded requests, read indexes):
+    /// their [`Message::term`] means nothing and the core refuses them.
+    pub fn is_raft(&self) -> bool {
+        !matches!(
+            self,
+            Self::Forward(_)
+                | Self::ForwardResponse(_)
+                | Self::ReadIndex(_)
+                | Self::ReadIndexResponse(_)
+        )
+    }
 }
 
 /// A message between two nodes.

@@ -8,8 +8,9 @@ use dr_codec::frame::{
     encode_messages,
 };
 use dr_codec::message::{
-    AppendEntries, AppendEntriesResponse, ConfState, Entry, EntryKind, Heartbeat,
-    HeartbeatResponse, InstallSnapshot, InstallSnapshotResponse, Message, MessageBody, RejectHint,
+    AppendEntries, AppendEntriesResponse, ConfState, Entry, EntryKind, ForwardRequest,
+    ForwardResponse, ForwardStatus, Heartbeat, HeartbeatResponse, InstallSnapshot,
+    InstallSnapshotResponse, Message, MessageBody, ReadIndexRequest, ReadIndexResponse, RejectHint,
     SnapshotMeta, VoteRequest, VoteResponse,
 };
 
@@ -94,6 +95,21 @@ pub fn every_message() -> Vec<Message> {
             rejected: false,
         }),
         MessageBody::TimeoutNow,
+        MessageBody::Forward(ForwardRequest {
+            request_id: 41,
+            payload: Bytes::from_static(b"a forwarded write"),
+        }),
+        MessageBody::ForwardResponse(ForwardResponse {
+            request_id: 41,
+            status: ForwardStatus::Uncertain,
+            payload: Bytes::from_static(b"why"),
+        }),
+        MessageBody::ReadIndex(ReadIndexRequest { request_id: 7 }),
+        MessageBody::ReadIndexResponse(ReadIndexResponse {
+            request_id: 7,
+            status: ForwardStatus::Done,
+            index: 1234,
+        }),
     ];
     bodies
         .into_iter()
@@ -167,10 +183,18 @@ fn payloads_are_slices_of_the_frame_buffer() {
                 assert!(inside(&chunk.data), "snapshot chunk was copied");
                 payloads += 1;
             }
+            MessageBody::Forward(request) => {
+                assert!(inside(&request.payload), "forwarded request was copied");
+                payloads += 1;
+            }
+            MessageBody::ForwardResponse(response) => {
+                assert!(inside(&response.payload), "forwarded answer was copied");
+                payloads += 1;
+            }
             _ => {}
         }
     }
-    assert_eq!(payloads, 4);
+    assert_eq!(payloads, 6);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! Membership operations work on any node: they travel to the leader
 //! like client writes. Snapshot and backup act on the node asked.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,14 +13,16 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use bytes::Bytes;
+use axum::routing::{delete, get, post, put};
+use dr_raft::ConfChangeOp;
 use dr_transport::{TcpTransport, Transport};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
+use crate::command::{Command, ReplyShape};
+use crate::kv::{MemberAddrs, WriteOp};
 use crate::metrics::gauge_or_counter;
 use crate::resp::Reply;
 use crate::runtime::Request;
@@ -46,6 +49,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         .route("/members", get(status).post(add_learner))
         .route("/members/{id}/promote", post(promote))
         .route("/members/{id}", delete(remove))
+        .route("/members/{id}/addrs", put(set_addrs))
         .route("/transfer-leader/{id}", post(transfer_leader))
         .route("/snapshot", post(snapshot))
         .route("/backup", post(backup))
@@ -75,14 +79,6 @@ fn reply_answer(reply: Reply, done: Value) -> Response {
         Reply::Error(text) => answer(StatusCode::BAD_REQUEST, json!({ "error": text })),
         _ => answer(StatusCode::OK, done),
     }
-}
-
-async fn run(state: &AdminState, words: &[String]) -> Reply {
-    let arguments = words
-        .iter()
-        .map(|w| Bytes::copy_from_slice(w.as_bytes()))
-        .collect();
-    state.executor.execute(arguments).await
 }
 
 async fn metrics(State(state): Shared) -> Response {
@@ -232,11 +228,38 @@ struct NewMember {
     peer_addr: String,
 }
 
+/// A peer address given to the admin API: an IP address and port.
+fn peer_addr(text: &str) -> Option<SocketAddr> {
+    text.parse::<SocketAddr>().ok()
+}
+
+fn bad_peer_addr() -> Response {
+    answer(
+        StatusCode::BAD_REQUEST,
+        json!({ "error": "peer_addr must be host:port with an IP address" }),
+    )
+}
+
+/// Records a member's addresses in the replicated member table; peers
+/// connect to the new peer address, where the transport's handshake (and
+/// mutual TLS when on) must still admit the node before anything is
+/// sent.
+async fn record_member(state: &AdminState, id: u64, addrs: MemberAddrs) -> Reply {
+    let record = Command::Write {
+        op: WriteOp::Member { id, addrs },
+        shape: ReplyShape::Ok,
+    };
+    state.executor.submit(record).await
+}
+
 async fn add_learner(State(state): Shared, Json(member): Json<NewMember>) -> Response {
-    if member.peer_addr.parse::<std::net::SocketAddr>().is_err() {
+    let Some(peer) = peer_addr(&member.peer_addr) else {
+        return bad_peer_addr();
+    };
+    if member.id == 0 {
         return answer(
             StatusCode::BAD_REQUEST,
-            json!({ "error": "peer_addr must be host:port with an IP address" }),
+            json!({ "error": "a node id is a positive integer" }),
         );
     }
     let known = state
@@ -246,44 +269,86 @@ async fn add_learner(State(state): Shared, Json(member): Json<NewMember>) -> Res
         .lock()
         .members
         .get(&member.id)
-        .cloned();
-    let (client, admin) = known.map(|m| (m.client, m.admin)).unwrap_or_default();
-    let record = [
-        "DR.MEMBER".into(),
-        member.id.to_string(),
-        member.peer_addr.clone(),
-        client,
-        admin,
-    ];
-    let reply = run(&state, &record).await;
+        .cloned()
+        .unwrap_or_default();
+    let addrs = MemberAddrs {
+        peer: peer.to_string(),
+        ..known
+    };
+    let reply = record_member(&state, member.id, addrs).await;
     if reply != Reply::OK {
         return reply_answer(reply, Value::Null);
     }
     conf_change(
         &state,
-        "learner",
-        member.id,
+        ConfChangeOp::AddLearner(member.id),
         json!({ "added_learner": member.id }),
     )
     .await
 }
 
-/// A membership change through the leader (`DR.CONFCHANGE op id`).
-async fn conf_change(state: &AdminState, op: &str, id: u64, done: Value) -> Response {
-    let reply = run(state, &["DR.CONFCHANGE".into(), op.into(), id.to_string()]).await;
+#[derive(Deserialize)]
+struct MemberAddrsUpdate {
+    peer_addr: String,
+    client_addr: Option<String>,
+    admin_addr: Option<String>,
+}
+
+/// `PUT /members/{id}/addrs`: a member moved. Its peers reconnect to the
+/// new peer address (the handshake still decides whether it is that
+/// node).
+async fn set_addrs(
+    State(state): Shared,
+    Path(id): Path<u64>,
+    Json(update): Json<MemberAddrsUpdate>,
+) -> Response {
+    let Some(peer) = peer_addr(&update.peer_addr) else {
+        return bad_peer_addr();
+    };
+    let known = state
+        .executor
+        .engine()
+        .status
+        .lock()
+        .members
+        .get(&id)
+        .cloned();
+    let Some(known) = known else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("node {id} has no member record") }),
+        );
+    };
+    let addrs = MemberAddrs {
+        peer: peer.to_string(),
+        client: update.client_addr.unwrap_or(known.client),
+        admin: update.admin_addr.unwrap_or(known.admin),
+    };
+    let reply = record_member(&state, id, addrs.clone()).await;
+    reply_answer(reply, json!({ "member": id, "addrs": addrs }))
+}
+
+/// A membership change through the leader.
+async fn conf_change(state: &AdminState, op: ConfChangeOp, done: Value) -> Response {
+    let reply = state.executor.submit(Command::ConfChange(op)).await;
     reply_answer(reply, done)
 }
 
 async fn promote(State(state): Shared, Path(id): Path<u64>) -> Response {
-    conf_change(&state, "voter", id, json!({ "promoted": id })).await
+    conf_change(
+        &state,
+        ConfChangeOp::AddVoter(id),
+        json!({ "promoted": id }),
+    )
+    .await
 }
 
 async fn remove(State(state): Shared, Path(id): Path<u64>) -> Response {
-    conf_change(&state, "remove", id, json!({ "removed": id })).await
+    conf_change(&state, ConfChangeOp::Remove(id), json!({ "removed": id })).await
 }
 
 async fn transfer_leader(State(state): Shared, Path(id): Path<u64>) -> Response {
-    let reply = run(&state, &["DR.TRANSFER".into(), id.to_string()]).await;
+    let reply = state.executor.submit(Command::TransferLeader(id)).await;
     reply_answer(reply, json!({ "transferring_to": id }))
 }
 

@@ -23,9 +23,10 @@ pub enum Command {
         /// How its outcome is answered.
         shape: ReplyShape,
     },
-    /// A membership change (`DR.CONFCHANGE`, sent by the admin API).
+    /// A membership change. Only the admin API makes one: no client
+    /// request parses to it.
     ConfChange(ConfChangeOp),
-    /// Hands leadership to a voter (`DR.TRANSFER`).
+    /// Hands leadership to a voter. Only the admin API makes one.
     TransferLeader(NodeId),
     /// `INFO [section ...]`: the node's state (the named sections, in
     /// lower case; all when none are named).
@@ -43,9 +44,26 @@ pub enum ConnectionCommand {
     Hello {
         /// The protocol version asked for.
         version: Option<Bytes>,
+        /// Credentials: user name and password.
+        auth: Option<(Bytes, Bytes)>,
         /// A name for the connection.
         name: Option<Bytes>,
     },
+    /// `AUTH [user] password`.
+    Auth {
+        /// The user (`default` when not given).
+        user: Option<Bytes>,
+        /// The password.
+        password: Bytes,
+    },
+    /// `ACL WHOAMI`.
+    AclWhoami,
+    /// `ACL LIST`: the users, without their passwords.
+    AclList,
+    /// `ACL USERS`: the users' names.
+    AclUsers,
+    /// `CLIENT LIST`: the open connections.
+    ClientList,
     /// `CLIENT SETNAME name`.
     SetName(Bytes),
     /// `CLIENT GETNAME`.
@@ -86,8 +104,6 @@ pub enum ReadOp {
         /// Only strings exist; any other type matches nothing.
         strings_only: bool,
     },
-    /// `DR.READINDEX`: a follower asks the leader for a read index.
-    ReadIndex,
 }
 
 /// How a write's [`Outcome`] is answered.
@@ -136,6 +152,28 @@ pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
             connection(ConnectionCommand::Echo(args[0].clone()))
         }
         b"hello" => parse_hello(args),
+        b"auth" => {
+            arity(matches!(args.len(), 1 | 2))?;
+            let (user, password) = match args {
+                [password] => (None, password.clone()),
+                [user, password] => (Some(user.clone()), password.clone()),
+                _ => unreachable!("arity checked"),
+            };
+            connection(ConnectionCommand::Auth { user, password })
+        }
+        b"acl" => {
+            arity(args.len() == 1)?;
+            match args[0].to_ascii_uppercase().as_slice() {
+                b"WHOAMI" => connection(ConnectionCommand::AclWhoami),
+                b"LIST" => connection(ConnectionCommand::AclList),
+                b"USERS" => connection(ConnectionCommand::AclUsers),
+                _ => Err(Reply::err(format!(
+                    "unknown subcommand '{}'; drkv answers ACL WHOAMI, ACL LIST and ACL USERS \
+                     (users are set in the configuration file)",
+                    String::from_utf8_lossy(&args[0][..args[0].len().min(64)])
+                ))),
+            }
+        }
         b"client" => parse_client(args),
         b"command" => connection(ConnectionCommand::CommandInfo(args.first().cloned())),
         b"select" => {
@@ -177,7 +215,6 @@ pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
             arity(!args.is_empty())?;
             parse_scan(args)
         }
-        b"dr.readindex" => read(ReadOp::ReadIndex),
         b"set" => {
             arity(args.len() >= 2)?;
             parse_set(args)
@@ -245,32 +282,6 @@ pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
             };
             write(op, ReplyShape::Integer)
         }
-        b"dr.member" => {
-            arity(args.len() == 4)?;
-            let id = node_id(&args[0])?;
-            let text = |arg: &Bytes| String::from_utf8_lossy(arg).into_owned();
-            let addrs = kv::MemberAddrs {
-                peer: text(&args[1]),
-                client: text(&args[2]),
-                admin: text(&args[3]),
-            };
-            write(WriteOp::Member { id, addrs }, ReplyShape::Ok)
-        }
-        b"dr.confchange" => {
-            arity(args.len() == 2)?;
-            let id = node_id(&args[1])?;
-            let op = match args[0].to_ascii_lowercase().as_slice() {
-                b"learner" => ConfChangeOp::AddLearner(id),
-                b"voter" => ConfChangeOp::AddVoter(id),
-                b"remove" => ConfChangeOp::Remove(id),
-                _ => return Err(Reply::err("DR.CONFCHANGE takes learner, voter or remove")),
-            };
-            Ok(Command::ConfChange(op))
-        }
-        b"dr.transfer" => {
-            arity(args.len() == 1)?;
-            Ok(Command::TransferLeader(node_id(&args[0])?))
-        }
         _ => Err(unknown_command(&arguments[0], args)),
     }
 }
@@ -336,13 +347,6 @@ fn integer(arg: &[u8]) -> Result<i64, Reply> {
     kv::parse_integer(arg).ok_or_else(|| Reply::err("value is not an integer or out of range"))
 }
 
-fn node_id(arg: &[u8]) -> Result<NodeId, Reply> {
-    match integer(arg)? {
-        id if id > 0 => Ok(id as NodeId),
-        _ => Err(Reply::err("a node id is a positive integer")),
-    }
-}
-
 fn syntax_error() -> Reply {
     Reply::err("syntax error")
 }
@@ -400,14 +404,14 @@ fn parse_scan(args: &[Bytes]) -> Result<Command, Reply> {
 fn parse_hello(args: &[Bytes]) -> Result<Command, Reply> {
     let version = args.first().cloned();
     let mut name = None;
+    let mut auth = None;
     let mut options = args.iter().skip(1);
     while let Some(option) = options.next() {
         match option.to_ascii_uppercase().as_slice() {
-            // No authentication: any credentials are accepted, as by a
-            // Redis without requirepass.
             b"AUTH" => {
-                options.next().ok_or_else(syntax_error)?;
-                options.next().ok_or_else(syntax_error)?;
+                let user = options.next().ok_or_else(syntax_error)?.clone();
+                let password = options.next().ok_or_else(syntax_error)?.clone();
+                auth = Some((user, password));
             }
             b"SETNAME" => name = Some(options.next().ok_or_else(syntax_error)?.clone()),
             _ => return Err(syntax_error()),
@@ -415,6 +419,7 @@ fn parse_hello(args: &[Bytes]) -> Result<Command, Reply> {
     }
     Ok(Command::Connection(ConnectionCommand::Hello {
         version,
+        auth,
         name,
     }))
 }
@@ -434,6 +439,7 @@ fn parse_client(args: &[Bytes]) -> Result<Command, Reply> {
         }
         (b"GETNAME", 1) => ConnectionCommand::GetName,
         (b"ID", 1) => ConnectionCommand::Id,
+        (b"LIST", 1) => ConnectionCommand::ClientList,
         (b"SETINFO", 3) => ConnectionCommand::ClientOk,
         _ => {
             return Err(Reply::err(format!(

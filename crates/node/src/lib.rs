@@ -14,8 +14,12 @@
 //! - [`kv`]: the state machine: write commands as log entries, applied
 //!   deterministically (a presence cache spares most writes a store read);
 //!   [`command`]: Redis commands parsed and answered.
-//! - [`server`]: the client port and the executor that carries commands
-//!   to the engine or, on a follower, writes to the leader ([`forward`]).
+//! - [`connection`]: the client port (authentication, permissions,
+//!   protected mode); [`auth`]: users and password hashes.
+//! - [`server`]: the executor that carries commands
+//!   to the engine; on a follower the engine forwards writes to the
+//!   leader, and fetches read indexes from it, as messages on the peer
+//!   transport (never through a client port).
 //! - [`admin`]: the HTTP admin port (`/metrics`, `/status`, membership,
 //!   leader transfer, snapshot, backup); [`metrics`]: its counters.
 //! - [`resp`]: the Redis protocol, RESP2 and RESP3; [`loadgen`]: the
@@ -42,13 +46,19 @@
 //!   leave and before anything it covers is applied or answered.
 //! - A client's bytes never make the server allocate past the request
 //!   limit, wait forever for a request's end, or panic.
+//! - The client port changes no cluster state but the data: membership,
+//!   leadership and member addresses change only through the admin API
+//!   ([`admin`]), and node-to-node traffic (forwarded writes, read-index
+//!   fetches) travels only on the peer transport.
+//! - With a password configured, a client that has not authenticated
+//!   gets `-NOAUTH` for everything but `AUTH`, `HELLO` and `QUIT`; no
+//!   password or hash is ever logged or shown ([`auth`]).
 //!
 //! ## What it does not do
 //!
 //! No key expiry (`EX`/`PX` are refused with an error), no data types
-//! besides strings, no authentication or TLS on the client port (peers
-//! can use mutual TLS through dr-transport's configuration), one
-//! database. `SCAN` cursors live on the node that handed them out. A
+//! besides strings, one database; users are read from the configuration
+//! (`ACL SETUSER` and friends are not served). `SCAN` cursors live on the node that handed them out. A
 //! write whose leader fails before answering is reported as
 //! `-UNCERTAIN`: retrying it is the client's decision (`INCR` is not
 //! idempotent).
@@ -71,8 +81,9 @@
 //! ```
 
 pub mod admin;
+pub mod auth;
 pub mod command;
-pub mod forward;
+pub mod connection;
 pub mod kv;
 pub mod lease;
 pub mod loadgen;

@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Run one node.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a local 3-node cluster (three processes) until Ctrl-C.
     Dev {
         /// Where the nodes keep their data.
@@ -60,6 +60,14 @@ enum Commands {
     /// Drive nodes with a closed-loop load (one command in flight per
     /// connection) and print throughput and latency.
     Bench(BenchArgs),
+    /// Hash a client password for the configuration file (`requirepass`,
+    /// or a user's `password`): reads the password from the first line
+    /// of standard input, prints the salted hash.
+    Passwd {
+        /// PBKDF2 rounds (more: slower to check, slower to guess).
+        #[arg(long, default_value_t = dr_node::auth::HASH_ITERATIONS_DEFAULT)]
+        iterations: u32,
+    },
 }
 
 #[derive(clap::Args)]
@@ -109,6 +117,19 @@ struct ServerArgs {
     /// assumes clock rates within 25% of each other).
     #[arg(long)]
     read_lease: bool,
+    /// The `default` user's password hash (`drkv passwd` makes one):
+    /// clients must then `AUTH`.
+    #[arg(long)]
+    requirepass: Option<String>,
+    /// A TOML file of client users (`requirepass`, `[[users]]` with
+    /// `name`, `password` hash and `permissions`); replaces the users
+    /// the node had.
+    #[arg(long)]
+    acl_file: Option<PathBuf>,
+    /// While no password is set, answer only clients on loopback
+    /// [default: true].
+    #[arg(long)]
+    protected_mode: Option<bool>,
 }
 
 #[derive(Subcommand)]
@@ -221,7 +242,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
     let result = match cli.command {
-        Commands::Server(args) => server(args),
+        Commands::Server(args) => server(*args),
         Commands::Dev {
             dir,
             base_port,
@@ -229,6 +250,7 @@ fn main() -> ExitCode {
         } => dev(&dir, base_port, read_lease, cli.log_level.as_deref()),
         Commands::Ctl { admin, action } => ctl(admin, action),
         Commands::Bench(args) => bench(args),
+        Commands::Passwd { iterations } => passwd(iterations),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -326,6 +348,17 @@ fn node_config(args: ServerArgs) -> Result<NodeConfig, String> {
         config.snapshot_every = every;
     }
     config.read_lease |= args.read_lease;
+    if let Some(path) = &args.acl_file {
+        let acl = dr_node::auth::AclFile::load(path).map_err(|e| e.to_string())?;
+        config.requirepass = acl.requirepass;
+        config.users = acl.users;
+    }
+    if let Some(hash) = args.requirepass {
+        config.requirepass = Some(hash);
+    }
+    if let Some(protected) = args.protected_mode {
+        config.protected_mode = protected;
+    }
     if let Some(timeout) = args.partial_request_timeout_ms {
         config.partial_request_timeout_ms = timeout;
     }
@@ -552,6 +585,22 @@ fn restore(backup_dir: &Path, data_dir: &Path, backup_id: Option<u32>) -> Result
         data_dir.display(),
         data_dir.display()
     );
+    Ok(())
+}
+
+fn passwd(iterations: u32) -> Result<(), String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err("an empty password: give one on standard input".into());
+    }
+    let hash = dr_node::auth::PasswordHash::new(password.as_bytes(), iterations)
+        .map_err(|e| e.to_string())?;
+    println!("{hash}");
     Ok(())
 }
 

@@ -77,8 +77,17 @@ pub struct Metrics {
     pub proposals: AtomicU64,
     /// Proposals refused (not leader, busy).
     pub proposals_refused: AtomicU64,
-    /// Writes a follower sent on to the leader.
+    /// Requests (writes, membership changes) a follower sent on to the
+    /// leader over the peer transport.
     pub writes_forwarded: AtomicU64,
+    /// Forwarded requests this node received from followers.
+    pub forwards_served: AtomicU64,
+    /// Read-index requests this node received from followers.
+    pub read_index_served: AtomicU64,
+    /// Client authentications refused (wrong user or password).
+    pub auth_failures: AtomicU64,
+    /// Client commands refused for want of authentication or permission.
+    pub commands_denied: AtomicU64,
     /// ReadIndex requests this node made as leader.
     pub read_index_requests: AtomicU64,
     /// Reads (and read indexes handed to followers) answered on the
@@ -120,6 +129,10 @@ impl Default for Metrics {
             proposals: AtomicU64::new(0),
             proposals_refused: AtomicU64::new(0),
             writes_forwarded: AtomicU64::new(0),
+            forwards_served: AtomicU64::new(0),
+            read_index_served: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
+            commands_denied: AtomicU64::new(0),
             read_index_requests: AtomicU64::new(0),
             lease_reads: AtomicU64::new(0),
             lease_renewals: AtomicU64::new(0),
@@ -148,7 +161,7 @@ pub fn bump(counter: &AtomicU64) {
 impl Metrics {
     /// The counters and histograms in the Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 19] = [
             (
                 "drkv_proposals_total",
                 "Proposals accepted as leader.",
@@ -161,8 +174,28 @@ impl Metrics {
             ),
             (
                 "drkv_writes_forwarded_total",
-                "Writes forwarded to the leader.",
+                "Requests forwarded to the leader over the peer transport.",
                 &self.writes_forwarded,
+            ),
+            (
+                "drkv_forwards_served_total",
+                "Forwarded requests received from followers.",
+                &self.forwards_served,
+            ),
+            (
+                "drkv_read_index_served_total",
+                "Read-index requests received from followers.",
+                &self.read_index_served,
+            ),
+            (
+                "drkv_auth_failures_total",
+                "Client authentications refused.",
+                &self.auth_failures,
+            ),
+            (
+                "drkv_commands_denied_total",
+                "Client commands refused for want of authentication or permission.",
+                &self.commands_denied,
             ),
             (
                 "drkv_read_index_requests_total",

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use dr_codec::message::{ConfState, NodeId};
 use dr_raft::{RaftNode, Storage};
 use dr_storage::{RocksStorage, StateMachine};
@@ -20,10 +19,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
-use crate::forward::Forwarder;
+use crate::auth::{UserConfig, Users};
+use crate::command::{Command, ReplyShape};
+use crate::connection::{self, ClientAccess};
+use crate::kv::{MemberAddrs, WriteOp};
 use crate::resp::{Limits, Reply};
 use crate::runtime::{self, EngineConfig};
-use crate::server::{self, ClientLimits, Executor};
+use crate::server::{ClientLimits, Executor};
 
 /// Everything a node needs to start. Saved in the data directory on first
 /// start, so a restart needs nothing but `--data-dir`.
@@ -76,6 +78,19 @@ pub struct NodeConfig {
     /// started (slow clients holding a connection are dropped).
     #[serde(default = "default_partial_request_timeout_ms")]
     pub partial_request_timeout_ms: u64,
+    /// The `default` user's password, as a hash from `drkv passwd`
+    /// (`AUTH password`). With it or any user configured, every client
+    /// must authenticate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requirepass: Option<String>,
+    /// Named users (`AUTH user password`), each with a password hash and
+    /// permissions (`read`, `write`, `admin`, `all`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserConfig>,
+    /// With no password configured, answer only clients on loopback
+    /// (Redis's protected mode). On by default.
+    #[serde(default = "default_protected_mode")]
+    pub protected_mode: bool,
 }
 
 fn default_cluster_id() -> u64 {
@@ -95,6 +110,9 @@ fn default_tick_ms() -> u64 {
 }
 fn default_partial_request_timeout_ms() -> u64 {
     10_000
+}
+fn default_protected_mode() -> bool {
+    true
 }
 
 const IDENTITY_FILE: &str = "drkv.json";
@@ -143,6 +161,9 @@ impl NodeConfig {
             read_lease: false,
             tick_ms: default_tick_ms(),
             partial_request_timeout_ms: default_partial_request_timeout_ms(),
+            requirepass: None,
+            users: Vec::new(),
+            protected_mode: default_protected_mode(),
         }
     }
 
@@ -184,7 +205,13 @@ impl NodeConfig {
                 "max_clients, snapshot_every and tick_ms must be positive, request_bytes_max at least 1024",
             );
         }
+        self.client_users()?;
         Ok(())
+    }
+
+    /// The client users this configuration defines.
+    pub fn client_users(&self) -> Result<Users, StartError> {
+        Users::new(self.requirepass.as_deref(), &self.users).map_err(|e| StartError(e.to_string()))
     }
 
     /// The saved configuration of `data_dir`, if it has one.
@@ -221,7 +248,20 @@ impl NodeConfig {
         let text = serde_json::to_string_pretty(self).expect("a config serializes");
         let path = self.data_dir.join(IDENTITY_FILE);
         let temporary = path.with_extension("json.tmp");
-        std::fs::write(&temporary, text)
+        // Owner-only: it may hold password hashes.
+        let write = || {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temporary)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        };
+        write()
             .and_then(|()| std::fs::rename(&temporary, &path))
             .map_err(|e| StartError(format!("cannot write {}: {e}", path.display())))
     }
@@ -308,10 +348,6 @@ impl RunningNode {
             partial_request_timeout: Duration::from_millis(config.partial_request_timeout_ms),
             ..ClientLimits::default()
         };
-        let forwarder = Arc::new(Forwarder::new(
-            tokio::runtime::Handle::current(),
-            limits.request,
-        ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (stop_engine, stop_engine_rx) = watch::channel(false);
         let engine_config = EngineConfig {
@@ -324,17 +360,23 @@ impl RunningNode {
             peers,
             turn_requests_max: 4096,
             read_lease: config.read_lease,
+            forward_timeout: limits.request_timeout,
+            read_fetch_timeout: Duration::from_secs(2),
         };
         let (engine, engine_thread) = runtime::start(
             engine_config,
             raft,
             Arc::clone(&transport),
             inbox,
-            Arc::clone(&forwarder),
             stop_engine_rx,
         )
         .map_err(|e| StartError(format!("cannot start the engine thread: {e}")))?;
-        let executor = Executor::new(engine, forwarder, limits);
+        let executor = Executor::new(engine, limits);
+        let access = ClientAccess {
+            users: config.client_users()?,
+            protected_mode: config.protected_mode,
+            tls: None,
+        };
         let client_addr = clients
             .local_addr()
             .map_err(|e| StartError(e.to_string()))?;
@@ -348,9 +390,10 @@ impl RunningNode {
             data_dir: config.data_dir.clone(),
         };
         let tasks = vec![
-            tokio::spawn(server::serve_clients(
+            tokio::spawn(connection::serve_clients(
                 clients,
                 executor.clone(),
+                Arc::new(access),
                 shutdown_rx.clone(),
             )),
             tokio::spawn(admin::serve(
@@ -389,8 +432,15 @@ impl RunningNode {
     /// synced) and the transport.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        // Bounded: the client port gives its connections
+        // `SHUTDOWN_GRACE`; whatever is still running after a little more
+        // (an admin request, say) is cut off.
+        let deadline =
+            tokio::time::Instant::now() + connection::SHUTDOWN_GRACE + Duration::from_secs(1);
+        for mut task in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
         }
         // Only now: the connections' last commands needed the engine.
         let _ = self.stop_engine.send(true);
@@ -446,7 +496,7 @@ async fn publish_addresses(
     [peer, client, admin]: [SocketAddr; 3],
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let wanted = crate::kv::MemberAddrs {
+    let wanted = MemberAddrs {
         peer: peer.to_string(),
         client: client.to_string(),
         admin: admin.to_string(),
@@ -455,16 +505,14 @@ async fn publish_addresses(
         if executor.engine().status.lock().members.get(&id) == Some(&wanted) {
             return;
         }
-        let arguments = [
-            "DR.MEMBER",
-            &id.to_string(),
-            &wanted.peer,
-            &wanted.client,
-            &wanted.admin,
-        ]
-        .map(|word| Bytes::copy_from_slice(word.as_bytes()))
-        .to_vec();
-        let reply = executor.execute(arguments).await;
+        let record = Command::Write {
+            op: WriteOp::Member {
+                id,
+                addrs: wanted.clone(),
+            },
+            shape: ReplyShape::Ok,
+        };
+        let reply = executor.submit(record).await;
         if reply == Reply::OK {
             tracing::info!(id, "addresses published");
             return;

@@ -18,32 +18,32 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dr_codec::message::{ConfState, Entry, LogIndex, Message, NodeId, SnapshotMeta, Term};
 use dr_raft::{
-    ConfChange, ConfChangeOp, LogStore, ProposeError, RaftNode, ReadError, ReadState, Ready, Role,
-    Storage,
+    ConfChangeOp, LogStore, ProposeError, RaftNode, ReadError, ReadState, Ready, Role, Storage,
 };
 use dr_storage::{BackupInfo, RocksStorage, StoreReader};
 use dr_transport::{TcpTransport, Transport};
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::command::{ReadOp, ReplyShape, glob_match, write_reply};
-use crate::forward::Forwarder;
 use crate::kv::{self, MemberAddrs, Outcome, PresenceCache, USER, WriteOp};
 use crate::lease::{LeaseClock, LeaseGate, lease_clock, lease_remaining};
 use crate::metrics::{Metrics, bump};
 use crate::resp::Reply;
 
+mod peers;
+
+pub use peers::{ForwardDecodeError, Forwarded};
+use peers::{Forwards, ReadFetch, ReadWaiter, Waiter};
+
 /// Why a request got no answer from the state machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeError {
-    /// This node does not lead; forward to `client_addr` if known.
+    /// This node does not lead (and did not forward the request).
     NotLeader {
         /// The leader this node knows of.
         leader: Option<NodeId>,
-        /// Its client address, once it published it.
-        client_addr: Option<String>,
     },
     /// Nothing happened; retrying is safe.
     TryAgain(String),
@@ -57,12 +57,10 @@ impl NodeError {
     /// The client's error reply.
     pub fn reply(&self) -> Reply {
         match self {
-            Self::NotLeader {
-                leader: Some(id), ..
-            } => Reply::Error(format!(
+            Self::NotLeader { leader: Some(id) } => Reply::Error(format!(
                 "TRYAGAIN node {id} leads but cannot be reached yet"
             )),
-            Self::NotLeader { leader: None, .. } => {
+            Self::NotLeader { leader: None } => {
                 Reply::Error("TRYAGAIN no leader (an election is running)".into())
             }
             Self::TryAgain(why) => Reply::Error(format!("TRYAGAIN {why}")),
@@ -124,8 +122,6 @@ pub enum Request {
         /// Where the answer goes.
         answer: oneshot::Sender<Result<BackupInfo, String>>,
     },
-    /// The leader's answer to this follower's read-index fetch.
-    LeaderReadIndex(Result<LogIndex, NodeError>),
 }
 
 /// The node's state, published after every turn for `INFO`, `/status`
@@ -185,6 +181,11 @@ pub struct EngineConfig {
     pub turn_requests_max: usize,
     /// Serve reads on the leader's lease (see `NodeConfig::read_lease`).
     pub read_lease: bool,
+    /// How long a follower waits for the leader's answer to a forwarded
+    /// request before telling its client the outcome is unknown.
+    pub forward_timeout: Duration,
+    /// How long a follower waits for a read index from the leader.
+    pub read_fetch_timeout: Duration,
 }
 
 /// A running engine: how to reach it and watch it.
@@ -209,18 +210,17 @@ pub fn start(
     raft: RaftNode<RocksStorage>,
     transport: Arc<TcpTransport>,
     inbox: mpsc::Receiver<Message>,
-    forwarder: Arc<Forwarder>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
     let (requests_tx, requests) = mpsc::channel(64 << 10);
     let handle = EngineHandle {
-        requests: requests_tx.clone(),
+        requests: requests_tx,
         status: Arc::default(),
         metrics: Arc::default(),
         lease: Arc::default(),
         reader: raft.storage().reader(),
     };
-    let engine = Engine::new(config, raft, transport, forwarder, &handle, requests_tx);
+    let engine = Engine::new(config, raft, transport, &handle);
     let thread = std::thread::Builder::new()
         .name(format!("drkv-engine-{}", engine.raft.id()))
         .spawn(move || {
@@ -233,6 +233,7 @@ pub fn start(
     Ok((handle, thread))
 }
 
+#[derive(Debug)]
 struct PendingRead {
     op: ReadOp,
     answer: Answer,
@@ -243,7 +244,7 @@ struct PendingRead {
 #[derive(Default)]
 struct FollowerReads {
     unsent: Vec<PendingRead>,
-    in_flight: Option<Vec<PendingRead>>,
+    in_flight: Option<ReadFetch>,
 }
 
 /// Server-side SCAN cursors: cursor number → the next key, the oldest
@@ -285,16 +286,17 @@ struct Engine {
     config: EngineConfig,
     raft: RaftNode<RocksStorage>,
     transport: Arc<TcpTransport>,
-    forwarder: Arc<Forwarder>,
-    main_runtime: Handle,
-    requests_tx: mpsc::Sender<Request>,
     status: Arc<Mutex<Status>>,
     metrics: Arc<Metrics>,
-    /// Proposals waiting for their entry: index → (term, answer, shape).
-    writes: BTreeMap<LogIndex, (Term, Answer, Option<ReplyShape>)>,
+    /// Proposals waiting for their entry: index → (term, waiter, shape).
+    writes: BTreeMap<LogIndex, (Term, Waiter, Option<ReplyShape>)>,
     /// Reads waiting for the leader's read index: context → read.
-    reads: HashMap<u64, PendingRead>,
+    reads: HashMap<u64, ReadWaiter>,
     next_read_context: u64,
+    /// Requests this follower forwarded to the leader.
+    forwards: Forwards,
+    /// The last id given to a request to a peer.
+    next_request_id: u64,
     /// Confirmed reads waiting for the apply to reach their index.
     reads_after_apply: BTreeMap<LogIndex, Vec<PendingRead>>,
     follower_reads: FollowerReads,
@@ -323,23 +325,20 @@ impl Engine {
         config: EngineConfig,
         raft: RaftNode<RocksStorage>,
         transport: Arc<TcpTransport>,
-        forwarder: Arc<Forwarder>,
         handle: &EngineHandle,
-        requests_tx: mpsc::Sender<Request>,
     ) -> Self {
         let id = raft.id();
         let snapshot_index = raft.storage().snapshot_meta().map_or(0, |m| m.index);
         let mut engine = Self {
             raft,
             transport,
-            forwarder,
-            main_runtime: Handle::current(),
-            requests_tx,
             status: Arc::clone(&handle.status),
             metrics: Arc::clone(&handle.metrics),
             writes: BTreeMap::new(),
             reads: HashMap::new(),
             next_read_context: 1,
+            forwards: Forwards::default(),
+            next_request_id: 0,
             reads_after_apply: BTreeMap::new(),
             follower_reads: FollowerReads::default(),
             cursors: ScanCursors::new(id),
@@ -413,6 +412,10 @@ impl Engine {
     }
 
     fn step(&mut self, message: Message) {
+        if !message.body.is_raft() {
+            self.serve_peer(message);
+            return;
+        }
         if let Err(error) = self.raft.step(message) {
             tracing::debug!(?error, "dropped a peer message");
         }
@@ -429,24 +432,19 @@ impl Engine {
     fn not_leader(&self) -> NodeError {
         NodeError::NotLeader {
             leader: self.raft.leader(),
-            client_addr: self.leader_client_addr(),
         }
     }
 
     fn handle(&mut self, request: Request) {
         match request {
             Request::Write { op, shape, answer } => {
-                let result = self.raft.propose(op.encode());
-                self.track_proposal(result, answer, Some(shape));
+                self.submit_local(Forwarded::Write { op, shape }, answer);
             }
             Request::ConfChange { op, answer } => {
-                let change = ConfChange { ops: vec![op] };
-                let result = self.raft.propose_conf_change(&change);
-                self.track_proposal(result, answer, None);
+                self.submit_local(Forwarded::ConfChange(op), answer);
             }
             Request::TransferLeader { target, answer } => {
-                let result = self.raft.transfer_leader(target).map(|()| Reply::OK);
-                let _ = answer.send(result.map_err(|e| self.propose_error(e)));
+                self.submit_local(Forwarded::TransferLeader(target), answer);
             }
             Request::Read { op, answer } => self.read(PendingRead { op, answer }),
             Request::Snapshot { answer } => {
@@ -459,7 +457,6 @@ impl Engine {
                 let result = self.raft.storage().backup(&dir, keep);
                 let _ = answer.send(result.map_err(|e| e.to_string()));
             }
-            Request::LeaderReadIndex(result) => self.follower_read_index(result),
         }
     }
 
@@ -481,51 +478,71 @@ impl Engine {
     fn track_proposal(
         &mut self,
         result: Result<dr_raft::Proposal, ProposeError>,
-        answer: Answer,
+        waiter: Waiter,
         shape: Option<ReplyShape>,
     ) {
         match result {
             Ok(proposal) => {
                 bump(&self.metrics.proposals);
                 self.writes
-                    .insert(proposal.index, (proposal.term, answer, shape));
+                    .insert(proposal.index, (proposal.term, waiter, shape));
             }
             Err(error) => {
                 bump(&self.metrics.proposals_refused);
-                let _ = answer.send(Err(self.propose_error(error)));
+                let error = self.propose_error(error);
+                self.answer(waiter, Err(error));
             }
         }
     }
 
     fn read(&mut self, read: PendingRead) {
         if self.raft.role() == Role::Leader {
-            if let Some(index) = self.lease_read_index() {
-                bump(&self.metrics.lease_reads);
-                self.read_confirmed(read, index);
-                self.serve_applied_reads();
-                return;
-            }
-            let context = self.next_read_context;
-            self.next_read_context += 1;
-            match self.raft.read_index(context) {
-                Ok(()) => {
-                    bump(&self.metrics.read_index_requests);
-                    self.reads.insert(context, read);
-                }
-                Err(error) => {
-                    let _ = read.answer.send(Err(self.read_error(error)));
-                }
-            }
+            self.confirm_read(ReadWaiter::Client(read));
             return;
         }
-        if matches!(read.op, ReadOp::ReadIndex) || self.leader_client_addr().is_none() {
-            // Only the leader hands out read indexes; without a reachable
-            // leader a follower cannot confirm anything.
-            let _ = read.answer.send(Err(self.not_leader()));
-            return;
-        }
+        // A follower confirms its reads with a read index from the leader.
         self.follower_reads.unsent.push(read);
         self.fetch_read_index();
+    }
+
+    /// On the leader: finds the index a read (this node's, or a
+    /// follower's read-index request) may be served at, on the lease or
+    /// through a read round.
+    fn confirm_read(&mut self, waiter: ReadWaiter) {
+        if self.raft.role() != Role::Leader {
+            let error = self.not_leader();
+            self.read_failed(waiter, error);
+            return;
+        }
+        if let Some(index) = self.lease_read_index() {
+            bump(&self.metrics.lease_reads);
+            self.read_confirmed(waiter, index);
+            self.serve_applied_reads();
+            return;
+        }
+        let context = self.next_read_context;
+        self.next_read_context += 1;
+        match self.raft.read_index(context) {
+            Ok(()) => {
+                bump(&self.metrics.read_index_requests);
+                self.reads.insert(context, waiter);
+            }
+            Err(error) => {
+                let error = self.read_error(error);
+                self.read_failed(waiter, error);
+            }
+        }
+    }
+
+    fn read_failed(&self, waiter: ReadWaiter, error: NodeError) {
+        match waiter {
+            ReadWaiter::Client(read) => {
+                let _ = read.answer.send(Err(error));
+            }
+            ReadWaiter::Peer { peer, request_id } => {
+                self.answer_read_index(peer, request_id, Err(error));
+            }
+        }
     }
 
     fn read_error(&self, error: ReadError) -> NodeError {
@@ -536,62 +553,6 @@ impl Engine {
             }
             ReadError::Busy => NodeError::TryAgain("too many reads pending".into()),
         }
-    }
-
-    /// Asks the leader for a read index covering every unsent follower
-    /// read, unless a fetch is out already (its answer could predate
-    /// these reads, so they wait for the next one).
-    fn fetch_read_index(&mut self) {
-        if self.follower_reads.in_flight.is_some() || self.follower_reads.unsent.is_empty() {
-            return;
-        }
-        let Some(addr) = self.leader_client_addr() else {
-            let error = self.not_leader();
-            for read in self.follower_reads.unsent.drain(..) {
-                let _ = read.answer.send(Err(error.clone()));
-            }
-            return;
-        };
-        self.follower_reads.in_flight = Some(std::mem::take(&mut self.follower_reads.unsent));
-        bump(&self.metrics.read_index_fetches);
-        let reply = self
-            .forwarder
-            .call(&addr, &[Bytes::from_static(b"DR.READINDEX")]);
-        let requests = self.requests_tx.clone();
-        self.main_runtime.spawn(async move {
-            let result = match tokio::time::timeout(Duration::from_secs(2), reply).await {
-                Ok(Ok(Ok(Reply::Integer(index)))) if index >= 0 => Ok(index as LogIndex),
-                Ok(Ok(Ok(Reply::Error(text)))) => {
-                    Err(NodeError::TryAgain(format!("the leader said: {text}")))
-                }
-                Ok(Ok(Ok(other))) => Err(NodeError::TryAgain(format!(
-                    "the leader answered {other:?}"
-                ))),
-                Ok(Ok(Err(error))) => Err(NodeError::TryAgain(error)),
-                Ok(Err(_)) | Err(_) => Err(NodeError::TryAgain(
-                    "the leader did not answer in time".into(),
-                )),
-            };
-            let _ = requests.send(Request::LeaderReadIndex(result)).await;
-        });
-    }
-
-    fn follower_read_index(&mut self, result: Result<LogIndex, NodeError>) {
-        let batch = self.follower_reads.in_flight.take().unwrap_or_default();
-        match result {
-            Ok(index) => self
-                .reads_after_apply
-                .entry(index)
-                .or_default()
-                .extend(batch),
-            Err(error) => {
-                for read in batch {
-                    let _ = read.answer.send(Err(error.clone()));
-                }
-            }
-        }
-        self.fetch_read_index();
-        self.serve_applied_reads();
     }
 
     /// Works off every ready: persist, send, apply, answer.
@@ -657,10 +618,9 @@ impl Engine {
             .map(|(&i, _)| i)
             .collect();
         for index in covered {
-            if let Some((_, answer, _)) = self.writes.remove(&index) {
-                let _ = answer.send(Err(NodeError::Uncertain(
-                    "a snapshot replaced the log".into(),
-                )));
+            if let Some((_, waiter, _)) = self.writes.remove(&index) {
+                let error = NodeError::Uncertain("a snapshot replaced the log".into());
+                self.answer(waiter, Err(error));
             }
         }
         // The install rewrote the data behind the apply path.
@@ -706,7 +666,7 @@ impl Engine {
         let mut members_changed = false;
         for applied in results {
             members_changed |= applied.member_changed;
-            let Some((term, answer, shape)) = self.writes.remove(&applied.index) else {
+            let Some((term, waiter, shape)) = self.writes.remove(&applied.index) else {
                 continue;
             };
             let result = if term != applied.term {
@@ -719,7 +679,7 @@ impl Engine {
                     None => outcome_reply(applied.outcome),
                 })
             };
-            let _ = answer.send(result);
+            self.answer(waiter, result);
         }
         if members_changed {
             self.reload_members();
@@ -740,19 +700,22 @@ impl Engine {
             match state.result {
                 Ok(index) => self.read_confirmed(read, index),
                 Err(error) => {
-                    let _ = read.answer.send(Err(self.read_error(error)));
+                    let error = self.read_error(error);
+                    self.read_failed(read, error);
                 }
             }
         }
     }
 
     /// A read the leader may serve once it has applied `index`: a
-    /// follower's `DR.READINDEX` gets the index, the others wait for it.
-    fn read_confirmed(&mut self, read: PendingRead, index: LogIndex) {
-        if matches!(read.op, ReadOp::ReadIndex) {
-            let _ = read.answer.send(Ok(Reply::Integer(index as i64)));
-        } else {
-            self.reads_after_apply.entry(index).or_default().push(read);
+    /// follower's read-index request gets the index, the others wait for
+    /// it.
+    fn read_confirmed(&mut self, waiter: ReadWaiter, index: LogIndex) {
+        match waiter {
+            ReadWaiter::Client(read) => self.reads_after_apply.entry(index).or_default().push(read),
+            ReadWaiter::Peer { peer, request_id } => {
+                self.answer_read_index(peer, request_id, Ok(index));
+            }
         }
     }
 
@@ -782,6 +745,9 @@ impl Engine {
     /// read load keeps its lease rather than falling back to rounds.
     fn on_tick(&mut self) {
         self.raft.tick();
+        let now = Instant::now();
+        self.expire_forwards(now);
+        self.expire_read_fetch(now);
         if !self.config.read_lease || self.raft.lease_read_index().is_none() {
             return;
         }
@@ -837,7 +803,6 @@ impl Engine {
                 count,
                 strings_only,
             } => self.scan(*cursor, pattern.as_deref(), *count, *strings_only)?,
-            ReadOp::ReadIndex => Reply::Integer(store.applied_index() as i64),
         })
     }
 
@@ -882,10 +847,7 @@ impl Engine {
     fn on_role_change(&mut self) {
         let role = self.raft.role();
         tracing::info!(id = self.raft.id(), ?role, leader = ?self.raft.leader(), term = self.raft.term(), "role changed");
-        if role != Role::Leader {
-            // Reads a follower was to confirm through a leader that is gone.
-            self.fetch_read_index();
-        }
+        self.leader_changed();
     }
 
     /// Snapshots the state machine on this thread (the admin's request:
@@ -1067,16 +1029,27 @@ impl Engine {
     }
 
     fn fail_everything(&mut self, why: &str) {
-        for (_, (_, answer, _)) in std::mem::take(&mut self.writes) {
+        for (_, (_, waiter, _)) in std::mem::take(&mut self.writes) {
+            self.answer(waiter, Err(NodeError::Uncertain(why.into())));
+        }
+        for answer in self.forwards.drain() {
             let _ = answer.send(Err(NodeError::Uncertain(why.into())));
         }
+        for (_, waiter) in std::mem::take(&mut self.reads) {
+            self.read_failed(waiter, NodeError::TryAgain(why.into()));
+        }
         let reads = self
-            .reads
-            .drain()
-            .map(|(_, read)| read)
-            .chain(self.reads_after_apply.values_mut().flat_map(std::mem::take))
+            .reads_after_apply
+            .values_mut()
+            .flat_map(std::mem::take)
             .chain(self.follower_reads.unsent.drain(..))
-            .chain(self.follower_reads.in_flight.take().unwrap_or_default());
+            .chain(
+                self.follower_reads
+                    .in_flight
+                    .take()
+                    .map(|fetch| fetch.reads)
+                    .unwrap_or_default(),
+            );
         for read in reads {
             let _ = read.answer.send(Err(NodeError::TryAgain(why.into())));
         }

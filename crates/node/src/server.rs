@@ -1,28 +1,18 @@
-//! The client port: Redis-protocol connections, and the executor that
-//! carries a parsed command to the engine, or to the leader, and brings
-//! the reply back.
-//!
-//! A connection parses every complete request in its buffer, starts them
-//! all (so a pipeline's writes share one log write), then answers them in
-//! order. During an election a command waits, up to the request timeout,
-//! for a leader instead of failing at once.
+//! The executor: carries a parsed command to the engine (which forwards
+//! a follower's writes to the leader over the peer transport) and brings
+//! the reply back, retrying what certainly did not happen; and `INFO`.
+//! The connections themselves are in [`crate::connection`].
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot, watch};
-use tokio::task::JoinSet;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::command::{self, Command, ConnectionCommand, ReadOp};
-use crate::forward::{FORWARDER_NAME, ForwardResult, Forwarder};
+use crate::command::{Command, ReadOp};
 use crate::kv;
 use crate::metrics::bump;
-use crate::resp::{self, Limits, Protocol, Reply};
+use crate::resp::{Limits, Reply};
 use crate::runtime::{EngineHandle, NodeError, Request};
 
 /// Bounds on clients.
@@ -52,11 +42,11 @@ impl Default for ClientLimits {
     }
 }
 
-/// Carries commands to the engine or the leader.
+/// Carries commands to the engine (which, on a follower, forwards writes
+/// to the leader over the peer transport).
 #[derive(Clone, Debug)]
 pub struct Executor {
     engine: EngineHandle,
-    forwarder: Arc<Forwarder>,
     limits: ClientLimits,
 }
 
@@ -72,34 +62,21 @@ pub enum Started {
         /// For a retry.
         retry: Retry,
     },
-    /// With the leader.
-    Forwarded {
-        /// The leader's answer.
-        answer: oneshot::Receiver<ForwardResult>,
-        /// For a retry.
-        retry: Retry,
-    },
 }
 
 /// What a retry needs.
 #[derive(Debug)]
 pub struct Retry {
     command: Command,
-    arguments: Vec<Bytes>,
     deadline: Instant,
-    may_forward: bool,
 }
 
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 impl Executor {
     /// An executor for this engine.
-    pub fn new(engine: EngineHandle, forwarder: Arc<Forwarder>, limits: ClientLimits) -> Self {
-        Self {
-            engine,
-            forwarder,
-            limits,
-        }
+    pub fn new(engine: EngineHandle, limits: ClientLimits) -> Self {
+        Self { engine, limits }
     }
 
     /// The engine it talks to.
@@ -107,42 +84,29 @@ impl Executor {
         &self.engine
     }
 
-    /// Parses and runs one request to its reply.
-    pub async fn execute(&self, arguments: Vec<Bytes>) -> Reply {
-        match command::parse(&arguments) {
-            Ok(command) => {
-                let started = self.start(command, arguments, true);
-                self.finish(started).await
-            }
-            Err(reply) => reply,
-        }
+    /// The client limits it applies.
+    pub fn limits(&self) -> &ClientLimits {
+        &self.limits
+    }
+
+    /// Runs one command to its reply (the admin API's and the node's own
+    /// requests: membership, leadership, its member record).
+    pub async fn submit(&self, command: Command) -> Reply {
+        let started = self.start(command);
+        self.finish(started).await
     }
 
     /// Starts a data command now (connection commands are the
-    /// connection's). `may_forward`: false for commands a follower
-    /// forwarded here, which must not travel further.
-    pub fn start(&self, command: Command, arguments: Vec<Bytes>, may_forward: bool) -> Started {
+    /// connection's).
+    pub fn start(&self, command: Command) -> Started {
         let retry = Retry {
             command,
-            arguments,
             deadline: Instant::now() + self.limits.request_timeout,
-            may_forward,
         };
         self.start_retry(retry)
     }
 
     fn start_retry(&self, retry: Retry) -> Started {
-        if retry.may_forward && is_leader_work(&retry.command) {
-            let leader_addr = {
-                let status = self.engine.status.lock();
-                (status.role != "leader")
-                    .then(|| status.leader_client_addr.clone())
-                    .flatten()
-            };
-            if let Some(addr) = leader_addr {
-                return self.forward(&addr, retry);
-            }
-        }
         if let Command::Read(op) = &retry.command
             && let Some(reply) = self.read_on_lease(op)
         {
@@ -207,14 +171,8 @@ impl Executor {
         })
     }
 
-    fn forward(&self, addr: &str, retry: Retry) -> Started {
-        bump(&self.engine.metrics.writes_forwarded);
-        let answer = self.forwarder.call(addr, &retry.arguments);
-        Started::Forwarded { answer, retry }
-    }
-
-    /// Waits for a started command's reply, retrying what is safe to
-    /// retry until the deadline.
+    /// Waits for a started command's reply, retrying what certainly did
+    /// not happen until the deadline.
     pub async fn finish(&self, mut started: Started) -> Reply {
         loop {
             started = match started {
@@ -226,24 +184,8 @@ impl Executor {
                             Ok(next) => next,
                             Err(reply) => return reply,
                         },
-                        Ok(Err(_)) => {
-                            return NodeError::Uncertain("the node is shutting down".into())
-                                .reply();
-                        }
-                        Err(_) => return timed_out(&retry.command),
-                    }
-                }
-                Started::Forwarded { answer, retry } => {
-                    match tokio::time::timeout_at(retry.deadline, answer).await {
-                        Ok(Ok(Ok(Reply::Error(text)))) if text.starts_with("TRYAGAIN") => {
-                            match self.pause(retry).await {
-                                Some(retry) => self.start_retry(retry),
-                                None => return Reply::Error(text),
-                            }
-                        }
-                        Ok(Ok(Ok(reply))) => return reply,
-                        Ok(Ok(Err(error))) => return lost_leader(&retry.command, &error),
-                        Ok(Err(_)) => return lost_leader(&retry.command, "the link closed"),
+                        // The engine dropped the request: it is stopping.
+                        Ok(Err(_)) => return stopping(&retry.command),
                         Err(_) => return timed_out(&retry.command),
                     }
                 }
@@ -253,12 +195,6 @@ impl Executor {
 
     async fn after_error(&self, error: NodeError, retry: Retry) -> Result<Started, Reply> {
         match &error {
-            NodeError::NotLeader {
-                client_addr: Some(addr),
-                ..
-            } if retry.may_forward && is_leader_work(&retry.command) => {
-                Ok(self.forward(addr, retry))
-            }
             NodeError::NotLeader { .. } | NodeError::TryAgain(_) => match self.pause(retry).await {
                 Some(retry) => Ok(self.start_retry(retry)),
                 None => Err(error.reply()),
@@ -268,9 +204,9 @@ impl Executor {
     }
 
     /// Waits a moment before a retry; `None` when the deadline is too
-    /// close (or the command came from another node, which retries).
+    /// close.
     async fn pause(&self, retry: Retry) -> Option<Retry> {
-        if !retry.may_forward || Instant::now() + RETRY_PAUSE >= retry.deadline {
+        if Instant::now() + RETRY_PAUSE >= retry.deadline {
             return None;
         }
         tokio::time::sleep(RETRY_PAUSE).await;
@@ -337,9 +273,8 @@ fn info_sections(text: &str, sections: &[String]) -> String {
         .collect()
 }
 
-/// Writes and membership work go to the leader; reads stay here (a
-/// follower confirms them with a read index from the leader).
-fn is_leader_work(command: &Command) -> bool {
+/// Whether a command may have changed the cluster's state.
+fn changes_state(command: &Command) -> bool {
     matches!(
         command,
         Command::Write { .. } | Command::ConfChange(_) | Command::TransferLeader(_)
@@ -347,261 +282,18 @@ fn is_leader_work(command: &Command) -> bool {
 }
 
 fn timed_out(command: &Command) -> Reply {
-    match command {
-        Command::Write { .. } | Command::ConfChange(_) => {
-            NodeError::Uncertain("timed out waiting for the commit".into()).reply()
-        }
-        _ => NodeError::TryAgain("timed out (no leader, or no quorum)".into()).reply(),
+    if changes_state(command) {
+        NodeError::Uncertain("timed out waiting for the commit".into()).reply()
+    } else {
+        NodeError::TryAgain("timed out (no leader, or no quorum)".into()).reply()
     }
 }
 
-fn lost_leader(command: &Command, error: &str) -> Reply {
-    match command {
-        Command::Write { .. } | Command::ConfChange(_) => {
-            NodeError::Uncertain(format!("lost the leader: {error}")).reply()
-        }
-        _ => NodeError::TryAgain(format!("lost the leader: {error}")).reply(),
-    }
-}
-
-/// Accepts clients until `shutdown`, then waits for the open connections
-/// to finish what they started.
-pub async fn serve_clients(
-    listener: TcpListener,
-    executor: Executor,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let limits = executor.limits;
-    let slots = Arc::new(Semaphore::new(limits.connections_max));
-    let next_id = Arc::new(AtomicU64::new(1));
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => accepted,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let (mut stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accepting a client failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let metrics = &executor.engine.metrics;
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            bump(&metrics.clients_refused);
-            tokio::spawn(async move {
-                let _ = stream
-                    .write_all(b"-ERR max number of clients reached\r\n")
-                    .await;
-            });
-            continue;
-        };
-        bump(&metrics.clients_accepted);
-        let connection = Connection {
-            id: next_id.fetch_add(1, Relaxed),
-            executor: executor.clone(),
-            protocol: Protocol::Resp2,
-            name: None,
-            shutdown: shutdown.clone(),
-        };
-        connections.spawn(async move {
-            let metrics = Arc::clone(&connection.executor.engine.metrics);
-            metrics.clients_connected.fetch_add(1, Relaxed);
-            if let Err(why) = connection.run(stream).await {
-                bump(&metrics.clients_dropped);
-                tracing::debug!(%peer, why, "client connection closed");
-            }
-            metrics.clients_connected.fetch_sub(1, Relaxed);
-            drop(slot);
-        });
-    }
-    tracing::info!("client port closed; finishing open connections");
-    while connections.join_next().await.is_some() {}
-}
-
-struct Connection {
-    id: u64,
-    executor: Executor,
-    protocol: Protocol,
-    name: Option<Bytes>,
-    shutdown: watch::Receiver<bool>,
-}
-
-enum Next {
-    Continue,
-    Quit,
-}
-
-impl Connection {
-    async fn run(mut self, mut stream: TcpStream) -> Result<(), String> {
-        let _ = stream.set_nodelay(true);
-        let limits = self.executor.limits;
-        let mut input = BytesMut::with_capacity(16 << 10);
-        let mut output = BytesMut::with_capacity(16 << 10);
-        loop {
-            if !self.read_more(&mut stream, &mut input).await? {
-                return Ok(());
-            }
-            let mut started = Vec::new();
-            let mut next = Next::Continue;
-            let mut fatal = None;
-            let mut writes_pending = false;
-            while matches!(next, Next::Continue) {
-                match resp::parse_request(&mut input, &limits.request) {
-                    Ok(Some(arguments)) if arguments.is_empty() => {}
-                    Ok(Some(arguments)) => {
-                        let parsed = command::parse(&arguments);
-                        // Commands of one connection take effect in order:
-                        // a read waits for the writes before it.
-                        let reads = matches!(parsed, Ok(Command::Read(_) | Command::Info(_)));
-                        if reads && writes_pending {
-                            self.answer(&mut started, &mut output).await;
-                            writes_pending = false;
-                        }
-                        writes_pending |=
-                            matches!(parsed, Ok(Command::Write { .. } | Command::ConfChange(_)));
-                        let (item, after) = self.start(arguments, parsed);
-                        started.push((item, self.protocol));
-                        next = after;
-                    }
-                    Ok(None) => break,
-                    Err(error) => {
-                        fatal = Some(error);
-                        break;
-                    }
-                }
-            }
-            self.answer(&mut started, &mut output).await;
-            if let Some(error) = &fatal {
-                Reply::Error(error.reply()).encode(self.protocol, &mut output);
-            }
-            stream.write_all(&output).await.map_err(|e| e.to_string())?;
-            output.clear();
-            if let Some(error) = fatal {
-                return Err(format!("protocol error: {error}"));
-            }
-            if matches!(next, Next::Quit) {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Reads more input. False: the client left (or the node is shutting
-    /// down and this connection has nothing in progress).
-    async fn read_more(
-        &mut self,
-        stream: &mut TcpStream,
-        input: &mut BytesMut,
-    ) -> Result<bool, String> {
-        let limits = self.executor.limits;
-        let idle = input.is_empty();
-        let timeout = if !idle {
-            Some(limits.partial_request_timeout)
-        } else {
-            Some(limits.idle_timeout).filter(|t| !t.is_zero())
-        };
-        let read = async {
-            match timeout {
-                Some(timeout) => tokio::time::timeout(timeout, stream.read_buf(input)).await,
-                None => Ok(stream.read_buf(input).await),
-            }
-        };
-        // Bytes already here are read first: a shutdown only closes a
-        // connection that has nothing more to say.
-        tokio::select! {
-            biased;
-            read = read => match read {
-                Ok(Ok(0)) if idle => Ok(false),
-                Ok(Ok(0)) => Err("the client left mid-request".into()),
-                Ok(Ok(_)) => Ok(true),
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(_) if idle => Err("idle too long".into()),
-                Err(_) => Err("a request arrived too slowly".into()),
-            },
-            _ = self.shutdown.changed(), if idle => Ok(false),
-        }
-    }
-
-    /// Waits for every started command's reply, in order.
-    async fn answer(&self, started: &mut Vec<(Started, Protocol)>, output: &mut BytesMut) {
-        for (item, protocol) in started.drain(..) {
-            let reply = self.executor.finish(item).await;
-            reply.encode(protocol, output);
-        }
-    }
-
-    fn start(&mut self, arguments: Vec<Bytes>, parsed: Result<Command, Reply>) -> (Started, Next) {
-        bump(&self.executor.engine.metrics.commands);
-        let command = match parsed {
-            Ok(command) => command,
-            Err(reply) => return (Started::Done(reply), Next::Continue),
-        };
-        let Command::Connection(command) = command else {
-            let may_forward = self.name.as_deref() != Some(FORWARDER_NAME.as_bytes());
-            return (
-                self.executor.start(command, arguments, may_forward),
-                Next::Continue,
-            );
-        };
-        let reply = match command {
-            ConnectionCommand::Quit => return (Started::Done(Reply::OK), Next::Quit),
-            ConnectionCommand::Ping(None) => Reply::Simple("PONG"),
-            ConnectionCommand::Ping(Some(message)) | ConnectionCommand::Echo(message) => {
-                Reply::Bulk(message)
-            }
-            ConnectionCommand::Hello { version, name } => self.hello(version, name),
-            ConnectionCommand::SetName(name) => {
-                self.name = Some(name);
-                Reply::OK
-            }
-            ConnectionCommand::GetName => Reply::bulk_or_null(self.name.clone()),
-            ConnectionCommand::Id => Reply::Integer(self.id as i64),
-            ConnectionCommand::ClientOk | ConnectionCommand::Select => Reply::OK,
-            ConnectionCommand::CommandInfo(sub) => match sub.map(|s| s.to_ascii_uppercase()) {
-                Some(sub) if sub == b"COUNT" => Reply::Integer(0),
-                _ => Reply::Array(Vec::new()),
-            },
-        };
-        (Started::Done(reply), Next::Continue)
-    }
-
-    fn hello(&mut self, version: Option<Bytes>, name: Option<Bytes>) -> Reply {
-        match version.as_deref() {
-            None => {}
-            Some(b"2") => self.protocol = Protocol::Resp2,
-            Some(b"3") => self.protocol = Protocol::Resp3,
-            Some(other) if kv::parse_integer(other).is_some() => {
-                return Reply::Error("NOPROTO unsupported protocol version".into());
-            }
-            Some(_) => return Reply::err("Protocol version is not an integer or out of range"),
-        }
-        if let Some(name) = name {
-            self.name = Some(name);
-        }
-        let role = if self.executor.engine.status.lock().role == "leader" {
-            "master"
-        } else {
-            "replica"
-        };
-        let protocol = match self.protocol {
-            Protocol::Resp2 => 2,
-            Protocol::Resp3 => 3,
-        };
-        Reply::Map(vec![
-            (Reply::bulk("server"), Reply::bulk("drkv")),
-            (
-                Reply::bulk("version"),
-                Reply::bulk(env!("CARGO_PKG_VERSION")),
-            ),
-            (Reply::bulk("proto"), Reply::Integer(protocol)),
-            (Reply::bulk("id"), Reply::Integer(self.id as i64)),
-            (Reply::bulk("mode"), Reply::bulk("standalone")),
-            (Reply::bulk("role"), Reply::bulk(role)),
-            (Reply::bulk("modules"), Reply::Array(Vec::new())),
-        ])
+fn stopping(command: &Command) -> Reply {
+    if changes_state(command) {
+        NodeError::Uncertain("the node is stopping".into()).reply()
+    } else {
+        NodeError::TryAgain("the node is stopping".into()).reply()
     }
 }
 

@@ -72,6 +72,9 @@ pub enum StepError {
     Malformed(String),
     /// The message could not be handled because the store failed to read.
     Storage(StorageError),
+    /// Not a Raft message (a node service such as a forwarded request,
+    /// see `MessageBody::is_raft`): the node handles those itself.
+    NotRaft,
 }
 
 macro_rules! display {
@@ -112,6 +115,7 @@ display!(StepError, |self, f| match self {
     Self::WrongRecipient { to } => write!(f, "message addressed to node {to}"),
     Self::Malformed(reason) => write!(f, "malformed message: {reason}"),
     Self::Storage(error) => write!(f, "{error}"),
+    Self::NotRaft => f.write_str("not a Raft message"),
 });
 
 impl From<StorageError> for StepError {

@@ -477,6 +477,10 @@ impl<S: Storage> RaftNode<S> {
     /// Handles a message from a peer.
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
         self.assert_no_outstanding_ready();
+        if !message.body.is_raft() {
+            // Its term means nothing: reading it would move this node's.
+            return Err(StepError::NotRaft);
+        }
         if message.to != self.id {
             return Err(StepError::WrongRecipient { to: message.to });
         }

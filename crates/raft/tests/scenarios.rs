@@ -412,6 +412,19 @@ fn malformed_messages_are_refused_without_harm() {
         body: MessageBody::TimeoutNow,
     };
     assert!(cluster.node(2).step(misaddressed).is_err());
+    // A node service's message carries no meaningful term: the core
+    // refuses it rather than following a term it never should.
+    let service = dr_codec::message::Message {
+        from: 3,
+        to: 2,
+        term: term + 10,
+        body: MessageBody::ReadIndex(dr_codec::message::ReadIndexRequest { request_id: 1 }),
+    };
+    assert_eq!(
+        cluster.node(2).step(service),
+        Err(dr_raft::StepError::NotRaft)
+    );
+    assert_eq!(cluster.node(2).term(), term);
     cluster.propose(1, "still fine");
     assert_eq!(cluster.applied_payloads(2), vec!["still fine"]);
 }

@@ -22,6 +22,8 @@ pub(crate) fn message_bytes(message: &Message) -> usize {
                     .sum::<usize>()
         }
         MessageBody::InstallSnapshot(chunk) => FIXED + chunk.data.len(),
+        MessageBody::Forward(request) => FIXED + request.payload.len(),
+        MessageBody::ForwardResponse(response) => FIXED + response.payload.len(),
         _ => FIXED,
     }
 }

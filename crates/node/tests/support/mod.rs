@@ -78,6 +78,9 @@ pub struct Cluster {
     pub dir: TestDir,
     pub nodes: Vec<NodeProcess>,
     extra_args: Vec<String>,
+    /// The redis URL's user part for every client of the tests
+    /// (`":password@"`), empty without a password.
+    pub userinfo: String,
 }
 
 impl Cluster {
@@ -98,6 +101,7 @@ impl Cluster {
             dir,
             nodes,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            userinfo: String::new(),
         };
         let peers = cluster.peers_flag();
         for index in 0..cluster.nodes.len() {
@@ -238,7 +242,7 @@ impl Cluster {
     }
 
     pub fn client(&self, id: u64) -> redis::Connection {
-        connect(self.node(id).client)
+        connect_as(self.node(id).client, &self.userinfo)
     }
 
     /// The leader every running node agrees on, waiting up to `bound`.
@@ -249,11 +253,14 @@ impl Cluster {
                 .nodes
                 .iter()
                 .filter(|n| n.running())
-                .map(|n| info_field(n.client, "leader_id").and_then(|l| l.parse().ok()))
+                .map(|n| {
+                    info_field_as(n.client, &self.userinfo, "leader_id")
+                        .and_then(|l| l.parse().ok())
+                })
                 .collect();
             let published = leaders.first().copied().flatten().and_then(|leader| {
                 let node = self.nodes.iter().find(|n| n.id == leader)?;
-                let addr = info_field(node.client, "leader_client_addr")?;
+                let addr = info_field_as(node.client, &self.userinfo, "leader_client_addr")?;
                 (!addr.is_empty()).then_some(leader)
             });
             if let Some(leader) = published
@@ -306,9 +313,16 @@ impl Drop for Cluster {
 }
 
 pub fn connect(addr: SocketAddr) -> redis::Connection {
+    connect_as(addr, "")
+}
+
+/// A connection that authenticates with `userinfo` (`"user:password@"`,
+/// or empty for none).
+pub fn connect_as(addr: SocketAddr, userinfo: &str) -> redis::Connection {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let client = redis::Client::open(format!("redis://{addr}/")).expect("a valid URL");
+        let client =
+            redis::Client::open(format!("redis://{userinfo}{addr}/")).expect("a valid URL");
         match client.get_connection_with_timeout(Duration::from_secs(2)) {
             Ok(connection) => {
                 connection
@@ -327,7 +341,12 @@ pub fn connect(addr: SocketAddr) -> redis::Connection {
 
 /// One field of `INFO`, or None when the node does not answer.
 pub fn info_field(addr: SocketAddr, field: &str) -> Option<String> {
-    let client = redis::Client::open(format!("redis://{addr}/")).ok()?;
+    info_field_as(addr, "", field)
+}
+
+/// One field of `INFO` as the user in `userinfo` sees it.
+pub fn info_field_as(addr: SocketAddr, userinfo: &str, field: &str) -> Option<String> {
+    let client = redis::Client::open(format!("redis://{userinfo}{addr}/")).ok()?;
     let mut connection = client
         .get_connection_with_timeout(Duration::from_millis(500))
         .ok()?;
