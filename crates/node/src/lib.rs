@@ -92,3 +92,4 @@ pub mod node;
 pub mod resp;
 pub mod runtime;
 pub mod server;
+pub mod tls;

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::admin::access::{AdminAccess, AdminListener};
 use crate::auth::{UserConfig, Users};
 use crate::command::{Command, ReplyShape};
 use crate::connection::{self, ClientAccess};
@@ -26,6 +27,7 @@ use crate::kv::{MemberAddrs, WriteOp};
 use crate::resp::{Limits, Reply};
 use crate::runtime::{self, EngineConfig};
 use crate::server::{ClientLimits, Executor};
+use crate::tls::{ClientCerts, NodeTls};
 
 /// Everything a node needs to start. Saved in the data directory on first
 /// start, so a restart needs nothing but `--data-dir`.
@@ -91,6 +93,16 @@ pub struct NodeConfig {
     /// (Redis's protected mode). On by default.
     #[serde(default = "default_protected_mode")]
     pub protected_mode: bool,
+    /// TLS files: with them peers use mutual TLS (a peer without a
+    /// certificate of the cluster CA is refused), the client port speaks
+    /// TLS and the admin port HTTPS. Every member must agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<NodeTls>,
+    /// A file whose first line is the admin API's bearer token. Needed
+    /// (or TLS client certificates) when the admin port is not on
+    /// loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 fn default_cluster_id() -> u64 {
@@ -164,6 +176,8 @@ impl NodeConfig {
             requirepass: None,
             users: Vec::new(),
             protected_mode: default_protected_mode(),
+            tls: None,
+            admin_token_file: None,
         }
     }
 
@@ -206,7 +220,24 @@ impl NodeConfig {
             );
         }
         self.client_users()?;
+        let admin_on_loopback = self.admin_addr.ip().to_canonical().is_loopback();
+        if !admin_on_loopback && self.admin_token_file.is_none() && self.tls.is_none() {
+            return fail(format!(
+                "the admin port {} is not on loopback: give --admin-token-file (and/or TLS files, \
+                 so operators can authenticate with a client certificate of the cluster CA)",
+                self.admin_addr
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            tls.check().map_err(|e| StartError(e.to_string()))?;
+        }
+        self.admin_access()?;
         Ok(())
+    }
+
+    /// Who may call the admin API.
+    pub fn admin_access(&self) -> Result<AdminAccess, StartError> {
+        AdminAccess::new(self.admin_token_file.as_deref()).map_err(StartError)
     }
 
     /// The client users this configuration defines.
@@ -332,6 +363,7 @@ impl RunningNode {
         let mut transport_config =
             TransportConfig::new(config.cluster_id, config.id, config.peer_addr);
         transport_config.peers = peers.clone();
+        transport_config.tls = config.tls.as_ref().map(NodeTls::peer_files);
         let (transport, inbox) = TcpTransport::start(transport_config).await.map_err(|e| {
             StartError(format!(
                 "cannot start the peer transport on {}: {e}",
@@ -372,11 +404,23 @@ impl RunningNode {
         )
         .map_err(|e| StartError(format!("cannot start the engine thread: {e}")))?;
         let executor = Executor::new(engine, limits);
+        let tls_error = |e: crate::tls::TlsSetupError| StartError(e.to_string());
+        let client_tls = match &config.tls {
+            Some(tls) if tls.auth_clients => Some(tls.acceptor(ClientCerts::Required)),
+            Some(tls) => Some(tls.acceptor(ClientCerts::None)),
+            None => None,
+        };
         let access = ClientAccess {
             users: config.client_users()?,
             protected_mode: config.protected_mode,
-            tls: None,
+            tls: client_tls.transpose().map_err(tls_error)?,
         };
+        let admin_tls = config
+            .tls
+            .as_ref()
+            .map(|tls| tls.acceptor(ClientCerts::Optional))
+            .transpose()
+            .map_err(tls_error)?;
         let client_addr = clients
             .local_addr()
             .map_err(|e| StartError(e.to_string()))?;
@@ -388,7 +432,10 @@ impl RunningNode {
             executor: executor.clone(),
             transport: Arc::clone(&transport),
             data_dir: config.data_dir.clone(),
+            access: config.admin_access()?,
         };
+        let admin_listener = AdminListener::start(admin_listener, admin_tls)
+            .map_err(|e| StartError(format!("cannot serve the admin port: {e}")))?;
         let tasks = vec![
             tokio::spawn(connection::serve_clients(
                 clients,

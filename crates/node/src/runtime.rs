@@ -224,6 +224,11 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name(format!("drkv-engine-{}", engine.raft.id()))
         .spawn(move || {
+            // A panic here (a failed fsync, a broken invariant) must not
+            // leave a process that accepts clients with no engine behind
+            // it: the process ends, and a supervisor restarts it from
+            // what is durable.
+            let _abort_on_panic = AbortOnPanic;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -231,6 +236,18 @@ pub fn start(
             runtime.block_on(engine.run(requests, inbox, shutdown));
         })?;
     Ok((handle, thread))
+}
+
+/// Ends the process when dropped during a panic (see `start`).
+struct AbortOnPanic;
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the engine thread panicked: stopping the process");
+            std::process::abort();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -416,8 +433,12 @@ impl Engine {
             self.serve_peer(message);
             return;
         }
-        if let Err(error) = self.raft.step(message) {
-            tracing::debug!(?error, "dropped a peer message");
+        match self.raft.step(message) {
+            Ok(()) => {}
+            Err(error @ dr_raft::StepError::ConflictingLeader { .. }) => {
+                tracing::error!(%error, "refused a peer message");
+            }
+            Err(error) => tracing::debug!(%error, "dropped a peer message"),
         }
     }
 

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Cluster, DRKV, connect_as};
+use support::{Access, Cluster, DRKV, connect_as};
 
 /// A password hash from `drkv passwd` (few rounds: tests authenticate
 /// often).
@@ -143,7 +143,7 @@ fn clients_authenticate_and_get_only_their_permissions() {
         3,
         &["--acl-file", acl.to_str().expect("utf-8 path")],
     );
-    cluster.userinfo = format!(":{}@", admin_password.replace(' ', "%20"));
+    cluster.access = Access::user(&format!(":{}@", admin_password.replace(' ', "%20")));
     let leader = cluster.wait_for_leader(Duration::from_secs(20));
     let follower = cluster
         .nodes
@@ -224,7 +224,7 @@ fn clients_authenticate_and_get_only_their_permissions() {
     );
 
     // The reader reads, and may not write or see the node's details.
-    let mut reader = connect_as(follower.client, "reader:reader-pass@");
+    let mut reader = connect_as(follower.client, &Access::user("reader:reader-pass@"));
     let value: Option<String> = redis::cmd("GET").arg("k").query(&mut reader).expect("read");
     assert_eq!(value.as_deref(), Some("v1"));
     let refused = redis::cmd("SET")
@@ -244,7 +244,7 @@ fn clients_authenticate_and_get_only_their_permissions() {
     );
 
     // The writer authenticates with HELLO 3 AUTH and writes on any node.
-    let mut writer = connect_as(cluster.node(leader).client, "");
+    let mut writer = connect_as(cluster.node(leader).client, &Access::default());
     let hello = redis::cmd("HELLO")
         .arg(3)
         .arg("AUTH")
@@ -272,4 +272,231 @@ fn clients_authenticate_and_get_only_their_permissions() {
         }
     }
     drop(cluster);
+}
+
+/// `drkv certs` into `dir` for nodes `ids`.
+fn certs(dir: &std::path::Path, ids: &str) {
+    let output = Command::new(DRKV)
+        .args(["certs", "--ids", ids, "--dir"])
+        .arg(dir)
+        .output()
+        .expect("run drkv certs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn tls_args(dir: &std::path::Path, id: u64) -> Vec<String> {
+    let path = |name: String| dir.join(name).to_str().expect("utf-8 path").to_owned();
+    vec![
+        "--tls-ca-cert-file".into(),
+        path("ca.pem".into()),
+        "--tls-cert-file".into(),
+        path(format!("node-{id}.pem")),
+        "--tls-key-file".into(),
+        path(format!("node-{id}-key.pem")),
+    ]
+}
+
+/// Waits up to `bound` for `condition`.
+fn eventually(bound: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + bound;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn tls_clients_work_and_peers_of_another_ca_never_join() {
+    let files = support::TestDir::new("tls-files");
+    let good = files.path().join("good");
+    let foreign = files.path().join("foreign");
+    certs(&good, "1,2,3,4");
+    certs(&foreign, "4");
+    // Every member uses node 1's certificate: it names dr-peer, and the
+    // hello inside the session says which node it is.
+    let args = tls_args(&good, 1);
+    let password_hash = hash("tls-pass");
+    let mut flags: Vec<&str> = args.iter().map(String::as_str).collect();
+    flags.extend(["--requirepass", &password_hash]);
+    let mut cluster = Cluster::start("tls", 3, &flags);
+    cluster.access = Access {
+        userinfo: ":tls-pass@".into(),
+        ca_pem: Some(std::fs::read(good.join("ca.pem")).expect("the CA")),
+    };
+    let leader = cluster.wait_for_leader(Duration::from_secs(20));
+
+    // Over TLS with the password: writes through every node, read back
+    // everywhere.
+    for node in &cluster.nodes {
+        let mut client = cluster.client(node.id);
+        let key = format!("tls-{}", node.id);
+        let set: String = support::retrying(
+            &mut client,
+            redis::cmd("SET").arg(&key).arg("secret"),
+            Duration::from_secs(10),
+        )
+        .expect("a write over TLS");
+        assert_eq!(set, "OK");
+    }
+    for node in &cluster.nodes {
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg("tls-1")
+            .arg("tls-2")
+            .arg("tls-3")
+            .query(&mut cluster.client(node.id))
+            .expect("a read over TLS");
+        assert!(
+            values.iter().all(|v| v.as_deref() == Some("secret")),
+            "{values:?}"
+        );
+    }
+    // Plain TCP to a TLS client port gets no Redis answer.
+    let plain = raw(cluster.node(leader).client, &resp(&["PING"]));
+    assert!(!plain.starts_with('+'), "plain TCP got {plain:?}");
+
+    // A fourth node whose certificate another CA signed is added as a
+    // learner: the members refuse it, it never hears from the leader.
+    cluster.add_node(4);
+    let joiner = cluster.node(4).peer;
+    let (added, text) = cluster.ctl(
+        leader,
+        &[
+            "--cacert",
+            good.join("ca.pem").to_str().expect("utf-8"),
+            "add-learner",
+            "4",
+            &joiner.to_string(),
+        ],
+    );
+    assert!(added, "{text}");
+    let foreign_args = tls_args(&foreign, 4);
+    cluster.start_joiner_with(
+        4,
+        &foreign_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let leader_admin = cluster.node(leader).admin;
+    eventually(Duration::from_secs(20), "a refused peer handshake", || {
+        admin_metric(
+            leader_admin,
+            &good,
+            "drkv_transport_handshakes_refused_total",
+        ) > 0
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let foreign_access = Access {
+        userinfo: String::new(),
+        ca_pem: Some(std::fs::read(foreign.join("ca.pem")).expect("the foreign CA")),
+    };
+    let heard = support::info_field_as(cluster.node(4).client, &foreign_access, "leader_id");
+    assert_eq!(
+        heard.as_deref(),
+        Some(""),
+        "the foreign node heard from a leader"
+    );
+    let applied = support::info_field_as(cluster.node(4).client, &foreign_access, "applied_index");
+    assert_eq!(applied.as_deref(), Some("0"));
+}
+
+/// A counter from a node's admin API over HTTPS.
+fn admin_metric(admin: std::net::SocketAddr, ca_dir: &std::path::Path, name: &str) -> u64 {
+    let output = Command::new(DRKV)
+        .args(["ctl", "--admin", &admin.to_string(), "--cacert"])
+        .arg(ca_dir.join("ca.pem"))
+        .arg("metrics")
+        .output()
+        .expect("run drkv ctl metrics");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_admin_api_needs_its_token_or_a_certificate() {
+    let files = support::TestDir::new("admin-files");
+    let good = files.path().join("good");
+    certs(&good, "1");
+    let token = files.path().join("token");
+    std::fs::write(&token, "an-admin-token-of-some-length\n").expect("write the token");
+    let wrong = files.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-admin-token-at-all\n").expect("write a wrong token");
+    let mut flags = tls_args(&good, 1);
+    flags.extend([
+        "--admin-token-file".into(),
+        token.to_str().expect("utf-8").into(),
+    ]);
+    let mut cluster = Cluster::start(
+        "admin-auth",
+        1,
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    cluster.access.ca_pem = Some(std::fs::read(good.join("ca.pem")).expect("the CA"));
+    cluster.wait_for_leader(Duration::from_secs(20));
+    let ca = good.join("ca.pem").to_str().expect("utf-8").to_owned();
+    let cert = good.join("client.pem").to_str().expect("utf-8").to_owned();
+    let key = good
+        .join("client-key.pem")
+        .to_str()
+        .expect("utf-8")
+        .to_owned();
+    let token = token.to_str().expect("utf-8").to_owned();
+    let wrong = wrong.to_str().expect("utf-8").to_owned();
+
+    let (ok, text) = cluster.ctl(1, &["--cacert", &ca, "status"]);
+    assert!(!ok && text.contains("401"), "no token: {text}");
+    let (ok, text) = cluster.ctl(1, &["--cacert", &ca, "--token-file", &wrong, "snapshot"]);
+    assert!(!ok && text.contains("401"), "a wrong token: {text}");
+    let (ok, text) = cluster.ctl(1, &["--cacert", &ca, "--token-file", &token, "snapshot"]);
+    assert!(ok, "the token: {text}");
+    let (ok, text) = cluster.ctl(
+        1,
+        &["--cacert", &ca, "--cert", &cert, "--key", &key, "status"],
+    );
+    assert!(ok, "a client certificate: {text}");
+    // Plain HTTP to the HTTPS port is no way in either.
+    let (ok, _) = cluster.ctl(1, &["--token-file", &token, "status"]);
+    assert!(!ok);
+    cluster.stop(1);
+    let log = std::fs::read_to_string(cluster.dir.path().join("node-1.log")).unwrap_or_default();
+    assert!(
+        log.contains("admin call") && log.contains("bearer token"),
+        "no audit line:\n{log}"
+    );
+    assert!(log.contains("admin request refused"), "no refusal logged");
+    assert!(
+        !log.contains("an-admin-token-of-some-length"),
+        "the token was logged"
+    );
+}
+
+#[test]
+fn an_admin_port_off_loopback_needs_a_token() {
+    let dir = support::TestDir::new("admin-open");
+    let output = Command::new(DRKV)
+        .args([
+            "server",
+            "--id",
+            "1",
+            "--admin-addr",
+            "0.0.0.0:0",
+            "--client-addr",
+            "127.0.0.1:0",
+            "--peer-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("node"))
+        .output()
+        .expect("run drkv server");
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("--admin-token-file"), "{text}");
 }

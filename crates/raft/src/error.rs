@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use dr_codec::message::NodeId;
+use dr_codec::message::{NodeId, Term};
 
 use crate::conf_change::ConfChangeError;
 use crate::config::ConfigError;
@@ -75,6 +75,16 @@ pub enum StepError {
     /// Not a Raft message (a node service such as a forwarded request,
     /// see `MessageBody::is_raft`): the node handles those itself.
     NotRaft,
+    /// A leader's message for the term this node leads: election safety
+    /// says no such message exists, so it is a bug in one of the two
+    /// nodes or a forged message (a peer port without TLS). Refused, not
+    /// obeyed; worth an operator's attention.
+    ConflictingLeader {
+        /// Who claims to lead.
+        from: NodeId,
+        /// The term this node leads.
+        term: Term,
+    },
 }
 
 macro_rules! display {
@@ -116,6 +126,11 @@ display!(StepError, |self, f| match self {
     Self::Malformed(reason) => write!(f, "malformed message: {reason}"),
     Self::Storage(error) => write!(f, "{error}"),
     Self::NotRaft => f.write_str("not a Raft message"),
+    Self::ConflictingLeader { from, term } => write!(
+        f,
+        "node {from} sent a leader's message for term {term}, which this node leads \
+         (a bug in one of them, or a forged message)"
+    ),
 });
 
 impl From<StorageError> for StepError {

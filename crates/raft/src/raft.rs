@@ -665,10 +665,12 @@ impl<S: Storage> RaftNode<S> {
             MessageBody::AppendEntries(_)
             | MessageBody::Heartbeat(_)
             | MessageBody::InstallSnapshot(_) => {
-                panic!(
-                    "election safety: node {} leads term {} but node {from} sent it a leader's message",
-                    self.id, self.term
-                )
+                // Bytes from the network prove nothing about another
+                // node's state: refuse them rather than fall over.
+                Err(StepError::ConflictingLeader {
+                    from,
+                    term: self.term,
+                })
             }
             MessageBody::AppendEntriesResponse(response) => {
                 self.handle_append_response(from, response)

@@ -425,6 +425,26 @@ fn malformed_messages_are_refused_without_harm() {
         Err(dr_raft::StepError::NotRaft)
     );
     assert_eq!(cluster.node(2).term(), term);
+    // A leader's message to the leader of its own term cannot be genuine:
+    // refused, not a crash (the bytes may be forged).
+    let forged = dr_codec::message::Message {
+        from: 2,
+        to: 1,
+        term: cluster.node(1).term(),
+        body: MessageBody::Heartbeat(dr_codec::message::Heartbeat {
+            commit: 0,
+            read_context: 0,
+        }),
+    };
+    let leader_term = cluster.node(1).term();
+    assert_eq!(
+        cluster.node(1).step(forged),
+        Err(dr_raft::StepError::ConflictingLeader {
+            from: 2,
+            term: leader_term
+        })
+    );
+    assert_eq!(cluster.node(1).role(), Role::Leader);
     cluster.propose(1, "still fine");
     assert_eq!(cluster.applied_payloads(2), vec!["still fine"]);
 }

@@ -78,9 +78,43 @@ pub struct Cluster {
     pub dir: TestDir,
     pub nodes: Vec<NodeProcess>,
     extra_args: Vec<String>,
-    /// The redis URL's user part for every client of the tests
-    /// (`":password@"`), empty without a password.
+    /// How the tests' clients reach the nodes (password, TLS).
+    pub access: Access,
+}
+
+/// How a test client reaches a node.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// The redis URL's user part (`"user:password@"`), empty for none.
     pub userinfo: String,
+    /// The cluster CA (PEM) when the client port speaks TLS.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Access {
+    /// With these credentials (`"user:password@"`).
+    pub fn user(userinfo: &str) -> Self {
+        Self {
+            userinfo: userinfo.to_owned(),
+            ca_pem: None,
+        }
+    }
+
+    /// A client for the node at `addr`.
+    pub fn client(&self, addr: SocketAddr) -> redis::Client {
+        let userinfo = &self.userinfo;
+        match &self.ca_pem {
+            None => redis::Client::open(format!("redis://{userinfo}{addr}/")).expect("a valid URL"),
+            Some(ca) => redis::Client::build_with_tls(
+                format!("rediss://{userinfo}{addr}/"),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )
+            .expect("a valid TLS client"),
+        }
+    }
 }
 
 impl Cluster {
@@ -101,7 +135,7 @@ impl Cluster {
             dir,
             nodes,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            userinfo: String::new(),
+            access: Access::default(),
         };
         let peers = cluster.peers_flag();
         for index in 0..cluster.nodes.len() {
@@ -180,6 +214,11 @@ impl Cluster {
 
     /// Starts a node added with [`Self::add_node`] as a joiner.
     pub fn start_joiner(&mut self, id: u64) {
+        self.start_joiner_with(id, &[]);
+    }
+
+    /// Starts a joiner with `args` instead of the cluster's extra ones.
+    pub fn start_joiner_with(&mut self, id: u64, args: &[&str]) {
         let peers: String = self
             .nodes
             .iter()
@@ -188,7 +227,15 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let index = self.index(id);
-        self.spawn(index, &["--join", "--peers", &peers]);
+        let mut all = vec!["--join", "--peers", &peers];
+        all.extend(args);
+        if args.is_empty() {
+            self.spawn(index, &all);
+        } else {
+            let saved = std::mem::take(&mut self.extra_args);
+            self.spawn(index, &all);
+            self.extra_args = saved;
+        }
     }
 
     /// Restarts a stopped node with nothing but its data directory.
@@ -210,6 +257,15 @@ impl Cluster {
             .status()
             .expect("kill runs");
         assert!(sent.success(), "kill -{signal} failed");
+    }
+
+    /// Whether node `id`'s process is still running.
+    pub fn alive(&mut self, id: u64) -> bool {
+        let index = self.index(id);
+        match self.nodes[index].child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -242,7 +298,7 @@ impl Cluster {
     }
 
     pub fn client(&self, id: u64) -> redis::Connection {
-        connect_as(self.node(id).client, &self.userinfo)
+        connect_as(self.node(id).client, &self.access)
     }
 
     /// The leader every running node agrees on, waiting up to `bound`.
@@ -254,13 +310,12 @@ impl Cluster {
                 .iter()
                 .filter(|n| n.running())
                 .map(|n| {
-                    info_field_as(n.client, &self.userinfo, "leader_id")
-                        .and_then(|l| l.parse().ok())
+                    info_field_as(n.client, &self.access, "leader_id").and_then(|l| l.parse().ok())
                 })
                 .collect();
             let published = leaders.first().copied().flatten().and_then(|leader| {
                 let node = self.nodes.iter().find(|n| n.id == leader)?;
-                let addr = info_field_as(node.client, &self.userinfo, "leader_client_addr")?;
+                let addr = info_field_as(node.client, &self.access, "leader_client_addr")?;
                 (!addr.is_empty()).then_some(leader)
             });
             if let Some(leader) = published
@@ -292,6 +347,13 @@ impl Cluster {
         for node in &self.nodes {
             let path = self.dir.path().join(format!("node-{}.log", node.id));
             let text = std::fs::read_to_string(&path).unwrap_or_default();
+            // Panics and errors first: the tail may be far from them.
+            for line in text
+                .lines()
+                .filter(|l| l.contains("panicked") || l.contains("ERROR"))
+            {
+                eprintln!("node {}: {line}", node.id);
+            }
             let tail: Vec<&str> = text.lines().rev().take(30).collect();
             eprintln!("---- node {} (last lines) ----", node.id);
             for line in tail.iter().rev() {
@@ -313,16 +375,14 @@ impl Drop for Cluster {
 }
 
 pub fn connect(addr: SocketAddr) -> redis::Connection {
-    connect_as(addr, "")
+    connect_as(addr, &Access::default())
 }
 
-/// A connection that authenticates with `userinfo` (`"user:password@"`,
-/// or empty for none).
-pub fn connect_as(addr: SocketAddr, userinfo: &str) -> redis::Connection {
+/// A connection as `access` says.
+pub fn connect_as(addr: SocketAddr, access: &Access) -> redis::Connection {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let client =
-            redis::Client::open(format!("redis://{userinfo}{addr}/")).expect("a valid URL");
+        let client = access.client(addr);
         match client.get_connection_with_timeout(Duration::from_secs(2)) {
             Ok(connection) => {
                 connection
@@ -341,12 +401,12 @@ pub fn connect_as(addr: SocketAddr, userinfo: &str) -> redis::Connection {
 
 /// One field of `INFO`, or None when the node does not answer.
 pub fn info_field(addr: SocketAddr, field: &str) -> Option<String> {
-    info_field_as(addr, "", field)
+    info_field_as(addr, &Access::default(), field)
 }
 
-/// One field of `INFO` as the user in `userinfo` sees it.
-pub fn info_field_as(addr: SocketAddr, userinfo: &str, field: &str) -> Option<String> {
-    let client = redis::Client::open(format!("redis://{userinfo}{addr}/")).ok()?;
+/// One field of `INFO` as a client with `access` sees it.
+pub fn info_field_as(addr: SocketAddr, access: &Access, field: &str) -> Option<String> {
+    let client = access.client(addr);
     let mut connection = client
         .get_connection_with_timeout(Duration::from_millis(500))
         .ok()?;

@@ -6,16 +6,20 @@
 //!   under `./drkv-data`, until Ctrl-C.
 //! - `drkv ctl`: the admin API from the command line (and `ctl restore`:
 //!   a backup into a new data directory, offline).
+//! - `drkv certs`: a cluster CA and node certificates; `drkv passwd`: a
+//!   client password's hash.
 //! - `drkv bench`: a closed-loop load generator.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+mod ctl;
+mod dev;
 use dr_node::loadgen::{self, LoadConfig};
 use dr_node::node::{NodeConfig, RunningNode};
 
@@ -48,14 +52,31 @@ enum Commands {
         /// Start the nodes with `--read-lease`.
         #[arg(long)]
         read_lease: bool,
+        /// Peer mutual TLS, client TLS and a password, with throwaway
+        /// certificates and password made under the data folder.
+        #[arg(long)]
+        secure: bool,
+    },
+    /// Make a cluster CA and TLS files for its nodes (and a client
+    /// certificate), for `--tls-*-file`.
+    Certs {
+        /// Where to write them (must not hold a CA yet).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node ids to make certificates for.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        ids: Vec<u64>,
+        /// Host names or IP addresses clients use to reach the nodes
+        /// (besides localhost and 127.0.0.1); repeat or separate with commas.
+        #[arg(long = "host", value_delimiter = ',')]
+        hosts: Vec<String>,
     },
     /// Talk to a node's admin API.
     Ctl {
-        /// The node's admin address.
-        #[arg(long, default_value = "127.0.0.1:7201")]
-        admin: SocketAddr,
+        #[command(flatten)]
+        target: ctl::AdminTarget,
         #[command(subcommand)]
-        action: CtlAction,
+        action: ctl::CtlAction,
     },
     /// Drive nodes with a closed-loop load (one command in flight per
     /// connection) and print throughput and latency.
@@ -130,60 +151,25 @@ struct ServerArgs {
     /// [default: true].
     #[arg(long)]
     protected_mode: Option<bool>,
-}
-
-#[derive(Subcommand)]
-enum CtlAction {
-    /// The node's state (JSON).
-    Status,
-    /// Members and their addresses.
-    Members,
-    /// Add a node as a learner (start it with `drkv server --join`).
-    AddLearner {
-        /// Its id.
-        id: u64,
-        /// Its Raft address.
-        peer_addr: SocketAddr,
-    },
-    /// Make a learner a voter.
-    Promote {
-        /// Its id.
-        id: u64,
-    },
-    /// Remove a member.
-    Remove {
-        /// Its id.
-        id: u64,
-    },
-    /// Hand leadership to a voter.
-    TransferLeader {
-        /// Its id.
-        id: u64,
-    },
-    /// Snapshot the node's state machine now.
-    Snapshot,
-    /// Back the node's store up.
-    Backup {
-        /// Where (default: beside the data directory, `<data-dir>-backups`).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Backups to keep.
-        #[arg(long)]
-        keep: Option<usize>,
-    },
-    /// Restore a backup into a new, empty data directory (offline: no
-    /// node needed; start a server on the directory afterwards).
-    Restore {
-        /// The backup directory (`backup` printed it).
-        #[arg(long)]
-        backup_dir: PathBuf,
-        /// The new node's data directory (must not exist or be empty).
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// Which backup (default: the newest).
-        #[arg(long)]
-        backup_id: Option<u32>,
-    },
+    /// The cluster CA's certificate (PEM). With --tls-cert-file and
+    /// --tls-key-file: mutual TLS between peers, TLS on the client port,
+    /// HTTPS on the admin port (`drkv certs` makes the files).
+    #[arg(long, requires_all = ["tls_cert_file", "tls_key_file"])]
+    tls_ca_cert_file: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the cluster CA.
+    #[arg(long, requires_all = ["tls_ca_cert_file", "tls_key_file"])]
+    tls_cert_file: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, requires_all = ["tls_ca_cert_file", "tls_cert_file"])]
+    tls_key_file: Option<PathBuf>,
+    /// Clients of the client port must present a certificate signed by
+    /// the cluster CA.
+    #[arg(long, requires = "tls_ca_cert_file")]
+    tls_auth_clients: bool,
+    /// A file whose first line is the admin API's bearer token (needed
+    /// when the admin port is not on loopback, unless TLS is on).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -247,8 +233,16 @@ fn main() -> ExitCode {
             dir,
             base_port,
             read_lease,
-        } => dev(&dir, base_port, read_lease, cli.log_level.as_deref()),
-        Commands::Ctl { admin, action } => ctl(admin, action),
+            secure,
+        } => dev::dev(&dev::DevOptions {
+            dir: &dir,
+            base_port,
+            read_lease,
+            secure,
+            log_level: cli.log_level.as_deref(),
+        }),
+        Commands::Certs { dir, ids, hosts } => dev::certs(&dir, &ids, &hosts),
+        Commands::Ctl { target, action } => ctl::ctl(&target, action),
         Commands::Bench(args) => bench(args),
         Commands::Passwd { iterations } => passwd(iterations),
     };
@@ -274,7 +268,7 @@ fn init_logging(level: Option<&str>) {
         .init();
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -359,6 +353,21 @@ fn node_config(args: ServerArgs) -> Result<NodeConfig, String> {
     if let Some(protected) = args.protected_mode {
         config.protected_mode = protected;
     }
+    let absolute =
+        |path: PathBuf| std::path::absolute(&path).map_err(|e| format!("{}: {e}", path.display()));
+    if let (Some(ca_cert), Some(cert), Some(key)) =
+        (args.tls_ca_cert_file, args.tls_cert_file, args.tls_key_file)
+    {
+        config.tls = Some(dr_node::tls::NodeTls {
+            ca_cert: absolute(ca_cert)?,
+            cert: absolute(cert)?,
+            key: absolute(key)?,
+            auth_clients: args.tls_auth_clients,
+        });
+    }
+    if let Some(path) = args.admin_token_file {
+        config.admin_token_file = Some(absolute(path)?);
+    }
     if let Some(timeout) = args.partial_request_timeout_ms {
         config.partial_request_timeout_ms = timeout;
     }
@@ -367,7 +376,8 @@ fn node_config(args: ServerArgs) -> Result<NodeConfig, String> {
 
 fn server(args: ServerArgs) -> Result<(), String> {
     let config = node_config(args)?;
-    runtime()?.block_on(async move {
+    let runtime = runtime()?;
+    let result = runtime.block_on(async move {
         let node = RunningNode::start(config)
             .await
             .map_err(|e| e.to_string())?;
@@ -375,10 +385,14 @@ fn server(args: ServerArgs) -> Result<(), String> {
         tracing::info!("stopping: finishing in-flight requests");
         node.shutdown().await;
         Ok(())
-    })
+    });
+    // Whatever is left (a half-open admin connection, a peer's socket)
+    // does not hold the process.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
 }
 
-async fn wait_for_stop_signal() -> Result<(), String> {
+pub(crate) async fn wait_for_stop_signal() -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -386,205 +400,6 @@ async fn wait_for_stop_signal() -> Result<(), String> {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
-    Ok(())
-}
-
-fn dev(
-    dir: &Path,
-    base_port: u16,
-    read_lease: bool,
-    log_level: Option<&str>,
-) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let port = |offset: u16| -> Result<u16, String> {
-        base_port
-            .checked_add(offset)
-            .ok_or_else(|| "--base-port is too large".to_owned())
-    };
-    let mut peers = Vec::new();
-    for id in 1..=3u16 {
-        peers.push(format!("{id}=127.0.0.1:{}", port(100 + id)?));
-    }
-    let peers = peers.join(",");
-    let mut children = Vec::new();
-    for id in 1..=3u16 {
-        let mut command = std::process::Command::new(&exe);
-        if let Some(level) = log_level {
-            command.env("DRKV_LOG", level);
-        }
-        command
-            .args(["server", "--id", &id.to_string()])
-            .arg("--data-dir")
-            .arg(dir.join(format!("node-{id}")))
-            .args(["--client-addr", &format!("127.0.0.1:{}", port(id)?)])
-            .args(["--peer-addr", &format!("127.0.0.1:{}", port(100 + id)?)])
-            .args(["--admin-addr", &format!("127.0.0.1:{}", port(200 + id)?)])
-            .args(["--peers", &peers]);
-        if read_lease {
-            command.arg("--read-lease");
-        }
-        let child = command
-            .spawn()
-            .map_err(|e| format!("cannot start node {id}: {e}"))?;
-        children.push(child);
-    }
-    println!("drkv dev: 3 nodes, data under {}", dir.display());
-    for id in 1..=3u16 {
-        println!(
-            "  node {id}: clients 127.0.0.1:{}  admin http://127.0.0.1:{}/status",
-            port(id)?,
-            port(200 + id)?
-        );
-    }
-    println!(
-        "try:  redis-cli -p {} set hello world && redis-cli -p {} get hello",
-        port(1)?,
-        port(2)?
-    );
-    println!("      drkv ctl --admin 127.0.0.1:{} status", port(201)?);
-    println!("Ctrl-C stops the cluster.");
-    let result = runtime()?.block_on(async {
-        let exited = tokio::task::spawn_blocking(move || {
-            // Poll: any node that exits on its own ends the session.
-            loop {
-                for (index, child) in children.iter_mut().enumerate() {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        return (children, Some((index + 1, status)));
-                    }
-                }
-                if STOP.load(std::sync::atomic::Ordering::Relaxed) {
-                    return (children, None);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        let signal = tokio::spawn(async {
-            let _ = wait_for_stop_signal().await;
-            STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-        });
-        let (children, died) = exited.await.map_err(|e| e.to_string())?;
-        signal.abort();
-        Ok::<_, String>((children, died))
-    });
-    let (mut children, died) = result?;
-    for child in &children {
-        // SIGTERM: each node finishes in-flight requests and stops.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-    }
-    for child in &mut children {
-        let _ = child.wait();
-    }
-    match died {
-        Some((id, status)) => Err(format!(
-            "node {id} exited ({status}); the cluster was stopped"
-        )),
-        None => {
-            println!("drkv dev: stopped");
-            Ok(())
-        }
-    }
-}
-
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// One HTTP/1.1 request with `Connection: close` (the admin API is local
-/// and tiny; one request per process needs no client library).
-fn http(
-    admin: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<String>,
-) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(3))
-        .map_err(|e| format!("cannot reach the admin API at {admin}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    let body = body.unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or("a malformed HTTP response")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or("a malformed HTTP status line")?;
-    Ok((status, body.to_owned()))
-}
-
-fn ctl(admin: SocketAddr, action: CtlAction) -> Result<(), String> {
-    let (method, path, body) = match &action {
-        // Offline: no node to ask.
-        CtlAction::Restore {
-            backup_dir,
-            data_dir,
-            backup_id,
-        } => return restore(backup_dir, data_dir, *backup_id),
-        CtlAction::Status | CtlAction::Members => ("GET", "/status".to_owned(), None),
-        CtlAction::AddLearner { id, peer_addr } => (
-            "POST",
-            "/members".to_owned(),
-            Some(serde_json::json!({ "id": id, "peer_addr": peer_addr.to_string() }).to_string()),
-        ),
-        CtlAction::Promote { id } => ("POST", format!("/members/{id}/promote"), None),
-        CtlAction::Remove { id } => ("DELETE", format!("/members/{id}"), None),
-        CtlAction::TransferLeader { id } => ("POST", format!("/transfer-leader/{id}"), None),
-        CtlAction::Snapshot => ("POST", "/snapshot".to_owned(), None),
-        CtlAction::Backup { dir, keep } => (
-            "POST",
-            "/backup".to_owned(),
-            Some(serde_json::json!({ "dir": dir, "keep": keep }).to_string()),
-        ),
-    };
-    let (status, body) = http(admin, method, &path, body)?;
-    let value: serde_json::Value =
-        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
-    let shown = match action {
-        CtlAction::Members => serde_json::json!({
-            "voters": value["voters"], "learners": value["learners"], "leader": value["leader"], "members": value["members"],
-        }),
-        _ => value,
-    };
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&shown).map_err(|e| e.to_string())?
-    );
-    if (200..300).contains(&status) {
-        Ok(())
-    } else {
-        Err(format!("the node answered HTTP {status}"))
-    }
-}
-
-fn restore(backup_dir: &Path, data_dir: &Path, backup_id: Option<u32>) -> Result<(), String> {
-    let store = data_dir.join("store");
-    std::fs::create_dir_all(&store)
-        .map_err(|e| format!("cannot create {}: {e}", store.display()))?;
-    dr_storage::RocksStorage::restore(
-        backup_dir,
-        backup_id,
-        &store,
-        dr_storage::StateMachine::DataFamily,
-    )
-    .map_err(|e| e.to_string())?;
-    println!(
-        "restored into {}; start it with: drkv server --data-dir {} --id <id> [--peers ...]",
-        data_dir.display(),
-        data_dir.display()
-    );
     Ok(())
 }
 

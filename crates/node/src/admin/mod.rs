@@ -1,8 +1,14 @@
-//! The admin port (HTTP): metrics for Prometheus, status, and operations
-//! (membership, leader transfer, snapshot, backup).
+//! The admin port (HTTP, or HTTPS with the node's TLS files): metrics for
+//! Prometheus, status, and operations (membership, member addresses,
+//! leader transfer, snapshot, backup) — the only way to change the
+//! cluster.
 //!
-//! Membership operations work on any node: they travel to the leader
-//! like client writes. Snapshot and backup act on the node asked.
+//! Membership operations work on any node: a follower forwards them to
+//! the leader over the peer transport. Snapshot and backup act on the
+//! node asked. Who may call is [`access`]'s business; every call that
+//! changes something is logged with its caller.
+
+pub mod access;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,17 +16,18 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use dr_raft::ConfChangeOp;
 use dr_transport::{TcpTransport, Transport};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
+use self::access::{AdminAccess, AdminListener, AdminPeer, Refusal};
 use crate::command::{Command, ReplyShape};
 use crate::kv::{MemberAddrs, WriteOp};
 use crate::metrics::gauge_or_counter;
@@ -37,12 +44,19 @@ pub struct AdminState {
     pub transport: Arc<TcpTransport>,
     /// The node's data directory (the default backup place is beside it).
     pub data_dir: PathBuf,
+    /// Who may call.
+    pub access: AdminAccess,
 }
 
 type Shared = State<Arc<AdminState>>;
 
 /// Serves the admin API until `shutdown`.
-pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: AdminListener,
+    state: AdminState,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let state = Arc::new(state);
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(status))
@@ -53,16 +67,63 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         .route("/transfer-leader/{id}", post(transfer_leader))
         .route("/snapshot", post(snapshot))
         .route("/backup", post(backup))
-        .with_state(Arc::new(state));
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authorize,
+        ))
+        .with_state(state);
     let stop = async move {
         let _ = shutdown.changed().await;
     };
-    if let Err(error) = axum::serve(listener, router)
+    let service = router.into_make_service_with_connect_info::<AdminPeer>();
+    if let Err(error) = axum::serve(listener, service)
         .with_graceful_shutdown(stop)
         .await
     {
         tracing::error!(%error, "the admin port failed");
     }
+}
+
+/// Lets a request through if its caller may call (see [`access`]); logs
+/// every request that changes something, with its caller and outcome.
+async fn authorize(
+    State(state): Shared,
+    ConnectInfo(peer): ConnectInfo<AdminPeer>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|value| value.as_bytes());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let caller = match state.access.caller(&peer, authorization) {
+        Ok(caller) => caller,
+        Err(refusal) => {
+            tracing::warn!(peer = %peer.addr, %method, %path, ?refusal, "admin request refused");
+            let text = match refusal {
+                Refusal::Missing => {
+                    "authentication required: Authorization: Bearer <token> or a client certificate"
+                }
+                Refusal::WrongToken => "wrong token",
+            };
+            return answer(StatusCode::UNAUTHORIZED, json!({ "error": text }));
+        }
+    };
+    let changes = !matches!(method, Method::GET | Method::HEAD);
+    let response = next.run(request).await;
+    if changes {
+        tracing::info!(
+            caller = %caller,
+            peer = %peer.addr,
+            %method,
+            %path,
+            status = response.status().as_u16(),
+            "admin call"
+        );
+    }
+    response
 }
 
 fn answer(status: StatusCode, body: Value) -> Response {
