@@ -403,6 +403,13 @@ impl Engine {
                     None => break,
                 },
             }
+            // A follower forwards its requests (writes to the leader,
+            // reads for a read index) before its own synced write: they
+            // join no ready of its own, and should not wait for its disk.
+            let follower = self.raft.role() != Role::Leader;
+            if follower {
+                self.take_requests(first_request.take(), &mut requests);
+            }
             // Peers first: acknowledgements commit entries, which are
             // applied and answered now rather than after the next synced
             // write (a leader's committed entries are on its disk already).
@@ -412,20 +419,31 @@ impl Engine {
             self.drive();
             // Then every request waiting joins one ready: one synced write
             // for all of them (group commit).
-            if let Some(request) = first_request {
-                self.handle(request);
-            }
-            for _ in 1..self.config.turn_requests_max {
-                let Ok(request) = requests.try_recv() else {
-                    break;
-                };
-                self.handle(request);
+            if !follower {
+                self.take_requests(first_request, &mut requests);
             }
             self.drive();
             self.publish_status();
         }
         self.fail_everything("the node is shutting down");
         tracing::info!(id = self.raft.id(), "engine stopped");
+    }
+
+    /// Handles `first` and what else is waiting, up to
+    /// `turn_requests_max` in all.
+    fn take_requests(&mut self, first: Option<Request>, requests: &mut mpsc::Receiver<Request>) {
+        let mut taken = 0;
+        if let Some(request) = first {
+            self.handle(request);
+            taken += 1;
+        }
+        while taken < self.config.turn_requests_max {
+            let Ok(request) = requests.try_recv() else {
+                break;
+            };
+            self.handle(request);
+            taken += 1;
+        }
     }
 
     fn step(&mut self, message: Message) {

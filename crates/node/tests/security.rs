@@ -36,11 +36,16 @@ fn hash(password: &str) -> String {
 
 /// Sends raw RESP and reads the first reply line.
 fn raw(addr: std::net::SocketAddr, request: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
+    try_raw(addr, request).expect("connect")
+}
+
+/// [`raw`], or `None` when nothing listens.
+fn try_raw(addr: std::net::SocketAddr, request: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    stream.write_all(request.as_bytes()).expect("send");
+    stream.write_all(request.as_bytes()).ok()?;
     let mut reply = Vec::new();
     let mut byte = [0];
     while stream.read(&mut byte).map(|n| n == 1).unwrap_or(false) {
@@ -49,7 +54,7 @@ fn raw(addr: std::net::SocketAddr, request: &str) -> String {
             break;
         }
     }
-    String::from_utf8_lossy(&reply).trim_end().to_owned()
+    Some(String::from_utf8_lossy(&reply).trim_end().to_owned())
 }
 
 fn resp(words: &[&str]) -> String {
@@ -461,6 +466,25 @@ fn the_admin_api_needs_its_token_or_a_certificate() {
         &["--cacert", &ca, "--cert", &cert, "--key", &key, "status"],
     );
     assert!(ok, "a client certificate: {text}");
+    // A member's addresses change through the admin API only.
+    let peer = cluster.node(1).peer.to_string();
+    let (ok, text) = cluster.ctl(
+        1,
+        &[
+            "--cacert",
+            &ca,
+            "--token-file",
+            &token,
+            "set-addrs",
+            "1",
+            &peer,
+            "--client-addr",
+            "127.0.0.1:6999",
+        ],
+    );
+    assert!(ok, "set-addrs: {text}");
+    let (_, members) = cluster.ctl(1, &["--cacert", &ca, "--token-file", &token, "members"]);
+    assert!(members.contains("127.0.0.1:6999"), "{members}");
     // Plain HTTP to the HTTPS port is no way in either.
     let (ok, _) = cluster.ctl(1, &["--token-file", &token, "status"]);
     assert!(!ok);
@@ -499,4 +523,255 @@ fn an_admin_port_off_loopback_needs_a_token() {
     assert!(!output.status.success());
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(text.contains("--admin-token-file"), "{text}");
+}
+
+/// A network namespace joined to this one by a veth pair: a second host
+/// whose address is not loopback, made and removed by the test (root and
+/// iproute2 needed).
+struct OtherHost {
+    name: String,
+    veth: String,
+    /// This side's address, as the other host sees it.
+    here: String,
+}
+
+impl OtherHost {
+    fn new() -> Option<Self> {
+        let id = std::process::id() % 200 + 20;
+        let name = format!("drkv-pm-{}", std::process::id());
+        let veth = format!("drkvh{}", std::process::id() % 100_000);
+        let peer = format!("drkvn{}", std::process::id() % 100_000);
+        let here = format!("10.213.{id}.1");
+        let there = format!("10.213.{id}.2");
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), name.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                veth.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                peer.clone(),
+            ],
+            vec![
+                "link".into(),
+                "set".into(),
+                peer.clone(),
+                "netns".into(),
+                name.clone(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("{here}/30"),
+                "dev".into(),
+                veth.clone(),
+            ],
+            vec!["link".into(), "set".into(), veth.clone(), "up".into()],
+            vec![
+                "-n".into(),
+                name.clone(),
+                "addr".into(),
+                "add".into(),
+                format!("{there}/30"),
+                "dev".into(),
+                peer.clone(),
+            ],
+            vec![
+                "-n".into(),
+                name.clone(),
+                "link".into(),
+                "set".into(),
+                peer.clone(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                name.clone(),
+                "link".into(),
+                "set".into(),
+                "lo".into(),
+                "up".into(),
+            ],
+        ];
+        let host = Self { name, veth, here };
+        for step in steps {
+            let done = Command::new("ip").args(&step).output().ok()?;
+            if !done.status.success() {
+                eprintln!(
+                    "cannot make a second host (ip {}: {}): needs root and iproute2",
+                    step.join(" "),
+                    String::from_utf8_lossy(&done.stderr).trim()
+                );
+                return None;
+            }
+        }
+        Some(host)
+    }
+
+    /// Sends `request` to `port` on this side from the other host, and
+    /// returns the first reply line.
+    fn ask(&self, port: u16, request: &str) -> String {
+        let script = format!(
+            "exec 3<>/dev/tcp/{}/{port} && printf '{}' >&3 && timeout 5 head -n 1 <&3",
+            self.here,
+            request.replace('\r', "\\r").replace('\n', "\\n")
+        );
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.name, "bash", "-c", &script])
+            .output()
+            .expect("run bash in the namespace");
+        String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_owned()
+    }
+}
+
+impl Drop for OtherHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// One `drkv` node on its own, killed on drop.
+struct Solo {
+    _dir: support::TestDir,
+    child: std::process::Child,
+}
+
+impl Solo {
+    fn start(name: &str, client_addr: &str, extra: &[&str]) -> Self {
+        let dir = support::TestDir::new(name);
+        let child = Command::new(DRKV)
+            .args(["server", "--id", "1", "--client-addr", client_addr])
+            .args(["--peer-addr", &support::free_addr().to_string()])
+            .args(["--admin-addr", &support::free_addr().to_string()])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(dir.path().join("node"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start drkv");
+        Self { _dir: dir, child }
+    }
+}
+
+impl Drop for Solo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first non-empty answer to `ask`, waiting for the node to start.
+fn first_answer(mut ask: impl FnMut() -> String) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = ask();
+        if !reply.is_empty() || std::time::Instant::now() > deadline {
+            return reply;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn protected_mode_answers_only_loopback_until_a_password_is_set() {
+    let Some(other) = OtherHost::new() else {
+        return;
+    };
+    let port = support::free_addr().port();
+    let any = format!("0.0.0.0:{port}");
+    let local: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
+    let open = Solo::start("protected", &any, &[]);
+    let ping = || try_raw(local, "PING\r\n").unwrap_or_default();
+    assert_eq!(first_answer(ping), "+PONG", "loopback is served");
+    let denied = other.ask(port, "PING\r\n");
+    assert!(denied.starts_with("-DENIED"), "another host got {denied:?}");
+    drop(open);
+
+    let port = support::free_addr().port();
+    let unprotected = Solo::start(
+        "unprotected",
+        &format!("0.0.0.0:{port}"),
+        &["--protected-mode", "false"],
+    );
+    let reply = first_answer(|| other.ask(port, "PING\r\n"));
+    assert_eq!(reply, "+PONG", "protected mode off serves other hosts");
+    drop(unprotected);
+
+    let port = support::free_addr().port();
+    let password_hash = hash("pm-pass");
+    let _guarded = Solo::start(
+        "guarded",
+        &format!("0.0.0.0:{port}"),
+        &["--requirepass", &password_hash],
+    );
+    let reply = first_answer(|| other.ask(port, "PING\r\n"));
+    assert_eq!(
+        reply, "-NOAUTH Authentication required.",
+        "with a password: authenticate"
+    );
+}
+
+#[test]
+fn client_certificates_can_be_required() {
+    let files = support::TestDir::new("client-cert-files");
+    let good = files.path().join("good");
+    let foreign = files.path().join("foreign");
+    certs(&good, "1");
+    certs(&foreign, "1");
+    let mut flags = tls_args(&good, 1);
+    flags.push("--tls-auth-clients".into());
+    let cluster = Cluster::start(
+        "client-certs",
+        1,
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let ca = std::fs::read(good.join("ca.pem")).expect("the CA");
+    let with_cert = |dir: &std::path::Path| {
+        Some(redis::ClientTlsConfig {
+            client_cert: std::fs::read(dir.join("client.pem")).expect("a client certificate"),
+            client_key: std::fs::read(dir.join("client-key.pem")).expect("its key"),
+        })
+    };
+    let client = |client_tls| {
+        redis::Client::build_with_tls(
+            format!("rediss://{}/", cluster.node(1).client),
+            redis::TlsCertificates {
+                client_tls,
+                root_cert: Some(ca.clone()),
+            },
+        )
+        .expect("a TLS client")
+    };
+    let ping = |client: redis::Client| -> redis::RedisResult<String> {
+        let mut connection = client.get_connection_with_timeout(Duration::from_secs(5))?;
+        redis::cmd("PING").query(&mut connection)
+    };
+    // The node's own certificate check: a client with the CA's
+    // certificate gets in; one without, or of another CA, does not.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ping(client(with_cert(&good))).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a certified client never got in"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        ping(client(None)).is_err(),
+        "a client without a certificate got in"
+    );
+    assert!(
+        ping(client(with_cert(&foreign))).is_err(),
+        "a client certified by another CA got in"
+    );
 }

@@ -47,6 +47,21 @@ pub(crate) enum CtlAction {
         /// Its Raft address.
         peer_addr: SocketAddr,
     },
+    /// Record a member's new addresses (it moved). Peers reconnect to
+    /// the new peer address; the peer handshake (and mutual TLS) still
+    /// decides whether the node there is that member.
+    SetAddrs {
+        /// Its id.
+        id: u64,
+        /// Its new Raft address.
+        peer_addr: SocketAddr,
+        /// Its new client address (default: unchanged).
+        #[arg(long)]
+        client_addr: Option<SocketAddr>,
+        /// Its new admin address (default: unchanged).
+        #[arg(long)]
+        admin_addr: Option<SocketAddr>,
+    },
     /// Make a learner a voter.
     Promote {
         /// Its id.
@@ -201,6 +216,23 @@ pub(crate) fn ctl(target: &AdminTarget, action: CtlAction) -> Result<(), String>
             "POST",
             "/members".to_owned(),
             Some(serde_json::json!({ "id": id, "peer_addr": peer_addr.to_string() }).to_string()),
+        ),
+        CtlAction::SetAddrs {
+            id,
+            peer_addr,
+            client_addr,
+            admin_addr,
+        } => (
+            "PUT",
+            format!("/members/{id}/addrs"),
+            Some(
+                serde_json::json!({
+                    "peer_addr": peer_addr.to_string(),
+                    "client_addr": client_addr.map(|a| a.to_string()),
+                    "admin_addr": admin_addr.map(|a| a.to_string()),
+                })
+                .to_string(),
+            ),
         ),
         CtlAction::Promote { id } => ("POST", format!("/members/{id}/promote"), None),
         CtlAction::Remove { id } => ("DELETE", format!("/members/{id}"), None),
