@@ -185,7 +185,11 @@ pub(crate) fn dev(options: &DevOptions<'_>) -> Result<(), String> {
                 port(1)?,
                 port(2)?
             );
-            println!("      drkv ctl --admin 127.0.0.1:{} status", port(201)?);
+            println!(
+                "      {} ctl --admin 127.0.0.1:{} status",
+                exe.display(),
+                port(201)?
+            );
         }
         Some(secrets) => {
             let ca = secrets.certs.ca_cert.display();
@@ -204,7 +208,8 @@ pub(crate) fn dev(options: &DevOptions<'_>) -> Result<(), String> {
                 secrets.password
             );
             println!(
-                "      drkv ctl --admin 127.0.0.1:{} --cacert {ca} status",
+                "      {} ctl --admin 127.0.0.1:{} --cacert {ca} status",
+                exe.display(),
                 port(201)?
             );
         }
