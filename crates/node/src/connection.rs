@@ -534,7 +534,7 @@ impl Connection {
             self.name = Some(name);
         }
         self.update_registry();
-        let role = if self.executor.engine().status.lock().role == "leader" {
+        let role = if self.executor.engine().status.role().is_leader() {
             "master"
         } else {
             "replica"

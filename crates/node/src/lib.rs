@@ -10,7 +10,8 @@
 //!   (dr-raft) and its store (dr-storage): ticks, peer messages (from
 //!   dr-transport) and client requests in; one synced write per turn
 //!   for every proposal that arrived (group commit); apply; answer.
-//! - [`lease`]: the clock side of leader leases (`--read-lease`).
+//! - [`lease`]: the clock side of leader leases (`--read-lease`);
+//!   [`status`]: the state the engine publishes every turn, lock-free.
 //! - [`kv`]: the state machine: write commands as log entries, applied
 //!   deterministically (a presence cache spares most writes a store read);
 //!   [`command`]: Redis commands parsed and answered.
@@ -92,4 +93,5 @@ pub mod node;
 pub mod resp;
 pub mod runtime;
 pub mod server;
+pub mod status;
 pub mod tls;

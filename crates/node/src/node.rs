@@ -549,7 +549,7 @@ async fn publish_addresses(
         admin: admin.to_string(),
     };
     loop {
-        if executor.engine().status.lock().members.get(&id) == Some(&wanted) {
+        if executor.engine().status.member(id) == Some(wanted.clone()) {
             return;
         }
         let record = Command::Write {

@@ -22,8 +22,6 @@ use dr_raft::{
 };
 use dr_storage::{BackupInfo, RocksStorage, StoreReader};
 use dr_transport::{TcpTransport, Transport};
-use parking_lot::Mutex;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::command::{ReadOp, ReplyShape, glob_match, write_reply};
@@ -31,6 +29,7 @@ use crate::kv::{self, MemberAddrs, Outcome, PresenceCache, USER, WriteOp};
 use crate::lease::{LeaseClock, LeaseGate, lease_clock, lease_remaining};
 use crate::metrics::{Metrics, bump};
 use crate::resp::Reply;
+use crate::status::{Progress, StatusBoard};
 
 mod peers;
 
@@ -124,44 +123,6 @@ pub enum Request {
     },
 }
 
-/// The node's state, published after every turn for `INFO`, `/status`
-/// and `/metrics`.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Status {
-    /// This node.
-    pub id: NodeId,
-    /// The cluster it belongs to.
-    pub cluster_id: u64,
-    /// "leader", "follower", "candidate" or "pre-candidate".
-    pub role: &'static str,
-    /// The current term.
-    pub term: Term,
-    /// The leader this node knows of.
-    pub leader: Option<NodeId>,
-    /// The leader's client address, when published.
-    pub leader_client_addr: Option<String>,
-    /// Highest committed index.
-    pub commit_index: LogIndex,
-    /// Highest applied index.
-    pub applied_index: LogIndex,
-    /// Last index in the log.
-    pub last_index: LogIndex,
-    /// Index of the newest snapshot.
-    pub snapshot_index: LogIndex,
-    /// The configuration.
-    pub voters: Vec<NodeId>,
-    /// Outgoing voters during a joint change.
-    pub voters_outgoing: Vec<NodeId>,
-    /// Learners.
-    pub learners: Vec<NodeId>,
-    /// Every member's recorded addresses.
-    pub members: BTreeMap<NodeId, MemberAddrs>,
-    /// Client keys.
-    pub keys: u64,
-    /// The process's resident memory in bytes (0 where unknown).
-    pub rss_bytes: u64,
-}
-
 /// How the engine runs.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -194,7 +155,7 @@ pub struct EngineHandle {
     /// Requests go here.
     pub requests: mpsc::Sender<Request>,
     /// The state after the last turn.
-    pub status: Arc<Mutex<Status>>,
+    pub status: Arc<StatusBoard>,
     /// The counters.
     pub metrics: Arc<Metrics>,
     /// The leader lease as published for connections (`--read-lease`).
@@ -215,7 +176,7 @@ pub fn start(
     let (requests_tx, requests) = mpsc::channel(64 << 10);
     let handle = EngineHandle {
         requests: requests_tx,
-        status: Arc::default(),
+        status: Arc::new(StatusBoard::new(raft.id(), config.cluster_id)),
         metrics: Arc::default(),
         lease: Arc::default(),
         reader: raft.storage().reader(),
@@ -303,7 +264,9 @@ struct Engine {
     config: EngineConfig,
     raft: RaftNode<RocksStorage>,
     transport: Arc<TcpTransport>,
-    status: Arc<Mutex<Status>>,
+    status: Arc<StatusBoard>,
+    /// The configuration last published.
+    published_conf: ConfState,
     metrics: Arc<Metrics>,
     /// Proposals waiting for their entry: index → (term, waiter, shape).
     writes: BTreeMap<LogIndex, (Term, Waiter, Option<ReplyShape>)>,
@@ -350,6 +313,7 @@ impl Engine {
             raft,
             transport,
             status: Arc::clone(&handle.status),
+            published_conf: ConfState::default(),
             metrics: Arc::clone(&handle.metrics),
             writes: BTreeMap::new(),
             reads: HashMap::new(),
@@ -458,14 +422,6 @@ impl Engine {
             }
             Err(error) => tracing::debug!(%error, "dropped a peer message"),
         }
-    }
-
-    fn leader_client_addr(&self) -> Option<String> {
-        let leader = self.raft.leader()?;
-        self.members
-            .get(&leader)
-            .map(|m| m.client.clone())
-            .filter(|addr| !addr.is_empty())
     }
 
     fn not_leader(&self) -> NodeError {
@@ -985,7 +941,7 @@ impl Engine {
         match kv::members(self.raft.storage()) {
             Ok(members) => {
                 self.members = members.into_iter().collect();
-                self.status.lock().members.clone_from(&self.members);
+                self.status.publish_members(&self.members);
             }
             Err(error) => tracing::error!(%error, "cannot read the member table"),
         }
@@ -1035,36 +991,23 @@ impl Engine {
     fn publish_status(&mut self) {
         if self.rss_read_at.elapsed() >= Duration::from_secs(1) {
             self.rss_read_at = Instant::now();
-            self.status.lock().rss_bytes = resident_bytes();
+            self.status.publish_rss(resident_bytes());
         }
         let raft = &self.raft;
-        let conf = raft.conf_state();
-        let store = raft.storage();
-        let mut status = self.status.lock();
-        status.id = raft.id();
-        status.cluster_id = self.config.cluster_id;
-        status.role = match raft.role() {
-            Role::Leader => "leader",
-            Role::Follower => "follower",
-            Role::Candidate => "candidate",
-            Role::PreCandidate => "pre-candidate",
-        };
-        status.term = raft.term();
-        status.leader = raft.leader();
-        status.leader_client_addr = self.leader_client_addr();
-        status.commit_index = raft.commit_index();
-        status.applied_index = store.applied_index();
-        status.last_index = raft.last_index();
-        status.snapshot_index = self.snapshot_index;
-        if status.voters != conf.voters
-            || status.learners != conf.learners
-            || status.voters_outgoing != conf.voters_outgoing
-        {
-            status.voters.clone_from(&conf.voters);
-            status.voters_outgoing.clone_from(&conf.voters_outgoing);
-            status.learners.clone_from(&conf.learners);
+        self.status.publish(Progress {
+            role: raft.role().into(),
+            term: raft.term(),
+            leader: raft.leader(),
+            commit_index: raft.commit_index(),
+            applied_index: raft.storage().applied_index(),
+            last_index: raft.last_index(),
+            snapshot_index: self.snapshot_index,
+            keys: self.keys,
+        });
+        if *raft.conf_state() != self.published_conf {
+            self.published_conf.clone_from(raft.conf_state());
+            self.status.publish_conf(&self.published_conf);
         }
-        status.keys = self.keys;
     }
 
     fn fail_everything(&mut self, why: &str) {

@@ -217,7 +217,7 @@ impl Executor {
     /// `sections` when any are named (`all`, `everything` and `default`
     /// name every one).
     pub fn info(&self, sections: &[String]) -> Reply {
-        let status = self.engine.status.lock().clone();
+        let status = self.engine.status.snapshot();
         let list = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
         let text = format!(
             "# Server\r\nredis_version:7.2.0\r\ndrkv_version:{}\r\nnode_id:{}\r\ncluster_id:{}\r\n\r\n\
@@ -228,12 +228,12 @@ impl Executor {
             env!("CARGO_PKG_VERSION"),
             status.id,
             status.cluster_id,
-            if status.role == "leader" {
+            if status.role.is_leader() {
                 "master"
             } else {
                 "slave"
             },
-            status.role,
+            status.role.as_str(),
             status.term,
             status.leader.map_or_else(String::new, |id| id.to_string()),
             status.leader_client_addr.unwrap_or_default(),

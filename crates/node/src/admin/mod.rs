@@ -145,13 +145,13 @@ fn reply_answer(reply: Reply, done: Value) -> Response {
 async fn metrics(State(state): Shared) -> Response {
     let mut text = String::with_capacity(8 << 10);
     let engine = state.executor.engine();
-    let status = engine.status.lock().clone();
+    let status = engine.status.snapshot();
     let gauges = [
         ("drkv_term", "The current Raft term.", status.term),
         (
             "drkv_is_leader",
             "1 on the leader.",
-            u64::from(status.role == "leader"),
+            u64::from(status.role.is_leader()),
         ),
         (
             "drkv_leader_id",
@@ -271,7 +271,7 @@ async fn metrics(State(state): Shared) -> Response {
 }
 
 async fn status(State(state): Shared) -> Response {
-    let status = state.executor.engine().status.lock().clone();
+    let status = state.executor.engine().status.snapshot();
     let transport = state.transport.stats();
     let mut body = serde_json::to_value(&status).expect("status serializes");
     body["transport"] = json!({
@@ -327,10 +327,7 @@ async fn add_learner(State(state): Shared, Json(member): Json<NewMember>) -> Res
         .executor
         .engine()
         .status
-        .lock()
-        .members
-        .get(&member.id)
-        .cloned()
+        .member(member.id)
         .unwrap_or_default();
     let addrs = MemberAddrs {
         peer: peer.to_string(),
@@ -366,14 +363,7 @@ async fn set_addrs(
     let Some(peer) = peer_addr(&update.peer_addr) else {
         return bad_peer_addr();
     };
-    let known = state
-        .executor
-        .engine()
-        .status
-        .lock()
-        .members
-        .get(&id)
-        .cloned();
+    let known = state.executor.engine().status.member(id);
     let Some(known) = known else {
         return answer(
             StatusCode::NOT_FOUND,
