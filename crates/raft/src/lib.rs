@@ -74,8 +74,7 @@
 //! A one-node cluster elects itself and commits a proposal:
 //!
 //! ```
-//! use dr_codec::message::{ConfState, EntryKind};
-//! use dr_raft::{Config, LogStore, MemStorage, RaftNode, Role, Snapshot};
+//! use dr_raft::{ConfState, Config, EntryKind, LogStore, MemStorage, RaftNode, Role, Snapshot};
 //!
 //! let mut store = MemStorage::new();
 //! store.restore_snapshot(&Snapshot::bootstrap(ConfState { voters: vec![1], ..ConfState::default() }))?;
@@ -128,4 +127,10 @@ pub use read::{LeaseTracker, ReadRounds, ReadState};
 pub use ready::{Ready, StagedChunk};
 pub use storage::{
     HardState, InitialState, LogStore, Snapshot, SnapshotChunk, Storage, StorageError,
+};
+
+// The wire types this crate's API takes and gives, so a user needs no
+// direct dependency on dr-codec (whose version must match this one's).
+pub use dr_codec::message::{
+    ConfState, Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, SnapshotMeta, Term,
 };
