@@ -7,34 +7,41 @@
 //! send, apply, answer. The thread runs its own single-threaded tokio
 //! runtime, so the synced write blocks nobody else: while it waits for
 //! the disk, new requests queue up for the next turn.
+//!
+//! This file holds the loop, writes (proposals, the apply path and its
+//! answers) and the published status; by concern beside it: `reads.rs`
+//! (read indexes, leases, serving reads, `SCAN` cursors), `snapshots.rs`,
+//! `membership.rs` (member table, peer list) and `peers.rs` (forwarding
+//! and read-index fetches on the peer transport).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use dr_codec::message::{ConfState, Entry, LogIndex, Message, NodeId, SnapshotMeta, Term};
-use dr_raft::{
-    ConfChangeOp, LogStore, ProposeError, RaftNode, ReadError, ReadState, Ready, Role, Storage,
-};
+use dr_codec::message::{ConfState, Entry, LogIndex, Message, NodeId, Term};
+use dr_raft::{ConfChangeOp, LogStore, ProposeError, RaftNode, Ready, Role, Storage};
 use dr_storage::{BackupInfo, RocksStorage, StoreReader};
 use dr_transport::{TcpTransport, Transport};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::command::{ReadOp, ReplyShape, glob_match, write_reply};
-use crate::kv::{self, MemberAddrs, Outcome, PresenceCache, USER, WriteOp};
+use crate::command::{ReadOp, ReplyShape, write_reply};
+use crate::kv::{self, MemberAddrs, Outcome, PresenceCache, WriteOp};
 use crate::lease::{LeaseClock, LeaseGate, lease_clock, lease_remaining};
 use crate::metrics::{Metrics, bump};
 use crate::resp::Reply;
 use crate::status::{Progress, StatusBoard};
 
+mod membership;
 mod peers;
+mod reads;
+mod snapshots;
 
 pub use peers::{ForwardDecodeError, Forwarded};
 use peers::{Forwards, ReadFetch, ReadWaiter, Waiter};
+use reads::ScanCursors;
 
 /// Why a request got no answer from the state machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,41 +230,6 @@ struct PendingRead {
 struct FollowerReads {
     unsent: Vec<PendingRead>,
     in_flight: Option<ReadFetch>,
-}
-
-/// Server-side SCAN cursors: cursor number → the next key, the oldest
-/// forgotten first.
-struct ScanCursors {
-    next: u64,
-    positions: HashMap<u64, Bytes>,
-    order: VecDeque<u64>,
-}
-
-const SCAN_CURSORS_MAX: usize = 16 << 10;
-
-impl ScanCursors {
-    fn new(node: NodeId) -> Self {
-        // Different nodes hand out different numbers, so a cursor taken
-        // to another node is refused rather than misread.
-        Self {
-            next: (node << 40) | 1,
-            positions: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    fn save(&mut self, next_key: Bytes) -> u64 {
-        let cursor = self.next;
-        self.next += 1;
-        if self.order.len() == SCAN_CURSORS_MAX
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.positions.remove(&oldest);
-        }
-        self.positions.insert(cursor, next_key);
-        self.order.push_back(cursor);
-        cursor
-    }
 }
 
 struct Engine {
@@ -490,66 +462,6 @@ impl Engine {
         }
     }
 
-    fn read(&mut self, read: PendingRead) {
-        if self.raft.role() == Role::Leader {
-            self.confirm_read(ReadWaiter::Client(read));
-            return;
-        }
-        // A follower confirms its reads with a read index from the leader.
-        self.follower_reads.unsent.push(read);
-        self.fetch_read_index();
-    }
-
-    /// On the leader: finds the index a read (this node's, or a
-    /// follower's read-index request) may be served at, on the lease or
-    /// through a read round.
-    fn confirm_read(&mut self, waiter: ReadWaiter) {
-        if self.raft.role() != Role::Leader {
-            let error = self.not_leader();
-            self.read_failed(waiter, error);
-            return;
-        }
-        if let Some(index) = self.lease_read_index() {
-            bump(&self.metrics.lease_reads);
-            self.read_confirmed(waiter, index);
-            self.serve_applied_reads();
-            return;
-        }
-        let context = self.next_read_context;
-        self.next_read_context += 1;
-        match self.raft.read_index(context) {
-            Ok(()) => {
-                bump(&self.metrics.read_index_requests);
-                self.reads.insert(context, waiter);
-            }
-            Err(error) => {
-                let error = self.read_error(error);
-                self.read_failed(waiter, error);
-            }
-        }
-    }
-
-    fn read_failed(&self, waiter: ReadWaiter, error: NodeError) {
-        match waiter {
-            ReadWaiter::Client(read) => {
-                let _ = read.answer.send(Err(error));
-            }
-            ReadWaiter::Peer { peer, request_id } => {
-                self.answer_read_index(peer, request_id, Err(error));
-            }
-        }
-    }
-
-    fn read_error(&self, error: ReadError) -> NodeError {
-        match error {
-            ReadError::NotLeader { .. } => self.not_leader(),
-            ReadError::LeadershipLost => {
-                NodeError::TryAgain("leadership changed during the read".into())
-            }
-            ReadError::Busy => NodeError::TryAgain("too many reads pending".into()),
-        }
-    }
-
     /// Works off every ready: persist, send, apply, answer.
     fn drive(&mut self) {
         while self.raft.has_ready() {
@@ -601,32 +513,6 @@ impl Engine {
                 .entries_per_write
                 .observe(ready.entries.len() as f64);
         }
-    }
-
-    fn after_snapshot_install(&mut self, snapshot: &SnapshotMeta) {
-        bump(&self.metrics.snapshots_installed);
-        self.snapshot_index = snapshot.index;
-        // Proposals the snapshot covers: whether they are in it is unknown.
-        let covered: Vec<LogIndex> = self
-            .writes
-            .range(..=snapshot.index)
-            .map(|(&i, _)| i)
-            .collect();
-        for index in covered {
-            if let Some((_, waiter, _)) = self.writes.remove(&index) {
-                let error = NodeError::Uncertain("a snapshot replaced the log".into());
-                self.answer(waiter, Err(error));
-            }
-        }
-        // The install rewrote the data behind the apply path.
-        self.presence.clear();
-        self.reload_members();
-        self.reload_key_count();
-        self.sync_peers(&snapshot.conf_state);
-        tracing::info!(
-            index = snapshot.index,
-            "installed a snapshot from the leader"
-        );
     }
 
     fn apply(&mut self, entries: &[Entry], conf_state: Option<&ConfState>) {
@@ -687,54 +573,6 @@ impl Engine {
         }
     }
 
-    fn confirm_reads(&mut self, read_states: Vec<ReadState>) {
-        for state in read_states {
-            let Some(read) = self.reads.remove(&state.context) else {
-                continue;
-            };
-            match state.result {
-                Ok(index) => self.read_confirmed(read, index),
-                Err(error) => {
-                    let error = self.read_error(error);
-                    self.read_failed(read, error);
-                }
-            }
-        }
-    }
-
-    /// A read the leader may serve once it has applied `index`: a
-    /// follower's read-index request gets the index, the others wait for
-    /// it.
-    fn read_confirmed(&mut self, waiter: ReadWaiter, index: LogIndex) {
-        match waiter {
-            ReadWaiter::Client(read) => self.reads_after_apply.entry(index).or_default().push(read),
-            ReadWaiter::Peer { peer, request_id } => {
-                self.answer_read_index(peer, request_id, Ok(index));
-            }
-        }
-    }
-
-    /// Publishes the lease for connections' own reads: closed unless lease
-    /// reads are on and the core allows one (so it closes before a
-    /// `TimeoutNow` leaves: this runs before every ready's messages).
-    fn publish_lease(&self) {
-        let lease = if self.config.read_lease {
-            self.lease.valid_until().zip(self.raft.lease_read_index())
-        } else {
-            None
-        };
-        self.gate.publish(lease);
-    }
-
-    /// The index a read may be served at on the leader's lease, when lease
-    /// reads are on, the core allows one and the lease has not run out.
-    fn lease_read_index(&self) -> Option<LogIndex> {
-        if !self.config.read_lease || !self.lease.holds_at(Instant::now()) {
-            return None;
-        }
-        self.raft.lease_read_index()
-    }
-
     /// A tick, and with lease reads a read round when the lease has less
     /// than half its length left and no round is out, so a leader under
     /// read load keeps its lease rather than falling back to rounds.
@@ -757,234 +595,16 @@ impl Engine {
         }
     }
 
-    fn serve_applied_reads(&mut self) {
-        let applied = self.raft.storage().applied_index();
-        while let Some(entry) = self.reads_after_apply.first_entry() {
-            if *entry.key() > applied {
-                break;
-            }
-            for read in entry.remove() {
-                let reply = self.serve(&read.op);
-                bump(&self.metrics.reads_served);
-                let _ = read
-                    .answer
-                    .send(reply.map_err(|e| NodeError::TryAgain(format!("storage: {e}"))));
-            }
-        }
-    }
-
-    fn serve(&mut self, op: &ReadOp) -> Result<Reply, dr_raft::StorageError> {
-        let store = self.raft.storage();
-        let value = |key: &[u8]| store.get(&kv::user_key(key));
-        Ok(match op {
-            ReadOp::Get(key) => Reply::bulk_or_null(value(key)?),
-            ReadOp::GetMany(keys) => Reply::Array(
-                keys.iter()
-                    .map(|key| Ok(Reply::bulk_or_null(value(key)?)))
-                    .collect::<Result<_, dr_raft::StorageError>>()?,
-            ),
-            ReadOp::Exists(keys) => {
-                let mut present = 0;
-                for key in keys {
-                    present += i64::from(value(key)?.is_some());
-                }
-                Reply::Integer(present)
-            }
-            ReadOp::Strlen(key) => Reply::Integer(value(key)?.map_or(0, |v| v.len() as i64)),
-            ReadOp::DbSize => Reply::Integer(self.keys as i64),
-            ReadOp::Scan {
-                cursor,
-                pattern,
-                count,
-                strings_only,
-            } => self.scan(*cursor, pattern.as_deref(), *count, *strings_only)?,
-        })
-    }
-
-    fn scan(
-        &mut self,
-        cursor: u64,
-        pattern: Option<&[u8]>,
-        count: usize,
-        strings_only: bool,
-    ) -> Result<Reply, dr_raft::StorageError> {
-        let start = if cursor == 0 {
-            vec![USER]
-        } else {
-            match self.cursors.positions.remove(&cursor) {
-                Some(next) => kv::user_key(&next),
-                None => return Ok(Reply::err("invalid cursor (unknown here, or expired)")),
-            }
-        };
-        let page = self.raft.storage().scan(&start, count + 1)?;
-        let mut page: Vec<Bytes> = page
-            .into_iter()
-            .take_while(|(key, _)| key.first() == Some(&USER))
-            .map(|(key, _)| Bytes::copy_from_slice(&key[1..]))
-            .collect();
-        let next = if page.len() > count {
-            let next_key = page.pop().expect("more than count keys");
-            self.cursors.save(next_key)
-        } else {
-            0
-        };
-        let keys = page
-            .into_iter()
-            .filter(|key| strings_only && pattern.is_none_or(|p| glob_match(p, key)))
-            .map(Reply::Bulk)
-            .collect();
-        Ok(Reply::Array(vec![
-            Reply::bulk(next.to_string()),
-            Reply::Array(keys),
-        ]))
-    }
-
     fn on_role_change(&mut self) {
         let role = self.raft.role();
         tracing::info!(id = self.raft.id(), ?role, leader = ?self.raft.leader(), term = self.raft.term(), "role changed");
         self.leader_changed();
     }
 
-    /// Snapshots the state machine on this thread (the admin's request:
-    /// answered once it is done). Cancels a copy in progress.
-    fn snapshot_now(&mut self) -> Result<LogIndex, String> {
-        let applied = self.raft.storage().applied_index();
-        if applied <= self.snapshot_index {
-            return Ok(self.snapshot_index);
-        }
-        let conf = self.raft.conf_state().clone();
-        let started = Instant::now();
-        // A background copy in progress is cancelled by this one.
-        self.snapshot_started = None;
-        self.raft
-            .storage_mut()
-            .create_snapshot(applied, conf, Bytes::new())
-            .map_err(|e| e.to_string())?;
-        self.snapshot_taken(applied, started)?;
-        Ok(applied)
-    }
-
-    /// Records a new snapshot and compacts the log behind it, keeping
-    /// `log_kept` entries for followers a little behind.
-    fn snapshot_taken(&mut self, index: LogIndex, started: Instant) -> Result<(), String> {
-        self.snapshot_index = index;
-        bump(&self.metrics.snapshots_created);
-        let store = self.raft.storage_mut();
-        let compact_to = index.saturating_sub(self.config.log_kept);
-        if compact_to >= store.first_index() {
-            store.compact(compact_to).map_err(|e| e.to_string())?;
-        }
-        tracing::info!(
-            index,
-            millis = started.elapsed().as_millis() as u64,
-            "snapshot taken"
-        );
-        Ok(())
-    }
-
-    /// Finishes a snapshot copied in the background, or starts one when
-    /// `snapshot_every` entries were applied since the last. The copy runs
-    /// on its own thread from a view pinned at the applied index, so this
-    /// thread keeps answering while tens of megabytes are written.
-    fn maybe_snapshot(&mut self) {
-        if let Some(index) = self.raft.storage_mut().poll_snapshot() {
-            let started = self.snapshot_started.take().unwrap_or_else(Instant::now);
-            if let Err(error) = self.snapshot_taken(index, started) {
-                tracing::warn!(%error, "log not compacted after a snapshot");
-            }
-        }
-        if self.raft.storage().snapshot_copy_index().is_some() {
-            return;
-        }
-        let applied = self.raft.storage().applied_index();
-        let due = self.snapshot_index + self.config.snapshot_every + self.snapshot_offset();
-        let now = Instant::now();
-        if applied < due || self.snapshot_retry_at.is_some_and(|at| now < at) {
-            return;
-        }
-        let conf = self.raft.conf_state().clone();
-        match self.raft.storage_mut().begin_snapshot(conf) {
-            Ok(_) => {
-                self.snapshot_started = Some(now);
-                self.snapshot_retry_at = None;
-            }
-            Err(error) => {
-                // Typically a snapshot from the leader being received:
-                // try again in a second rather than on every turn.
-                tracing::warn!(%error, "snapshot postponed");
-                self.snapshot_retry_at = Some(now + Duration::from_secs(1));
-            }
-        }
-    }
-
-    /// Up to a tenth of `snapshot_every` more, different on every node
-    /// and for every snapshot: nodes apply the same indexes, and without
-    /// it they would all pause to snapshot at the same moment.
-    fn snapshot_offset(&self) -> u64 {
-        let spread = self.config.snapshot_every / 10;
-        if spread == 0 {
-            return 0;
-        }
-        let mixed = (self.raft.id() ^ self.snapshot_index.rotate_left(17))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (mixed >> 32) % spread
-    }
-
     fn reload_key_count(&mut self) {
         match kv::key_count(self.raft.storage()) {
             Ok(keys) => self.keys = keys,
             Err(error) => tracing::error!(%error, "cannot read the key count"),
-        }
-    }
-
-    fn reload_members(&mut self) {
-        match kv::members(self.raft.storage()) {
-            Ok(members) => {
-                self.members = members.into_iter().collect();
-                self.status.publish_members(&self.members);
-            }
-            Err(error) => tracing::error!(%error, "cannot read the member table"),
-        }
-    }
-
-    /// Connects to every member of `conf` whose address is known, and
-    /// forgets peers that are no longer members.
-    fn sync_peers(&mut self, conf: &ConfState) {
-        let me = self.raft.id();
-        let members: Vec<NodeId> = conf
-            .voters
-            .iter()
-            .chain(&conf.voters_outgoing)
-            .chain(&conf.learners)
-            .chain(&conf.learners_next)
-            .copied()
-            .filter(|&id| id != me)
-            .collect();
-        for &id in &members {
-            let recorded = self.members.get(&id).and_then(|m| m.peer.parse().ok());
-            let Some(addr) = recorded.or_else(|| self.config.peers.get(&id).copied()) else {
-                continue;
-            };
-            if self.connected_peers.get(&id) != Some(&addr) {
-                tracing::info!(peer = id, %addr, "connecting to member");
-                self.transport.add_peer(id, addr);
-                self.connected_peers.insert(id, addr);
-            }
-        }
-        let gone: Vec<NodeId> = self
-            .connected_peers
-            .keys()
-            .copied()
-            .filter(|id| !members.contains(id))
-            .collect();
-        if members.is_empty() && !conf.voters.contains(&me) && conf.voters.is_empty() {
-            // No configuration yet (a joining node): keep the given peers.
-            return;
-        }
-        for id in gone {
-            tracing::info!(peer = id, "disconnecting from a removed member");
-            self.transport.remove_peer(id);
-            self.connected_peers.remove(&id);
         }
     }
 
