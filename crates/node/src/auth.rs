@@ -398,6 +398,14 @@ impl Users {
         user.filter(|_| matches).cloned()
     }
 
+    /// `ACL USERS`: every user's name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.users
+            .iter()
+            .chain(&self.open)
+            .map(|user| user.name.as_str())
+    }
+
     /// `ACL LIST`: one line per user, never a password or hash.
     pub fn acl_list(&self) -> Vec<String> {
         self.users
@@ -483,6 +491,7 @@ mod tests {
         assert!(users.authenticate(Some(b"reader"), b"admin-pass").is_none());
         assert!(users.authenticate(Some(b"nobody"), b"read-pass").is_none());
         assert!(users.authenticate(None, b"read-pass").is_none());
+        assert_eq!(users.names().collect::<Vec<_>>(), ["default", "reader"]);
         let listed = users.acl_list().join("\n");
         assert!(listed.contains("user reader on #<hidden> ~* &* -@all +@read"));
         // No hash (every one contains '$') is shown.

@@ -78,8 +78,10 @@ struct ClientEntry {
 
 type Registry = Arc<Mutex<BTreeMap<u64, ClientEntry>>>;
 
-/// Whether `addr` is this machine's loopback (also as IPv4 in IPv6).
-fn is_loopback(addr: &SocketAddr) -> bool {
+/// Whether `addr` is this machine's loopback (also as IPv4 in IPv6): the
+/// one test protected mode, the admin port's open door and its start-up
+/// check all use.
+pub fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().to_canonical().is_loopback()
 }
 
@@ -424,16 +426,13 @@ impl Connection {
                     .map(Reply::bulk)
                     .collect(),
             ),
-            ConnectionCommand::AclUsers => {
-                let names = self.access.users.acl_list();
-                Reply::Array(
-                    names
-                        .iter()
-                        .filter_map(|line| line.split(' ').nth(1))
-                        .map(|name| Reply::bulk(name.to_owned()))
-                        .collect(),
-                )
-            }
+            ConnectionCommand::AclUsers => Reply::Array(
+                self.access
+                    .users
+                    .names()
+                    .map(|name| Reply::bulk(name.to_owned()))
+                    .collect(),
+            ),
             ConnectionCommand::ClientList => Reply::bulk(self.client_list()),
             ConnectionCommand::SetName(name) => {
                 self.name = Some(name);
@@ -488,10 +487,7 @@ impl Connection {
                 .as_deref()
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default();
-            let resp = match entry.protocol {
-                Protocol::Resp2 => 2,
-                Protocol::Resp3 => 3,
-            };
+            let resp = entry.protocol.version();
             text.push_str(&format!(
                 "id={id} addr={} name={name} age={} user={} resp={resp}\n",
                 entry.addr,
@@ -539,10 +535,7 @@ impl Connection {
         } else {
             "replica"
         };
-        let protocol = match self.protocol {
-            Protocol::Resp2 => 2,
-            Protocol::Resp3 => 3,
-        };
+        let protocol = self.protocol.version();
         Reply::Map(vec![
             (Reply::bulk("server"), Reply::bulk("drkv")),
             (

@@ -220,7 +220,7 @@ impl NodeConfig {
             );
         }
         self.client_users()?;
-        let admin_on_loopback = self.admin_addr.ip().to_canonical().is_loopback();
+        let admin_on_loopback = connection::is_loopback(&self.admin_addr);
         if !admin_on_loopback && self.admin_token_file.is_none() && self.tls.is_none() {
             return fail(format!(
                 "the admin port {} is not on loopback: give --admin-token-file (and/or TLS files, \

@@ -283,6 +283,16 @@ pub enum Protocol {
     Resp3,
 }
 
+impl Protocol {
+    /// The version number `HELLO` takes and `CLIENT LIST` shows.
+    pub fn version(self) -> i64 {
+        match self {
+            Self::Resp2 => 2,
+            Self::Resp3 => 3,
+        }
+    }
+}
+
 /// A reply, encoded for either protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {

@@ -21,6 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
+use crate::connection::is_loopback;
+
 /// The longest token file read.
 const TOKEN_BYTES_MAX: usize = 4096;
 /// Connections accepted but not yet taken by the HTTP server.
@@ -156,7 +158,7 @@ impl AdminAccess {
                 }
             }
             (Some(_), None) => Err(Refusal::Missing),
-            (None, _) if peer.addr.ip().to_canonical().is_loopback() => Ok(Caller::Loopback),
+            (None, _) if is_loopback(&peer.addr) => Ok(Caller::Loopback),
             (None, _) => Err(Refusal::Missing),
         }
     }
