@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use dr_codec::message::{ConfState, Entry, EntryKind, LogIndex, NodeId, Term};
 use dr_raft::StorageError;
-use dr_storage::{DataWrite, RocksStorage};
+use dr_storage::DataWrite;
+
+use crate::machine::KvStore;
 use serde::{Deserialize, Serialize};
 
 /// Namespace byte of client keys.
@@ -310,7 +312,7 @@ fn member_key(id: NodeId) -> Vec<u8> {
 }
 
 /// The number of client keys.
-pub fn key_count(store: &RocksStorage) -> Result<u64, StorageError> {
+pub fn key_count(store: &impl KvStore) -> Result<u64, StorageError> {
     Ok(store
         .get(KEY_COUNT)?
         .and_then(|bytes| bytes.try_into().ok())
@@ -318,7 +320,7 @@ pub fn key_count(store: &RocksStorage) -> Result<u64, StorageError> {
 }
 
 /// Every member's recorded addresses.
-pub fn members(store: &RocksStorage) -> Result<Vec<(NodeId, MemberAddrs)>, StorageError> {
+pub fn members(store: &impl KvStore) -> Result<Vec<(NodeId, MemberAddrs)>, StorageError> {
     let records = store.scan(MEMBER_PREFIX, 4096)?;
     Ok(records
         .into_iter()
@@ -429,8 +431,8 @@ impl PresenceCache {
 /// entry at `index` must carry the old value (`SET ... GET`, `GETSET`: a
 /// client waits on this node for it); other writes read only whether their
 /// key existed, which `presence` often knows.
-pub fn apply_entries(
-    store: &mut RocksStorage,
+pub fn apply_entries<S: KvStore>(
+    store: &mut S,
     entries: &[Entry],
     conf_state: Option<&ConfState>,
     keys: &mut u64,
@@ -487,8 +489,8 @@ pub fn apply_entries(
 
 /// The writes of one batch of entries, kept in memory until the batch is
 /// written, so later entries read what earlier ones wrote.
-struct ApplyBatch<'a> {
-    store: &'a RocksStorage,
+struct ApplyBatch<'a, S> {
+    store: &'a S,
     presence: &'a mut PresenceCache,
     pending: HashMap<Vec<u8>, Option<Bytes>>,
     /// Client keys before the batch and now.
@@ -496,8 +498,8 @@ struct ApplyBatch<'a> {
     keys: u64,
 }
 
-impl<'a> ApplyBatch<'a> {
-    fn new(store: &'a RocksStorage, keys: u64, presence: &'a mut PresenceCache) -> Self {
+impl<'a, S: KvStore> ApplyBatch<'a, S> {
+    fn new(store: &'a S, keys: u64, presence: &'a mut PresenceCache) -> Self {
         Self {
             store,
             presence,
@@ -664,6 +666,8 @@ pub fn parse_integer(bytes: &[u8]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use dr_storage::RocksStorage;
+
     use super::*;
 
     fn every_op() -> Vec<WriteOp> {

@@ -1,45 +1,17 @@
-//! The clock side of leader leases (`--read-lease`): how long after a
-//! read round a leader may answer reads without another round.
+//! Reads on the leader lease outside the engine thread (`--read-lease`).
 //!
-//! dr-raft says *whether* a leader may serve a lease read
-//! (`lease_read_index`), numbers its read rounds and dates them on a clock
-//! it is given (`LeaseTracker`); this module gives it the monotonic one. A
-//! round that a quorum echoed proves that each of those followers heard
-//! from this leader after the round was first sent, and such a follower
-//! refuses votes for an election timeout after hearing from its leader (a
-//! node that restarts refuses them for as long), so no rival can win
-//! before the round's send time plus that timeout. [`LeaseClock`] dates
-//! every round by its first sighting, which the engine makes before the
-//! round's messages leave, and keeps the lease that far ahead, shortened
-//! for clock rates that differ ([`lease_clock`]).
+//! The engine (`dr-engine`) keeps the lease: it dates every read round by
+//! its first sighting, before the round's messages leave, and holds the
+//! lease for three quarters of the time a quorum promised to elect no one
+//! else (`dr_engine::lease_duration`). It publishes the lease through its
+//! observer into the [`LeaseGate`] here, which connections check around a
+//! single-key read of the store.
 //!
-//! Invariant: a round's date is never later than its first send, so the
-//! lease never outlives the followers' promise. What it does not do: it
-//! never extends a lease by itself; the engine starts rounds to renew it.
+//! Invariant: the gate never opens past what the engine published, and
+//! the engine closes it before leadership can be handed over.
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::time::{Duration, Instant};
-
-/// The leader lease, as this node's monotonic clock sees it: dr-raft's
-/// tracker on `Instant`s.
-pub type LeaseClock = dr_raft::LeaseTracker<Instant, Duration>;
-
-/// A lease clock for a follower election timeout of `election_ticks`
-/// ticks of `tick`. A follower's ticks never come faster than `tick` apart
-/// and the first may come at once, so it keeps its promise for at least
-/// `election_ticks - 1` ticks; a quarter of that is left for clocks running
-/// at different rates.
-pub fn lease_clock(election_ticks: u32, tick: Duration) -> LeaseClock {
-    let promised = tick * election_ticks.saturating_sub(1);
-    LeaseClock::new(promised * 3 / 4)
-}
-
-/// How much of the lease is left at `now` (zero when there is none).
-pub fn lease_remaining(lease: &LeaseClock, now: Instant) -> Duration {
-    lease
-        .valid_until()
-        .map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
-}
+use std::time::Instant;
 
 /// The lease as the engine publishes it for client connections, which
 /// then answer single-key reads from the store themselves, without a trip
@@ -65,8 +37,16 @@ pub struct LeaseGate {
 
 impl Default for LeaseGate {
     fn default() -> Self {
+        Self::new(Instant::now())
+    }
+}
+
+impl LeaseGate {
+    /// A closed gate whose instants count from `base` (the engine clock's
+    /// origin).
+    pub fn new(base: Instant) -> Self {
         Self {
-            base: Instant::now(),
+            base,
             valid_until: AtomicU64::new(0),
             read_index: AtomicU64::new(u64::MAX),
             applied: AtomicU64::new(0),
@@ -110,16 +90,9 @@ impl LeaseGate {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-
-    const TICK: Duration = Duration::from_millis(10);
-
-    #[test]
-    fn a_lease_lasts_three_quarters_of_the_promised_silence() {
-        let lease = lease_clock(10, TICK);
-        assert_eq!(lease.duration(), Duration::from_micros(67_500));
-        assert_eq!(lease_remaining(&lease, Instant::now()), Duration::ZERO);
-    }
 
     #[test]
     fn the_gate_opens_only_while_the_lease_holds_and_the_index_is_applied() {

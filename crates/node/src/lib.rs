@@ -88,6 +88,7 @@ pub mod connection;
 pub mod kv;
 pub mod lease;
 pub mod loadgen;
+pub mod machine;
 pub mod metrics;
 pub mod node;
 pub mod resp;

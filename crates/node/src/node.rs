@@ -25,7 +25,7 @@ use crate::command::{Command, ReplyShape};
 use crate::connection::{self, ClientAccess};
 use crate::kv::{MemberAddrs, WriteOp};
 use crate::resp::{Limits, Reply};
-use crate::runtime::{self, EngineConfig};
+use crate::runtime::{self, RuntimeConfig};
 use crate::server::{ClientLimits, Executor};
 use crate::tls::{ClientCerts, NodeTls};
 
@@ -382,18 +382,17 @@ impl RunningNode {
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (stop_engine, stop_engine_rx) = watch::channel(false);
-        let engine_config = EngineConfig {
-            raft: raft_config,
+        let mut engine_config = dr_engine::EngineConfig::new(raft_config);
+        engine_config.tick = Duration::from_millis(config.tick_ms);
+        engine_config.snapshot_every = config.snapshot_every;
+        // Enough log behind a snapshot for a briefly slow follower.
+        engine_config.log_kept = (config.snapshot_every / 2).min(10_000);
+        engine_config.read_lease = config.read_lease;
+        engine_config.forward_timeout = limits.request_timeout;
+        let engine_config = RuntimeConfig {
+            engine: engine_config,
             cluster_id: config.cluster_id,
-            tick: Duration::from_millis(config.tick_ms),
-            snapshot_every: config.snapshot_every,
-            // Enough log behind a snapshot for a briefly slow follower.
-            log_kept: (config.snapshot_every / 2).min(10_000),
             peers,
-            turn_requests_max: 4096,
-            read_lease: config.read_lease,
-            forward_timeout: limits.request_timeout,
-            read_fetch_timeout: Duration::from_secs(2),
         };
         let (engine, engine_thread) = runtime::start(
             engine_config,

@@ -13,7 +13,8 @@ use crate::command::{Command, ReadOp};
 use crate::kv;
 use crate::metrics::bump;
 use crate::resp::{Limits, Reply};
-use crate::runtime::{EngineHandle, NodeError, Request};
+use crate::runtime::{EngineHandle, Request, error_reply};
+use dr_engine::{EngineError, Retry as EngineRetry, Uncertain};
 
 /// Bounds on clients.
 #[derive(Clone, Copy, Debug)]
@@ -58,7 +59,7 @@ pub enum Started {
     /// With the engine.
     Local {
         /// The engine's answer.
-        answer: oneshot::Receiver<Result<Reply, NodeError>>,
+        answer: oneshot::Receiver<Result<Reply, EngineError>>,
         /// For a retry.
         retry: Retry,
     },
@@ -139,7 +140,7 @@ impl Executor {
             }
         };
         if self.engine.requests.try_send(request).is_err() {
-            return Started::Done(NodeError::TryAgain("the node is overloaded".into()).reply());
+            return Started::Done(Reply::Error("TRYAGAIN the node is overloaded".into()));
         }
         Started::Local { answer, retry }
     }
@@ -164,7 +165,7 @@ impl Executor {
         if !gate.still_valid() {
             return None;
         }
-        bump(&self.engine.metrics.lease_reads);
+        bump(&self.engine.metrics.engine.lease_reads);
         Some(match op {
             ReadOp::Strlen(_) => Reply::Integer(value.map_or(0, |v| v.len() as i64)),
             _ => Reply::bulk_or_null(value),
@@ -193,13 +194,13 @@ impl Executor {
         }
     }
 
-    async fn after_error(&self, error: NodeError, retry: Retry) -> Result<Started, Reply> {
-        match &error {
-            NodeError::NotLeader { .. } | NodeError::TryAgain(_) => match self.pause(retry).await {
-                Some(retry) => Ok(self.start_retry(retry)),
-                None => Err(error.reply()),
-            },
-            NodeError::Uncertain(_) | NodeError::Refused(_) => Err(error.reply()),
+    async fn after_error(&self, error: EngineError, retry: Retry) -> Result<Started, Reply> {
+        if !error.is_retryable() {
+            return Err(error_reply(&error));
+        }
+        match self.pause(retry).await {
+            Some(retry) => Ok(self.start_retry(retry)),
+            None => Err(error_reply(&error)),
         }
     }
 
@@ -283,18 +284,22 @@ fn changes_state(command: &Command) -> bool {
 
 fn timed_out(command: &Command) -> Reply {
     if changes_state(command) {
-        NodeError::Uncertain("timed out waiting for the commit".into()).reply()
+        uncertain("timed out waiting for the commit")
     } else {
-        NodeError::TryAgain("timed out (no leader, or no quorum)".into()).reply()
+        Reply::Error("TRYAGAIN timed out (no leader, or no quorum)".into())
     }
 }
 
 fn stopping(command: &Command) -> Reply {
     if changes_state(command) {
-        NodeError::Uncertain("the node is stopping".into()).reply()
+        error_reply(&EngineError::Uncertain(Uncertain::ShuttingDown))
     } else {
-        NodeError::TryAgain("the node is stopping".into()).reply()
+        error_reply(&EngineError::TryAgain(EngineRetry::ShuttingDown))
     }
+}
+
+fn uncertain(why: &str) -> Reply {
+    error_reply(&EngineError::Uncertain(Uncertain::Remote(why.into())))
 }
 
 #[cfg(test)]

@@ -170,6 +170,11 @@ impl StatusBoard {
         board
     }
 
+    /// The node's id.
+    pub fn id(&self) -> NodeId {
+        self.id.load(Relaxed)
+    }
+
     /// This node's part now, without a lock.
     pub fn role(&self) -> NodeRole {
         NodeRole::from_code(self.role.load(Relaxed))

@@ -25,14 +25,14 @@ use dr_raft::ConfChangeOp;
 use dr_transport::{TcpTransport, Transport};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use self::access::{AdminAccess, AdminListener, AdminPeer, Refusal};
 use crate::command::{Command, ReplyShape};
 use crate::kv::{MemberAddrs, WriteOp};
 use crate::metrics::gauge_or_counter;
 use crate::resp::Reply;
-use crate::runtime::Request;
+use crate::runtime::{self, Request, error_reply};
 use crate::server::Executor;
 
 /// What the handlers share.
@@ -403,11 +403,11 @@ async fn transfer_leader(State(state): Shared, Path(id): Path<u64>) -> Response 
     reply_answer(reply, json!({ "transferring_to": id }))
 }
 
-/// Sends the engine a request and waits for its answer; `Err` is the
+/// Sends a request on `requests` and waits for its answer; `Err` is the
 /// HTTP answer when the node is stopping.
-async fn ask_engine<T>(
-    state: &AdminState,
-    request: impl FnOnce(oneshot::Sender<T>) -> Request,
+async fn ask_engine<T, R>(
+    requests: &mpsc::Sender<R>,
+    request: impl FnOnce(oneshot::Sender<T>) -> R,
 ) -> Result<T, Response> {
     let stopping = || {
         answer(
@@ -416,7 +416,6 @@ async fn ask_engine<T>(
         )
     };
     let (answer_tx, answer_rx) = oneshot::channel();
-    let requests = &state.executor.engine().requests;
     requests
         .send(request(answer_tx))
         .await
@@ -425,13 +424,14 @@ async fn ask_engine<T>(
 }
 
 async fn snapshot(State(state): Shared) -> Response {
-    match ask_engine(&state, |answer| Request::Snapshot { answer }).await {
+    let requests = &state.executor.engine().requests;
+    match ask_engine(requests, |answer| Request::Snapshot { answer }).await {
         Ok(Ok(Reply::Integer(index))) => answer(StatusCode::OK, json!({ "snapshot_index": index })),
         Ok(Ok(other)) => answer(
             StatusCode::INTERNAL_SERVER_ERROR,
             json!({ "error": format!("{other:?}") }),
         ),
-        Ok(Err(error)) => reply_answer(error.reply(), Value::Null),
+        Ok(Err(error)) => reply_answer(error_reply(&error), Value::Null),
         Err(response) => response,
     }
 }
@@ -454,12 +454,12 @@ async fn backup(State(state): Shared, body: Option<Json<BackupRequest>>) -> Resp
         state.data_dir.with_file_name(name)
     });
     let keep = request.keep.unwrap_or(5).max(1);
-    let backup = |answer| Request::Backup {
+    let backup = |answer| runtime::BackupRequest {
         dir: dir.clone(),
         keep,
         answer,
     };
-    match ask_engine(&state, backup).await {
+    match ask_engine(&state.executor.engine().backups, backup).await {
         Ok(Ok(info)) => answer(
             StatusCode::OK,
             json!({ "dir": dir, "backup_id": info.id, "bytes": info.bytes, "files": info.files, "timestamp": info.timestamp }),

@@ -1,19 +1,17 @@
-//! The engine's snapshots: taken every `snapshot_every` entries on a
-//! thread of their own (from a view pinned at the applied index), or now
-//! on the admin's request; the log compacted behind them; and what an
-//! installed snapshot from the leader changes here.
+//! Snapshots: taken every `snapshot_every` entries (in the background
+//! when the state machine can), or now on request; the log compacted
+//! behind them; and what an installed snapshot from the leader changes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use dr_codec::message::{LogIndex, SnapshotMeta};
 use dr_raft::{LogStore, Storage};
 
-use super::{Engine, NodeError};
 use crate::metrics::bump;
+use crate::{Engine, EngineError, Responder, SnapshotStarted, StateMachine, Uncertain};
 
-impl Engine {
-    pub(super) fn after_snapshot_install(&mut self, snapshot: &SnapshotMeta) {
+impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
+    pub(crate) fn after_snapshot_install(&mut self, snapshot: &SnapshotMeta) {
         bump(&self.metrics.snapshots_installed);
         self.snapshot_index = snapshot.index;
         // Proposals the snapshot covers: whether they are in it is unknown.
@@ -23,48 +21,45 @@ impl Engine {
             .map(|(&i, _)| i)
             .collect();
         for index in covered {
-            if let Some((_, waiter, _)) = self.writes.remove(&index) {
-                let error = NodeError::Uncertain("a snapshot replaced the log".into());
-                self.answer(waiter, Err(error));
+            if let Some(pending) = self.writes.remove(&index) {
+                let error = EngineError::Uncertain(Uncertain::SnapshotReplacedLog);
+                self.answer(pending.waiter, Err(error));
             }
         }
-        // The install rewrote the data behind the apply path.
-        self.presence.clear();
-        self.reload_members();
-        self.reload_key_count();
-        self.sync_peers(&snapshot.conf_state);
+        self.machine
+            .restored(self.raft.storage_mut(), snapshot)
+            .unwrap_or_else(|error| panic!("cannot load an installed snapshot: {error}"));
+        self.transport.sync_members(&snapshot.conf_state);
         tracing::info!(
             index = snapshot.index,
             "installed a snapshot from the leader"
         );
     }
 
-    /// Snapshots the state machine on this thread (the admin's request:
-    /// answered once it is done). Cancels a copy in progress.
-    pub(super) fn snapshot_now(&mut self) -> Result<LogIndex, String> {
-        let applied = self.raft.storage().applied_index();
+    /// Snapshots the state machine now (a request: answered once it is
+    /// done). Cancels a background copy in progress.
+    pub(crate) fn snapshot_now(&mut self) -> Result<LogIndex, String> {
+        let applied = self.applied_index();
         if applied <= self.snapshot_index {
             return Ok(self.snapshot_index);
         }
         let conf = self.raft.conf_state().clone();
-        let started = Instant::now();
-        // A background copy in progress is cancelled by this one.
+        let started = self.clock.now();
         self.snapshot_started = None;
-        self.raft
-            .storage_mut()
-            .create_snapshot(applied, conf, Bytes::new())
-            .map_err(|e| e.to_string())?;
-        self.snapshot_taken(applied, started)?;
-        Ok(applied)
+        let index = match self
+            .machine
+            .snapshot(self.raft.storage_mut(), conf, false)
+            .map_err(|e| e.to_string())?
+        {
+            SnapshotStarted::Taken(index) | SnapshotStarted::Copying(index) => index,
+        };
+        self.snapshot_taken(index, started)?;
+        Ok(index)
     }
 
     /// Records a new snapshot and compacts the log behind it, keeping
     /// `log_kept` entries for followers a little behind.
-    pub(super) fn snapshot_taken(
-        &mut self,
-        index: LogIndex,
-        started: Instant,
-    ) -> Result<(), String> {
+    fn snapshot_taken(&mut self, index: LogIndex, started: Duration) -> Result<(), String> {
         self.snapshot_index = index;
         bump(&self.metrics.snapshots_created);
         let store = self.raft.storage_mut();
@@ -72,39 +67,40 @@ impl Engine {
         if compact_to >= store.first_index() {
             store.compact(compact_to).map_err(|e| e.to_string())?;
         }
-        tracing::info!(
-            index,
-            millis = started.elapsed().as_millis() as u64,
-            "snapshot taken"
-        );
+        let millis = self.clock.now().saturating_sub(started).as_millis() as u64;
+        tracing::info!(index, millis, "snapshot taken");
         Ok(())
     }
 
     /// Finishes a snapshot copied in the background, or starts one when
-    /// `snapshot_every` entries were applied since the last. The copy runs
-    /// on its own thread from a view pinned at the applied index, so this
-    /// thread keeps answering while tens of megabytes are written.
-    pub(super) fn maybe_snapshot(&mut self) {
-        if let Some(index) = self.raft.storage_mut().poll_snapshot() {
-            let started = self.snapshot_started.take().unwrap_or_else(Instant::now);
+    /// `snapshot_every` entries were applied since the last.
+    pub(crate) fn maybe_snapshot(&mut self) {
+        let now = self.clock.now();
+        if let Some(index) = self.machine.poll_snapshot(self.raft.storage_mut()) {
+            let started = self.snapshot_started.take().unwrap_or(now);
             if let Err(error) = self.snapshot_taken(index, started) {
                 tracing::warn!(%error, "log not compacted after a snapshot");
             }
         }
-        if self.raft.storage().snapshot_copy_index().is_some() {
+        if self.machine.snapshot_copying(self.raft.storage()) {
             return;
         }
-        let applied = self.raft.storage().applied_index();
+        let applied = self.applied_index();
         let due = self.snapshot_index + self.config.snapshot_every + self.snapshot_offset();
-        let now = Instant::now();
         if applied < due || self.snapshot_retry_at.is_some_and(|at| now < at) {
             return;
         }
         let conf = self.raft.conf_state().clone();
-        match self.raft.storage_mut().begin_snapshot(conf) {
-            Ok(_) => {
+        match self.machine.snapshot(self.raft.storage_mut(), conf, true) {
+            Ok(SnapshotStarted::Copying(_)) => {
                 self.snapshot_started = Some(now);
                 self.snapshot_retry_at = None;
+            }
+            Ok(SnapshotStarted::Taken(index)) => {
+                self.snapshot_retry_at = None;
+                if let Err(error) = self.snapshot_taken(index, now) {
+                    tracing::warn!(%error, "log not compacted after a snapshot");
+                }
             }
             Err(error) => {
                 // Typically a snapshot from the leader being received:
@@ -118,7 +114,7 @@ impl Engine {
     /// Up to a tenth of `snapshot_every` more, different on every node
     /// and for every snapshot: nodes apply the same indexes, and without
     /// it they would all pause to snapshot at the same moment.
-    pub(super) fn snapshot_offset(&self) -> u64 {
+    fn snapshot_offset(&self) -> u64 {
         let spread = self.config.snapshot_every / 10;
         if spread == 0 {
             return 0;

@@ -1,0 +1,535 @@
+//! The key-value state machine as the replica engine runs it: `kv.rs`'s
+//! commands and apply path over any [`KvStore`] (RocksDB in `drkv`,
+//! memory in the simulator), the reads of `command.rs`, `SCAN`'s cursors,
+//! and how commands and outcomes cross between nodes.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use dr_codec::message::{ConfState, Entry, LogIndex, NodeId, SnapshotMeta};
+use dr_engine::{Applied, DecodeError, SnapshotStarted, StateMachine};
+use dr_raft::{LogStore, Ready, StorageError};
+use dr_storage::{DataWrite, KeyValue, RocksStorage};
+
+use crate::command::{ReadOp, ReplyShape, glob_match};
+use crate::kv::{self, MemberAddrs, Outcome, PresenceCache, USER, WriteOp};
+use crate::resp::Reply;
+use crate::status::StatusBoard;
+
+/// A log store that also holds the key-value state (RocksDB's `data`
+/// family beside the log, or its in-memory twin), written atomically with
+/// the applied index.
+pub trait KvStore: LogStore {
+    /// The value of a stored key.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Up to `limit` pairs at or after `start`, in key order.
+    fn scan(&self, start: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError>;
+    /// Writes an apply batch's effects with the new applied index (and
+    /// configuration), atomically; not synced on its own.
+    fn apply(
+        &mut self,
+        writes: &[DataWrite<'_>],
+        applied: LogIndex,
+        conf_state: Option<&ConfState>,
+    ) -> Result<(), StorageError>;
+    /// The highest index whose effects are in the state.
+    fn applied_index(&self) -> LogIndex;
+    /// Whether persisting `ready` syncs.
+    fn must_sync(&self, ready: &Ready) -> bool;
+    /// Snapshots the state at the applied index (see
+    /// [`StateMachine::snapshot`]).
+    fn snapshot(
+        &mut self,
+        conf_state: ConfState,
+        background: bool,
+    ) -> Result<SnapshotStarted, StorageError>;
+    /// A background snapshot now recorded: its index.
+    fn poll_snapshot(&mut self) -> Option<LogIndex>;
+    /// Whether a background snapshot is being copied.
+    fn snapshot_copying(&self) -> bool;
+}
+
+impl KvStore for RocksStorage {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        RocksStorage::get(self, key)
+    }
+
+    fn scan(&self, start: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError> {
+        RocksStorage::scan(self, start, limit)
+    }
+
+    fn apply(
+        &mut self,
+        writes: &[DataWrite<'_>],
+        applied: LogIndex,
+        conf_state: Option<&ConfState>,
+    ) -> Result<(), StorageError> {
+        RocksStorage::apply(self, writes, applied, conf_state)
+    }
+
+    fn applied_index(&self) -> LogIndex {
+        RocksStorage::applied_index(self)
+    }
+
+    fn must_sync(&self, ready: &Ready) -> bool {
+        RocksStorage::must_sync(self, ready)
+    }
+
+    fn snapshot(
+        &mut self,
+        conf_state: ConfState,
+        background: bool,
+    ) -> Result<SnapshotStarted, StorageError> {
+        if background {
+            return self
+                .begin_snapshot(conf_state)
+                .map(SnapshotStarted::Copying);
+        }
+        let applied = self.applied_index();
+        self.create_snapshot(applied, conf_state, Bytes::new())?;
+        Ok(SnapshotStarted::Taken(applied))
+    }
+
+    fn poll_snapshot(&mut self) -> Option<LogIndex> {
+        RocksStorage::poll_snapshot(self)
+    }
+
+    fn snapshot_copying(&self) -> bool {
+        self.snapshot_copy_index().is_some()
+    }
+}
+
+/// A client's write as the engine carries it: the change, and how its
+/// outcome is answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvWrite {
+    /// The change.
+    pub op: WriteOp,
+    /// How its outcome is answered.
+    pub shape: ReplyShape,
+}
+
+fn shape_code(shape: ReplyShape) -> u8 {
+    match shape {
+        ReplyShape::Ok => 0,
+        ReplyShape::OldValue => 1,
+        ReplyShape::Written => 2,
+        ReplyShape::Integer => 3,
+    }
+}
+
+fn shape_of(code: u8) -> Option<ReplyShape> {
+    Some(match code {
+        0 => ReplyShape::Ok,
+        1 => ReplyShape::OldValue,
+        2 => ReplyShape::Written,
+        3 => ReplyShape::Integer,
+        _ => return None,
+    })
+}
+
+const OUTCOME_SET: u8 = 1;
+const OUTCOME_SET_OLD: u8 = 2;
+const OUTCOME_INTEGER: u8 = 3;
+const OUTCOME_DONE: u8 = 4;
+const OUTCOME_ERROR: u8 = 5;
+
+/// An outcome as a leader answers a forwarded write.
+pub fn encode_outcome(outcome: &Outcome) -> Bytes {
+    let mut out = BytesMut::new();
+    match outcome {
+        Outcome::Set { written, old: None } => {
+            out.put_u8(OUTCOME_SET);
+            out.put_u8(u8::from(*written));
+        }
+        Outcome::Set {
+            written,
+            old: Some(old),
+        } => {
+            out.put_u8(OUTCOME_SET_OLD);
+            out.put_u8(u8::from(*written));
+            out.extend_from_slice(old);
+        }
+        Outcome::Integer(value) => {
+            out.put_u8(OUTCOME_INTEGER);
+            out.put_i64_le(*value);
+        }
+        Outcome::Done => out.put_u8(OUTCOME_DONE),
+        Outcome::Error(text) => {
+            out.put_u8(OUTCOME_ERROR);
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+    out.freeze()
+}
+
+/// A leader's outcome, every byte checked.
+pub fn decode_outcome(payload: &Bytes) -> Result<Outcome, DecodeError> {
+    let bad = |why: &str| DecodeError(format!("malformed outcome: {why}"));
+    let mut input = payload.clone();
+    if !input.has_remaining() {
+        return Err(bad("empty"));
+    }
+    let written = |input: &mut Bytes| match input.first() {
+        Some(&flag @ (0 | 1)) => {
+            input.advance(1);
+            Ok(flag == 1)
+        }
+        _ => Err(bad("a SET outcome without its flag")),
+    };
+    match input.get_u8() {
+        OUTCOME_SET if input.len() == 1 => Ok(Outcome::Set {
+            written: written(&mut input)?,
+            old: None,
+        }),
+        OUTCOME_SET_OLD => {
+            let written = written(&mut input)?;
+            Ok(Outcome::Set {
+                written,
+                old: Some(input),
+            })
+        }
+        OUTCOME_INTEGER if input.len() == 8 => Ok(Outcome::Integer(input.get_i64_le())),
+        OUTCOME_DONE if input.is_empty() => Ok(Outcome::Done),
+        OUTCOME_ERROR => String::from_utf8(input.to_vec())
+            .map(Outcome::Error)
+            .map_err(|_| bad("an error text that is not UTF-8")),
+        tag => Err(bad(&format!("kind {tag} or its length"))),
+    }
+}
+
+/// Server-side SCAN cursors: cursor number → the next key, the oldest
+/// forgotten first.
+#[derive(Debug)]
+struct ScanCursors {
+    next: u64,
+    positions: HashMap<u64, Bytes>,
+    order: VecDeque<u64>,
+}
+
+const SCAN_CURSORS_MAX: usize = 16 << 10;
+
+impl ScanCursors {
+    fn new(node: NodeId) -> Self {
+        // Different nodes hand out different numbers, so a cursor taken
+        // to another node is refused rather than misread.
+        Self {
+            next: (node << 40) | 1,
+            positions: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn save(&mut self, next_key: Bytes) -> u64 {
+        let cursor = self.next;
+        self.next += 1;
+        if self.order.len() == SCAN_CURSORS_MAX
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.positions.remove(&oldest);
+        }
+        self.positions.insert(cursor, next_key);
+        self.order.push_back(cursor);
+        cursor
+    }
+}
+
+/// The key-value state machine over the store `S`.
+#[derive(Debug)]
+pub struct KvMachine<S> {
+    /// Client keys as of the applied index (kept here: reading it from
+    /// the store on every apply costs a memtable search).
+    keys: u64,
+    /// Which client keys exist, as far as applies have seen.
+    presence: PresenceCache,
+    cursors: ScanCursors,
+    members: BTreeMap<NodeId, MemberAddrs>,
+    status: Arc<StatusBoard>,
+    store: std::marker::PhantomData<fn(&S)>,
+}
+
+impl<S: KvStore> KvMachine<S> {
+    /// The machine over `store` as it is, publishing the member table to
+    /// `status`.
+    pub fn new(store: &S, status: Arc<StatusBoard>) -> Self {
+        let mut machine = Self {
+            keys: 0,
+            presence: PresenceCache::default(),
+            cursors: ScanCursors::new(status.id()),
+            members: BTreeMap::new(),
+            status,
+            store: std::marker::PhantomData,
+        };
+        machine.reload(store);
+        machine
+    }
+
+    /// Client keys as of the applied index.
+    pub fn keys(&self) -> u64 {
+        self.keys
+    }
+
+    fn reload(&mut self, store: &S) {
+        match kv::key_count(store) {
+            Ok(keys) => self.keys = keys,
+            Err(error) => tracing::error!(%error, "cannot read the key count"),
+        }
+        self.reload_members(store);
+    }
+
+    fn reload_members(&mut self, store: &S) {
+        match kv::members(store) {
+            Ok(members) => {
+                self.members = members.into_iter().collect();
+                self.status.publish_members(&self.members);
+            }
+            Err(error) => tracing::error!(%error, "cannot read the member table"),
+        }
+    }
+
+    fn scan(
+        &mut self,
+        store: &S,
+        cursor: u64,
+        pattern: Option<&[u8]>,
+        count: usize,
+        strings_only: bool,
+    ) -> Result<Reply, StorageError> {
+        let start = if cursor == 0 {
+            vec![USER]
+        } else {
+            match self.cursors.positions.remove(&cursor) {
+                Some(next) => kv::user_key(&next),
+                None => return Ok(Reply::err("invalid cursor (unknown here, or expired)")),
+            }
+        };
+        let page = store.scan(&start, count + 1)?;
+        let mut page: Vec<Bytes> = page
+            .into_iter()
+            .take_while(|(key, _)| key.first() == Some(&USER))
+            .map(|(key, _)| Bytes::copy_from_slice(&key[1..]))
+            .collect();
+        let next = if page.len() > count {
+            let next_key = page.pop().expect("more than count keys");
+            self.cursors.save(next_key)
+        } else {
+            0
+        };
+        let keys = page
+            .into_iter()
+            .filter(|key| strings_only && pattern.is_none_or(|p| glob_match(p, key)))
+            .map(Reply::Bulk)
+            .collect();
+        Ok(Reply::Array(vec![
+            Reply::bulk(next.to_string()),
+            Reply::Array(keys),
+        ]))
+    }
+}
+
+impl<S: KvStore> StateMachine for KvMachine<S> {
+    type Store = S;
+    type Command = KvWrite;
+    type Context = ReplyShape;
+    type Output = Outcome;
+    type Query = ReadOp;
+    type ReadOutput = Reply;
+
+    fn context(command: &KvWrite) -> ReplyShape {
+        command.shape
+    }
+
+    fn entry_payload(command: &KvWrite) -> Bytes {
+        command.op.encode()
+    }
+
+    fn encode_command(command: &KvWrite) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u8(shape_code(command.shape));
+        out.extend_from_slice(&command.op.encode());
+        out.freeze()
+    }
+
+    fn decode_command(payload: &Bytes) -> Result<KvWrite, DecodeError> {
+        let Some(&code) = payload.first() else {
+            return Err(DecodeError("an empty write".into()));
+        };
+        let shape = shape_of(code).ok_or_else(|| DecodeError(format!("reply shape {code}")))?;
+        let op = WriteOp::decode(&payload.slice(1..)).map_err(|e| DecodeError(e.0))?;
+        Ok(KvWrite { op, shape })
+    }
+
+    fn encode_output(output: &Outcome) -> Bytes {
+        encode_outcome(output)
+    }
+
+    fn decode_output(payload: &Bytes) -> Result<Outcome, DecodeError> {
+        decode_outcome(payload)
+    }
+
+    fn applied_index(&self, store: &S) -> LogIndex {
+        store.applied_index()
+    }
+
+    fn apply(
+        &mut self,
+        store: &mut S,
+        entries: &[Entry],
+        conf_state: Option<&ConfState>,
+        waiting: &dyn Fn(LogIndex) -> Option<ReplyShape>,
+    ) -> Result<Vec<Applied<Outcome>>, StorageError> {
+        if entries.is_empty() {
+            if let Some(conf) = conf_state {
+                let applied = store.applied_index();
+                store.apply(&[], applied, Some(conf))?;
+            }
+            return Ok(Vec::new());
+        }
+        let results = kv::apply_entries(
+            store,
+            entries,
+            conf_state,
+            &mut self.keys,
+            &mut self.presence,
+            |index| waiting(index) == Some(ReplyShape::OldValue),
+        )?;
+        let mut applied = Vec::with_capacity(results.len());
+        let mut members_changed = false;
+        for result in results {
+            members_changed |= result.member_changed;
+            applied.push(Applied {
+                index: result.index,
+                term: result.term,
+                output: result.outcome,
+                members_changed: result.member_changed,
+            });
+        }
+        if members_changed {
+            self.reload_members(store);
+        }
+        Ok(applied)
+    }
+
+    fn read(&mut self, store: &S, op: &ReadOp) -> Result<Reply, StorageError> {
+        let value = |key: &[u8]| store.get(&kv::user_key(key));
+        Ok(match op {
+            ReadOp::Get(key) => Reply::bulk_or_null(value(key)?),
+            ReadOp::GetMany(keys) => Reply::Array(
+                keys.iter()
+                    .map(|key| Ok(Reply::bulk_or_null(value(key)?)))
+                    .collect::<Result<_, StorageError>>()?,
+            ),
+            ReadOp::Exists(keys) => {
+                let mut present = 0;
+                for key in keys {
+                    present += i64::from(value(key)?.is_some());
+                }
+                Reply::Integer(present)
+            }
+            ReadOp::Strlen(key) => Reply::Integer(value(key)?.map_or(0, |v| v.len() as i64)),
+            ReadOp::DbSize => Reply::Integer(self.keys as i64),
+            ReadOp::Scan {
+                cursor,
+                pattern,
+                count,
+                strings_only,
+            } => self.scan(store, *cursor, pattern.as_deref(), *count, *strings_only)?,
+        })
+    }
+
+    fn restored(&mut self, store: &mut S, _meta: &SnapshotMeta) -> Result<(), StorageError> {
+        // The install rewrote the data behind the apply path.
+        self.presence.clear();
+        self.reload(store);
+        Ok(())
+    }
+
+    fn snapshot(
+        &mut self,
+        store: &mut S,
+        conf_state: ConfState,
+        background: bool,
+    ) -> Result<SnapshotStarted, StorageError> {
+        store.snapshot(conf_state, background)
+    }
+
+    fn poll_snapshot(&mut self, store: &mut S) -> Option<LogIndex> {
+        store.poll_snapshot()
+    }
+
+    fn snapshot_copying(&self, store: &S) -> bool {
+        store.snapshot_copying()
+    }
+
+    fn persist_syncs(store: &S, ready: &Ready) -> bool {
+        store.must_sync(ready)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::kv::SetCondition;
+
+    type Machine = KvMachine<RocksStorage>;
+
+    #[test]
+    fn writes_cross_with_their_shape() {
+        let writes = [
+            KvWrite {
+                op: WriteOp::Set {
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from_static(b"v"),
+                    condition: SetCondition::IfAbsent,
+                },
+                shape: ReplyShape::Written,
+            },
+            KvWrite {
+                op: WriteOp::Delete(vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]),
+                shape: ReplyShape::Integer,
+            },
+        ];
+        for write in writes {
+            assert_eq!(
+                Machine::decode_command(&Machine::encode_command(&write)),
+                Ok(write)
+            );
+        }
+        for bad in [&[][..], &[9, 1, 1], &[0, 1, 9], &[1]] {
+            assert!(Machine::decode_command(&Bytes::copy_from_slice(bad)).is_err());
+        }
+    }
+
+    #[test]
+    fn outcomes_cross_exactly() {
+        for outcome in [
+            Outcome::Done,
+            Outcome::Integer(-3),
+            Outcome::Set {
+                written: true,
+                old: None,
+            },
+            Outcome::Set {
+                written: false,
+                old: Some(Bytes::from_static(b"old value")),
+            },
+            Outcome::Set {
+                written: true,
+                old: Some(Bytes::new()),
+            },
+            Outcome::Error("WRONGTYPE no".into()),
+        ] {
+            assert_eq!(decode_outcome(&encode_outcome(&outcome)), Ok(outcome));
+        }
+        let bad: [&[u8]; 6] = [b"", b"\x01", b"\x01\x02", b"\x03\x01", b"\x04\x00", b"\x09"];
+        for bad in bad {
+            assert!(
+                decode_outcome(&Bytes::copy_from_slice(bad)).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+}
