@@ -101,6 +101,15 @@ pub struct EngineConfig {
     pub read_fetch_timeout: Duration,
     /// Requests forwarded and not yet answered, at most.
     pub forwards_max: usize,
+    /// A number different on every start of this node (drkv: the wall
+    /// clock; the simulator: its seed's generator). The ids of the
+    /// requests it sends its peers start from it, so a leader that
+    /// remembers ids it served never mistakes a restarted follower's new
+    /// request for an old one.
+    pub incarnation: u64,
+    /// Forwarded request ids the leader remembers, to serve each once
+    /// even when the network delivers it twice.
+    pub served_ids_max: usize,
 }
 
 impl EngineConfig {
@@ -117,6 +126,8 @@ impl EngineConfig {
             forward_timeout: Duration::from_secs(5),
             read_fetch_timeout: Duration::from_secs(2),
             forwards_max: 16 << 10,
+            incarnation: 0,
+            served_ids_max: 64 << 10,
         }
     }
 }
@@ -257,6 +268,8 @@ pub struct Engine<M: StateMachine, A> {
     forwards: Forwards<A>,
     /// The last id given to a request to a peer.
     next_request_id: u64,
+    /// Forwarded requests served lately: (peer, id), oldest first.
+    served: peers::ServedIds,
     /// Confirmed reads waiting for the apply to reach their index.
     reads_after_apply: BTreeMap<LogIndex, Vec<PendingRead<M, A>>>,
     follower_reads: FollowerReads<M, A>,
@@ -300,7 +313,8 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             reads: HashMap::new(),
             next_read_context: 1,
             forwards: Forwards::default(),
-            next_request_id: 0,
+            next_request_id: config.incarnation << 32,
+            served: peers::ServedIds::default(),
             reads_after_apply: BTreeMap::new(),
             follower_reads: FollowerReads {
                 unsent: Vec::new(),

@@ -168,6 +168,30 @@ impl<A> Forwards<A> {
     }
 }
 
+/// Forwarded requests the leader served lately, so that one delivered
+/// twice is proposed once.
+#[derive(Default)]
+pub(crate) struct ServedIds {
+    seen: std::collections::HashSet<(NodeId, u64)>,
+    order: VecDeque<(NodeId, u64)>,
+}
+
+impl ServedIds {
+    /// Records `id`; false when it was seen already.
+    fn first_time(&mut self, id: (NodeId, u64), limit: usize) -> bool {
+        if !self.seen.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > limit
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+        true
+    }
+}
+
 /// A read-index fetch out to the leader, and the reads it will confirm.
 pub(crate) struct ReadFetch<M: StateMachine, A> {
     request_id: u64,
@@ -192,7 +216,9 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     }
 
     fn next_request_id(&mut self) -> u64 {
-        self.next_request_id += 1;
+        // The low half counts, the high half is the incarnation's.
+        let counter = (self.next_request_id as u32).wrapping_add(1);
+        self.next_request_id = (self.next_request_id & !u64::from(u32::MAX)) | u64::from(counter);
         self.next_request_id
     }
 
@@ -268,6 +294,11 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     }
 
     fn serve_forward(&mut self, from: NodeId, request: ForwardRequest) {
+        let limit = self.config.served_ids_max;
+        if !self.served.first_time((from, request.request_id), limit) {
+            // Delivered twice: the first copy is answered.
+            return;
+        }
         let waiter = Waiter::Peer {
             peer: from,
             request_id: request.request_id,

@@ -64,12 +64,20 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
                     waiter,
                     context,
                 };
-                let replaced = self.writes.insert(proposal.index, pending);
-                assert!(
-                    replaced.is_none(),
-                    "two proposals at index {}",
-                    proposal.index
-                );
+                // A waiter already at this index proposed there in an
+                // older term, and its entry has since been cut from this
+                // log: never committed (a committed entry is never cut),
+                // so certainly not done.
+                if let Some(old) = self.writes.insert(proposal.index, pending) {
+                    assert!(
+                        old.term < proposal.term,
+                        "two proposals at index {} in term {}",
+                        proposal.index,
+                        proposal.term
+                    );
+                    let error = EngineError::TryAgain(Retry::LeaderChanged);
+                    self.answer(old.waiter, Err(error));
+                }
             }
             Err(error) => {
                 bump(&self.metrics.proposals_refused);

@@ -6,12 +6,14 @@
 //!
 //! - [`node`]: one node — configuration, data directory, start and
 //!   orderly stop of everything below.
-//! - [`runtime`]: the engine thread that owns the consensus core
-//!   (dr-raft) and its store (dr-storage): ticks, peer messages (from
-//!   dr-transport) and client requests in; one synced write per turn
-//!   for every proposal that arrived (group commit); apply; answer.
-//! - [`lease`]: the clock side of leader leases (`--read-lease`);
-//!   [`status`]: the state the engine publishes every turn, lock-free.
+//! - [`runtime`]: the engine thread: dr-engine's replica engine over the
+//!   RocksDB store (dr-storage), the peer transport (dr-transport), the
+//!   system clock and [`machine`]'s key-value state machine; ticks, peer
+//!   messages and client requests in, one synced write per turn for
+//!   every proposal that arrived (group commit), apply, answer.
+//! - [`lease`]: the lease gate for reads on the connections' threads
+//!   (`--read-lease`); [`status`]: the state published every turn,
+//!   lock-free.
 //! - [`kv`]: the state machine: write commands as log entries, applied
 //!   deterministically (a presence cache spares most writes a store read);
 //!   [`command`]: Redis commands parsed and answered.

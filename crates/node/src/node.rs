@@ -389,6 +389,7 @@ impl RunningNode {
         engine_config.log_kept = (config.snapshot_every / 2).min(10_000);
         engine_config.read_lease = config.read_lease;
         engine_config.forward_timeout = limits.request_timeout;
+        engine_config.incarnation = seed_from_clock();
         let engine_config = RuntimeConfig {
             engine: engine_config,
             cluster_id: config.cluster_id,

@@ -147,7 +147,7 @@ impl<S: KvStore> Responder<KvMachine<S>> for ReplyTo {
 
 impl Request {
     /// The engine's request.
-    fn into_engine(self) -> dr_engine::Request<NodeMachine, ReplyTo> {
+    pub fn into_engine<S: KvStore>(self) -> dr_engine::Request<KvMachine<S>, ReplyTo> {
         use dr_engine::Request as R;
         match self {
             Self::Write { op, shape, answer } => R::Write {

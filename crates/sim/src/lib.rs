@@ -1,4 +1,12 @@
-//! # dr-sim: deterministic simulation of dr-raft clusters
+//! # dr-sim: deterministic simulation of dr clusters
+//!
+//! Two simulations share this crate while the first is retired:
+//! [`cluster`] runs the code that ships — dr-engine's replica engine with
+//! drkv's key-value state machine and command parser — over in-memory
+//! storage that loses unsynced writes at a crash ([`store`]), an
+//! in-memory network and drifting virtual clocks, and checks every key's
+//! client history against Redis's semantics ([`kv_model`]); the
+//! protocol simulation described below drives dr-raft alone.
 //!
 //! Runs a whole cluster (3 or 5 [`dr_raft::RaftNode`]s over
 //! [`dr_raft::MemStorage`]) in one thread on virtual time. Everything
@@ -56,8 +64,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cluster;
+pub mod kv_model;
 pub mod linearizability;
 pub mod rng;
+pub mod store;
 mod world;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -100,6 +111,29 @@ pub fn run_seed(seed: u64) -> Result<RunStats, Failure> {
     run_seed_for(seed, FAULT_PHASE_FULL_US)
 }
 
+/// Runs the shipped engine and state machine for `seed` with
+/// `fault_us` of faults before healing (see [`cluster`]).
+pub fn run_cluster_seed(seed: u64, fault_us: u64) -> Result<cluster::Report, Failure> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        cluster::SimCluster::new(seed, cluster::Settings::for_seed(seed, fault_us)).run()
+    }));
+    let reason = match outcome {
+        Ok(Ok(report)) => return Ok(report),
+        Ok(Err(reason)) => reason,
+        Err(panic) => panic_message(panic.as_ref()),
+    };
+    Err(Failure { seed, reason })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into());
+    format!("panic: {message}")
+}
+
 /// Runs `seed` with `fault_phase_us` of faults before healing.
 pub fn run_seed_for(seed: u64, fault_phase_us: u64) -> Result<RunStats, Failure> {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -110,14 +144,7 @@ pub fn run_seed_for(seed: u64, fault_phase_us: u64) -> Result<RunStats, Failure>
     let reason = match outcome {
         Ok(Ok(stats)) => return Ok(stats),
         Ok(Err(reason)) => reason,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a panic without a message".into());
-            format!("panic: {message}")
-        }
+        Err(panic) => panic_message(panic.as_ref()),
     };
     Err(Failure { seed, reason })
 }

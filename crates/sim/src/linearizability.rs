@@ -62,8 +62,66 @@ struct Event {
     partner: usize,
 }
 
+/// A sequential specification: what an operation does to the state, and
+/// whether its observed output fits.
+pub trait Model {
+    /// The state of one object (one key).
+    type State: Clone + Eq + std::hash::Hash;
+    /// An operation with its observed output.
+    type Op;
+    /// The state before any operation.
+    fn init() -> Self::State;
+    /// The state after `op`, or `None` when its observed output is not
+    /// what the specification gives in `state`.
+    fn step(state: &Self::State, op: &Self::Op) -> Option<Self::State>;
+}
+
+/// An operation of a history for [`check_history`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timed<O> {
+    /// The operation and its observed output.
+    pub op: O,
+    /// When it was called.
+    pub call: u64,
+    /// When it returned; `None` when the outcome is unknown (it may take
+    /// effect at any time after its call, or never).
+    pub ret: Option<u64>,
+}
+
+/// One register of `u64`s, starting absent.
+struct Register;
+
+impl Model for Register {
+    type State = Option<u64>;
+    type Op = RegisterOp;
+
+    fn init() -> Option<u64> {
+        None
+    }
+
+    fn step(state: &Option<u64>, op: &RegisterOp) -> Option<Option<u64>> {
+        match *op {
+            RegisterOp::Write(value) => Some(Some(value)),
+            RegisterOp::Read(seen) => (seen == *state).then_some(*state),
+        }
+    }
+}
+
 /// Whether the history of one register (starting absent) is linearizable.
 pub fn check_register(ops: &[Operation]) -> bool {
+    let timed: Vec<Timed<RegisterOp>> = ops
+        .iter()
+        .map(|op| Timed {
+            op: op.op,
+            call: op.call,
+            ret: op.ret,
+        })
+        .collect();
+    check_history::<Register>(&timed)
+}
+
+/// Whether a history of one object is linearizable under model `M`.
+pub fn check_history<M: Model>(ops: &[Timed<M::Op>]) -> bool {
     let mut timed: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
     for (i, op) in ops.iter().enumerate() {
         // Calls sort before returns at the same instant: overlapping.
@@ -97,7 +155,7 @@ pub fn check_register(ops: &[Operation]) -> bool {
     for event in events.iter_mut().skip(1).filter(|e| e.is_call) {
         event.partner = return_of[event.op];
     }
-    search(ops, &mut events)
+    search::<M>(ops, &mut events)
 }
 
 fn lift(events: &mut [Event], call: usize) {
@@ -120,18 +178,11 @@ fn unlift(events: &mut [Event], call: usize) {
     }
 }
 
-fn apply(state: Option<u64>, op: RegisterOp) -> Option<Option<u64>> {
-    match op {
-        RegisterOp::Write(value) => Some(Some(value)),
-        RegisterOp::Read(seen) => (seen == state).then_some(state),
-    }
-}
-
-fn search(ops: &[Operation], events: &mut [Event]) -> bool {
+fn search<M: Model>(ops: &[Timed<M::Op>], events: &mut [Event]) -> bool {
     let mut placed = vec![0u64; ops.len().div_ceil(64)];
-    let mut seen: HashSet<(Vec<u64>, Option<u64>)> = HashSet::new();
-    let mut stack: Vec<(usize, Option<u64>)> = Vec::new();
-    let mut state: Option<u64> = None;
+    let mut seen: HashSet<(Vec<u64>, M::State)> = HashSet::new();
+    let mut stack: Vec<(usize, M::State)> = Vec::new();
+    let mut state = M::init();
     let mut cursor = events[0].next;
     while events[0].next != NIL {
         if cursor == NIL {
@@ -139,11 +190,11 @@ fn search(ops: &[Operation], events: &mut [Event]) -> bool {
         }
         let event = events[cursor];
         if event.is_call {
-            if let Some(next_state) = apply(state, ops[event.op].op) {
+            if let Some(next_state) = M::step(&state, &ops[event.op].op) {
                 placed[event.op / 64] |= 1 << (event.op % 64);
-                if seen.insert((placed.clone(), next_state)) {
-                    stack.push((cursor, state));
-                    state = next_state;
+                if seen.insert((placed.clone(), next_state.clone())) {
+                    let previous = std::mem::replace(&mut state, next_state);
+                    stack.push((cursor, previous));
                     lift(events, cursor);
                     cursor = events[0].next;
                     continue;

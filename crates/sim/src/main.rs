@@ -1,8 +1,12 @@
 //! `dr-sim`: runs simulation seeds from the command line (through
 //! `cargo xtask sim`).
 //!
+//! Each seed runs twice over: the consensus core under its own driver
+//! (the protocol simulation), and the shipped engine with drkv's
+//! key-value state machine (the cluster simulation).
+//!
 //! ```text
-//! dr-sim --seed N                 run one seed
+//! dr-sim --seed N                 run one seed, printing the cluster's client history
 //! dr-sim --seeds N [--start-seed S]  run N seeds from S (default 0)
 //! ```
 
@@ -47,7 +51,29 @@ fn main() -> ExitCode {
     let began = Instant::now();
     let mut failures = 0u64;
     let mut totals = dr_sim::RunStats::default();
+    let mut cluster_failures = 0u64;
+    let mut cluster = dr_sim::cluster::Report::default();
     for seed in start..start.saturating_add(count) {
+        match dr_sim::run_cluster_seed(seed, dr_sim::FAULT_PHASE_FULL_US) {
+            Ok(report) => {
+                if count == 1 {
+                    for line in &report.history {
+                        println!("{line}");
+                    }
+                }
+                cluster.answered += report.answered;
+                cluster.uncertain += report.uncertain;
+                cluster.refused += report.refused;
+                cluster.crashes += report.crashes;
+                cluster.pauses += report.pauses;
+                cluster.partitions += report.partitions;
+                cluster.transfers += report.transfers;
+            }
+            Err(failure) => {
+                cluster_failures += 1;
+                eprintln!("cluster simulation: {failure}");
+            }
+        }
         match dr_sim::run_seed(seed) {
             Ok(stats) => {
                 totals.events += stats.events;
@@ -77,6 +103,22 @@ fn main() -> ExitCode {
         totals.crashes,
         totals.snapshots_installed
     );
+    println!(
+        "dr-sim cluster: {count} seeds from {start}: {} passed, {cluster_failures} failed ({} commands answered, {} uncertain, {} refused as not done; {} crashes, {} pauses, {} partitions, {} leader transfers)",
+        count - cluster_failures,
+        cluster.answered,
+        cluster.uncertain,
+        cluster.refused,
+        cluster.crashes,
+        cluster.pauses,
+        cluster.partitions,
+        cluster.transfers
+    );
+    println!(
+        "dr-sim: both simulations in {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
+    failures += cluster_failures;
     if failures == 0 {
         ExitCode::SUCCESS
     } else {

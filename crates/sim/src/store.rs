@@ -1,0 +1,355 @@
+//! The simulator's store: the key-value state machine's data and the Raft
+//! log in memory, with the crash behaviour of `RocksStorage` — what a
+//! synced write covers survives a crash (with everything written before
+//! it, as RocksDB's write-ahead log replays a prefix), and nothing else
+//! does: entries, votes and snapshots are synced when persisted, applies
+//! and commit-index updates only ride along with the next sync.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use dr_codec::message::{ConfState, Entry, LogIndex, SnapshotMeta, Term};
+use dr_engine::SnapshotStarted;
+use dr_node::machine::KvStore;
+use dr_raft::{
+    HardState, InitialState, LogStore, MemStorage, Ready, SnapshotChunk, Storage, StorageError,
+};
+use dr_storage::{DataWrite, KeyValue};
+
+/// Everything a node stores.
+#[derive(Clone, Debug, Default)]
+struct State {
+    log: MemStorage,
+    data: BTreeMap<Vec<u8>, Vec<u8>>,
+    applied: LogIndex,
+}
+
+/// What survives a crash of one node: the state as of its last sync.
+#[derive(Clone, Debug, Default)]
+pub struct Disk(Arc<Mutex<State>>);
+
+impl Disk {
+    fn save(&self, state: &State) {
+        *self.0.lock().expect("not poisoned") = state.clone();
+    }
+
+    /// The key-value data as of the last sync.
+    pub fn data(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        self.0.lock().expect("not poisoned").data.clone()
+    }
+}
+
+/// A node's store in memory, saving to its [`Disk`] on every sync.
+#[derive(Debug)]
+pub struct MemKvStore {
+    state: State,
+    disk: Disk,
+}
+
+/// A snapshot's data: the pair count (u64 LE), then each key and value as
+/// a u32 LE length and the bytes; nothing after.
+fn encode_data(data: &BTreeMap<Vec<u8>, Vec<u8>>) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u64_le(data.len() as u64);
+    for (key, value) in data {
+        out.put_u32_le(key.len() as u32);
+        out.extend_from_slice(key);
+        out.put_u32_le(value.len() as u32);
+        out.extend_from_slice(value);
+    }
+    out.freeze()
+}
+
+fn decode_data(mut input: Bytes) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StorageError> {
+    let mut data = BTreeMap::new();
+    if input.is_empty() {
+        // The bootstrap snapshot: no state yet.
+        return Ok(data);
+    }
+    if input.remaining() < 8 {
+        return Err(StorageError::Io("a cut snapshot".into()));
+    }
+    let count = input.get_u64_le();
+    let take = |input: &mut Bytes| {
+        if input.remaining() < 4 {
+            return Err(StorageError::Io("a cut snapshot".into()));
+        }
+        let len = input.get_u32_le() as usize;
+        if input.remaining() < len {
+            return Err(StorageError::Io("a cut snapshot".into()));
+        }
+        Ok(input.split_to(len).to_vec())
+    };
+    for _ in 0..count {
+        let key = take(&mut input)?;
+        let value = take(&mut input)?;
+        data.insert(key, value);
+    }
+    if input.has_remaining() || data.len() as u64 != count {
+        return Err(StorageError::Io("a snapshot with stray bytes".into()));
+    }
+    Ok(data)
+}
+
+impl MemKvStore {
+    /// The store as `disk` holds it (a new node: empty).
+    pub fn open(disk: &Disk) -> Self {
+        Self {
+            state: disk.0.lock().expect("not poisoned").clone(),
+            disk: disk.clone(),
+        }
+    }
+
+    /// The key-value data now.
+    pub fn data(&self) -> &BTreeMap<Vec<u8>, Vec<u8>> {
+        &self.state.data
+    }
+
+    fn sync(&self) {
+        self.disk.save(&self.state);
+    }
+
+    fn hard_state(&self) -> HardState {
+        self.state
+            .log
+            .initial_state()
+            .map(|s| s.hard_state)
+            .unwrap_or_default()
+    }
+}
+
+impl Storage for MemKvStore {
+    fn initial_state(&self) -> Result<InitialState, StorageError> {
+        self.state.log.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: LogIndex,
+        high: LogIndex,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.state.log.entries(low, high, max_bytes)
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        self.state.log.term(index)
+    }
+
+    fn first_index(&self) -> LogIndex {
+        self.state.log.first_index()
+    }
+
+    fn last_index(&self) -> LogIndex {
+        self.state.log.last_index()
+    }
+
+    fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError> {
+        self.state.log.snapshot_meta()
+    }
+
+    fn snapshot_chunk(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<SnapshotChunk, StorageError> {
+        self.state.log.snapshot_chunk(meta, offset, max_bytes)
+    }
+}
+
+impl LogStore for MemKvStore {
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.state.log.append(entries)?;
+        self.sync();
+        Ok(())
+    }
+
+    fn set_hard_state(&mut self, hard_state: HardState) -> Result<(), StorageError> {
+        self.state.log.set_hard_state(hard_state)?;
+        self.sync();
+        Ok(())
+    }
+
+    fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), StorageError> {
+        self.state.log.set_conf_state(conf_state)?;
+        self.sync();
+        Ok(())
+    }
+
+    fn create_snapshot(
+        &mut self,
+        index: LogIndex,
+        conf_state: ConfState,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
+        self.state.log.create_snapshot(index, conf_state, data)?;
+        self.sync();
+        Ok(())
+    }
+
+    fn stage_snapshot_chunk(
+        &mut self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        self.state.log.stage_snapshot_chunk(meta, offset, data)?;
+        self.sync();
+        Ok(())
+    }
+
+    fn apply_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        self.state.log.apply_snapshot(meta)?;
+        self.state.data = decode_data(self.state.log.snapshot().data.clone())?;
+        self.state.applied = meta.index;
+        self.sync();
+        Ok(())
+    }
+
+    /// One atomic write per ready, synced when it promises something
+    /// (as `RocksStorage` does).
+    fn persist_ready(&mut self, ready: &Ready) -> Result<(), StorageError> {
+        let syncs = KvStore::must_sync(self, ready);
+        let log = &mut self.state.log;
+        for chunk in &ready.snapshot_chunks {
+            log.stage_snapshot_chunk(&chunk.meta, chunk.offset, &chunk.data)?;
+        }
+        if let Some(meta) = &ready.snapshot {
+            log.apply_snapshot(meta)?;
+            self.state.data = decode_data(log.snapshot().data.clone())?;
+            self.state.applied = meta.index;
+        }
+        let log = &mut self.state.log;
+        log.append(&ready.entries)?;
+        if let Some(hard_state) = ready.hard_state {
+            log.set_hard_state(hard_state)?;
+        }
+        if syncs {
+            self.sync();
+        }
+        Ok(())
+    }
+
+    fn compact(&mut self, index: LogIndex) -> Result<(), StorageError> {
+        self.state.log.compact(index)
+    }
+}
+
+impl KvStore for MemKvStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.state.data.get(key).cloned())
+    }
+
+    fn scan(&self, start: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError> {
+        Ok(self
+            .state
+            .data
+            .range(start.to_vec()..)
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn apply(
+        &mut self,
+        writes: &[DataWrite<'_>],
+        applied: LogIndex,
+        conf_state: Option<&ConfState>,
+    ) -> Result<(), StorageError> {
+        if applied < self.state.applied {
+            return Err(StorageError::Invalid(format!(
+                "applied index going back from {} to {applied}",
+                self.state.applied
+            )));
+        }
+        for write in writes {
+            match write {
+                DataWrite::Put(key, value) => {
+                    self.state.data.insert(key.to_vec(), value.to_vec());
+                }
+                DataWrite::Delete(key) => {
+                    self.state.data.remove(*key);
+                }
+            }
+        }
+        self.state.applied = applied;
+        if let Some(conf) = conf_state {
+            // Recorded with the apply, unsynced, as RocksStorage does.
+            self.state.log.set_conf_state(conf.clone())?;
+        }
+        Ok(())
+    }
+
+    fn applied_index(&self) -> LogIndex {
+        self.state.applied
+    }
+
+    fn must_sync(&self, ready: &Ready) -> bool {
+        let known = self.hard_state();
+        !ready.entries.is_empty()
+            || ready.snapshot.is_some()
+            || !ready.snapshot_chunks.is_empty()
+            || ready
+                .hard_state
+                .is_some_and(|h| h.term != known.term || h.vote != known.vote)
+    }
+
+    fn snapshot(
+        &mut self,
+        conf_state: ConfState,
+        _background: bool,
+    ) -> Result<SnapshotStarted, StorageError> {
+        let applied = self.state.applied;
+        let data = encode_data(&self.state.data);
+        self.create_snapshot(applied, conf_state, data)?;
+        Ok(SnapshotStarted::Taken(applied))
+    }
+
+    fn poll_snapshot(&mut self) -> Option<LogIndex> {
+        None
+    }
+
+    fn snapshot_copying(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_data_round_trips_and_cut_data_is_refused() {
+        let mut data = BTreeMap::new();
+        data.insert(b"a".to_vec(), b"1".to_vec());
+        data.insert(b"bb".to_vec(), Vec::new());
+        let encoded = encode_data(&data);
+        assert_eq!(decode_data(encoded.clone()).unwrap(), data);
+        for cut in 1..encoded.len() {
+            assert!(decode_data(encoded.slice(..cut)).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_crash_keeps_only_what_was_synced() {
+        let disk = Disk::default();
+        let mut store = MemKvStore::open(&disk);
+        store
+            .restore_snapshot(&dr_raft::Snapshot::bootstrap(ConfState {
+                voters: vec![1],
+                ..ConfState::default()
+            }))
+            .unwrap();
+        KvStore::apply(&mut store, &[DataWrite::Put(b"k", b"v")], 1, None).unwrap();
+        assert_eq!(store.get(b"k").unwrap(), Some(b"v".to_vec()));
+        let reopened = MemKvStore::open(&disk);
+        assert_eq!(
+            reopened.get(b"k").unwrap(),
+            None,
+            "the apply was not synced"
+        );
+        assert_eq!(reopened.last_index(), 1, "the bootstrap was");
+    }
+}
