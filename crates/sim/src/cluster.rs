@@ -4,6 +4,25 @@
 //! synced ([`MemKvStore`]), an in-memory network that drops, duplicates,
 //! delays and partitions, and one virtual clock per node whose rate may
 //! drift. One thread, one seed: a run is a pure function of its seed.
+//!
+//! Faults, chosen from the seed about every 50 ms of virtual time:
+//! crashes (between turns, or inside a synced write just before or just
+//! after it is durable), pauses (the leader's half the time), partitions
+//! (one node cut off both ways or one way, the leader half the time),
+//! loss, duplication and delay, leader transfers, clock rate changes
+//! within ±10%, and a membership schedule: a member (the leader half the
+//! time) is removed, its disk thrown away, and it comes back empty as a
+//! learner and is promoted. Snapshots are taken every 40 entries, so
+//! lagging and returning nodes catch up from them while clients work.
+//!
+//! Checks: after every step one leader per term, no commit index going
+//! back within a node's life, one entry per committed index on every
+//! node, and no old leader holding its lease while a newer leader exists
+//! (the lease's clock bound); every 64 steps log matching and leader
+//! completeness; at the end, after healing: every key read through every
+//! node, the members converged on one state, and every key's client
+//! history linearizable under Redis's semantics. `DR_SIM_TRACE=1` prints
+//! leaders, crashes and membership steps as they happen.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
@@ -12,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dr_codec::message::{ConfState, Message, NodeId};
+use dr_codec::message::{ConfState, LogIndex, Message, NodeId, Term};
 use dr_engine::{
     Clock, Engine, EngineConfig, EngineError, Event, Inbox, NoObserver, Parts, Transport,
 };
@@ -21,13 +40,13 @@ use dr_node::machine::KvMachine;
 use dr_node::resp::Reply;
 use dr_node::runtime::{ReplyTo, Request};
 use dr_node::status::StatusBoard;
-use dr_raft::{LogStore, RaftNode, Role, Snapshot};
+use dr_raft::{ConfChangeOp, LogStore, RaftNode, Role, Snapshot, Storage};
 use tokio::sync::oneshot;
 
 use crate::kv_model::{Condition, KeyCommand, KeyOp, StringKey};
 use crate::linearizability::{Timed, check_history};
 use crate::rng::Rng;
-use crate::store::{Disk, MemKvStore};
+use crate::store::{CrashPoint, Crashed, Disk, MemKvStore};
 
 type Machine = KvMachine<MemKvStore>;
 type SimEngine = Engine<Machine, ReplyTo>;
@@ -37,6 +56,11 @@ type EngineRequest = dr_engine::Request<Machine, ReplyTo>;
 const STEP_US: u64 = 1_000;
 const TICK: Duration = Duration::from_millis(10);
 const KEYS: &[&str] = &["a", "b", "c", "d"];
+/// The largest clock drift (either way, in millionths) within which the
+/// lease is safe: the lease keeps a quarter of the followers' promise for
+/// clocks that differ, so a leader's clock may run up to a third slower
+/// than a follower's; ±10% gives a ratio of at most 1.22.
+pub const LEASE_SAFE_DRIFT_PPM: u64 = 100_000;
 /// How long a client waits for an answer before giving up on it.
 const CLIENT_TIMEOUT_US: u64 = 2_000_000;
 
@@ -54,6 +78,8 @@ pub struct Settings {
     pub drift_ppm: u64,
     /// Concurrent clients.
     pub clients: usize,
+    /// Members are removed, wiped and added back.
+    pub membership_changes: bool,
 }
 
 impl Settings {
@@ -65,6 +91,7 @@ impl Settings {
             read_lease: seed % 3 == 1,
             drift_ppm: 100_000,
             clients: 6,
+            membership_changes: true,
         }
     }
 }
@@ -86,6 +113,20 @@ pub struct Report {
     pub partitions: u64,
     /// Leader transfers asked for.
     pub transfers: u64,
+    /// Crashes in the middle of a synced write.
+    pub crashes_in_writes: u64,
+    /// Members removed (and later added back as new, empty nodes).
+    pub removals: u64,
+    /// Removals of the leader itself.
+    pub leader_removals: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
+    /// Reads a leader served on its lease.
+    pub lease_reads: u64,
+    /// Steps during which an old leader still held its lease while a
+    /// newer leader existed (possible only with clocks beyond the bound).
+    pub overlapping_leases: u64,
+
     /// The client history, one line per command.
     pub history: Vec<String>,
 }
@@ -140,6 +181,31 @@ struct Node {
     restart_at_us: Option<u64>,
     outbox: Outbox,
     queues: Queues,
+    /// The commit index last seen in this incarnation.
+    commit_seen: LogIndex,
+    metrics: Arc<dr_engine::EngineMetrics>,
+}
+
+/// Where a membership change stands: one member at a time is removed,
+/// wiped, and added back as a learner, then promoted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Membership {
+    /// Three voters (or the last change is done).
+    Stable,
+    /// Asked the leader to remove this member.
+    Removing(NodeId),
+    /// Removed and wiped; asking for it to come back as a learner.
+    Adding(NodeId),
+    /// A learner again; asking for its promotion.
+    Promoting(NodeId),
+}
+
+/// A committed entry as first seen.
+#[derive(Clone, Copy, Debug)]
+struct CommittedEntry {
+    term: Term,
+    /// The highest term any node had when the commit was seen.
+    max_term_then: Term,
 }
 
 /// A client's command in flight.
@@ -179,10 +245,19 @@ pub struct SimCluster {
     nodes: Vec<Node>,
     network: Network,
     clients: Vec<Option<Pending>>,
+    /// A client told "not done" waits until then before its next command
+    /// (as drkv's executor pauses before a retry).
+    client_backoff_us: Vec<u64>,
     history: Vec<Done>,
     report: Report,
     config: EngineConfig,
     next_value: u64,
+    membership: Membership,
+    /// When the membership schedule acts next.
+    membership_at_us: u64,
+    leaders_by_term: BTreeMap<Term, NodeId>,
+    committed: BTreeMap<LogIndex, CommittedEntry>,
+    steps: u64,
 }
 
 fn text(bytes: &Bytes) -> String {
@@ -241,10 +316,13 @@ impl SimCluster {
                     restart_at_us: Some(0),
                     outbox: Outbox::default(),
                     queues: Queues::default(),
+                    commit_seen: 0,
+                    metrics: Arc::default(),
                 }
             })
             .collect();
         let clients = (0..settings.clients).map(|_| None).collect();
+        let client_backoff_us = vec![0; settings.clients];
         Self {
             rng,
             settings,
@@ -259,10 +337,16 @@ impl SimCluster {
                 latency_us: (100, 1_500),
             },
             clients,
+            client_backoff_us,
             history: Vec::new(),
             report: Report::default(),
             config,
             next_value: 0,
+            membership: Membership::Stable,
+            membership_at_us: 300_000,
+            leaders_by_term: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            steps: 0,
         }
     }
 
@@ -272,21 +356,43 @@ impl SimCluster {
         let fault_end = self.settings.fault_us;
         while self.now_us < fault_end {
             self.faults();
+            self.membership(true);
             self.step(true);
+            self.check_step()?;
         }
         self.heal();
         let heal_end = self.now_us + self.settings.heal_us;
-        while self.now_us < heal_end {
+        while self.now_us < heal_end || self.membership != Membership::Stable {
+            if self.now_us > heal_end + 10_000_000 {
+                return Err(format!(
+                    "liveness: the membership change {:?} did not finish after healing",
+                    self.membership
+                ));
+            }
+            self.membership(false);
             self.step(true);
+            self.check_step()?;
         }
         // Clients finish what they started.
         let drain_end = self.now_us + CLIENT_TIMEOUT_US + 100_000;
         while self.now_us < drain_end && self.clients.iter().any(Option::is_some) {
             self.step(false);
+            self.check_step()?;
         }
         self.final_reads()?;
         self.check_convergence()?;
+        self.check_logs()?;
         self.check_linearizable()?;
+        self.report.snapshots_installed = self
+            .nodes
+            .iter()
+            .map(|n| n.metrics.snapshots_installed.load(Relaxed))
+            .sum();
+        self.report.lease_reads = self
+            .nodes
+            .iter()
+            .map(|n| n.metrics.lease_reads.load(Relaxed))
+            .sum();
         self.report.history = self.history.iter().map(|d| self.line(d)).collect();
         Ok(self.report)
     }
@@ -338,9 +444,10 @@ impl SimCluster {
                 transport: Box::new(node.outbox.clone()),
                 clock: Box::new(node.clock.clone()),
                 observer: Box::new(NoObserver),
-                metrics: Arc::default(),
+                metrics: Arc::clone(&node.metrics),
             };
             node.engine = Some(Engine::new(config, raft, parts));
+            node.commit_seen = 0;
             node.next_tick_ns = node.clock.0.load(Relaxed) + TICK.as_nanos() as u64;
         }
     }
@@ -357,22 +464,50 @@ impl SimCluster {
             return;
         }
         let local_ns = node.clock.0.load(Relaxed);
-        if local_ns >= node.next_tick_ns {
+        let tick = local_ns >= node.next_tick_ns;
+        if tick {
             // Like tokio's interval with `Delay`: one tick, however late.
             node.next_tick_ns = local_ns + TICK.as_nanos() as u64;
-            engine.turn(Event::Tick, &mut node.queues);
         }
-        // Bounded: a turn takes at most its limits, so loop until empty.
-        for _ in 0..64 {
-            let event = if let Some(message) = node.queues.messages.pop_front() {
-                Event::Message(message)
-            } else if let Some(request) = node.queues.requests.pop_front() {
-                Event::Request(request)
-            } else {
-                break;
-            };
-            engine.turn(event, &mut node.queues);
+        let queues = &mut node.queues;
+        let turns = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if tick {
+                engine.turn(Event::Tick, queues);
+            }
+            // Bounded: a turn takes at most its limits, so loop until empty.
+            for _ in 0..64 {
+                let event = if let Some(message) = queues.messages.pop_front() {
+                    Event::Message(message)
+                } else if let Some(request) = queues.requests.pop_front() {
+                    Event::Request(request)
+                } else {
+                    break;
+                };
+                engine.turn(event, queues);
+            }
+        }));
+        if let Err(panic) = turns {
+            if !panic.is::<Crashed>() {
+                std::panic::resume_unwind(panic);
+            }
+            // Killed inside a synced write: what it sent before stays
+            // sent, nothing after it happens.
+            self.report.crashes_in_writes += 1;
+            self.crash(index);
         }
+    }
+
+    /// Kills node `index`: everything not synced is gone; so is what
+    /// waited for it.
+    fn crash(&mut self, index: usize) {
+        self.trace(format_args!("node {} crashes", self.nodes[index].id));
+        let restart_at = self.now_us + self.rng.range(20_000, 400_000);
+        let node = &mut self.nodes[index];
+        node.engine = None;
+        node.queues = Queues::default();
+        node.restart_at_us = Some(restart_at);
+        node.paused_until_us = 0;
+        node.disk.crash_at(None);
     }
 
     /// Moves every node's sent messages into the network.
@@ -441,17 +576,18 @@ impl SimCluster {
             return;
         }
         let ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
-        match self.rng.range(0, 10) {
+        match self.rng.range(0, 11) {
             0 => {
                 let id = self.rng.pick(&ids);
                 let index = self.node_index(id);
-                let node = &mut self.nodes[index];
-                if node.engine.take().is_some() {
-                    // Everything not synced is gone; so is what waited.
-                    node.queues = Queues::default();
-                    node.outbox.0.lock().expect("not poisoned").clear();
-                    node.restart_at_us = Some(now + self.rng.range(20_000, 400_000));
-                    node.paused_until_us = 0;
+                if self.nodes[index].engine.is_some() {
+                    self.crash(index);
+                    self.nodes[index]
+                        .outbox
+                        .0
+                        .lock()
+                        .expect("not poisoned")
+                        .clear();
                     self.report.crashes += 1;
                 }
             }
@@ -497,6 +633,19 @@ impl SimCluster {
                     .push_back(request.into_engine());
                 self.report.transfers += 1;
             }
+            9 => {
+                let id = self
+                    .leader()
+                    .filter(|_| self.rng.chance(500_000))
+                    .unwrap_or_else(|| self.rng.pick(&ids));
+                let point = if self.rng.chance(500_000) {
+                    CrashPoint::BeforeSync
+                } else {
+                    CrashPoint::AfterSync
+                };
+                let index = self.node_index(id);
+                self.nodes[index].disk.crash_at(Some(point));
+            }
             8 => {
                 let id = self.rng.pick(&ids);
                 let index = self.node_index(id);
@@ -507,6 +656,231 @@ impl SimCluster {
         }
     }
 
+    /// Sends `op` to the leader (its answer is watched through the
+    /// configuration, not awaited).
+    fn propose_conf_change(&mut self, op: ConfChangeOp) {
+        let Some(leader) = self.leader() else { return };
+        let (answer, _ignored) = oneshot::channel();
+        let request = Request::ConfChange { op, answer };
+        let index = self.node_index(leader);
+        self.nodes[index]
+            .queues
+            .requests
+            .push_back(request.into_engine());
+    }
+
+    /// The configuration as the leader has it (no other node's view is
+    /// trusted to decide that a member is gone: a lagging or wiped node
+    /// knows an older configuration, or none).
+    fn conf(&self) -> Option<ConfState> {
+        let leader = self.node_index(self.leader()?);
+        let engine = self.nodes[leader].engine.as_ref()?;
+        Some(engine.raft().conf_state().clone())
+    }
+
+    fn trace(&self, what: std::fmt::Arguments<'_>) {
+        if std::env::var_os("DR_SIM_TRACE").is_some() {
+            eprintln!("{:>9} {what}", self.now_us);
+        }
+    }
+
+    fn membership(&mut self, may_start: bool) {
+        if self.now_us < self.membership_at_us {
+            return;
+        }
+        self.membership_at_us = self.now_us + 50_000;
+        let Some(conf) = self.conf() else { return };
+        let settled = conf.voters_outgoing.is_empty() && conf.learners_next.is_empty();
+        match self.membership {
+            Membership::Stable => {
+                if !may_start
+                    || !self.settings.membership_changes
+                    || !settled
+                    || conf.voters.len() < 3
+                    || !self.rng.chance(150_000)
+                {
+                    return;
+                }
+                let leader = self.leader();
+                let victim = leader
+                    .filter(|_| self.rng.chance(500_000))
+                    .unwrap_or_else(|| self.rng.pick(&[1, 2, 3]));
+                if Some(victim) == leader {
+                    self.report.leader_removals += 1;
+                }
+                self.report.removals += 1;
+                self.membership = Membership::Removing(victim);
+                self.trace(format_args!("removing {victim} (leader {leader:?})"));
+                self.propose_conf_change(ConfChangeOp::Remove(victim));
+            }
+            Membership::Removing(id) => {
+                let member = conf.voters.contains(&id) || conf.learners.contains(&id);
+                if member || !settled {
+                    self.propose_conf_change(ConfChangeOp::Remove(id));
+                    return;
+                }
+                // Gone from the configuration: the process is stopped and
+                // its data thrown away; it comes back as a new, empty node.
+                let index = self.node_index(id);
+                self.crash(index);
+                let node = &mut self.nodes[index];
+                node.disk = Disk::default();
+                node.restart_at_us = Some(self.now_us);
+                self.membership = Membership::Adding(id);
+                self.trace(format_args!("wiped {id}, adding it back; conf {conf:?}"));
+            }
+            Membership::Adding(id) => {
+                if conf.learners.contains(&id) && settled {
+                    self.membership = Membership::Promoting(id);
+                    self.trace(format_args!("{id} is a learner; promoting; conf {conf:?}"));
+                } else {
+                    self.propose_conf_change(ConfChangeOp::AddLearner(id));
+                }
+            }
+            Membership::Promoting(id) => {
+                if conf.voters.contains(&id) && settled {
+                    self.membership = Membership::Stable;
+                } else {
+                    self.propose_conf_change(ConfChangeOp::AddVoter(id));
+                }
+            }
+        }
+    }
+
+    /// After every step: one leader per term (election safety), no
+    /// commit index going back within a node's life, every committed
+    /// index holding one entry on every node (state machine safety), and
+    /// every 64 steps log matching and leader completeness.
+    fn check_step(&mut self) -> Result<(), String> {
+        self.steps += 1;
+        let max_term = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.engine.as_ref())
+            .map(|e| e.raft().term())
+            .max()
+            .unwrap_or(0);
+        for node in &mut self.nodes {
+            let Some(engine) = node.engine.as_ref() else {
+                continue;
+            };
+            let raft = engine.raft();
+            if raft.role() == Role::Leader {
+                if !self.leaders_by_term.contains_key(&raft.term())
+                    && std::env::var_os("DR_SIM_TRACE").is_some()
+                {
+                    eprintln!(
+                        "{:>9} node {} leads term {} (last index {}, commit {}, conf {:?})",
+                        self.now_us,
+                        node.id,
+                        raft.term(),
+                        raft.last_index(),
+                        raft.commit_index(),
+                        raft.conf_state()
+                    );
+                }
+                let leader = *self.leaders_by_term.entry(raft.term()).or_insert(node.id);
+                if leader != node.id {
+                    return Err(format!(
+                        "election safety: nodes {leader} and {} both led term {}",
+                        node.id,
+                        raft.term()
+                    ));
+                }
+            }
+            let commit = raft.commit_index();
+            if commit < node.commit_seen {
+                return Err(format!(
+                    "node {}: commit went back from {} to {commit}",
+                    node.id, node.commit_seen
+                ));
+            }
+            let store = engine.store();
+            for index in (node.commit_seen + 1).max(store.first_index())..=commit {
+                let Ok(term) = store.term(index) else {
+                    continue;
+                };
+                let seen = self.committed.entry(index).or_insert(CommittedEntry {
+                    term,
+                    max_term_then: max_term,
+                });
+                if seen.term != term {
+                    return Err(format!(
+                        "state machine safety: node {} committed term {term} at index {index}, another node term {}",
+                        node.id, seen.term
+                    ));
+                }
+            }
+            node.commit_seen = commit;
+        }
+        // Two leaders, the older still on its lease: its lease reads may
+        // miss what the newer one acknowledged. Within the clock bound
+        // this never happens (the lease ends before the followers that
+        // renewed it would vote for anyone else); beyond it, it is how
+        // the broken assumption shows.
+        let leaders: Vec<(NodeId, Term, bool)> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.engine.as_ref())
+            .filter(|e| e.raft().role() == Role::Leader)
+            .map(|e| {
+                // The lease as reads would use it: the tracker's time, and
+                // dr-raft still allowing lease reads (not after a
+                // `TimeoutNow` left).
+                let leased =
+                    !e.lease_remaining().is_zero() && e.raft().lease_read_index().is_some();
+                (e.raft().id(), e.raft().term(), leased)
+            })
+            .collect();
+        let newest = leaders.iter().map(|l| l.1).max().unwrap_or(0);
+        if let Some(&(old, term, _)) = leaders
+            .iter()
+            .find(|&&(_, term, leased)| term < newest && leased)
+        {
+            self.report.overlapping_leases += 1;
+            if self.settings.drift_ppm <= LEASE_SAFE_DRIFT_PPM {
+                return Err(format!(
+                    "lease safety: node {old} still holds its lease of term {term} while a leader of term {newest} exists"
+                ));
+            }
+        }
+        if self.steps.is_multiple_of(64) {
+            self.check_logs()?;
+        }
+        Ok(())
+    }
+
+    /// Log matching between every pair of running nodes, and leader
+    /// completeness for every leader.
+    fn check_logs(&self) -> Result<(), String> {
+        let running: Vec<(NodeId, &SimEngine)> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.engine.as_ref().map(|e| (n.id, e)))
+            .collect();
+        for (i, &(a, engine_a)) in running.iter().enumerate() {
+            for &(b, engine_b) in &running[i + 1..] {
+                check_log_matching(a, engine_a.store(), b, engine_b.store())?;
+            }
+        }
+        for &(id, engine) in &running {
+            let raft = engine.raft();
+            if raft.role() != Role::Leader {
+                continue;
+            }
+            let (store, term) = (engine.store(), raft.term());
+            for (&index, entry) in self.committed.range(store.first_index()..) {
+                if entry.max_term_then < term && store.term(index) != Ok(entry.term) {
+                    return Err(format!(
+                        "leader completeness: leader {id} of term {term} lacks index {index} (term {}) committed by term {}",
+                        entry.term, entry.max_term_then
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn heal(&mut self) {
         self.network.cut.clear();
         self.network.drop_ppm = 0;
@@ -514,6 +888,7 @@ impl SimCluster {
         self.network.latency_us = (100, 1_500);
         for node in &mut self.nodes {
             node.paused_until_us = 0;
+            node.disk.crash_at(None);
             if node.engine.is_none() {
                 node.restart_at_us = Some(self.now_us);
             }
@@ -560,7 +935,8 @@ impl SimCluster {
             if let Some(pending) = self.clients[client].take() {
                 self.clients[client] = self.poll(client, pending);
             }
-            if self.clients[client].is_none() && start_new && self.rng.chance(500_000) {
+            let ready = self.client_backoff_us[client] <= self.now_us;
+            if self.clients[client].is_none() && ready && start_new && self.rng.chance(500_000) {
                 let args: Vec<Bytes> = self.random_command().into_iter().map(Bytes::from).collect();
                 let node = self.rng.pick(&[1, 2, 3]);
                 self.clients[client] = self.send(args, node);
@@ -616,12 +992,11 @@ impl SimCluster {
             // The node crashed with the request inside.
             Err(oneshot::error::TryRecvError::Closed) => Err(()),
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(error)) if error.is_retryable() => {
+            Ok(Err(error)) if error.is_retryable() || matches!(error, EngineError::Refused(_)) => {
                 self.report.refused += 1;
-                return None;
-            }
-            Ok(Err(EngineError::Refused(_))) => {
-                self.report.refused += 1;
+                if let Some(backoff) = self.client_backoff_us.get_mut(client) {
+                    *backoff = self.now_us + 20_000;
+                }
                 return None;
             }
             Ok(Err(_)) => Err(()),
@@ -676,15 +1051,19 @@ impl SimCluster {
     fn check_convergence(&mut self) -> Result<(), String> {
         let deadline = self.now_us + 3_000_000;
         loop {
+            let conf = self.conf().unwrap_or_default();
+            let members = |n: &&Node| conf.voters.contains(&n.id) || conf.learners.contains(&n.id);
             let applied: BTreeSet<u64> = self
                 .nodes
                 .iter()
+                .filter(members)
                 .filter_map(|n| n.engine.as_ref())
                 .map(|e| e.applied_index())
                 .collect();
             let datas: Vec<_> = self
                 .nodes
                 .iter()
+                .filter(members)
                 .filter_map(|n| n.engine.as_ref())
                 .map(|e| e.store().data().clone())
                 .collect();
@@ -812,4 +1191,33 @@ fn split(done: &Done) -> Vec<(String, Timed<KeyOp>)> {
         }
         other => panic!("the simulator does not model {other:?}"),
     }
+}
+
+fn check_log_matching(
+    a: NodeId,
+    store_a: &MemKvStore,
+    b: NodeId,
+    store_b: &MemKvStore,
+) -> Result<(), String> {
+    let low = store_a.first_index().max(store_b.first_index());
+    let high = store_a.last_index().min(store_b.last_index());
+    if low > high {
+        return Ok(());
+    }
+    // The highest index where both logs hold the same term: everything
+    // from `low` to it must be identical.
+    let Some(matched) = (low..=high)
+        .rev()
+        .find(|&i| store_a.term(i).is_ok() && store_a.term(i) == store_b.term(i))
+    else {
+        return Ok(());
+    };
+    let entries_a = store_a.entries(low, matched + 1, u64::MAX);
+    let entries_b = store_b.entries(low, matched + 1, u64::MAX);
+    if entries_a != entries_b {
+        return Err(format!(
+            "log matching: nodes {a} and {b} agree on the term at {matched} but differ in {low}..={matched}"
+        ));
+    }
+    Ok(())
 }

@@ -4,9 +4,12 @@
 //! [`cluster`] runs the code that ships — dr-engine's replica engine with
 //! drkv's key-value state machine and command parser — over in-memory
 //! storage that loses unsynced writes at a crash ([`store`]), an
-//! in-memory network and drifting virtual clocks, and checks every key's
-//! client history against Redis's semantics ([`kv_model`]); the
-//! protocol simulation described below drives dr-raft alone.
+//! in-memory network and drifting virtual clocks, with crashes inside
+//! synced writes, membership changes (removing the leader too) and leader
+//! transfers, checks Raft's safety properties and the lease's clock bound
+//! at every step, and every key's client history against Redis's
+//! semantics ([`kv_model`]); the protocol simulation described below
+//! drives dr-raft alone.
 //!
 //! Runs a whole cluster (3 or 5 [`dr_raft::RaftNode`]s over
 //! [`dr_raft::MemStorage`]) in one thread on virtual time. Everything
@@ -114,8 +117,17 @@ pub fn run_seed(seed: u64) -> Result<RunStats, Failure> {
 /// Runs the shipped engine and state machine for `seed` with
 /// `fault_us` of faults before healing (see [`cluster`]).
 pub fn run_cluster_seed(seed: u64, fault_us: u64) -> Result<cluster::Report, Failure> {
+    run_cluster_with(seed, cluster::Settings::for_seed(seed, fault_us))
+}
+
+/// Runs the cluster simulation for `seed` with `settings`.
+pub fn run_cluster_with(
+    seed: u64,
+    settings: cluster::Settings,
+) -> Result<cluster::Report, Failure> {
+    quiet_crashes();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        cluster::SimCluster::new(seed, cluster::Settings::for_seed(seed, fault_us)).run()
+        cluster::SimCluster::new(seed, settings).run()
     }));
     let reason = match outcome {
         Ok(Ok(report)) => return Ok(report),
@@ -123,6 +135,20 @@ pub fn run_cluster_seed(seed: u64, fault_us: u64) -> Result<cluster::Report, Fai
         Err(panic) => panic_message(panic.as_ref()),
     };
     Err(Failure { seed, reason })
+}
+
+/// A simulated crash inside a synced write unwinds as a panic the
+/// simulator catches; the panic hook stays quiet about those.
+fn quiet_crashes() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.payload().is::<store::Crashed>() {
+                previous(info);
+            }
+        }));
+    });
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -68,6 +68,10 @@ fn main() -> ExitCode {
                 cluster.pauses += report.pauses;
                 cluster.partitions += report.partitions;
                 cluster.transfers += report.transfers;
+                cluster.crashes_in_writes += report.crashes_in_writes;
+                cluster.removals += report.removals;
+                cluster.leader_removals += report.leader_removals;
+                cluster.snapshots_installed += report.snapshots_installed;
             }
             Err(failure) => {
                 cluster_failures += 1;
@@ -104,15 +108,19 @@ fn main() -> ExitCode {
         totals.snapshots_installed
     );
     println!(
-        "dr-sim cluster: {count} seeds from {start}: {} passed, {cluster_failures} failed ({} commands answered, {} uncertain, {} refused as not done; {} crashes, {} pauses, {} partitions, {} leader transfers)",
+        "dr-sim cluster: {count} seeds from {start}: {} passed, {cluster_failures} failed ({} commands answered, {} uncertain, {} refused as not done; {} crashes, {} inside a synced write; {} pauses, {} partitions, {} leader transfers, {} members removed and added back ({} of them leaders), {} snapshots installed)",
         count - cluster_failures,
         cluster.answered,
         cluster.uncertain,
         cluster.refused,
         cluster.crashes,
+        cluster.crashes_in_writes,
         cluster.pauses,
         cluster.partitions,
-        cluster.transfers
+        cluster.transfers,
+        cluster.removals,
+        cluster.leader_removals,
+        cluster.snapshots_installed
     );
     println!(
         "dr-sim: both simulations in {:.1} s",

@@ -25,18 +25,47 @@ struct State {
     applied: LogIndex,
 }
 
-/// What survives a crash of one node: the state as of its last sync.
+/// Where the next synced write of a node crashes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// Before anything of the write reaches the disk.
+    BeforeSync,
+    /// Right after the write is durable, before anything else happens.
+    AfterSync,
+}
+
+/// The panic payload of a crash at a [`CrashPoint`]: the simulator
+/// catches it and treats the node as killed there.
+#[derive(Debug)]
+pub struct Crashed;
+
+/// What survives a crash of one node: the state as of its last sync, and
+/// a crash point set for its next synced write.
 #[derive(Clone, Debug, Default)]
-pub struct Disk(Arc<Mutex<State>>);
+pub struct Disk {
+    state: Arc<Mutex<State>>,
+    crash_point: Arc<Mutex<Option<CrashPoint>>>,
+}
 
 impl Disk {
-    fn save(&self, state: &State) {
-        *self.0.lock().expect("not poisoned") = state.clone();
+    /// Makes the node's next synced write crash it at `point`.
+    pub fn crash_at(&self, point: Option<CrashPoint>) {
+        *self.crash_point.lock().expect("not poisoned") = point;
     }
 
-    /// The key-value data as of the last sync.
-    pub fn data(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
-        self.0.lock().expect("not poisoned").data.clone()
+    fn take_crash_point(&self) -> Option<CrashPoint> {
+        self.crash_point.lock().expect("not poisoned").take()
+    }
+
+    fn save(&self, state: &State) {
+        let point = self.take_crash_point();
+        if point == Some(CrashPoint::BeforeSync) {
+            std::panic::panic_any(Crashed);
+        }
+        *self.state.lock().expect("not poisoned") = state.clone();
+        if point == Some(CrashPoint::AfterSync) {
+            std::panic::panic_any(Crashed);
+        }
     }
 }
 
@@ -96,7 +125,7 @@ impl MemKvStore {
     /// The store as `disk` holds it (a new node: empty).
     pub fn open(disk: &Disk) -> Self {
         Self {
-            state: disk.0.lock().expect("not poisoned").clone(),
+            state: disk.state.lock().expect("not poisoned").clone(),
             disk: disk.clone(),
         }
     }
