@@ -113,12 +113,17 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// Time between ticks unless set otherwise.
+    pub const DEFAULT_TICK: Duration = Duration::from_millis(10);
+    /// Applied entries between snapshots unless set otherwise.
+    pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
+
     /// The defaults around a consensus configuration.
     pub fn new(raft: dr_raft::Config) -> Self {
         Self {
             raft,
-            tick: Duration::from_millis(10),
-            snapshot_every: 100_000,
+            tick: Self::DEFAULT_TICK,
+            snapshot_every: Self::DEFAULT_SNAPSHOT_EVERY,
             log_kept: 10_000,
             turn_requests_max: 4096,
             turn_messages_max: 4096,

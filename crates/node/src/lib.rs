@@ -86,6 +86,7 @@
 pub mod admin;
 pub mod auth;
 pub mod command;
+pub mod config;
 pub mod connection;
 pub mod kv;
 pub mod lease;

@@ -10,7 +10,6 @@
 //!   client password's hash.
 //! - `drkv bench`: a closed-loop load generator.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,8 +19,9 @@ use clap::{Parser, Subcommand};
 
 mod ctl;
 mod dev;
+use dr_node::config::{NodeConfig, NodeFlags};
 use dr_node::loadgen::{self, LoadConfig};
-use dr_node::node::{NodeConfig, RunningNode};
+use dr_node::node::RunningNode;
 
 #[derive(Parser)]
 #[command(
@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Run one node.
-    Server(Box<ServerArgs>),
+    Server(Box<NodeFlags>),
     /// Run a local 3-node cluster (three processes) until Ctrl-C.
     Dev {
         /// Where the nodes keep their data.
@@ -92,87 +92,6 @@ enum Commands {
 }
 
 #[derive(clap::Args)]
-struct ServerArgs {
-    /// A TOML file with the node's settings (the same names as the flags,
-    /// with underscores; `peers` as a table of id = "host:port").
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// This node's id (a positive integer, unique in the cluster).
-    #[arg(long)]
-    id: Option<u64>,
-    /// The cluster's id (peers of another cluster are refused).
-    #[arg(long)]
-    cluster_id: Option<u64>,
-    /// Where the node keeps its state.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// The Redis-protocol port [default: 127.0.0.1:(7000 + id)].
-    #[arg(long)]
-    client_addr: Option<SocketAddr>,
-    /// The Raft port [default: 127.0.0.1:(7100 + id)].
-    #[arg(long)]
-    peer_addr: Option<SocketAddr>,
-    /// The admin HTTP port [default: 127.0.0.1:(7200 + id)].
-    #[arg(long)]
-    admin_addr: Option<SocketAddr>,
-    /// The founding members' Raft addresses: `1=127.0.0.1:7101,2=...`.
-    #[arg(long, value_parser = parse_peers)]
-    peers: Option<BTreeMap<u64, SocketAddr>>,
-    /// Join a running cluster (after `drkv ctl add-learner`) instead of
-    /// founding one; `--peers` then names existing members.
-    #[arg(long)]
-    join: bool,
-    /// Client connections served at once.
-    #[arg(long)]
-    max_clients: Option<usize>,
-    /// The largest client request in bytes.
-    #[arg(long)]
-    request_bytes_max: Option<usize>,
-    /// Snapshot after this many applied entries.
-    #[arg(long)]
-    snapshot_every: Option<u64>,
-    /// Milliseconds a client may take to finish a request it started.
-    #[arg(long)]
-    partial_request_timeout_ms: Option<u64>,
-    /// Serve reads on the leader's lease (no heartbeat round per batch;
-    /// assumes clock rates within 25% of each other).
-    #[arg(long)]
-    read_lease: bool,
-    /// The `default` user's password hash (`drkv passwd` makes one):
-    /// clients must then `AUTH`.
-    #[arg(long)]
-    requirepass: Option<String>,
-    /// A TOML file of client users (`requirepass`, `[[users]]` with
-    /// `name`, `password` hash and `permissions`); replaces the users
-    /// the node had.
-    #[arg(long)]
-    acl_file: Option<PathBuf>,
-    /// While no password is set, answer only clients on loopback
-    /// [default: true].
-    #[arg(long)]
-    protected_mode: Option<bool>,
-    /// The cluster CA's certificate (PEM). With --tls-cert-file and
-    /// --tls-key-file: mutual TLS between peers, TLS on the client port,
-    /// HTTPS on the admin port (`drkv certs` makes the files).
-    #[arg(long, requires_all = ["tls_cert_file", "tls_key_file"])]
-    tls_ca_cert_file: Option<PathBuf>,
-    /// This node's certificate (PEM), signed by the cluster CA.
-    #[arg(long, requires_all = ["tls_ca_cert_file", "tls_key_file"])]
-    tls_cert_file: Option<PathBuf>,
-    /// This node's private key (PEM).
-    #[arg(long, requires_all = ["tls_ca_cert_file", "tls_cert_file"])]
-    tls_key_file: Option<PathBuf>,
-    /// Clients of the client port must present a certificate signed by
-    /// the cluster CA.
-    #[arg(long, requires = "tls_ca_cert_file")]
-    tls_auth_clients: bool,
-    /// A file whose first line is the admin API's bearer token (needed
-    /// when the admin port is not on loopback, unless TLS is on).
-    #[arg(long)]
-    admin_token_file: Option<PathBuf>,
-}
-
-#[derive(clap::Args)]
 struct BenchArgs {
     /// Client ports to spread connections over.
     #[arg(
@@ -202,26 +121,6 @@ struct BenchArgs {
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_peers(text: &str) -> Result<BTreeMap<u64, SocketAddr>, String> {
-    text.split(',')
-        .filter(|part| !part.trim().is_empty())
-        .map(|part| {
-            let (id, addr) = part
-                .split_once('=')
-                .ok_or_else(|| format!("'{part}' is not id=host:port"))?;
-            let id: u64 = id
-                .trim()
-                .parse()
-                .map_err(|_| format!("'{id}' is not a node id"))?;
-            let addr = addr
-                .trim()
-                .parse()
-                .map_err(|_| format!("'{addr}' is not host:port"))?;
-            Ok((id, addr))
-        })
-        .collect()
 }
 
 fn main() -> ExitCode {
@@ -275,107 +174,8 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
-fn node_config(args: ServerArgs) -> Result<NodeConfig, String> {
-    let mut config = match (&args.config, &args.data_dir) {
-        (Some(path), _) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let mut value: toml::Table =
-                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            // TOML keys are strings: `[peers]` `1 = "..."` is what people write.
-            if let Some(dir) = &args.data_dir {
-                value.insert(
-                    "data_dir".into(),
-                    toml::Value::String(dir.display().to_string()),
-                );
-            }
-            let json = serde_json::to_value(&value).map_err(|e| e.to_string())?;
-            serde_json::from_value(json).map_err(|e| format!("{}: {e}", path.display()))?
-        }
-        (None, Some(dir)) => match NodeConfig::load(dir).map_err(|e| e.to_string())? {
-            Some(saved) => saved,
-            None => {
-                let id = args.id.ok_or("--id is needed for a new data directory")?;
-                let local = |port: u64| -> Result<SocketAddr, String> {
-                    let port = u16::try_from(port).map_err(|_| {
-                        format!("--id {id} is too large for the default ports; give the addresses")
-                    })?;
-                    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
-                };
-                NodeConfig::new(
-                    id,
-                    dir.clone(),
-                    local(7000 + id)?,
-                    local(7100 + id)?,
-                    local(7200 + id)?,
-                )
-            }
-        },
-        (None, None) => return Err("give --data-dir (and --id for a new node), or --config".into()),
-    };
-    if let Some(id) = args.id {
-        config.id = id;
-    }
-    if let Some(cluster_id) = args.cluster_id {
-        config.cluster_id = cluster_id;
-    }
-    if let Some(addr) = args.client_addr {
-        config.client_addr = addr;
-    }
-    if let Some(addr) = args.peer_addr {
-        config.peer_addr = addr;
-    }
-    if let Some(addr) = args.admin_addr {
-        config.admin_addr = addr;
-    }
-    if let Some(peers) = args.peers {
-        config.peers = peers;
-    }
-    config.join |= args.join;
-    if let Some(max) = args.max_clients {
-        config.max_clients = max;
-    }
-    if let Some(max) = args.request_bytes_max {
-        config.request_bytes_max = max;
-    }
-    if let Some(every) = args.snapshot_every {
-        config.snapshot_every = every;
-    }
-    config.read_lease |= args.read_lease;
-    if let Some(path) = &args.acl_file {
-        let acl = dr_node::auth::AclFile::load(path).map_err(|e| e.to_string())?;
-        config.requirepass = acl.requirepass;
-        config.users = acl.users;
-    }
-    if let Some(hash) = args.requirepass {
-        config.requirepass = Some(hash);
-    }
-    if let Some(protected) = args.protected_mode {
-        config.protected_mode = protected;
-    }
-    let absolute =
-        |path: PathBuf| std::path::absolute(&path).map_err(|e| format!("{}: {e}", path.display()));
-    if let (Some(ca_cert), Some(cert), Some(key)) =
-        (args.tls_ca_cert_file, args.tls_cert_file, args.tls_key_file)
-    {
-        config.tls = Some(dr_node::tls::NodeTls {
-            ca_cert: absolute(ca_cert)?,
-            cert: absolute(cert)?,
-            key: absolute(key)?,
-            auth_clients: args.tls_auth_clients,
-        });
-    }
-    if let Some(path) = args.admin_token_file {
-        config.admin_token_file = Some(absolute(path)?);
-    }
-    if let Some(timeout) = args.partial_request_timeout_ms {
-        config.partial_request_timeout_ms = timeout;
-    }
-    Ok(config)
-}
-
-fn server(args: ServerArgs) -> Result<(), String> {
-    let config = node_config(args)?;
+fn server(flags: NodeFlags) -> Result<(), String> {
+    let config = NodeConfig::layered(flags)?;
     let runtime = runtime()?;
     let result = runtime.block_on(async move {
         let node = RunningNode::start(config)

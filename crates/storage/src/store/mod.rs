@@ -1,0 +1,497 @@
+//! [`RocksStorage`]: a node's whole durable state in one RocksDB instance,
+//! implementing dr-raft's [`Storage`] and [`LogStore`], the atomic
+//! persistence of a ready, and the key-value state machine.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use bytes::Bytes;
+use dr_codec::frame::{CodecConfig, decode_entry, encode_entry};
+use dr_codec::message::{ConfState, Entry, LogIndex, SnapshotMeta, Term};
+use dr_raft::{
+    HardState, InitialState, LogStore, Ready, Snapshot, SnapshotChunk, StagedChunk, Storage,
+    StorageError,
+};
+use rocksdb::{Cache, ColumnFamily, DB, DBRawIterator, WriteBatch, WriteOptions};
+
+use crate::kv_stream::{self, KeyValue, PairReader, StreamError};
+use crate::options::{self, CF_DATA, CF_META, CF_RAFT_LOG, CF_RAFT_STATE};
+use crate::records::{self, RecordError};
+use crate::snapshot_copy::{self, SnapshotCopy};
+
+mod log;
+mod recovery;
+mod snapshot;
+
+use log::decode_stored_entry;
+use snapshot::SlotReader;
+
+/// The on-disk format this code writes and reads.
+pub const FORMAT_VERSION: u64 = 1;
+/// Bytes of snapshot data in one stored record.
+pub const SNAPSHOT_RECORD_BYTES: usize = 1 << 20;
+
+const KEY_FORMAT_VERSION: &[u8] = b"format_version";
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_COMPACTION_POINT: &[u8] = b"compaction_point";
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+const KEY_SNAPSHOT_SLOT: &[u8] = b"snapshot_slot";
+const KEY_STAGED: &[u8] = b"staged";
+const KEY_HARD_STATE: &[u8] = b"hard_state";
+const KEY_CONF_STATE: &[u8] = b"conf_state";
+const KEY_STATE_MACHINE: &[u8] = b"state_machine";
+const KEY_DATA_INSTALL: &[u8] = b"data_install";
+const SNAPSHOT_DATA_PREFIX: &[u8] = b"snapshot_data/";
+/// Bytes of state-machine data written per batch while a snapshot is
+/// copied or installed: bounds memory, whatever the state's size.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
+
+/// Where the state machine whose snapshots the store keeps lives. Chosen
+/// when a store is created and checked on every open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateMachine {
+    /// Outside the store (the store is used for the log only): snapshot
+    /// images are the bytes the runtime hands to `create_snapshot`, and
+    /// installing a received snapshot only replaces the log.
+    External,
+    /// The store's `data` family, written by [`RocksStorage::apply`]: a
+    /// snapshot is a copy of the family at the applied index, streamed
+    /// from disk, and installing one replaces the family's contents.
+    DataFamily,
+}
+
+impl StateMachine {
+    fn code(self) -> u64 {
+        match self {
+            Self::External => 0,
+            Self::DataFamily => 1,
+        }
+    }
+
+    fn from_code(code: u64) -> Option<Self> {
+        match code {
+            0 => Some(Self::External),
+            1 => Some(Self::DataFamily),
+            _ => None,
+        }
+    }
+}
+
+/// Why a store could not be opened. Each variant says what is wrong and
+/// where; none is repaired silently.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpenError {
+    /// RocksDB refused to open the directory (missing permissions, a
+    /// corrupted file it detected, a lock held by another process).
+    RocksDb(String),
+    /// The store was written by another format version.
+    FormatVersion {
+        /// The version on disk.
+        found: u64,
+        /// The version this code reads.
+        expected: u64,
+    },
+    /// The directory holds data but no format version: not a dr store.
+    NotADrStore,
+    /// The store keeps its state machine another way than asked.
+    StateMachine {
+        /// How the store on disk keeps it.
+        found: StateMachine,
+        /// How the caller asked to open it.
+        requested: StateMachine,
+    },
+    /// A record or log entry is damaged.
+    Corrupt(String),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RocksDb(error) => write!(f, "cannot open the RocksDB store: {error}"),
+            Self::FormatVersion { found, expected } => write!(
+                f,
+                "the store has format version {found}; this build reads version {expected}"
+            ),
+            Self::NotADrStore => {
+                f.write_str("the directory holds a RocksDB database that is not a dr store")
+            }
+            Self::StateMachine { found, requested } => write!(
+                f,
+                "the store keeps its state machine as {found:?}, not {requested:?} as asked"
+            ),
+            Self::Corrupt(what) => write!(f, "the store is damaged: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+impl From<RecordError> for OpenError {
+    fn from(error: RecordError) -> Self {
+        Self::Corrupt(error.0)
+    }
+}
+
+/// A change to the key-value state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataWrite<'a> {
+    /// Sets `key` to `value`.
+    Put(&'a [u8], &'a [u8]),
+    /// Removes `key`.
+    Delete(&'a [u8]),
+}
+
+impl<'a> DataWrite<'a> {
+    /// The key written.
+    pub fn key(&self) -> &'a [u8] {
+        match self {
+            Self::Put(key, _) | Self::Delete(key) => key,
+        }
+    }
+}
+
+/// What the store knows without reading RocksDB, rebuilt on open.
+#[derive(Clone, Debug)]
+struct Cached {
+    compacted_index: LogIndex,
+    compacted_term: Term,
+    last_index: LogIndex,
+    /// The first index of each run of equal terms in the log.
+    term_runs: BTreeMap<LogIndex, Term>,
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot: SnapshotMeta,
+    snapshot_len: u64,
+    /// Which of the two data slots holds the current snapshot.
+    slot: u8,
+    /// A snapshot being staged in the other slot, and its bytes so far.
+    staged: Option<(SnapshotMeta, u64)>,
+    applied: LogIndex,
+}
+
+/// A node's durable state in RocksDB: see the crate documentation.
+pub struct RocksStorage {
+    db: Arc<DB>,
+    path: PathBuf,
+    cached: Cached,
+    codec: CodecConfig,
+    state_machine: StateMachine,
+    /// A snapshot being copied on its own thread.
+    copy: Option<SnapshotCopy>,
+    /// Shared with every [`StoreReader`].
+    installs: Arc<InstallCounter>,
+    _block_cache: Cache,
+}
+
+/// Point reads of a store's state machine from any thread, while the
+/// store's owner goes on writing: each read sees the state at one moment
+/// (RocksDB point reads are atomic, and every apply is one write), and
+/// nothing more: whether that state is fresh enough is the caller's
+/// business. Cloning is cheap.
+///
+/// A snapshot install rewrites the data family in several writes; a read
+/// that overlapped one is refused ([`ReadRefused::Installing`]) rather than
+/// answered from a state that is half the old one and half the new.
+#[derive(Clone)]
+pub struct StoreReader {
+    db: Arc<DB>,
+    installs: Arc<InstallCounter>,
+}
+
+/// Why a [`StoreReader`] gave no answer.
+#[derive(Debug)]
+pub enum ReadRefused {
+    /// A snapshot install was rewriting the state machine during the
+    /// read: ask the store's owner, who does not read while installing.
+    Installing,
+    /// Reading the medium failed.
+    Storage(StorageError),
+}
+
+impl fmt::Display for ReadRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Installing => f.write_str("a snapshot install overlapped the read"),
+            Self::Storage(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadRefused {}
+
+/// Counts snapshot installs into the data family, seqlock-style: odd while
+/// one is writing, so a reader that saw the same even count before and
+/// after its read knows no install touched it.
+#[derive(Debug, Default)]
+struct InstallCounter(AtomicU64);
+
+impl InstallCounter {
+    /// Marks an install under way until the returned guard drops (also on
+    /// an early error return).
+    fn begin(&self) -> InstallGuard<'_> {
+        self.0.fetch_add(1, SeqCst);
+        InstallGuard(self)
+    }
+}
+
+struct InstallGuard<'a>(&'a InstallCounter);
+
+impl Drop for InstallGuard<'_> {
+    fn drop(&mut self) {
+        self.0.0.fetch_add(1, SeqCst);
+    }
+}
+
+impl fmt::Debug for StoreReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreReader").finish_non_exhaustive()
+    }
+}
+
+impl StoreReader {
+    /// The state machine's value for `key`, as it is now.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReadRefused> {
+        let before = self.installs.0.load(SeqCst);
+        if before % 2 == 1 {
+            return Err(ReadRefused::Installing);
+        }
+        let value = get_data(&self.db, key).map_err(ReadRefused::Storage)?;
+        if self.installs.0.load(SeqCst) != before {
+            return Err(ReadRefused::Installing);
+        }
+        Ok(value)
+    }
+}
+
+/// A point read of the data family: the store's own reads and a
+/// [`StoreReader`]'s share it (the store's without cloning a handle: it
+/// runs for every key a write touches).
+fn get_data(db: &DB, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    db.get_cf(cf(db, CF_DATA), key)
+        .map_err(|e| io_error("reading the state machine", e))
+}
+
+/// A column family's handle; borrowing only the database (not the whole
+/// store) lets callers update the cached state meanwhile.
+fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
+    db.cf_handle(name)
+        .unwrap_or_else(|| panic!("column family {name} exists since open"))
+}
+
+fn log_key(index: LogIndex) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub(crate) fn snapshot_key(slot: u8, offset: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(SNAPSHOT_DATA_PREFIX.len() + 9);
+    key.extend_from_slice(SNAPSHOT_DATA_PREFIX);
+    key.push(slot);
+    key.extend_from_slice(&offset.to_be_bytes());
+    key
+}
+
+/// Deletes every stored record of a snapshot slot.
+pub(crate) fn add_clear_slot(batch: &mut WriteBatch, meta_cf: &ColumnFamily, slot: u8) {
+    batch.delete_range_cf(meta_cf, snapshot_key(slot, 0), snapshot_key(slot, u64::MAX));
+}
+
+/// A failed durable write leaves the process unable to know what is on
+/// disk: it must stop, never retry (the lesson of PostgreSQL's fsyncgate).
+fn fatal(what: &str, error: impl fmt::Display) -> ! {
+    panic!("dr-storage: {what} failed, the store can no longer be trusted: {error}")
+}
+
+fn io_error(what: &str, error: impl fmt::Display) -> StorageError {
+    StorageError::Io(format!("{what}: {error}"))
+}
+
+impl RocksStorage {
+    /// Opens (or creates) the store in `path`, checks its format version
+    /// and that it keeps its state machine as `state_machine` says,
+    /// verifies every log entry's checksum and position, rebuilds the
+    /// in-memory indexes, and finishes a snapshot install a crash
+    /// interrupted.
+    pub fn open(path: impl AsRef<Path>, state_machine: StateMachine) -> Result<Self, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        let block_cache = Cache::new_lru_cache(options::BLOCK_CACHE_BYTES);
+        let db = DB::open_cf_descriptors(
+            &options::db_options(),
+            &path,
+            options::column_families(&block_cache),
+        )
+        .map_err(|e| OpenError::RocksDb(e.to_string()))?;
+        let mut store = Self {
+            db: Arc::new(db),
+            path,
+            cached: Cached {
+                compacted_index: 0,
+                compacted_term: 0,
+                last_index: 0,
+                term_runs: BTreeMap::new(),
+                hard_state: HardState::default(),
+                conf_state: ConfState::default(),
+                snapshot: SnapshotMeta::default(),
+                snapshot_len: 0,
+                slot: 0,
+                staged: None,
+                applied: 0,
+            },
+            codec: CodecConfig::default(),
+            state_machine,
+            copy: None,
+            installs: Arc::default(),
+            _block_cache: block_cache,
+        };
+        store.check_format_version()?;
+        store.load_records()?;
+        store.verify_log()?;
+        if store.read(CF_META, KEY_DATA_INSTALL)?.is_some() {
+            store
+                .finish_data_install()
+                .map_err(|e| OpenError::Corrupt(e.to_string()))?;
+        }
+        Ok(store)
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The RocksDB instance, for the crate's backups.
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    /// How the store keeps its state machine.
+    pub fn state_machine(&self) -> StateMachine {
+        self.state_machine
+    }
+
+    /// The state machine's value for `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        get_data(&self.db, key)
+    }
+
+    /// A handle for point reads of the state machine from other threads.
+    pub fn reader(&self) -> StoreReader {
+        StoreReader {
+            db: Arc::clone(&self.db),
+            installs: Arc::clone(&self.installs),
+        }
+    }
+
+    /// Up to `limit` pairs of the state machine whose keys are at or after
+    /// `start`, in key order: one page of a scan.
+    pub fn scan(&self, start: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError> {
+        let mut pairs = Vec::new();
+        let mut iterator = self.db.raw_iterator_cf(cf(&self.db, CF_DATA));
+        iterator.seek(start);
+        while pairs.len() < limit {
+            let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else {
+                break;
+            };
+            pairs.push((key.to_vec(), value.to_vec()));
+            iterator.next();
+        }
+        iterator
+            .status()
+            .map_err(|e| io_error("scanning the state machine", e))?;
+        Ok(pairs)
+    }
+
+    /// Starts a new cluster's store: a snapshot at index 1, term 1 with
+    /// configuration `conf_state` and an empty state machine (an empty
+    /// but well-formed snapshot stream when the store is its own state
+    /// machine). Refused unless the store is empty.
+    pub fn bootstrap(&mut self, conf_state: ConfState) -> Result<(), StorageError> {
+        if self.cached.last_index != 0 || self.cached.snapshot.index != 0 {
+            return Err(StorageError::Invalid(format!(
+                "cannot bootstrap a store that holds a log (last index {}, snapshot at {})",
+                self.cached.last_index, self.cached.snapshot.index
+            )));
+        }
+        let mut snapshot = Snapshot::bootstrap(conf_state);
+        if self.state_machine == StateMachine::DataFamily {
+            let mut stream = Vec::new();
+            kv_stream::encode_header(&mut stream);
+            kv_stream::encode_trailer(0, &mut stream);
+            snapshot.data = Bytes::from(stream);
+        }
+        self.restore_snapshot(&snapshot)
+    }
+
+    /// The highest index whose effects are in the state machine.
+    pub fn applied_index(&self) -> LogIndex {
+        self.cached.applied
+    }
+
+    /// Applies committed entries' effects: `writes`, the new applied index
+    /// and (when the entries changed it) the configuration, in one atomic
+    /// batch, so a crash never applies an entry twice or skips one. Not
+    /// synced on its own: a crash loses it only together with its applied
+    /// index, and the entries are applied again from the log.
+    pub fn apply(
+        &mut self,
+        writes: &[DataWrite<'_>],
+        applied: LogIndex,
+        conf_state: Option<&ConfState>,
+    ) -> Result<(), StorageError> {
+        if applied < self.cached.applied {
+            return Err(StorageError::Invalid(format!(
+                "applied index going back from {} to {applied}",
+                self.cached.applied
+            )));
+        }
+        if let Some(long) = writes
+            .iter()
+            .map(DataWrite::key)
+            .find(|key| key.len() > kv_stream::KEY_BYTES_MAX)
+        {
+            return Err(StorageError::Invalid(format!(
+                "a {}-byte key is longer than the {} bytes a key may have",
+                long.len(),
+                kv_stream::KEY_BYTES_MAX
+            )));
+        }
+        let mut batch = WriteBatch::default();
+        let data = cf(&self.db, CF_DATA);
+        for write in writes {
+            match write {
+                DataWrite::Put(key, value) => batch.put_cf(data, key, value),
+                DataWrite::Delete(key) => batch.delete_cf(data, key),
+            }
+        }
+        batch.put_cf(
+            cf(&self.db, CF_META),
+            KEY_APPLIED,
+            records::encode_u64(applied),
+        );
+        if let Some(conf) = conf_state {
+            batch.put_cf(
+                cf(&self.db, CF_RAFT_STATE),
+                KEY_CONF_STATE,
+                records::encode_conf_state(conf),
+            );
+            self.cached.conf_state = conf.clone();
+        }
+        self.db
+            .write(batch)
+            .unwrap_or_else(|error| fatal("applying committed entries", error));
+        self.cached.applied = applied;
+        Ok(())
+    }
+}
+
+impl Drop for RocksStorage {
+    /// A copy thread holds the database open: it stops with the store, so
+    /// the directory can be opened again at once.
+    fn drop(&mut self) {
+        self.cancel_snapshot_copy();
+    }
+}
