@@ -27,6 +27,7 @@ pub(crate) fn run() -> Result<(), String> {
         run_step("clippy", cargo().args(args))
     })?;
     timed("test", run_tests)?;
+    timed("examples", run_examples)?;
     timed("doc", || {
         let mut command = cargo();
         command
@@ -35,6 +36,7 @@ pub(crate) fn run() -> Result<(), String> {
         run_step("doc", &mut command)
     })?;
     timed("tidy", tidy)?;
+    timed("package", package)?;
     eprintln!("xtask: ci passed");
     Ok(())
 }
@@ -49,6 +51,91 @@ fn run_tests() -> Result<(), String> {
     } else {
         run_step("test", cargo().args(["test", "--workspace"]))
     }
+}
+
+/// The library crates, in layering order: each must package for
+/// publishing (metadata, versions of internal dependencies, the files it
+/// needs).
+const LIBRARIES: [&str; 8] = [
+    "dr-simd",
+    "dr-pool",
+    "dr-codec",
+    "dr-raft",
+    "dr-engine",
+    "dr-transport",
+    "dr-storage",
+    "dr-node",
+];
+/// Those whose packaged sources are also built. The others would build
+/// RocksDB or ring again from scratch (dr-engine too: its RocksDB-and-TCP
+/// example's dev-dependencies are resolved with it), minutes of C for no
+/// new check.
+const LIBRARIES_VERIFIED: [&str; 4] = ["dr-simd", "dr-pool", "dr-codec", "dr-raft"];
+
+/// `cargo package` for every library crate, together (so each finds the
+/// others it depends on), offline; then again with a build of the
+/// packaged sources for the light ones.
+fn package() -> Result<(), String> {
+    let mut command = cargo();
+    command.args(["package", "--offline", "--allow-dirty", "--no-verify"]);
+    for library in LIBRARIES {
+        command.args(["--package", library]);
+    }
+    run_step("package", &mut command)?;
+    let mut command = cargo();
+    command.args(["package", "--offline", "--allow-dirty"]);
+    for library in LIBRARIES_VERIFIED {
+        command.args(["--package", library]);
+    }
+    run_step("package (verified)", &mut command)
+}
+
+/// Runs every example of every crate (`crates/*/examples/*.rs`): each
+/// checks what it shows and fails loudly when it stops working.
+fn run_examples() -> Result<(), String> {
+    for (package, example) in examples(&workspace_root().join("crates")) {
+        let args = [
+            "run",
+            "--quiet",
+            "--package",
+            &package,
+            "--example",
+            &example,
+        ];
+        run_step(&format!("example {package}/{example}"), cargo().args(args))?;
+    }
+    Ok(())
+}
+
+/// (package, example) for every example file under `crates`, in order.
+fn examples(crates: &Path) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut crate_dirs = read_dir_paths(crates);
+    crate_dirs.sort();
+    for dir in crate_dirs {
+        let mut files = read_dir_paths(&dir.join("examples"));
+        files.sort();
+        let Some(package) = package_name(&dir.join("Cargo.toml")) else {
+            continue;
+        };
+        for file in files {
+            if file.extension().is_some_and(|ext| ext == "rs")
+                && let Some(stem) = file.file_stem().and_then(|s| s.to_str())
+            {
+                found.push((package.clone(), stem.to_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// The `name = "..."` of a manifest's `[package]`.
+fn package_name(manifest: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(manifest).ok()?;
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix("name = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .map(str::to_owned)
 }
 
 pub(crate) fn ensure_libclang() -> Result<(), String> {
