@@ -73,6 +73,21 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// Whether persisting this ready changes what the node promises its
+    /// peers, given the hard state `stored` before it: new entries, a
+    /// snapshot or its chunks, a new term or vote. Those writes must be
+    /// durable before the ready's messages leave; a ready that only moves
+    /// the commit index may be written without a sync (a crash loses a
+    /// commit index that is learned again).
+    pub fn makes_promises(&self, stored: &HardState) -> bool {
+        !self.entries.is_empty()
+            || self.snapshot.is_some()
+            || !self.snapshot_chunks.is_empty()
+            || self
+                .hard_state
+                .is_some_and(|h| h.term != stored.term || h.vote != stored.vote)
+    }
+
     /// Whether it carries snapshot data (chunks or a whole snapshot to
     /// apply), which is persisted before the ready is settled, never
     /// behind the runtime's back.

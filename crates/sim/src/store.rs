@@ -316,13 +316,7 @@ impl KvStore for MemKvStore {
     }
 
     fn must_sync(&self, ready: &Ready) -> bool {
-        let known = self.hard_state();
-        !ready.entries.is_empty()
-            || ready.snapshot.is_some()
-            || !ready.snapshot_chunks.is_empty()
-            || ready
-                .hard_state
-                .is_some_and(|h| h.term != known.term || h.vote != known.vote)
+        ready.makes_promises(&self.hard_state())
     }
 
     fn snapshot(

@@ -1,5 +1,31 @@
 //! The shipped engine and key-value state machine under faults: seeds
 //! run by `cargo test` (split so the test runner can spread them).
+//!
+//! Every run takes 300 fresh seeds, starting from `DR_SIM_START_SEED` or
+//! else from the clock, and prints where it started; a failure names its
+//! seed and how to replay it. The seeds that once found a bug run every
+//! time.
+
+/// Seeds that found a bug, replayed forever (full length).
+///
+/// - 0: a forwarded write delivered twice was applied twice.
+/// - 75, 105, 210: a proposal at an index whose earlier waiter's entry
+///   had been cut left that waiter unanswered.
+const REGRESSION_SEEDS: &[u64] = &[0, 75, 105, 210];
+
+fn fresh_start() -> u64 {
+    let start = std::env::var("DR_SIM_START_SEED")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            // Whole minutes, so the parallel halves agree; far from the
+            // regression seeds.
+            now.map_or(0, |d| d.as_secs() / 60 * 1_000)
+        });
+    eprintln!("cluster seeds from {start} (DR_SIM_START_SEED={start} replays these)");
+    start
+}
 
 fn run(seeds: std::ops::Range<u64>) {
     let failures: Vec<String> = seeds
@@ -10,13 +36,49 @@ fn run(seeds: std::ops::Range<u64>) {
 }
 
 #[test]
-fn cluster_seeds_0_to_5() {
-    run(0..5);
+fn regression_seeds_pass() {
+    for &seed in REGRESSION_SEEDS {
+        if let Err(failure) = dr_sim::run_cluster_seed(seed, dr_sim::FAULT_PHASE_FULL_US) {
+            panic!("{failure}");
+        }
+    }
 }
 
 #[test]
-fn cluster_seeds_5_to_300() {
-    run(5..300);
+fn fresh_seeds_first_150() {
+    let start = fresh_start();
+    run(start..start + 150);
+}
+
+#[test]
+fn fresh_seeds_second_150() {
+    let start = fresh_start() + 150;
+    run(start..start + 150);
+}
+
+/// Beyond the clock bound the lease is unsafe, and the simulator shows
+/// it: with clock rates drifting within ±90% (a leader's clock may run at
+/// a fifth of a follower's), runs reach the state where an old leader
+/// still holds its lease while a newer leader exists, the state in which
+/// its lease reads could miss writes the newer one acknowledged. Within
+/// the bound (±10%, every other test here) that state fails the run.
+#[test]
+fn clocks_beyond_the_bound_are_caught_holding_a_stale_lease() {
+    let mut overlapping_steps = 0;
+    for seed in 0..200 {
+        let mut settings = dr_sim::cluster::Settings::for_seed(seed, dr_sim::FAULT_PHASE_FULL_US);
+        settings.read_lease = true;
+        settings.drift_ppm = 900_000;
+        // Stale reads may or may not show in the history: only the
+        // lease state is asserted.
+        if let Ok(report) = dr_sim::run_cluster_with(seed, settings) {
+            overlapping_steps += report.overlapping_leases;
+        }
+        if overlapping_steps > 0 {
+            return;
+        }
+    }
+    panic!("200 seeds with clocks beyond the bound never showed a stale lease");
 }
 
 #[test]

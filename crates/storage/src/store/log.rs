@@ -37,14 +37,7 @@ impl RocksStorage {
     /// term or its vote); a ready that only moves the commit index is
     /// written without a sync. Ask before persisting it.
     pub fn must_sync(&self, ready: &Ready) -> bool {
-        let promises = |hard_state: &HardState| {
-            hard_state.term != self.cached.hard_state.term
-                || hard_state.vote != self.cached.hard_state.vote
-        };
-        !ready.entries.is_empty()
-            || ready.snapshot.is_some()
-            || !ready.snapshot_chunks.is_empty()
-            || ready.hard_state.as_ref().is_some_and(promises)
+        ready.makes_promises(&self.cached.hard_state)
     }
 
     pub(super) fn commit(&self, batch: WriteBatch, what: &str) {
