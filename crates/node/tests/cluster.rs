@@ -5,12 +5,15 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Cluster, connect, retrying};
+use support::{Cluster, connect, retrying, wait_until};
 
 const SETTLE: Duration = Duration::from_secs(20);
+/// How long a test waits for load to make progress: generous, since a
+/// busy machine is slow but not stuck.
+const LOAD_BOUND: Duration = Duration::from_secs(60);
 
 fn set(key: &str, value: &str) -> redis::Cmd {
     let mut command = redis::cmd("SET");
@@ -129,10 +132,12 @@ fn killing_the_leader_loses_no_acknowledged_write() {
     let mut cluster = Cluster::start("kill", 3, &[]);
     let leader = cluster.wait_for_leader(SETTLE);
     let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (1..=3)
         .map(|id| {
             let addr = cluster.node(id).client;
             let stop = Arc::clone(&stop);
+            let acked = Arc::clone(&acked);
             std::thread::spawn(move || {
                 let mut acknowledged = BTreeMap::new();
                 let mut client = connect(addr);
@@ -142,6 +147,7 @@ fn killing_the_leader_loses_no_acknowledged_write() {
                     match set(&key, &i.to_string()).query::<String>(&mut client) {
                         Ok(_) => {
                             acknowledged.insert(key, i.to_string());
+                            acked.fetch_add(1, Ordering::Relaxed);
                         }
                         // The node itself died, or the outcome is unknown:
                         // neither counts as acknowledged.
@@ -163,13 +169,21 @@ fn killing_the_leader_loses_no_acknowledged_write() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    let count = || acked.load(Ordering::Relaxed);
+    wait_until(LOAD_BOUND, "50 writes acknowledged under load", || {
+        count() >= 50
+    });
     cluster.kill(leader);
     let killed_at = Instant::now();
     let new_leader = cluster.wait_for_leader(SETTLE);
     assert_ne!(new_leader, leader);
     eprintln!("new leader {new_leader} after {:?}", killed_at.elapsed());
-    std::thread::sleep(Duration::from_millis(1500));
+    let before = count();
+    wait_until(
+        LOAD_BOUND,
+        "20 writes acknowledged after the failover",
+        || count() >= before + 20,
+    );
     stop.store(true, Ordering::Relaxed);
     let acknowledged: BTreeMap<String, String> = writers
         .into_iter()
@@ -297,9 +311,11 @@ fn a_learner_joins_under_load_is_promoted_and_a_member_is_removed() {
     let mut cluster = Cluster::start("members", 3, &[]);
     let leader = cluster.wait_for_leader(SETTLE);
     let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
     let writer = {
         let addr = cluster.node(leader).client;
         let stop = Arc::clone(&stop);
+        let acked = Arc::clone(&acked);
         std::thread::spawn(move || {
             let mut client = connect(addr);
             let mut acknowledged = Vec::new();
@@ -310,6 +326,7 @@ fn a_learner_joins_under_load_is_promoted_and_a_member_is_removed() {
                     .is_ok()
                 {
                     acknowledged.push(format!("m{i}"));
+                    acked.fetch_add(1, Ordering::Relaxed);
                 }
                 i += 1;
             }
@@ -333,7 +350,13 @@ fn a_learner_joins_under_load_is_promoted_and_a_member_is_removed() {
     let (ok, text) = cluster.ctl(leader, &["remove", &removed.to_string()]);
     assert!(ok, "remove: {text}");
     cluster.kill(removed);
-    std::thread::sleep(Duration::from_millis(500));
+    // Writes go on after the removal: wait for some, not for a time.
+    let before = acked.load(Ordering::Relaxed);
+    wait_until(
+        LOAD_BOUND,
+        "5 writes acknowledged after the removal, 21 in all",
+        || acked.load(Ordering::Relaxed) >= (before + 5).max(21),
+    );
     stop.store(true, Ordering::Relaxed);
     let acknowledged = writer.join().unwrap();
     assert!(
@@ -390,12 +413,14 @@ fn lease_reads_see_every_acknowledged_write_across_a_failover() {
     let mut cluster = Cluster::start("lease", 3, &["--read-lease"]);
     let leader = cluster.wait_for_leader(SETTLE);
     let stop = Arc::new(AtomicBool::new(false));
+    let checked_total = Arc::new(AtomicU64::new(0));
     let checkers: Vec<_> = (1..=3u64)
         .map(|id| {
             // Write through one node, read back through the next one.
             let write_addr = cluster.node(id).client;
             let read_addr = cluster.node(id % 3 + 1).client;
             let stop = Arc::clone(&stop);
+            let checked_total = Arc::clone(&checked_total);
             std::thread::spawn(move || {
                 let reconnect = |addr: std::net::SocketAddr| {
                     redis::Client::open(format!("redis://{addr}/"))
@@ -419,6 +444,7 @@ fn lease_reads_see_every_acknowledged_write_across_a_failover() {
                             // must see exactly the acknowledged value.
                             assert_eq!(value, Some(i.to_string()), "stale read of {key}");
                             checked += 1;
+                            checked_total.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(_) => {
                             std::thread::sleep(Duration::from_millis(50));
@@ -430,16 +456,24 @@ fn lease_reads_see_every_acknowledged_write_across_a_failover() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
     let leader_admin = cluster.node(leader).admin;
-    assert!(
-        metric(leader_admin, "drkv_lease_reads_total") > 0,
-        "the leader answered no read on its lease"
-    );
+    wait_until(LOAD_BOUND, "the leader answers reads on its lease", || {
+        metric(leader_admin, "drkv_lease_reads_total") > 0
+    });
     cluster.kill(leader);
     let new_leader = cluster.wait_for_leader(SETTLE);
     assert_ne!(new_leader, leader);
-    std::thread::sleep(Duration::from_millis(2000));
+    let new_admin = cluster.node(new_leader).admin;
+    wait_until(
+        LOAD_BOUND,
+        "the new leader answers reads on its lease",
+        || metric(new_admin, "drkv_lease_reads_total") > 0,
+    );
+    // And checkers through live nodes keep checking after the failover.
+    let checked_before = checked_total.load(Ordering::Relaxed);
+    wait_until(LOAD_BOUND, "30 reads checked after the failover", || {
+        checked_total.load(Ordering::Relaxed) >= checked_before + 30
+    });
     stop.store(true, Ordering::Relaxed);
     let checked: Vec<u64> = checkers.into_iter().map(|c| c.join().unwrap()).collect();
     // The two checkers that touch only live nodes kept checking.

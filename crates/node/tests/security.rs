@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Access, Cluster, DRKV, connect_as};
+use support::{Access, Cluster, DRKV, connect_as, wait_until};
 
 /// A password hash from `drkv passwd` (few rounds: tests authenticate
 /// often).
@@ -305,18 +305,6 @@ fn tls_args(dir: &std::path::Path, id: u64) -> Vec<String> {
     ]
 }
 
-/// Waits up to `bound` for `condition`.
-fn eventually(bound: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + bound;
-    while !condition() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn tls_clients_work_and_peers_of_another_ca_never_join() {
     let files = support::TestDir::new("tls-files");
@@ -387,7 +375,7 @@ fn tls_clients_work_and_peers_of_another_ca_never_join() {
         &foreign_args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     let leader_admin = cluster.node(leader).admin;
-    eventually(Duration::from_secs(20), "a refused peer handshake", || {
+    wait_until(Duration::from_secs(20), "a refused peer handshake", || {
         admin_metric(
             leader_admin,
             &good,

@@ -374,6 +374,18 @@ impl Drop for Cluster {
     }
 }
 
+/// Waits until `condition` holds, checking every 20 ms; panics naming
+/// `what` if it does not within `bound`. Tests wait for what they need
+/// rather than sleeping a fixed time and counting: a slow machine then
+/// takes longer instead of failing.
+pub fn wait_until(bound: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within {bound:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn connect(addr: SocketAddr) -> redis::Connection {
     connect_as(addr, &Access::default())
 }
