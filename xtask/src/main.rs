@@ -4,7 +4,7 @@
 //! checks and tools of the workspace, so a developer runs locally exactly
 //! what CI runs:
 //!
-//! - `cargo xtask ci`: prerequisites, formatting, clippy, tests, docs and
+//! - `cargo xtask ci`: prerequisites, formatting, clippy, tests, examples, docs, packaging and
 //!   the tidy check, one line per step with its duration; stops at the
 //!   first failure with a non-zero exit.
 //! - `cargo xtask bench [NAME [FILTER]]`: the criterion benches (all, or
@@ -34,7 +34,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci             everything CI checks: prerequisites, fmt, clippy, tests, docs, tidy
+  ci             everything CI checks: prerequisites, fmt, clippy, tests, examples, docs,
+                 tidy, packaging
   bench [NAME [FILTER]]
                  criterion benches (all, or one bench target such as `simd`, optionally
                  only the benchmarks matching the regex FILTER) and a summary table
