@@ -436,11 +436,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
         if !self.config.read_lease || self.raft.lease_read_index().is_none() {
             return;
         }
-        let remaining = self
-            .lease
-            .valid_until()
-            .map_or(Duration::ZERO, |until| until.saturating_sub(now));
-        let low = remaining < self.lease.duration() / 2;
+        let low = self.lease_remaining() < self.lease.duration() / 2;
         if low && !self.lease.round_in_flight() {
             // A context no read holds: the read state it yields is dropped.
             let context = self.next_read_context;

@@ -28,12 +28,12 @@ use dr_transport::TcpTransport;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::command::{ReadOp, ReplyShape, write_reply};
-use crate::kv::{Outcome, WriteOp};
+use crate::kv::WriteOp;
 use crate::lease::LeaseGate;
 use crate::machine::{KvMachine, KvStore, KvWrite};
 use crate::metrics::Metrics;
 use crate::resp::Reply;
-use crate::status::{Progress, StatusBoard};
+use crate::status::StatusBoard;
 
 /// The client's error reply for an engine error: `-TRYAGAIN` when it
 /// certainly did not happen, `-UNCERTAIN` when it may have.
@@ -42,11 +42,16 @@ pub fn error_reply(error: &EngineError) -> Reply {
         EngineError::NotLeader { .. } | EngineError::TryAgain(_) => {
             Reply::Error(format!("TRYAGAIN {error}"))
         }
-        EngineError::Uncertain(_) => Reply::Error(format!(
-            "UNCERTAIN {error}; the write may or may not have been applied"
-        )),
+        EngineError::Uncertain(_) => uncertain_reply(error),
         EngineError::Refused(_) => Reply::err(error.to_string()),
     }
+}
+
+/// `-UNCERTAIN why`: the write may or may not have been applied.
+pub fn uncertain_reply(why: &dyn std::fmt::Display) -> Reply {
+    Reply::Error(format!(
+        "UNCERTAIN {why}; the write may or may not have been applied"
+    ))
 }
 
 /// What a request gets back.
@@ -110,33 +115,28 @@ pub type NodeMachine = KvMachine<RocksStorage>;
 /// client's reply.
 #[derive(Debug)]
 pub struct ReplyTo {
-    shape: Option<ReplyShape>,
+    /// How a write's outcome is answered (only a write's answer carries
+    /// one).
+    shape: ReplyShape,
     answer: Answer,
 }
 
 impl ReplyTo {
-    /// Answers `answer`; a write's outcome shaped by `shape`.
-    pub fn new(shape: Option<ReplyShape>, answer: Answer) -> Self {
+    /// Answers a write on `answer`, its outcome shaped by `shape`.
+    pub fn write(shape: ReplyShape, answer: Answer) -> Self {
         Self { shape, answer }
     }
-}
 
-/// A write's outcome when the command says nothing of its shape.
-fn outcome_reply(outcome: Outcome) -> Reply {
-    match outcome {
-        Outcome::Error(text) => Reply::Error(text),
-        Outcome::Integer(value) => Reply::Integer(value),
-        Outcome::Set { .. } | Outcome::Done => Reply::OK,
+    /// Answers any other request on `answer`.
+    pub fn new(answer: Answer) -> Self {
+        Self::write(ReplyShape::Ok, answer)
     }
 }
 
 impl<S: KvStore> Responder<KvMachine<S>> for ReplyTo {
     fn respond(self, result: Result<Response<KvMachine<S>>, EngineError>) {
         let reply = result.map(|response| match response {
-            Response::Written(outcome) => match self.shape {
-                Some(shape) => write_reply(shape, outcome),
-                None => outcome_reply(outcome),
-            },
+            Response::Written(outcome) => write_reply(self.shape, outcome),
             Response::Read(reply) => reply,
             Response::Done => Reply::OK,
             Response::Snapshot(index) => Reply::Integer(index as i64),
@@ -152,22 +152,22 @@ impl Request {
         match self {
             Self::Write { op, shape, answer } => R::Write {
                 command: KvWrite { op, shape },
-                answer: ReplyTo::new(Some(shape), answer),
+                answer: ReplyTo::write(shape, answer),
             },
             Self::ConfChange { op, answer } => R::ConfChange {
                 op,
-                answer: ReplyTo::new(None, answer),
+                answer: ReplyTo::new(answer),
             },
             Self::TransferLeader { target, answer } => R::TransferLeader {
                 target,
-                answer: ReplyTo::new(None, answer),
+                answer: ReplyTo::new(answer),
             },
             Self::Read { op, answer } => R::Read {
                 query: op,
-                answer: ReplyTo::new(None, answer),
+                answer: ReplyTo::new(answer),
             },
             Self::Snapshot { answer } => R::Snapshot {
-                answer: ReplyTo::new(None, answer),
+                answer: ReplyTo::new(answer),
             },
         }
     }
@@ -339,17 +339,8 @@ impl Publisher {
             self.rss_read_at = Instant::now();
             self.status.publish_rss(resident_bytes());
         }
-        let progress = engine.progress();
-        self.status.publish(Progress {
-            role: progress.role.into(),
-            term: progress.term,
-            leader: progress.leader,
-            commit_index: progress.commit_index,
-            applied_index: progress.applied_index,
-            last_index: progress.last_index,
-            snapshot_index: progress.snapshot_index,
-            keys: engine.machine().keys(),
-        });
+        self.status
+            .publish(&engine.progress(), engine.machine().keys());
         let conf = engine.raft().conf_state();
         if *conf != self.conf {
             self.conf.clone_from(conf);

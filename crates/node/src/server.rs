@@ -13,7 +13,7 @@ use crate::command::{Command, ReadOp};
 use crate::kv;
 use crate::metrics::bump;
 use crate::resp::{Limits, Reply};
-use crate::runtime::{EngineHandle, Request, error_reply};
+use crate::runtime::{EngineHandle, Request, error_reply, uncertain_reply};
 use dr_engine::{EngineError, Retry as EngineRetry, Uncertain};
 
 /// Bounds on clients.
@@ -284,7 +284,7 @@ fn changes_state(command: &Command) -> bool {
 
 fn timed_out(command: &Command) -> Reply {
     if changes_state(command) {
-        uncertain("timed out waiting for the commit")
+        uncertain_reply(&"timed out waiting for the commit")
     } else {
         Reply::Error("TRYAGAIN timed out (no leader, or no quorum)".into())
     }
@@ -296,10 +296,6 @@ fn stopping(command: &Command) -> Reply {
     } else {
         error_reply(&EngineError::TryAgain(EngineRetry::ShuttingDown))
     }
-}
-
-fn uncertain(why: &str) -> Reply {
-    error_reply(&EngineError::Uncertain(Uncertain::Remote(why.into())))
 }
 
 #[cfg(test)]

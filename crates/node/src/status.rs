@@ -115,27 +115,6 @@ pub struct Status {
     pub rss_bytes: u64,
 }
 
-/// What moves every turn.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// The node's part.
-    pub role: NodeRole,
-    /// The current term.
-    pub term: Term,
-    /// The known leader.
-    pub leader: Option<NodeId>,
-    /// Highest committed index.
-    pub commit_index: LogIndex,
-    /// Highest applied index.
-    pub applied_index: LogIndex,
-    /// Last index in the log.
-    pub last_index: LogIndex,
-    /// Newest snapshot's index.
-    pub snapshot_index: LogIndex,
-    /// Client keys.
-    pub keys: u64,
-}
-
 #[derive(Debug, Default)]
 struct Lists {
     conf: ConfState,
@@ -218,16 +197,18 @@ impl StatusBoard {
         }
     }
 
-    /// The engine's numbers after a turn (no lock).
-    pub fn publish(&self, progress: Progress) {
-        self.role.store(progress.role.code(), Relaxed);
+    /// The engine's numbers after a turn, and the client key count (no
+    /// lock).
+    pub fn publish(&self, progress: &dr_engine::Progress, keys: u64) {
+        self.role
+            .store(NodeRole::from(progress.role).code(), Relaxed);
         self.term.store(progress.term, Relaxed);
         self.leader.store(progress.leader.unwrap_or(0), Relaxed);
         self.commit_index.store(progress.commit_index, Relaxed);
         self.applied_index.store(progress.applied_index, Relaxed);
         self.last_index.store(progress.last_index, Relaxed);
         self.snapshot_index.store(progress.snapshot_index, Relaxed);
-        self.keys.store(progress.keys, Relaxed);
+        self.keys.store(keys, Relaxed);
     }
 
     /// The process's resident memory.
@@ -248,23 +229,23 @@ impl StatusBoard {
 
 #[cfg(test)]
 mod tests {
-    use super::{NodeRole, Progress, StatusBoard};
+    use super::{NodeRole, StatusBoard};
 
     #[test]
     fn published_numbers_and_lists_come_back() {
         let board = StatusBoard::new(2, 7);
         assert_eq!(board.role(), NodeRole::Follower);
         assert_eq!(board.leader(), None);
-        board.publish(Progress {
-            role: NodeRole::Leader,
+        let progress = dr_engine::Progress {
+            role: dr_raft::Role::Leader,
             term: 4,
             leader: Some(2),
             commit_index: 10,
             applied_index: 9,
             last_index: 11,
             snapshot_index: 5,
-            keys: 3,
-        });
+        };
+        board.publish(&progress, 3);
         let members = [(
             2,
             crate::kv::MemberAddrs {

@@ -256,6 +256,8 @@ pub struct SimCluster {
     /// When the membership schedule acts next.
     membership_at_us: u64,
     leaders_by_term: BTreeMap<Term, NodeId>,
+    /// `DR_SIM_TRACE` is set: events are printed as they happen.
+    tracing: bool,
     committed: BTreeMap<LogIndex, CommittedEntry>,
     steps: u64,
 }
@@ -345,6 +347,7 @@ impl SimCluster {
             membership: Membership::Stable,
             membership_at_us: 300_000,
             leaders_by_term: BTreeMap::new(),
+            tracing: std::env::var_os("DR_SIM_TRACE").is_some(),
             committed: BTreeMap::new(),
             steps: 0,
         }
@@ -679,7 +682,7 @@ impl SimCluster {
     }
 
     fn trace(&self, what: std::fmt::Arguments<'_>) {
-        if std::env::var_os("DR_SIM_TRACE").is_some() {
+        if self.tracing {
             eprintln!("{:>9} {what}", self.now_us);
         }
     }
@@ -766,9 +769,7 @@ impl SimCluster {
             };
             let raft = engine.raft();
             if raft.role() == Role::Leader {
-                if !self.leaders_by_term.contains_key(&raft.term())
-                    && std::env::var_os("DR_SIM_TRACE").is_some()
-                {
+                if !self.leaders_by_term.contains_key(&raft.term()) && self.tracing {
                     eprintln!(
                         "{:>9} node {} leads term {} (last index {}, commit {}, conf {:?})",
                         self.now_us,

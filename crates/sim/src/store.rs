@@ -139,6 +139,15 @@ impl MemKvStore {
         self.disk.save(&self.state);
     }
 
+    /// Switches the log to the staged snapshot `meta` and the data to its
+    /// image (unsynced: the caller syncs).
+    fn install(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        self.state.log.apply_snapshot(meta)?;
+        self.state.data = decode_data(self.state.log.snapshot().data.clone())?;
+        self.state.applied = meta.index;
+        Ok(())
+    }
+
     fn hard_state(&self) -> HardState {
         self.state
             .log
@@ -230,9 +239,7 @@ impl LogStore for MemKvStore {
     }
 
     fn apply_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
-        self.state.log.apply_snapshot(meta)?;
-        self.state.data = decode_data(self.state.log.snapshot().data.clone())?;
-        self.state.applied = meta.index;
+        self.install(meta)?;
         self.sync();
         Ok(())
     }
@@ -246,9 +253,7 @@ impl LogStore for MemKvStore {
             log.stage_snapshot_chunk(&chunk.meta, chunk.offset, &chunk.data)?;
         }
         if let Some(meta) = &ready.snapshot {
-            log.apply_snapshot(meta)?;
-            self.state.data = decode_data(log.snapshot().data.clone())?;
-            self.state.applied = meta.index;
+            self.install(meta)?;
         }
         let log = &mut self.state.log;
         log.append(&ready.entries)?;
