@@ -28,6 +28,10 @@ pub(crate) fn run() -> Result<(), String> {
     })?;
     timed("test", run_tests)?;
     timed("examples", run_examples)?;
+    timed("robustness", || {
+        let args = ["--runs", "2", "--secs", "20"].map(String::from);
+        crate::robustness::run(crate::robustness::Build::Dev, &args)
+    })?;
     timed("doc", || {
         let mut command = cargo();
         command

@@ -4,7 +4,8 @@
 //! checks and tools of the workspace, so a developer runs locally exactly
 //! what CI runs:
 //!
-//! - `cargo xtask ci`: prerequisites, formatting, clippy, tests, examples, docs, packaging and
+//! - `cargo xtask ci`: prerequisites, formatting, clippy, tests, examples, a short robustness
+//!   pass, docs, packaging and
 //!   the tidy check, one line per step with its duration; stops at the
 //!   first failure with a non-zero exit.
 //! - `cargo xtask bench [NAME [FILTER]]`: the criterion benches (all, or
@@ -16,6 +17,8 @@
 //! - `cargo xtask sim --seed N` / `--seeds N [--start-seed S]`: the
 //!   deterministic cluster simulation (dr-sim), built with optimizations;
 //!   exits non-zero if any seed fails, printing each failing seed.
+//! - `cargo xtask robustness [ARGS]`: real `drkv` processes under faults
+//!   (see `robustness.rs` and the `dr-robustness` crate).
 //!
 //! Invariant: xtask never changes the source tree; its only writes are
 //! cargo's own (`target/`) and, when run as root without libclang, the
@@ -27,6 +30,7 @@ mod bench;
 mod ci;
 mod cluster;
 mod process;
+mod robustness;
 
 use std::process::ExitCode;
 
@@ -34,8 +38,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci             everything CI checks: prerequisites, fmt, clippy, tests, examples, docs,
-                 tidy, packaging
+  ci             everything CI checks: prerequisites, fmt, clippy, tests, examples, a short
+                 robustness pass, docs, tidy, packaging
   bench [NAME [FILTER]]
                  criterion benches (all, or one bench target such as `simd`, optionally
                  only the benchmarks matching the regex FILTER) and a summary table
@@ -44,6 +48,10 @@ commands:
   dev [ARGS]     a local 3-node cluster under ./drkv-data (drkv dev ARGS), until Ctrl-C
   sim --seed N | --seeds N [--start-seed S]
                  deterministic cluster simulation: one seed, or N seeds from S (default 0)
+  robustness [--runs N] [--seed S] [--nodes 3|5] [--secs T] [--read-mode index|lease|follower]
+             [--faults kill,pause,partition,loss,slow,transfer,membership] [--loopback]
+                 release drkv processes under faults; the clients' history checked for
+                 linearizability, the nodes for convergence (network faults need root)
 ";
 
 /// Runs dr-sim optimized; its own argument parser checks the flags.
@@ -65,6 +73,7 @@ fn main() -> ExitCode {
             args.get(2).map(String::as_str),
         ),
         Some("sim") => run_sim(&args[1..]),
+        Some("robustness") => robustness::run(robustness::Build::Release, &args[1..]),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())

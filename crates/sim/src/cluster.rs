@@ -25,7 +25,6 @@
 //! leaders, crashes and membership steps as they happen.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,8 +42,7 @@ use dr_node::status::StatusBoard;
 use dr_raft::{ConfChangeOp, LogStore, RaftNode, Role, Snapshot, Storage};
 use tokio::sync::oneshot;
 
-use crate::kv_model::{Condition, KeyCommand, KeyOp, StringKey};
-use crate::linearizability::{Timed, check_history};
+use crate::history::{Done, Values, check_linearizable, random_command};
 use crate::rng::Rng;
 use crate::store::{CrashPoint, Crashed, Disk, MemKvStore};
 
@@ -217,17 +215,6 @@ struct Pending {
     is_write: bool,
 }
 
-/// One command of the history.
-#[derive(Clone, Debug)]
-struct Done {
-    args: Vec<Bytes>,
-    node: NodeId,
-    client: usize,
-    call_us: u64,
-    /// `None`: outcome unknown.
-    ret: Option<(u64, Reply)>,
-}
-
 struct Network {
     in_flight: BTreeMap<(u64, u64), Message>,
     next_seq: u64,
@@ -251,7 +238,7 @@ pub struct SimCluster {
     history: Vec<Done>,
     report: Report,
     config: EngineConfig,
-    next_value: u64,
+    values: Values,
     membership: Membership,
     /// When the membership schedule acts next.
     membership_at_us: u64,
@@ -260,21 +247,6 @@ pub struct SimCluster {
     tracing: bool,
     committed: BTreeMap<LogIndex, CommittedEntry>,
     steps: u64,
-}
-
-fn text(bytes: &Bytes) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(reply: &Reply) -> String {
-    match reply {
-        Reply::Bulk(bytes) => format!("{:?}", text(bytes)),
-        Reply::Array(items) => format!(
-            "[{}]",
-            items.iter().map(describe).collect::<Vec<_>>().join(", ")
-        ),
-        other => format!("{other:?}"),
-    }
 }
 
 impl SimCluster {
@@ -343,7 +315,7 @@ impl SimCluster {
             history: Vec::new(),
             report: Report::default(),
             config,
-            next_value: 0,
+            values: Values::default(),
             membership: Membership::Stable,
             membership_at_us: 300_000,
             leaders_by_term: BTreeMap::new(),
@@ -396,20 +368,8 @@ impl SimCluster {
             .iter()
             .map(|n| n.metrics.lease_reads.load(Relaxed))
             .sum();
-        self.report.history = self.history.iter().map(|d| self.line(d)).collect();
+        self.report.history = self.history.iter().map(Done::line).collect();
         Ok(self.report)
-    }
-
-    fn line(&self, done: &Done) -> String {
-        let args = done.args.iter().map(text).collect::<Vec<_>>().join(" ");
-        let outcome = match &done.ret {
-            Some((ret, reply)) => format!("{ret:>9} {}", describe(reply)),
-            None => format!("{:>9} unknown", "-"),
-        };
-        format!(
-            "{:>9} {outcome} client {} node {}: {args}",
-            done.call_us, done.client, done.node
-        )
     }
 
     /// One step of virtual time.
@@ -896,41 +856,6 @@ impl SimCluster {
         }
     }
 
-    fn value(&mut self) -> String {
-        self.next_value += 1;
-        format!("v{}", self.next_value)
-    }
-
-    /// A random command on the keys, as a client would send it.
-    fn random_command(&mut self) -> Vec<String> {
-        let key = self.rng.pick(KEYS).to_string();
-        let other = self.rng.pick(KEYS).to_string();
-        match self.rng.range(0, 16) {
-            0..=2 => vec!["GET".into(), key],
-            3 => vec!["MGET".into(), key, other],
-            4 | 5 => vec!["SET".into(), key, self.value()],
-            6 => vec!["SET".into(), key, self.value(), "NX".into()],
-            7 => vec!["SET".into(), key, self.value(), "XX".into()],
-            8 => vec!["SET".into(), key, self.value(), "GET".into()],
-            9 => vec!["SETNX".into(), key, self.value()],
-            10 => vec!["DEL".into(), key],
-            11 | 12 => vec!["INCR".into(), key],
-            13 => vec!["APPEND".into(), key, self.value()],
-            14 => {
-                let expected = if self.rng.chance(300_000) {
-                    String::new()
-                } else {
-                    format!("v{}", self.next_value.saturating_sub(self.rng.range(0, 4)))
-                };
-                vec!["CAS".into(), key, expected, self.value()]
-            }
-            _ => {
-                let (a, b) = (self.value(), self.value());
-                vec!["MSET".into(), key, a, other, b]
-            }
-        }
-    }
-
     fn poll_clients(&mut self, start_new: bool) {
         for client in 0..self.clients.len() {
             if let Some(pending) = self.clients[client].take() {
@@ -938,7 +863,7 @@ impl SimCluster {
             }
             let ready = self.client_backoff_us[client] <= self.now_us;
             if self.clients[client].is_none() && ready && start_new && self.rng.chance(500_000) {
-                let args: Vec<Bytes> = self.random_command().into_iter().map(Bytes::from).collect();
+                let args = random_command(&mut self.rng, KEYS, &mut self.values);
                 let node = self.rng.pick(&[1, 2, 3]);
                 self.clients[client] = self.send(args, node);
             }
@@ -1081,116 +1006,7 @@ impl SimCluster {
     }
 
     fn check_linearizable(&self) -> Result<(), String> {
-        let mut per_key: BTreeMap<String, Vec<(usize, Timed<KeyOp>)>> = BTreeMap::new();
-        for (index, done) in self.history.iter().enumerate() {
-            for (key, op) in split(done) {
-                per_key.entry(key).or_default().push((index, op));
-            }
-        }
-        for (key, ops) in per_key {
-            let timed: Vec<Timed<KeyOp>> = ops.iter().map(|(_, op)| op.clone()).collect();
-            if !check_history::<StringKey>(&timed) {
-                let mut lines = String::new();
-                for (index, _) in &ops {
-                    let _ = writeln!(lines, "    {}", self.line(&self.history[*index]));
-                }
-                return Err(format!(
-                    "the history of key {key:?} is not linearizable:\n{lines}"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// One command of the history as operations on single keys.
-fn split(done: &Done) -> Vec<(String, Timed<KeyOp>)> {
-    let args: Vec<String> = done.args.iter().map(text).collect();
-    let (ret, reply) = match &done.ret {
-        Some((ret, reply)) => (Some(*ret), Some(reply.clone())),
-        None => (None, None),
-    };
-    let timed = |command: KeyCommand, reply: Option<Reply>| Timed {
-        op: KeyOp { command, reply },
-        call: done.call_us,
-        ret,
-    };
-    let bytes = |s: &String| Bytes::from(s.clone());
-    let set = |value: &String, condition, get, written_reply| KeyCommand::Set {
-        value: bytes(value),
-        condition,
-        get,
-        written_reply,
-    };
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["GET", key] => vec![(key.to_string(), timed(KeyCommand::Get, reply))],
-        ["SET", key, _] => vec![(
-            key.to_string(),
-            timed(set(&args[2], Condition::Always, false, false), reply),
-        )],
-        ["SET", key, _, flag] => {
-            let (condition, get) = match *flag {
-                "NX" => (Condition::IfAbsent, false),
-                "XX" => (Condition::IfPresent, false),
-                _ => (Condition::Always, true),
-            };
-            vec![(
-                key.to_string(),
-                timed(set(&args[2], condition, get, false), reply),
-            )]
-        }
-        ["SETNX", key, _] => vec![(
-            key.to_string(),
-            timed(set(&args[2], Condition::IfAbsent, false, true), reply),
-        )],
-        ["DEL", key] => vec![(key.to_string(), timed(KeyCommand::Del, reply))],
-        ["INCR", key] => vec![(key.to_string(), timed(KeyCommand::IncrBy(1), reply))],
-        ["APPEND", key, _] => vec![(
-            key.to_string(),
-            timed(KeyCommand::Append(bytes(&args[2])), reply),
-        )],
-        ["CAS", key, _, _] => vec![(
-            key.to_string(),
-            timed(
-                KeyCommand::Cas {
-                    expected: bytes(&args[2]),
-                    new: bytes(&args[3]),
-                },
-                reply,
-            ),
-        )],
-        ["MSET", rest @ ..] => {
-            // Two pairs may name one key: the later value wins, as one
-            // write of the key.
-            let mut last: BTreeMap<&str, usize> = BTreeMap::new();
-            for (i, key) in rest.iter().enumerate().step_by(2) {
-                last.insert(key, i + 2);
-            }
-            last.into_iter()
-                .map(|(key, value)| {
-                    let command = set(&args[value], Condition::Always, false, false);
-                    (key.to_string(), timed(command, reply.clone()))
-                })
-                .collect()
-        }
-        ["MGET", keys @ ..] => {
-            let replies: Vec<Option<Reply>> = match &reply {
-                Some(Reply::Array(items)) if items.len() == keys.len() => {
-                    items.iter().cloned().map(Some).collect()
-                }
-                _ => vec![None; keys.len()],
-            };
-            keys.iter()
-                .zip(replies)
-                .map(|(key, reply)| (key.to_string(), timed(KeyCommand::Get, reply)))
-                .collect()
-        }
-        other => panic!("the simulator does not model {other:?}"),
+        check_linearizable(&self.history)
     }
 }
 

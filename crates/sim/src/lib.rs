@@ -27,7 +27,8 @@
 //! no old leader holding its lease while a newer leader exists. Every 64
 //! steps: log matching and leader completeness. At the end: every key read
 //! through every node, the members converged, and every key's client
-//! history linearizable ([`linearizability`], [`kv_model`]). Production
+//! history linearizable ([`linearizability`], [`kv_model`], [`history`],
+//! which the robustness suite on real processes shares). Production
 //! assertions of the engine and the consensus core fire as panics, which
 //! the runner reports with the seed.
 //!
@@ -50,6 +51,7 @@
 #![deny(missing_docs)]
 
 pub mod cluster;
+pub mod history;
 pub mod kv_model;
 pub mod linearizability;
 pub mod rng;
