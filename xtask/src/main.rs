@@ -49,7 +49,7 @@ commands:
   sim --seed N | --seeds N [--start-seed S]
                  deterministic cluster simulation: one seed, or N seeds from S (default 0)
   robustness [--runs N] [--seed S] [--nodes 3|5] [--secs T] [--read-mode index|lease|follower]
-             [--faults kill,pause,partition,loss,slow,transfer,membership] [--loopback]
+             [--faults kill,pause,partition,loss,slow,transfer,membership,clock,disk] [--loopback]
                  release drkv processes under faults; the clients' history checked for
                  linearizability, the nodes for convergence (network faults need root)
 ";

@@ -1,5 +1,6 @@
 //! `cargo xtask robustness [ARGS]`: the robustness suite (`dr-robustness`)
-//! against `drkv` built optimized (RocksDB at -O3, as the benchmarks are),
+//! against `drkv` built optimized (RocksDB at -O3, as the benchmarks are)
+//! with its test-only `failpoints` feature (disk and clock faults),
 //! with the suite's own flags passed through (`--runs`, `--seed`,
 //! `--nodes`, `--secs`, `--read-mode`, `--faults`, `--loopback`).
 //!
@@ -29,6 +30,8 @@ pub(crate) fn run(build: Build, args: &[String]) -> Result<(), String> {
         "dr-node",
         "--bin",
         "drkv",
+        "--features",
+        "dr-node/failpoints",
         "--package",
         "dr-robustness",
         "--bin",

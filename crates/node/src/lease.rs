@@ -11,7 +11,9 @@
 //! the engine closes it before leadership can be handed over.
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::time::Instant;
+use std::time::Duration;
+
+use crate::clock::NodeClock;
 
 /// The lease as the engine publishes it for client connections, which
 /// then answer single-key reads from the store themselves, without a trip
@@ -24,10 +26,11 @@ use std::time::Instant;
 /// have been installed under it (only a follower installs one, from a
 /// leader that cannot exist yet). The engine closes the gate before any
 /// `TimeoutNow` leaves.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct LeaseGate {
-    base: Instant,
-    /// Nanoseconds after `base` until which the lease holds; 0: closed.
+    /// The node's clock, the one the engine dates the lease by.
+    clock: NodeClock,
+    /// Clock nanoseconds until which the lease holds; 0: closed.
     valid_until: AtomicU64,
     /// The lease read index: the store must have applied it.
     read_index: AtomicU64,
@@ -35,37 +38,28 @@ pub struct LeaseGate {
     applied: AtomicU64,
 }
 
-impl Default for LeaseGate {
-    fn default() -> Self {
-        Self::new(Instant::now())
-    }
+fn nanos(at: Duration) -> u64 {
+    u64::try_from(at.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl LeaseGate {
-    /// A closed gate whose instants count from `base` (the engine clock's
-    /// origin).
-    pub fn new(base: Instant) -> Self {
+    /// A closed gate on the node's clock.
+    pub fn new(clock: NodeClock) -> Self {
         Self {
-            base,
+            clock,
             valid_until: AtomicU64::new(0),
             read_index: AtomicU64::new(u64::MAX),
             applied: AtomicU64::new(0),
         }
     }
-}
 
-impl LeaseGate {
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Publishes the lease: until when, at which read index; `None`
-    /// closes the gate.
-    pub fn publish(&self, lease: Option<(Instant, u64)>) {
+    /// Publishes the lease: until when (on the node's clock), at which
+    /// read index; `None` closes the gate.
+    pub fn publish(&self, lease: Option<(Duration, u64)>) {
         match lease {
             Some((until, index)) => {
                 self.read_index.store(index, SeqCst);
-                self.valid_until.store(self.nanos(until).max(1), SeqCst);
+                self.valid_until.store(nanos(until).max(1), SeqCst);
             }
             None => self.valid_until.store(0, SeqCst),
         }
@@ -84,21 +78,19 @@ impl LeaseGate {
 
     /// Whether the lease still holds now.
     pub fn still_valid(&self) -> bool {
-        self.nanos(Instant::now()) < self.valid_until.load(SeqCst)
+        nanos(self.clock.now()) < self.valid_until.load(SeqCst)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
     fn the_gate_opens_only_while_the_lease_holds_and_the_index_is_applied() {
         let gate = LeaseGate::default();
         assert!(!gate.open(), "closed until published");
-        let until = Instant::now() + Duration::from_secs(60);
+        let until = NodeClock.now() + Duration::from_secs(60);
         gate.publish(Some((until, 7)));
         gate.publish_applied(6);
         assert!(!gate.open(), "read index not applied yet");
@@ -107,7 +99,8 @@ mod tests {
         assert!(gate.open());
         gate.publish(None);
         assert!(!gate.open() && !gate.still_valid());
-        gate.publish(Some((Instant::now() - Duration::from_millis(1), 7)));
+        std::thread::sleep(Duration::from_millis(1));
+        gate.publish(Some((Duration::from_nanos(1), 7)));
         assert!(!gate.open(), "a lease in the past");
     }
 }

@@ -56,6 +56,10 @@
 //! - With a password configured, a client that has not authenticated
 //!   gets `-NOAUTH` for everything but `AUTH`, `HELLO` and `QUIT`; no
 //!   password or hash is ever logged or shown ([`auth`]).
+//! - One clock ([`clock`]) for the engine's ticks and leases and the
+//!   connections' lease gate. The test-only `failpoints` feature (for the
+//!   robustness suite) adds `PUT /failpoints` to the admin API: a clock
+//!   rate and dr-storage's disk faults; a build without it has neither.
 //!
 //! ## What it does not do
 //!
@@ -85,6 +89,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod clock;
 pub mod command;
 pub mod config;
 pub mod connection;

@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 use dr_codec::message::{ConfState, LogIndex, Message, NodeId};
 use dr_engine::{
     Engine, EngineConfig, EngineError, Event, Inbox, Observer, Parts, Responder, Response,
-    SystemClock,
 };
 use dr_raft::{ConfChangeOp, RaftNode};
 use dr_storage::{BackupInfo, RocksStorage, StoreReader};
 use dr_transport::TcpTransport;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::clock::{NodeClock, Ticks};
 use crate::command::{ReadOp, ReplyShape, write_reply};
 use crate::kv::WriteOp;
 use crate::lease::LeaseGate;
@@ -212,14 +212,14 @@ pub fn start(
 ) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
     let (requests_tx, requests) = mpsc::channel(64 << 10);
     let (backups_tx, backups) = mpsc::channel(16);
-    let clock = SystemClock::default();
+    let clock = NodeClock;
     let status = Arc::new(StatusBoard::new(raft.id(), config.cluster_id));
     let handle = EngineHandle {
         requests: requests_tx,
         backups: backups_tx,
         status: Arc::clone(&status),
         metrics: Arc::default(),
-        lease: Arc::new(LeaseGate::new(clock.origin())),
+        lease: Arc::new(LeaseGate::new(clock)),
         reader: raft.storage().reader(),
     };
     let machine = KvMachine::new(raft.storage(), Arc::clone(&status));
@@ -234,7 +234,6 @@ pub fn start(
         clock: Box::new(clock),
         observer: Box::new(GateObserver {
             gate: Arc::clone(&handle.lease),
-            origin: clock.origin(),
         }),
         metrics: Arc::clone(&handle.metrics.engine),
     };
@@ -273,14 +272,26 @@ async fn run(
     mut publisher: Publisher,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(tick);
+    // Ticks follow the node's clock; the interval only wakes the loop
+    // (twice a tick, so a clock running fast gets its extra ticks in time).
+    let mut ticks = Ticks::new(NodeClock, tick);
+    let mut ticker = tokio::time::interval(tick / 2);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     publisher.publish(&engine);
     loop {
         let event = tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            _ = ticker.tick() => Event::Tick,
+            _ = ticker.tick() => {
+                let due = ticks.due();
+                for _ in 0..due {
+                    engine.turn(Event::Tick, &mut channels);
+                }
+                if due > 0 {
+                    publisher.publish(&engine);
+                }
+                continue;
+            }
             message = channels.messages.recv() => match message {
                 Some(message) => Event::Message(message),
                 None => break,
@@ -410,13 +421,11 @@ impl dr_engine::Transport for PeerLinks {
 /// Publishes the lease and the applied index for connections.
 struct GateObserver {
     gate: Arc<LeaseGate>,
-    origin: Instant,
 }
 
 impl Observer for GateObserver {
     fn lease(&mut self, lease: Option<(Duration, LogIndex)>) {
-        self.gate
-            .publish(lease.map(|(until, index)| (self.origin + until, index)));
+        self.gate.publish(lease);
     }
 
     fn applied(&mut self, index: LogIndex) {

@@ -48,6 +48,8 @@ pub(crate) struct Cluster {
     extra: Vec<String>,
     /// The nodes, members or not.
     pub(crate) nodes: Vec<Node>,
+    /// Nodes allowed to exit on their own (a disk fault ends them).
+    may_exit: Vec<u64>,
 }
 
 fn signal(pid: u32, name: &str) {
@@ -83,6 +85,7 @@ impl Cluster {
                     paused: false,
                 })
                 .collect(),
+            may_exit: Vec::new(),
         };
         let peers = cluster.peers_flag(ids);
         for &id in ids {
@@ -199,6 +202,21 @@ impl Cluster {
             signal(pid, "CONT");
         }
         node.paused = false;
+    }
+
+    /// Node `id` may exit on its own until [`Self::expected_exit_done`].
+    pub(crate) fn expect_exit(&mut self, id: u64) {
+        self.may_exit.push(id);
+    }
+
+    /// Node `id` exiting on its own is a failure again.
+    pub(crate) fn expected_exit_done(&mut self, id: u64) {
+        self.may_exit.retain(|&other| other != id);
+    }
+
+    /// Whether node `id` may exit on its own now.
+    pub(crate) fn may_exit(&self, id: u64) -> bool {
+        self.may_exit.contains(&id)
     }
 
     /// Whether a started node has exited on its own (and how).

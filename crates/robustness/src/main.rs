@@ -15,7 +15,11 @@
 //!    SIGSTOP past the election timeout; partitions (the leader isolated,
 //!    a follower isolated, the leader deaf one way, the leader in a
 //!    minority); packet loss; a slow leader link; leader transfers;
-//!    members (the leader too) removed, wiped and added back;
+//!    members (the leader too) removed, wiped and added back; and, with
+//!    drkv built with its `failpoints` feature, a node's clock running
+//!    slow or fast within the lease's bound and disk faults (a synced
+//!    write failing with EIO or ENOSPC, torn at a crash, or slow), after
+//!    which a node must stop rather than acknowledge, and recover;
 //! 4. heals, requires a write to be acknowledged again, then checks
 //!    ([`run`]): every key read through every node (all agree), every
 //!    node's applied index and key count equal, the whole history
@@ -30,8 +34,8 @@
 //! schedule replays exactly; real timing does not).
 //!
 //! Non-goals: no fixed network delay (this kernel has no `netem`), no
-//! clock or disk faults yet, no TLS or authentication between the suite
-//! and the nodes.
+//! clocks beyond the lease's bound (the simulator covers what breaks
+//! then), no TLS or authentication between the suite and the nodes.
 //!
 //! ## Example
 //!
@@ -87,12 +91,15 @@ struct Args {
     #[arg(long, default_value = "index", value_parser = parse_read_mode)]
     read_mode: ReadMode,
     /// Fault kinds, comma-separated [default: all]: kill, pause,
-    /// partition, loss, slow, transfer, membership.
+    /// partition, loss, slow, transfer, membership, clock, disk.
     #[arg(long, value_delimiter = ',', value_parser = FaultKind::parse)]
     faults: Vec<FaultKind>,
     /// Stay on loopback even when namespaces are available.
     #[arg(long)]
     loopback: bool,
+    /// Keep every run's directory, passed or not.
+    #[arg(long)]
+    keep: bool,
 }
 
 fn parse_read_mode(text: &str) -> Result<ReadMode, String> {
@@ -131,6 +138,7 @@ fn main() -> ExitCode {
         read_mode: args.read_mode,
         faults,
         namespaces,
+        keep: args.keep,
     };
     let first = args.seed.unwrap_or_else(|| {
         SystemTime::now()

@@ -31,11 +31,17 @@ pub(crate) enum FaultKind {
     /// Remove a voter (the leader half the time), wipe it, add it back
     /// as a learner, promote it.
     Membership,
+    /// One node's clock running slow (the leader) or fast (a follower),
+    /// within the lease's bound (needs drkv's `failpoints` feature).
+    Clock,
+    /// A synced write failing (EIO, ENOSPC), torn at a crash, or slow
+    /// (needs drkv's `failpoints` feature).
+    Disk,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub(crate) const ALL: [Self; 7] = [
+    pub(crate) const ALL: [Self; 9] = [
         Self::Kill,
         Self::Pause,
         Self::Partition,
@@ -43,6 +49,8 @@ impl FaultKind {
         Self::Slow,
         Self::Transfer,
         Self::Membership,
+        Self::Clock,
+        Self::Disk,
     ];
 
     /// The `--faults` name.
@@ -55,6 +63,8 @@ impl FaultKind {
             Self::Slow => "slow",
             Self::Transfer => "transfer",
             Self::Membership => "membership",
+            Self::Clock => "clock",
+            Self::Disk => "disk",
         }
     }
 
@@ -72,6 +82,11 @@ impl FaultKind {
     /// Whether it needs network namespaces.
     pub(crate) fn needs_network(self) -> bool {
         matches!(self, Self::Partition | Self::Loss | Self::Slow)
+    }
+
+    /// Whether it needs drkv built with the `failpoints` feature.
+    pub(crate) fn needs_failpoints(self) -> bool {
+        matches!(self, Self::Clock | Self::Disk)
     }
 }
 
@@ -105,6 +120,18 @@ pub(crate) enum Fault {
     TransferLeader,
     /// Remove a member (the leader if `true`), wipe it, add it back.
     Readd(bool),
+    /// The leader's clock at this many millionths of real time (slow).
+    SlowClockLeader(u64),
+    /// A follower's clock at this many millionths of real time (fast).
+    FastClockFollower(u64),
+    /// The leader's next synced write fails with EIO.
+    FailSyncLeader,
+    /// A follower's next synced write fails with ENOSPC.
+    NoSpaceFollower,
+    /// The leader's next synced write is torn, and the process ends.
+    TornWriteLeader,
+    /// Every synced write of the leader this many ms slower.
+    SlowDiskLeader(u64),
 }
 
 impl Fault {
@@ -120,6 +147,11 @@ impl Fault {
             Self::SlowLeader(_) => FaultKind::Slow,
             Self::TransferLeader => FaultKind::Transfer,
             Self::Readd(_) => FaultKind::Membership,
+            Self::SlowClockLeader(_) | Self::FastClockFollower(_) => FaultKind::Clock,
+            Self::FailSyncLeader
+            | Self::NoSpaceFollower
+            | Self::TornWriteLeader
+            | Self::SlowDiskLeader(_) => FaultKind::Disk,
         }
     }
 }
@@ -141,6 +173,16 @@ impl fmt::Display for Fault {
             Self::TransferLeader => write!(f, "transfer leadership"),
             Self::Readd(true) => write!(f, "remove the leader, wipe it, add it back"),
             Self::Readd(false) => write!(f, "remove a follower, wipe it, add it back"),
+            Self::SlowClockLeader(ppm) => {
+                write!(f, "the leader's clock at {:.2}x", *ppm as f64 / 1e6)
+            }
+            Self::FastClockFollower(ppm) => {
+                write!(f, "a follower's clock at {:.2}x", *ppm as f64 / 1e6)
+            }
+            Self::FailSyncLeader => write!(f, "the leader's next fsync fails (EIO)"),
+            Self::NoSpaceFollower => write!(f, "a follower's disk is full (ENOSPC)"),
+            Self::TornWriteLeader => write!(f, "the leader's next synced write is torn"),
+            Self::SlowDiskLeader(ms) => write!(f, "the leader's fsyncs {ms} ms slower"),
         }
     }
 }
@@ -177,6 +219,12 @@ pub(crate) fn schedule(seed: u64, kinds: &[FaultKind], secs: u64) -> Vec<Step> {
         Fault::TransferLeader,
         Fault::Readd(false),
         Fault::Readd(true),
+        Fault::SlowClockLeader(0),
+        Fault::FastClockFollower(0),
+        Fault::FailSyncLeader,
+        Fault::NoSpaceFollower,
+        Fault::TornWriteLeader,
+        Fault::SlowDiskLeader(0),
     ]
     .into_iter()
     .filter(|f| kinds.contains(&f.kind()))
@@ -188,6 +236,13 @@ pub(crate) fn schedule(seed: u64, kinds: &[FaultKind], secs: u64) -> Vec<Step> {
         let fault = match rng.pick(&faults) {
             Fault::Loss(_) => Fault::Loss(rng.range(5, 30) as u8),
             Fault::SlowLeader(_) => Fault::SlowLeader(rng.range(200, 2_000) as u32),
+            // Within the lease's bound: rates within a quarter of each
+            // other (one node skewed at a time).
+            Fault::SlowClockLeader(_) => Fault::SlowClockLeader(rng.range(820_000, 1_000_000)),
+            Fault::FastClockFollower(_) => {
+                Fault::FastClockFollower(rng.range(1_000_000, 1_200_000))
+            }
+            Fault::SlowDiskLeader(_) => Fault::SlowDiskLeader(rng.range(20, 300)),
             other => other,
         };
         let hold_ms = match fault {
@@ -215,6 +270,10 @@ pub(crate) enum Undo {
     Resume(u64),
     /// Heal the network.
     Heal,
+    /// Set this node's clock back to real time.
+    Clock(u64),
+    /// Clear this node's disk fault, or restart it if the fault ended it.
+    Disk(u64),
 }
 
 /// Carries faults out against `cluster` and `network`.
@@ -275,7 +334,11 @@ impl Nemesis {
         };
         let follower = self.follower(cluster, leader);
         let target = match fault {
-            Fault::KillFollower | Fault::PauseFollower | Fault::IsolateFollower => follower,
+            Fault::KillFollower
+            | Fault::PauseFollower
+            | Fault::IsolateFollower
+            | Fault::FastClockFollower(_)
+            | Fault::NoSpaceFollower => follower,
             _ => Some(leader),
         };
         let Some(target) = target else {
@@ -352,6 +415,30 @@ impl Nemesis {
                 };
                 Undo::Nothing
             }
+            Fault::SlowClockLeader(ppm) | Fault::FastClockFollower(ppm) => {
+                let body = format!("{{\"clock_rate_ppm\":{ppm}}}");
+                cluster.admin(target, "PUT", "/failpoints", &body)?;
+                Undo::Clock(target)
+            }
+            Fault::FailSyncLeader
+            | Fault::NoSpaceFollower
+            | Fault::TornWriteLeader
+            | Fault::SlowDiskLeader(_) => {
+                let body = match fault {
+                    Fault::FailSyncLeader => r#"{"disk":"fail-sync"}"#.to_owned(),
+                    Fault::NoSpaceFollower => r#"{"disk":"no-space"}"#.to_owned(),
+                    Fault::TornWriteLeader => r#"{"disk":"torn-write"}"#.to_owned(),
+                    Fault::SlowDiskLeader(ms) => {
+                        format!(r#"{{"disk":"slow-sync","slow_sync_ms":{ms}}}"#)
+                    }
+                    _ => unreachable!("a disk fault"),
+                };
+                if !matches!(fault, Fault::SlowDiskLeader(_)) {
+                    cluster.expect_exit(target);
+                }
+                cluster.admin(target, "PUT", "/failpoints", &body)?;
+                Undo::Disk(target)
+            }
             Fault::Readd(leader_too) => {
                 let victim = if leader_too { Some(leader) } else { follower };
                 note = match victim {
@@ -407,6 +494,45 @@ impl Nemesis {
                 Ok(())
             }
             Undo::Heal => network.heal(),
+            Undo::Clock(id) => {
+                if cluster.node(id).running() {
+                    cluster.admin(id, "PUT", "/failpoints", r#"{"clock_rate_ppm":1000000}"#)?;
+                }
+                Ok(())
+            }
+            Undo::Disk(id) => {
+                let cleared = cluster
+                    .admin(id, "PUT", "/failpoints", r#"{"disk":"none"}"#)
+                    .ok();
+                // A fatal fault clears itself as it fires: the process
+                // is then on its way out (printing its panic), or gone.
+                let fired = cleared
+                    .as_ref()
+                    .is_none_or(|c| c["disk_before"] == "None" && cluster.may_exit(id));
+                let stopped = fired
+                    && wait_for(Duration::from_secs(30), || {
+                        (cluster.exited(id).is_some() || !cluster.node(id).running()).then_some(())
+                    })
+                    .is_some();
+                if fired && !stopped {
+                    return Err(format!(
+                        "node {id} went on running after its disk fault fired"
+                    ));
+                }
+                if stopped {
+                    cluster.restart(network, id)?;
+                }
+                cluster.expected_exit_done(id);
+                self.log.push(format!(
+                    "           node {id} {}",
+                    if stopped {
+                        "had stopped on its disk fault; restarted"
+                    } else {
+                        "still runs; its disk fault cleared"
+                    }
+                ));
+                Ok(())
+            }
         }
     }
 }

@@ -66,22 +66,11 @@ pub(crate) enum Network {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
+    run_with_input(program, args, "")
 }
 
+/// Runs `program args` with `input` on its standard input; an error
+/// carries what it printed on its standard error.
 fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<(), String> {
     use std::io::Write;
     let mut child = Command::new(program)

@@ -36,6 +36,8 @@ pub(crate) struct Plan {
     pub(crate) faults: Vec<FaultKind>,
     /// Use network namespaces (else loopback, no network faults).
     pub(crate) namespaces: bool,
+    /// Keep the run's directory when it passes too.
+    pub(crate) keep: bool,
 }
 
 /// How reads are served.
@@ -58,15 +60,18 @@ pub(crate) fn run(seed: u64, plan: &Plan) -> Result<String, String> {
             .map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut state = RunState::start(seed, plan, &dir)?;
+    let failpoints = state.cluster.admin(1, "PUT", "/failpoints", "{}").is_ok();
     let kinds: Vec<FaultKind> = plan
         .faults
         .iter()
         .copied()
         .filter(|k| plan.namespaces || !k.needs_network())
+        .filter(|k| failpoints || !k.needs_failpoints())
         .collect();
     let steps = nemesis::schedule(seed, &kinds, plan.secs);
     let mut header = format!(
-        "seed {seed}: {} nodes, {} s, {} clients, reads: {:?}, network: {}\n",
+        "seed {seed}: {} nodes, {} s, {} clients, reads: {:?}, network: {}, clock and disk faults: {}\n",
         plan.nodes,
         plan.secs,
         plan.clients,
@@ -75,6 +80,11 @@ pub(crate) fn run(seed: u64, plan: &Plan) -> Result<String, String> {
             "namespaces"
         } else {
             "loopback (no partitions, loss or slow links)"
+        },
+        if failpoints {
+            "on"
+        } else {
+            "off (drkv built without the failpoints feature)"
         }
     );
     for step in &steps {
@@ -87,13 +97,17 @@ pub(crate) fn run(seed: u64, plan: &Plan) -> Result<String, String> {
         );
     }
     print!("{header}");
-    let mut state = RunState::start(seed, plan, &dir)?;
     let result = state.drive(&steps, plan);
     let log = state.nemesis.log.join("\n");
     match result {
         Ok(summary) => {
+            if plan.keep {
+                state.save_history(&dir);
+            }
             drop(state);
-            let _ = std::fs::remove_dir_all(&dir);
+            if !plan.keep {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             Ok(format!("{log}\n  {summary}"))
         }
         Err(reason) => {
@@ -257,6 +271,9 @@ impl RunState {
     fn watch(&mut self, targets: &Targets) -> Result<(), String> {
         let ids: Vec<u64> = self.cluster.nodes.iter().map(|n| n.id).collect();
         for id in ids {
+            if self.cluster.may_exit(id) {
+                continue;
+            }
             if let Some(status) = self.cluster.exited(id) {
                 return Err(format!(
                     "node {id} exited on its own ({status}); see {}",
@@ -277,6 +294,11 @@ impl RunState {
         let ids: Vec<u64> = self.cluster.nodes.iter().map(|n| n.id).collect();
         for &id in &ids {
             self.cluster.resume(id);
+            if let Some(status) = self.cluster.exited(id)
+                && !self.cluster.may_exit(id)
+            {
+                return Err(format!("node {id} exited on its own ({status})"));
+            }
             self.cluster.restart(&self.network, id)?;
         }
         self.cluster.wait_for_leader(Duration::from_secs(30))?;

@@ -71,6 +71,8 @@
 #![deny(missing_docs)]
 
 mod backup;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 mod kv_stream;
 pub mod options;
 mod records;

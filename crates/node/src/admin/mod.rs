@@ -9,6 +9,8 @@
 //! changes something is logged with its caller.
 
 pub mod access;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,7 +68,10 @@ pub async fn serve(
         .route("/members/{id}/addrs", put(set_addrs))
         .route("/transfer-leader/{id}", post(transfer_leader))
         .route("/snapshot", post(snapshot))
-        .route("/backup", post(backup))
+        .route("/backup", post(backup));
+    #[cfg(feature = "failpoints")]
+    let router = router.route("/failpoints", put(failpoints::set));
+    let router = router
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authorize,

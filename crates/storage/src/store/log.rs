@@ -41,6 +41,20 @@ impl RocksStorage {
     }
 
     pub(super) fn commit(&self, batch: WriteBatch, what: &str) {
+        #[cfg(feature = "failpoints")]
+        match crate::failpoints::before_synced_write() {
+            crate::failpoints::Injected::Proceed => {}
+            crate::failpoints::Injected::Fail(error) => fatal(what, error),
+            crate::failpoints::Injected::Tear => {
+                let bytes = batch.size_in_bytes() as u64;
+                let mut unsynced = WriteOptions::default();
+                unsynced.set_sync(false);
+                let _ = self.db.write_opt(batch, &unsynced);
+                let _ = crate::failpoints::tear_wal_tail(&self.path, bytes / 2 + 1);
+                eprintln!("dr-storage: {what}: torn write injected; ending the process");
+                std::process::abort();
+            }
+        }
         let mut options = WriteOptions::default();
         options.set_sync(true);
         self.db
