@@ -29,7 +29,7 @@ pub(crate) fn run() -> Result<(), String> {
     timed("test", run_tests)?;
     timed("examples", run_examples)?;
     timed("robustness", || {
-        let args = ["--runs", "2", "--secs", "20"].map(String::from);
+        let args = ["--runs", "3", "--secs", "30"].map(String::from);
         crate::robustness::run(crate::robustness::Build::Dev, &args)
     })?;
     timed("doc", || {

@@ -46,8 +46,9 @@ commands:
   bench cluster  a 3-node drkv cluster on loopback under a closed-loop load (1-256
                  connections; writes, reads, 90% reads), redis-benchmark if installed
   dev [ARGS]     a local 3-node cluster under ./drkv-data (drkv dev ARGS), until Ctrl-C
-  sim --seed N | --seeds N [--start-seed S]
-                 deterministic cluster simulation: one seed, or N seeds from S (default 0)
+  sim --seed N | --seeds N [--start-seed S] [--short]
+                 deterministic cluster simulation: one seed, or N seeds from S (default 0);
+                 --short: the CI tests' shorter fault phase
   robustness [--runs N] [--seed S] [--nodes 3|5] [--secs T] [--read-mode index|lease|follower]
              [--faults kill,pause,partition,loss,slow,transfer,membership,clock,disk] [--loopback]
                  release drkv processes under faults; the clients' history checked for

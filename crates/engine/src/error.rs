@@ -157,3 +157,74 @@ impl EngineError {
         matches!(self, Self::NotLeader { .. } | Self::TryAgain(_))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_certainly_did_not_happen_is_retryable() {
+        let retries = [
+            Retry::LeaderUnreachable(2),
+            Retry::LeaderChanged,
+            Retry::TransferInProgress,
+            Retry::TooManyWrites,
+            Retry::ConfChangePending,
+            Retry::TooManyForwards,
+            Retry::ReadLeadershipLost,
+            Retry::TooManyReads,
+            Retry::NoReadIndex(2),
+            Retry::ReadIndexTimedOut(2),
+            Retry::Storage("disk".into()),
+            Retry::ShuttingDown,
+            Retry::Remote("busy".into()),
+        ];
+        let uncertain = [
+            Uncertain::NoAnswer(2),
+            Uncertain::LeaderChanged(2),
+            Uncertain::UnreadableAnswer(2),
+            Uncertain::SnapshotReplacedLog,
+            Uncertain::ShuttingDown,
+            Uncertain::Remote("lost".into()),
+        ];
+        let refusals = [
+            Refusal::ConfChange("joint".into()),
+            Refusal::NotVoter(4),
+            Refusal::Malformed("bytes".into()),
+            Refusal::Snapshot("busy".into()),
+            Refusal::Remote("no".into()),
+        ];
+        let mut all: Vec<(EngineError, bool)> = vec![
+            (EngineError::NotLeader { leader: None }, true),
+            (EngineError::NotLeader { leader: Some(3) }, true),
+        ];
+        all.extend(
+            retries
+                .into_iter()
+                .map(|r| (EngineError::TryAgain(r), true)),
+        );
+        all.extend(
+            uncertain
+                .into_iter()
+                .map(|u| (EngineError::Uncertain(u), false)),
+        );
+        all.extend(
+            refusals
+                .into_iter()
+                .map(|r| (EngineError::Refused(r), false)),
+        );
+        for (error, retryable) in all {
+            assert_eq!(error.is_retryable(), retryable, "{error:?}");
+            let text = error.to_string();
+            assert!(
+                !text.is_empty() && !text.contains('\n'),
+                "{error:?}: {text:?}"
+            );
+        }
+        assert!(
+            EngineError::TryAgain(Retry::NoReadIndex(7))
+                .to_string()
+                .contains("node 7")
+        );
+    }
+}

@@ -236,3 +236,52 @@ impl EngineMetrics {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_count_cumulatively_and_render_for_prometheus() {
+        let histogram = Histogram::new(SIZES);
+        for value in [1.0, 3.0, 3.0, 5000.0] {
+            histogram.observe(value);
+        }
+        assert_eq!(histogram.count(), 4);
+        assert!((histogram.sum() - 5007.0).abs() < 1e-6);
+        let mut out = String::new();
+        histogram.render("x", "help", &mut out);
+        assert!(out.contains("x_bucket{le=\"1\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"4\"} 3\n"), "{out}");
+        assert!(
+            out.contains("x_bucket{le=\"1024\"} 3\n"),
+            "beyond the last bound: {out}"
+        );
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 4\n"), "{out}");
+        assert!(out.contains("x_count 4\n"), "{out}");
+    }
+
+    #[test]
+    fn every_counter_and_histogram_is_rendered_once() {
+        let metrics = EngineMetrics::default();
+        bump(&metrics.proposals);
+        metrics
+            .fsync_seconds
+            .observe_duration(Duration::from_millis(2));
+        let mut out = String::new();
+        metrics.render("drkv", &mut out);
+        for (name, _, _) in metrics.counters() {
+            assert_eq!(
+                out.matches(&format!("# TYPE drkv_{name} counter")).count(),
+                1,
+                "{name}"
+            );
+        }
+        assert!(out.contains("drkv_proposals_total 1\n"), "{out}");
+        assert!(out.contains("drkv_fsync_seconds_count 1\n"), "{out}");
+        assert!(
+            out.contains("# TYPE drkv_entries_per_apply histogram"),
+            "{out}"
+        );
+    }
+}

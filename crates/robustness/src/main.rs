@@ -100,6 +100,10 @@ struct Args {
     /// Keep every run's directory, passed or not.
     #[arg(long)]
     keep: bool,
+    /// Slow the leader's clock to 0.25-0.5x, past the lease's bound: with
+    /// `--read-mode lease` the check should then catch stale reads.
+    #[arg(long)]
+    clock_beyond_bound: bool,
 }
 
 fn parse_read_mode(text: &str) -> Result<ReadMode, String> {
@@ -139,12 +143,18 @@ fn main() -> ExitCode {
         faults,
         namespaces,
         keep: args.keep,
+        clock_beyond_bound: args.clock_beyond_bound,
     };
     let first = args.seed.unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     });
+    if args.clock_beyond_bound {
+        println!(
+            "clocks: the leader's slowed past the lease's bound; in lease mode a failure is the expected outcome"
+        );
+    }
     let mut failed = Vec::new();
     for seed in first..first.saturating_add(args.runs) {
         match run::run(seed, &plan) {

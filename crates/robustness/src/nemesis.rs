@@ -198,8 +198,24 @@ pub(crate) struct Step {
     pub(crate) hold: Duration,
 }
 
+/// The slowest leader clock within the lease's bound, and the range
+/// beyond it (`--clock-beyond-bound`: to see the check catch what the
+/// assumption protects against).
+const SLOW_CLOCK_PPM: (u64, u64) = (820_000, 1_000_000);
+const SLOW_CLOCK_BEYOND_BOUND_PPM: (u64, u64) = (250_000, 500_000);
+
 /// The schedule for `seed`: faults of `kinds` during `secs` seconds.
-pub(crate) fn schedule(seed: u64, kinds: &[FaultKind], secs: u64) -> Vec<Step> {
+pub(crate) fn schedule(
+    seed: u64,
+    kinds: &[FaultKind],
+    secs: u64,
+    clock_beyond_bound: bool,
+) -> Vec<Step> {
+    let slow_clock = if clock_beyond_bound {
+        SLOW_CLOCK_BEYOND_BOUND_PPM
+    } else {
+        SLOW_CLOCK_PPM
+    };
     let mut rng = Rng::new(seed);
     let mut steps = Vec::new();
     let mut at_ms = 1_000;
@@ -238,7 +254,9 @@ pub(crate) fn schedule(seed: u64, kinds: &[FaultKind], secs: u64) -> Vec<Step> {
             Fault::SlowLeader(_) => Fault::SlowLeader(rng.range(200, 2_000) as u32),
             // Within the lease's bound: rates within a quarter of each
             // other (one node skewed at a time).
-            Fault::SlowClockLeader(_) => Fault::SlowClockLeader(rng.range(820_000, 1_000_000)),
+            Fault::SlowClockLeader(_) => {
+                Fault::SlowClockLeader(rng.range(slow_clock.0, slow_clock.1))
+            }
             Fault::FastClockFollower(_) => {
                 Fault::FastClockFollower(rng.range(1_000_000, 1_200_000))
             }
@@ -272,6 +290,8 @@ pub(crate) enum Undo {
     Heal,
     /// Set this node's clock back to real time.
     Clock(u64),
+    /// Set this node's clock back to real time and heal the network.
+    ClockAndHeal(u64),
     /// Clear this node's disk fault, or restart it if the fault ended it.
     Disk(u64),
 }
@@ -418,7 +438,19 @@ impl Nemesis {
             Fault::SlowClockLeader(ppm) | Fault::FastClockFollower(ppm) => {
                 let body = format!("{{\"clock_rate_ppm\":{ppm}}}");
                 cluster.admin(target, "PUT", "/failpoints", &body)?;
-                Undo::Clock(target)
+                if ppm < SLOW_CLOCK_PPM.0 {
+                    // Beyond the bound: cut the slow leader off too, so a
+                    // new leader rises while it may still trust its lease.
+                    std::thread::sleep(Duration::from_millis(200));
+                    for &other in all.iter().filter(|&&id| id != target) {
+                        network.cut(target, other)?;
+                        network.cut(other, target)?;
+                    }
+                    note = format!("node {target}, then isolated");
+                    Undo::ClockAndHeal(target)
+                } else {
+                    Undo::Clock(target)
+                }
             }
             Fault::FailSyncLeader
             | Fault::NoSpaceFollower
@@ -494,6 +526,10 @@ impl Nemesis {
                 Ok(())
             }
             Undo::Heal => network.heal(),
+            Undo::ClockAndHeal(id) => {
+                network.heal()?;
+                self.undo(Undo::Clock(id), cluster, network)
+            }
             Undo::Clock(id) => {
                 if cluster.node(id).running() {
                     cluster.admin(id, "PUT", "/failpoints", r#"{"clock_rate_ppm":1000000}"#)?;
@@ -578,8 +614,8 @@ mod tests {
     #[test]
     fn a_seed_gives_one_schedule_of_the_chosen_kinds() {
         let kinds = [FaultKind::Kill, FaultKind::Partition];
-        let first = schedule(7, &kinds, 30);
-        let again = schedule(7, &kinds, 30);
+        let first = schedule(7, &kinds, 30, false);
+        let again = schedule(7, &kinds, 30, false);
         assert!(!first.is_empty());
         assert_eq!(
             first
@@ -594,7 +630,7 @@ mod tests {
         assert!(first.iter().all(|s| kinds.contains(&s.fault.kind())));
         assert!(first.windows(2).all(|w| w[0].at + w[0].hold < w[1].at));
         assert!(first.iter().all(|s| s.at < Duration::from_secs(30)));
-        assert!(schedule(7, &[], 30).is_empty());
+        assert!(schedule(7, &[], 30, false).is_empty());
     }
 
     #[test]

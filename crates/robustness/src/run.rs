@@ -38,6 +38,9 @@ pub(crate) struct Plan {
     pub(crate) namespaces: bool,
     /// Keep the run's directory when it passes too.
     pub(crate) keep: bool,
+    /// Slow the leader's clock past the lease's bound (expected to fail
+    /// in lease mode: the check's own test).
+    pub(crate) clock_beyond_bound: bool,
 }
 
 /// How reads are served.
@@ -69,7 +72,7 @@ pub(crate) fn run(seed: u64, plan: &Plan) -> Result<String, String> {
         .filter(|k| plan.namespaces || !k.needs_network())
         .filter(|k| failpoints || !k.needs_failpoints())
         .collect();
-    let steps = nemesis::schedule(seed, &kinds, plan.secs);
+    let steps = nemesis::schedule(seed, &kinds, plan.secs, plan.clock_beyond_bound);
     let mut header = format!(
         "seed {seed}: {} nodes, {} s, {} clients, reads: {:?}, network: {}, clock and disk faults: {}\n",
         plan.nodes,

@@ -997,8 +997,23 @@ impl SimCluster {
                 return Ok(());
             }
             if self.now_us >= deadline {
+                let states: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter(members)
+                    .filter_map(|n| {
+                        let engine = n.engine.as_ref()?;
+                        Some(format!(
+                            "node {} applied {} data {:?}",
+                            n.id,
+                            engine.applied_index(),
+                            engine.store().data()
+                        ))
+                    })
+                    .collect();
                 return Err(format!(
-                    "the nodes did not converge: applied indexes {applied:?}"
+                    "the nodes did not converge: applied indexes {applied:?}\n  {}",
+                    states.join("\n  ")
                 ));
             }
             self.step(false);

@@ -66,13 +66,20 @@ pub struct Failure {
     pub seed: u64,
     /// The check that failed, or the panic message.
     pub reason: String,
+    /// The run's fault phase (to replay it alike).
+    pub fault_us: u64,
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let short = if self.fault_us == FAULT_PHASE_SHORT_US {
+            " --short"
+        } else {
+            ""
+        };
         write!(
             f,
-            "seed {} failed: {}\n  replay: cargo xtask sim --seed {}",
+            "seed {} failed: {}\n  replay: cargo xtask sim --seed {}{short}",
             self.seed, self.reason, self.seed
         )
     }
@@ -94,6 +101,7 @@ pub fn run_cluster_with(
     settings: cluster::Settings,
 ) -> Result<cluster::Report, Failure> {
     quiet_crashes();
+    let settings_fault_us = settings.fault_us;
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         cluster::SimCluster::new(seed, settings).run()
     }));
@@ -102,7 +110,11 @@ pub fn run_cluster_with(
         Ok(Err(reason)) => reason,
         Err(panic) => panic_message(panic.as_ref()),
     };
-    Err(Failure { seed, reason })
+    Err(Failure {
+        seed,
+        reason,
+        fault_us: settings_fault_us,
+    })
 }
 
 /// A simulated crash inside a synced write unwinds as a panic the

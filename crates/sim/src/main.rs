@@ -4,6 +4,7 @@
 //! ```text
 //! dr-sim --seed N                    run one seed and print its client history
 //! dr-sim --seeds N [--start-seed S]  run N seeds from S (default 0)
+//! --short                            the CI tests' shorter fault phase
 //! ```
 
 use std::process::ExitCode;
@@ -11,9 +12,10 @@ use std::time::Instant;
 
 use dr_sim::cluster::Report;
 
-fn parse(args: &[String]) -> Result<(u64, u64), String> {
+fn parse(args: &[String]) -> Result<(u64, u64, u64), String> {
     let mut seeds = None;
     let mut start = 0;
+    let mut fault_us = dr_sim::FAULT_PHASE_FULL_US;
     let mut iter = args.iter();
     while let Some(flag) = iter.next() {
         let mut value = |name: &str| -> Result<u64, String> {
@@ -28,10 +30,11 @@ fn parse(args: &[String]) -> Result<(u64, u64), String> {
             }
             "--seeds" => seeds = Some(value("--seeds")?),
             "--start-seed" => start = value("--start-seed")?,
+            "--short" => fault_us = dr_sim::FAULT_PHASE_SHORT_US,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok((start, seeds.unwrap_or(100)))
+    Ok((start, seeds.unwrap_or(100), fault_us))
 }
 
 fn add(totals: &mut Report, report: &Report) {
@@ -51,10 +54,12 @@ fn add(totals: &mut Report, report: &Report) {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (start, count) = match parse(&args) {
+    let (start, count, fault_us) = match parse(&args) {
         Ok(parsed) => parsed,
         Err(error) => {
-            eprintln!("dr-sim: {error}\nusage: dr-sim --seed N | --seeds N [--start-seed S]");
+            eprintln!(
+                "dr-sim: {error}\nusage: dr-sim --seed N | --seeds N [--start-seed S] [--short]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -62,7 +67,7 @@ fn main() -> ExitCode {
     let mut failures = 0u64;
     let mut totals = Report::default();
     for seed in start..start.saturating_add(count) {
-        match dr_sim::run_cluster_seed(seed, dr_sim::FAULT_PHASE_FULL_US) {
+        match dr_sim::run_cluster_seed(seed, fault_us) {
             Ok(report) => {
                 if count == 1 {
                     for line in &report.history {

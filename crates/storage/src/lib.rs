@@ -47,7 +47,9 @@
 //! It does not decide anything: what to append, apply, snapshot or compact
 //! is the consensus core's and the node's call. It does not interpret
 //! values (no TTLs, no types: those belong to the node). It does not
-//! retry a failed write.
+//! retry a failed write: a failed synced write ends the process. The
+//! test-only `failpoints` feature injects such failures (and torn and
+//! slow writes) for the robustness suite; without it there is no hook.
 //!
 //! ## Example
 //!
