@@ -799,3 +799,46 @@ fn a_restarted_node_grants_no_vote_until_an_election_timeout_passes() {
         "leaders: {leaders:?}"
     );
 }
+
+#[test]
+fn a_leader_refuses_acknowledgements_of_indexes_it_never_sent() {
+    use dr_codec::message::{AppendEntriesResponse, Message, RejectHint};
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.propose(1, "a");
+    cluster.settle();
+    let leader = cluster.node(1);
+    let (term, last, commit) = (leader.term(), leader.last_index(), leader.commit_index());
+    let from_two = |body| Message {
+        from: 2,
+        to: 1,
+        term,
+        body,
+    };
+    let beyond = from_two(MessageBody::AppendEntriesResponse(AppendEntriesResponse {
+        index: last + 5,
+        reject: None,
+    }));
+    let rejection = |index| {
+        from_two(MessageBody::AppendEntriesResponse(AppendEntriesResponse {
+            index,
+            reject: Some(RejectHint {
+                last_index: 0,
+                conflict_term: 0,
+                conflict_index: 0,
+            }),
+        }))
+    };
+    for message in [beyond, rejection(last + 1), rejection(0)] {
+        let refused = cluster.node(1).step(message.clone());
+        assert!(
+            matches!(refused, Err(dr_raft::StepError::Malformed(_))),
+            "{message:?}: {refused:?}"
+        );
+    }
+    // Nothing moved, and the cluster goes on.
+    assert_eq!(cluster.node(1).commit_index(), commit);
+    cluster.propose(1, "b");
+    cluster.settle();
+    assert_eq!(cluster.node(2).commit_index(), last + 1);
+}
