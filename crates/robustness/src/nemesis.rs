@@ -328,7 +328,9 @@ impl Nemesis {
     fn follower(&mut self, cluster: &Cluster, leader: u64) -> Option<u64> {
         let others: Vec<u64> = Self::members(cluster)
             .into_iter()
-            .filter(|&id| id != leader && cluster.node(id).running())
+            // Up and answering (a node restarted a moment ago may not
+            // listen yet).
+            .filter(|&id| id != leader && cluster.status(id).is_ok())
             .collect();
         (!others.is_empty()).then(|| self.rng.pick(&others))
     }
@@ -437,7 +439,11 @@ impl Nemesis {
             }
             Fault::SlowClockLeader(ppm) | Fault::FastClockFollower(ppm) => {
                 let body = format!("{{\"clock_rate_ppm\":{ppm}}}");
-                cluster.admin(target, "PUT", "/failpoints", &body)?;
+                if let Err(error) = cluster.admin(target, "PUT", "/failpoints", &body) {
+                    self.log
+                        .push(format!("[{at:6.1} s] {fault}: skipped ({error})"));
+                    return Ok(Undo::Nothing);
+                }
                 if ppm < SLOW_CLOCK_PPM.0 {
                     // Beyond the bound: cut the slow leader off too, so a
                     // new leader rises while it may still trust its lease.
@@ -468,7 +474,12 @@ impl Nemesis {
                 if !matches!(fault, Fault::SlowDiskLeader(_)) {
                     cluster.expect_exit(target);
                 }
-                cluster.admin(target, "PUT", "/failpoints", &body)?;
+                if let Err(error) = cluster.admin(target, "PUT", "/failpoints", &body) {
+                    cluster.expected_exit_done(target);
+                    self.log
+                        .push(format!("[{at:6.1} s] {fault}: skipped ({error})"));
+                    return Ok(Undo::Nothing);
+                }
                 Undo::Disk(target)
             }
             Fault::Readd(leader_too) => {
@@ -532,7 +543,11 @@ impl Nemesis {
             }
             Undo::Clock(id) => {
                 if cluster.node(id).running() {
-                    cluster.admin(id, "PUT", "/failpoints", r#"{"clock_rate_ppm":1000000}"#)?;
+                    let body = r#"{"clock_rate_ppm":1000000}"#;
+                    wait_for(Duration::from_secs(10), || {
+                        cluster.admin(id, "PUT", "/failpoints", body).ok()
+                    })
+                    .ok_or_else(|| format!("node {id}'s clock could not be set back"))?;
                 }
                 Ok(())
             }
