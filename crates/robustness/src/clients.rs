@@ -123,7 +123,8 @@ pub(crate) struct ClientReport {
     pub(crate) history: Vec<Done>,
     /// Commands answered "not done".
     pub(crate) not_done: u64,
-    /// Unknown outcomes, by the error's first word (or "no answer").
+    /// Writes with an unknown outcome, by the error's first word (or
+    /// "no answer").
     pub(crate) unknown: BTreeMap<String, u64>,
 }
 
@@ -185,13 +186,14 @@ pub(crate) fn run_client(
                 continue;
             }
             Outcome::Unknown(why) => {
-                *report.unknown.entry(why).or_default() += 1;
                 if read {
+                    // A read that may not have happened did nothing.
                     if broken {
                         connection = None;
                     }
                     continue;
                 }
+                *report.unknown.entry(why).or_default() += 1;
                 None
             }
         };

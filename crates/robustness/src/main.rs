@@ -107,14 +107,10 @@ struct Args {
 }
 
 fn parse_read_mode(text: &str) -> Result<ReadMode, String> {
-    match text {
-        "index" => Ok(ReadMode::Index),
-        "lease" => Ok(ReadMode::Lease),
-        "follower" => Ok(ReadMode::Follower),
-        other => Err(format!(
-            "unknown read mode {other:?}: index, lease or follower"
-        )),
-    }
+    ReadMode::ALL
+        .into_iter()
+        .find(|mode| mode.name() == text)
+        .ok_or_else(|| format!("unknown read mode {text:?}: index, lease or follower"))
 }
 
 fn main() -> ExitCode {

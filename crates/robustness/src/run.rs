@@ -55,6 +55,43 @@ pub(crate) enum ReadMode {
     Follower,
 }
 
+impl ReadMode {
+    /// Every mode.
+    pub(crate) const ALL: [Self; 3] = [Self::Index, Self::Lease, Self::Follower];
+
+    /// The `--read-mode` name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Index => "index",
+            Self::Lease => "lease",
+            Self::Follower => "follower",
+        }
+    }
+}
+
+impl Plan {
+    /// The command that runs `seed`'s schedule again with this plan's
+    /// settings (which decide the schedule too).
+    fn replay(&self, seed: u64) -> String {
+        let faults: Vec<&str> = self.faults.iter().map(|k| k.name()).collect();
+        let mut command = format!(
+            "cargo xtask robustness --seed {seed} --runs 1 --nodes {} --secs {} --clients {} --read-mode {} --faults {}",
+            self.nodes,
+            self.secs,
+            self.clients,
+            self.read_mode.name(),
+            faults.join(",")
+        );
+        if !self.namespaces {
+            command.push_str(" --loopback");
+        }
+        if self.clock_beyond_bound {
+            command.push_str(" --clock-beyond-bound");
+        }
+        command
+    }
+}
+
 /// A run's verdict: `Ok` with a one-line summary, or what failed.
 pub(crate) fn run(seed: u64, plan: &Plan) -> Result<String, String> {
     let dir = plan.dir.join(format!("run-{seed}"));
@@ -117,15 +154,9 @@ pub(crate) fn run(seed: u64, plan: &Plan) -> Result<String, String> {
             state.save_history(&dir);
             drop(state);
             Err(format!(
-                "{log}\n  FAILED: {reason}\n  kept: {} (node logs, data directories, history.json)\n  replay the schedule: cargo xtask robustness --seed {seed} --runs 1 --nodes {} --secs {} --read-mode {}",
+                "{log}\n  FAILED: {reason}\n  kept: {} (node logs, data directories, history.json)\n  replay the schedule: {}",
                 dir.display(),
-                plan.nodes,
-                plan.secs,
-                match plan.read_mode {
-                    ReadMode::Index => "index",
-                    ReadMode::Lease => "lease",
-                    ReadMode::Follower => "follower",
-                }
+                plan.replay(seed)
             ))
         }
     }
@@ -426,5 +457,48 @@ impl RunState {
             dir.join("history.json"),
             serde_json::to_string_pretty(&document).unwrap_or_default(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_command_carries_what_decides_the_schedule() {
+        let plan = Plan {
+            drkv: PathBuf::from("drkv"),
+            dir: PathBuf::from("runs"),
+            nodes: 5,
+            secs: 20,
+            clients: 4,
+            read_mode: ReadMode::Lease,
+            faults: vec![FaultKind::Disk, FaultKind::Clock],
+            namespaces: false,
+            keep: false,
+            clock_beyond_bound: true,
+        };
+        let replay = plan.replay(42);
+        for part in [
+            "--seed 42 --runs 1",
+            "--nodes 5",
+            "--secs 20",
+            "--clients 4",
+            "--read-mode lease",
+            "--faults disk,clock",
+            "--loopback",
+            "--clock-beyond-bound",
+        ] {
+            assert!(replay.contains(part), "{part} missing from {replay}");
+        }
+        for mode in ReadMode::ALL {
+            assert_eq!(
+                ReadMode::ALL
+                    .iter()
+                    .filter(|m| m.name() == mode.name())
+                    .count(),
+                1
+            );
+        }
     }
 }
