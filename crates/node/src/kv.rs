@@ -493,12 +493,12 @@ struct ApplyBatch<'a, S> {
     store: &'a S,
     presence: &'a mut PresenceCache,
     pending: HashMap<Vec<u8>, Option<Bytes>>,
-    /// Client keys before the batch and now.
-    keys_before: u64,
+    /// Client keys now.
     keys: u64,
-    /// Whether the batch wrote a client key: then the count is written
-    /// even if it ended where it began, so the stored state depends on
-    /// the entries applied, never on how they were batched.
+    /// Whether the batch wrote a client key (the only way `keys` moves):
+    /// then the count is written, even if it ended where it began, so the
+    /// stored state depends on the entries applied, never on how they
+    /// were batched.
     wrote_client_key: bool,
 }
 
@@ -508,7 +508,6 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
             store,
             presence,
             pending: HashMap::new(),
-            keys_before: keys,
             keys,
             wrote_client_key: false,
         }
@@ -647,7 +646,7 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
     }
 
     fn into_writes(mut self) -> Vec<(Vec<u8>, Option<Bytes>)> {
-        if self.keys != self.keys_before || self.wrote_client_key {
+        if self.wrote_client_key {
             let count = Bytes::copy_from_slice(&self.keys.to_le_bytes());
             self.pending.insert(KEY_COUNT.to_vec(), Some(count));
         }

@@ -514,7 +514,7 @@ impl Nemesis {
             return Ok(format!("node {victim}: removal refused ({e})"));
         }
         cluster.kill(victim);
-        readd(cluster, network, victim, &others)?;
+        add_back(cluster, network, victim, &others)?;
         Ok(format!(
             "node {victim} removed through node {via}, wiped, back as a voter"
         ))
@@ -590,7 +590,7 @@ impl Nemesis {
 
 /// Adds the wiped `victim` back as a learner through the leader, starts
 /// it empty and promotes it once it holds the leader's committed state.
-pub(crate) fn readd(
+fn add_back(
     cluster: &mut Cluster,
     network: &Network,
     victim: u64,

@@ -53,9 +53,7 @@ pub(crate) enum Network {
     Namespaces {
         /// Distinguishes this run's names and subnet from another's.
         tag: u16,
-        /// Node ids with a namespace.
-        ids: Vec<u64>,
-        /// The faults in force, per node.
+        /// The nodes with a namespace, and the faults in force on each.
         faults: Vec<(u64, NodeFaults)>,
     },
     /// Everything on 127.0.0.1 with free ports; no network faults.
@@ -130,7 +128,6 @@ impl Network {
         let tag = (std::process::id() % 250) as u16;
         let mut network = Self::Namespaces {
             tag,
-            ids: Vec::new(),
             faults: Vec::new(),
         };
         network.remove_leftovers(ids);
@@ -195,11 +192,10 @@ impl Network {
             }
             return Ok(());
         };
-        if let Self::Namespaces { ids, faults, .. } = self {
-            if ids.contains(&id) {
+        if let Self::Namespaces { faults, .. } = self {
+            if faults.iter().any(|(known, _)| *known == id) {
                 return Ok(());
             }
-            ids.push(id);
             faults.push((id, NodeFaults::default()));
         }
         let veth = format!("drr{}v{id}", self.tag());
@@ -272,7 +268,7 @@ impl Network {
 
     fn ids(&self) -> Vec<u64> {
         match self {
-            Self::Namespaces { ids, .. } => ids.clone(),
+            Self::Namespaces { faults, .. } => faults.iter().map(|(id, _)| *id).collect(),
             Self::Loopback { .. } => Vec::new(),
         }
     }
@@ -363,8 +359,8 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
-        if let Self::Namespaces { ids, .. } = self {
-            let ids = ids.clone();
+        if let Self::Namespaces { .. } = self {
+            let ids = self.ids();
             self.remove_leftovers(&ids);
         }
     }

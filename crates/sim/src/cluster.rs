@@ -979,41 +979,29 @@ impl SimCluster {
         loop {
             let conf = self.conf().unwrap_or_default();
             let members = |n: &&Node| conf.voters.contains(&n.id) || conf.learners.contains(&n.id);
-            let applied: BTreeSet<u64> = self
+            // Each running member's applied index and state, read once.
+            let states: Vec<_> = self
                 .nodes
                 .iter()
                 .filter(members)
-                .filter_map(|n| n.engine.as_ref())
-                .map(|e| e.applied_index())
+                .filter_map(|n| {
+                    let engine = n.engine.as_ref()?;
+                    Some((n.id, engine.applied_index(), engine.store().data()))
+                })
                 .collect();
-            let datas: Vec<_> = self
-                .nodes
-                .iter()
-                .filter(members)
-                .filter_map(|n| n.engine.as_ref())
-                .map(|e| e.store().data().clone())
-                .collect();
-            if applied.len() == 1 && datas.windows(2).all(|w| w[0] == w[1]) {
+            let same = |a: &(NodeId, u64, _), b: &(NodeId, u64, _)| a.1 == b.1 && a.2 == b.2;
+            if !states.is_empty() && states.windows(2).all(|w| same(&w[0], &w[1])) {
                 return Ok(());
             }
             if self.now_us >= deadline {
-                let states: Vec<String> = self
-                    .nodes
+                let applied: BTreeSet<u64> = states.iter().map(|s| s.1).collect();
+                let lines: Vec<String> = states
                     .iter()
-                    .filter(members)
-                    .filter_map(|n| {
-                        let engine = n.engine.as_ref()?;
-                        Some(format!(
-                            "node {} applied {} data {:?}",
-                            n.id,
-                            engine.applied_index(),
-                            engine.store().data()
-                        ))
-                    })
+                    .map(|(id, applied, data)| format!("node {id} applied {applied} data {data:?}"))
                     .collect();
                 return Err(format!(
                     "the nodes did not converge: applied indexes {applied:?}\n  {}",
-                    states.join("\n  ")
+                    lines.join("\n  ")
                 ));
             }
             self.step(false);
