@@ -11,7 +11,10 @@ const LIBCLANG_DIRS: [&str; 3] = ["/usr/lib", "/usr/lib64", "/usr/local/lib"];
 const LIBCLANG_INSTALL: &str = "apt-get update && apt-get install -y libclang-dev";
 
 pub(crate) fn run() -> Result<(), String> {
-    timed("prerequisites", ensure_libclang)?;
+    timed("prerequisites", || {
+        ensure_libclang()?;
+        ensure_redis_server()
+    })?;
     timed("fmt", || {
         run_step("fmt", cargo().args(["fmt", "--all", "--check"]))
     })?;
@@ -146,6 +149,38 @@ pub(crate) fn ensure_libclang() -> Result<(), String> {
     if libclang_present() {
         return Ok(());
     }
+    apt_install(
+        "libclang-dev",
+        "libclang (needed by RocksDB's bindgen)",
+        LIBCLANG_INSTALL,
+    )?;
+    if libclang_present() {
+        Ok(())
+    } else {
+        Err("libclang-dev was installed but no libclang shared library was found".into())
+    }
+}
+
+/// `redis-server`, the oracle of the differential test (Debian's package).
+fn ensure_redis_server() -> Result<(), String> {
+    if succeeds("redis-server", &["--version"]) {
+        return Ok(());
+    }
+    let install = "apt-get update && apt-get install -y redis-server";
+    apt_install(
+        "redis-server",
+        "redis-server (the differential test's oracle)",
+        install,
+    )?;
+    if succeeds("redis-server", &["--version"]) {
+        Ok(())
+    } else {
+        Err("redis-server was installed but does not run".into())
+    }
+}
+
+/// Installs a Debian package when root with apt; otherwise says how.
+fn apt_install(package: &str, what: &str, command: &str) -> Result<(), String> {
     let is_root = Command::new("id")
         .arg("-u")
         .output()
@@ -153,26 +188,21 @@ pub(crate) fn ensure_libclang() -> Result<(), String> {
     let has_apt = succeeds("apt-get", &["--version"]);
     if !(is_root && has_apt) {
         return Err(format!(
-            "libclang (needed by RocksDB's bindgen) is missing; install it with:\n  sudo sh -c '{LIBCLANG_INSTALL}'"
+            "{what} is missing; install it with:\n  sudo sh -c '{command}'"
         ));
     }
-    eprintln!("xtask: libclang missing; installing it: {LIBCLANG_INSTALL}");
+    eprintln!("xtask: {package} missing; installing it: {command}");
     run_step(
         "apt-get update",
         Command::new("apt-get").args(["update", "-qq"]),
     )?;
-    let install = ["install", "-y", "-qq", "libclang-dev"];
+    let install = ["install", "-y", "-qq", package];
     run_step(
         "apt-get install",
         Command::new("apt-get")
             .args(install)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    if libclang_present() {
-        Ok(())
-    } else {
-        Err("libclang-dev was installed but no libclang shared library was found".into())
-    }
+    )
 }
 
 fn libclang_present() -> bool {

@@ -25,6 +25,10 @@ struct Counter {
     applied: LogIndex,
 }
 
+fn encode_i64(value: i64) -> Bytes {
+    Bytes::copy_from_slice(&value.to_le_bytes())
+}
+
 fn decode_i64(payload: &[u8]) -> Result<i64, DecodeError> {
     <[u8; 8]>::try_from(payload)
         .map(i64::from_le_bytes)
@@ -41,12 +45,12 @@ impl StateMachine for Counter {
 
     fn context(_: &i64) {}
 
-    fn entry_payload(delta: &i64) -> Bytes {
-        Bytes::copy_from_slice(&delta.to_le_bytes())
+    fn entry_payload(&self, delta: &i64, _now: Duration) -> Bytes {
+        encode_i64(*delta)
     }
 
     fn encode_command(delta: &i64) -> Bytes {
-        Self::entry_payload(delta)
+        encode_i64(*delta)
     }
 
     fn decode_command(payload: &Bytes) -> Result<i64, DecodeError> {
@@ -54,7 +58,7 @@ impl StateMachine for Counter {
     }
 
     fn encode_output(value: &i64) -> Bytes {
-        Self::entry_payload(value)
+        encode_i64(*value)
     }
 
     fn decode_output(payload: &Bytes) -> Result<i64, DecodeError> {
@@ -89,7 +93,7 @@ impl StateMachine for Counter {
         Ok(applied)
     }
 
-    fn read(&mut self, _: &MemStorage, _: &()) -> Result<i64, StorageError> {
+    fn read(&mut self, _: &MemStorage, _: &(), _now: Duration) -> Result<i64, StorageError> {
         Ok(self.value)
     }
 

@@ -27,6 +27,10 @@ const KEY: &[u8] = b"counter";
 /// The counter, kept in the store.
 struct Counter;
 
+fn encode_i64(value: i64) -> Bytes {
+    Bytes::copy_from_slice(&value.to_le_bytes())
+}
+
 fn decode_i64(payload: &[u8]) -> Result<i64, DecodeError> {
     <[u8; 8]>::try_from(payload)
         .map(i64::from_le_bytes)
@@ -50,12 +54,12 @@ impl StateMachine for Counter {
 
     fn context(_: &i64) {}
 
-    fn entry_payload(delta: &i64) -> Bytes {
-        Bytes::copy_from_slice(&delta.to_le_bytes())
+    fn entry_payload(&self, delta: &i64, _now: Duration) -> Bytes {
+        encode_i64(*delta)
     }
 
     fn encode_command(delta: &i64) -> Bytes {
-        Self::entry_payload(delta)
+        encode_i64(*delta)
     }
 
     fn decode_command(payload: &Bytes) -> Result<i64, DecodeError> {
@@ -63,7 +67,7 @@ impl StateMachine for Counter {
     }
 
     fn encode_output(value: &i64) -> Bytes {
-        Self::entry_payload(value)
+        encode_i64(*value)
     }
 
     fn decode_output(payload: &Bytes) -> Result<i64, DecodeError> {
@@ -101,7 +105,7 @@ impl StateMachine for Counter {
         Ok(applied)
     }
 
-    fn read(&mut self, store: &RocksStorage, _: &()) -> Result<i64, StorageError> {
+    fn read(&mut self, store: &RocksStorage, _: &(), _now: Duration) -> Result<i64, StorageError> {
         value(store)
     }
 

@@ -25,6 +25,11 @@
 //!   index fetched from the leader on a follower, or with
 //!   [`EngineConfig::read_lease`] the leader's lease; each read is served
 //!   once the applied index reaches its index.
+//! - **Time.** The leader stamps each entry's payload with its clock
+//!   ([`StateMachine::entry_payload`]), so a machine whose state depends
+//!   on time applies it deterministically; reads get the serving node's
+//!   clock. On its ticks the leader proposes the machine's housekeeping
+//!   ([`StateMachine::housekeeping`]), one command in flight at a time.
 //! - **Membership, leader transfer, snapshots** (every
 //!   `snapshot_every` entries, the log compacted behind them, installed
 //!   ones handed to the state machine).
@@ -285,6 +290,8 @@ pub struct Engine<M: StateMachine, A> {
     snapshot_retry_at: Option<Duration>,
     /// The leader lease, on this node's clock.
     lease: dr_raft::LeaseTracker<Duration, Duration>,
+    /// The index of the machine's housekeeping command not yet applied.
+    housekeeping_index: Option<LogIndex>,
 }
 
 /// The parts an engine is built from besides its consensus core.
@@ -329,6 +336,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             snapshot_started: None,
             snapshot_retry_at: None,
             lease,
+            housekeeping_index: None,
             config,
         };
         let conf = engine.raft.conf_state().clone();
@@ -433,6 +441,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
         let now = self.clock.now();
         self.expire_forwards(now);
         self.expire_read_fetch(now);
+        self.housekeep(now);
         if !self.config.read_lease || self.raft.lease_read_index().is_none() {
             return;
         }
@@ -444,6 +453,33 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             if self.raft.read_index(context).is_ok() {
                 metrics::bump(&self.metrics.lease_renewals);
             }
+        }
+    }
+
+    /// On the leader: proposes the machine's housekeeping, one command at
+    /// a time (the next once the last one applied).
+    fn housekeep(&mut self, now: Duration) {
+        if self.raft.role() != Role::Leader {
+            self.housekeeping_index = None;
+            return;
+        }
+        if self
+            .housekeeping_index
+            .is_some_and(|index| index > self.applied_index())
+        {
+            return;
+        }
+        self.housekeeping_index = None;
+        let Some(command) = self.machine.housekeeping(self.raft.storage(), now) else {
+            return;
+        };
+        let payload = self.machine.entry_payload(&command, now);
+        match self.raft.propose(payload) {
+            Ok(proposal) => {
+                self.housekeeping_index = Some(proposal.index);
+                metrics::bump(&self.metrics.housekeeping_proposals);
+            }
+            Err(error) => tracing::debug!(%error, "housekeeping not proposed"),
         }
     }
 

@@ -2,6 +2,7 @@
 //! commands and outcomes cross between nodes.
 
 use std::fmt;
+use std::time::Duration;
 
 use bytes::Bytes;
 use dr_codec::message::{ConfState, Entry, LogIndex, SnapshotMeta, Term};
@@ -74,8 +75,10 @@ pub trait StateMachine {
 
     /// The waiting context of `command`.
     fn context(command: &Self::Command) -> Self::Context;
-    /// The log entry payload of `command` (only what every node applies).
-    fn entry_payload(command: &Self::Command) -> Bytes;
+    /// The log entry payload of `command` (only what every node applies),
+    /// as the leader proposes it at `now` on its clock (a machine whose
+    /// commands depend on time stamps them: `apply` may not read a clock).
+    fn entry_payload(&self, command: &Self::Command, now: Duration) -> Bytes;
     /// `command` as a follower forwards it to the leader.
     fn encode_command(command: &Self::Command) -> Bytes;
     /// A forwarded command, every byte checked.
@@ -102,12 +105,22 @@ pub trait StateMachine {
         waiting: &dyn Fn(LogIndex) -> Option<Self::Context>,
     ) -> Result<Vec<Applied<Self::Output>>, StorageError>;
 
-    /// Serves a read on the state as applied now.
+    /// Serves a read on the state as applied now; `now` is the serving
+    /// node's clock (for state that depends on time, such as expiry).
     fn read(
         &mut self,
         store: &Self::Store,
         query: &Self::Query,
+        now: Duration,
     ) -> Result<Self::ReadOutput, StorageError>;
+
+    /// Work the leader proposes on its own, asked on every tick while no
+    /// earlier such command is waiting to be applied (removing expired
+    /// keys, say); `None`: nothing to do. It must be bounded: one command,
+    /// of bounded size.
+    fn housekeeping(&mut self, _store: &Self::Store, _now: Duration) -> Option<Self::Command> {
+        None
+    }
 
     /// The store installed the snapshot `meta` from the leader: whatever
     /// the machine keeps beside the store is rebuilt from it.

@@ -97,6 +97,9 @@ pub struct EngineMetrics {
     pub lease_reads: AtomicU64,
     /// Read rounds started only to renew the lease.
     pub lease_renewals: AtomicU64,
+    /// Commands the leader proposed on its own (the machine's
+    /// housekeeping: removing expired keys).
+    pub housekeeping_proposals: AtomicU64,
     /// Read indexes fetched from the leader as a follower.
     pub read_index_fetches: AtomicU64,
     /// Linearizable reads served by the engine.
@@ -126,6 +129,7 @@ impl Default for EngineMetrics {
             read_index_requests: AtomicU64::new(0),
             lease_reads: AtomicU64::new(0),
             lease_renewals: AtomicU64::new(0),
+            housekeeping_proposals: AtomicU64::new(0),
             read_index_fetches: AtomicU64::new(0),
             reads_served: AtomicU64::new(0),
             entries_applied: AtomicU64::new(0),
@@ -140,7 +144,7 @@ impl Default for EngineMetrics {
 
 impl EngineMetrics {
     /// The counters as (name after `prefix_`, help, value).
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 13] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 14] {
         let v = |c: &AtomicU64| c.load(Relaxed);
         [
             (
@@ -182,6 +186,11 @@ impl EngineMetrics {
                 "lease_renewals_total",
                 "Read rounds started only to renew the leader's lease.",
                 v(&self.lease_renewals),
+            ),
+            (
+                "housekeeping_proposals_total",
+                "Commands the leader proposed on its own (removing expired keys).",
+                v(&self.housekeeping_proposals),
             ),
             (
                 "read_index_fetches_total",

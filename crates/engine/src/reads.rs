@@ -133,7 +133,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             for read in entry.remove() {
                 let result = self
                     .machine
-                    .read(self.raft.storage(), &read.query)
+                    .read(self.raft.storage(), &read.query, self.clock.now())
                     .map(Response::Read)
                     .map_err(|e| EngineError::TryAgain(Retry::Storage(e.to_string())));
                 bump(&self.metrics.reads_served);

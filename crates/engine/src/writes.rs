@@ -16,7 +16,8 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     pub(crate) fn submit(&mut self, request: Forwarded<M>, waiter: Waiter<A>) {
         match request {
             Forwarded::Write(command) => {
-                let result = self.raft.propose(M::entry_payload(&command));
+                let payload = self.machine.entry_payload(&command, self.clock.now());
+                let result = self.raft.propose(payload);
                 self.track_proposal(result, waiter, Some(M::context(&command)));
             }
             Forwarded::ConfChange(op) => {

@@ -8,9 +8,20 @@
 //! monotonic clock.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-static ORIGIN: OnceLock<Instant> = OnceLock::new();
+/// The process's origin: the monotonic instant and the Unix time (ms)
+/// read together at the first use.
+static ORIGIN: OnceLock<(Instant, u64)> = OnceLock::new();
+
+fn origin() -> &'static (Instant, u64) {
+    ORIGIN.get_or_init(|| {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        (Instant::now(), unix)
+    })
+}
 
 /// The node's clock (cheap to copy; every copy reads the same time).
 #[derive(Clone, Copy, Debug, Default)]
@@ -19,7 +30,7 @@ pub struct NodeClock;
 impl NodeClock {
     /// Time since the process's origin, as this node's clock counts it.
     pub fn now(self) -> Duration {
-        let real = ORIGIN.get_or_init(Instant::now).elapsed();
+        let real = origin().0.elapsed();
         #[cfg(feature = "failpoints")]
         {
             rate::scaled(real)
@@ -28,6 +39,41 @@ impl NodeClock {
         {
             real
         }
+    }
+}
+
+impl NodeClock {
+    /// The Unix time (ms) at the clock's zero: with it, a reading of the
+    /// clock is a wall-clock time ([`WallClock`]).
+    pub fn unix_origin_ms(self) -> u64 {
+        origin().1
+    }
+
+    /// Now as Unix milliseconds: the wall clock read once at the origin,
+    /// advanced by this clock (so it never steps back, and runs at the
+    /// clock's rate).
+    pub fn unix_ms(self) -> u64 {
+        WallClock::new(self.unix_origin_ms()).unix_ms(self.now())
+    }
+}
+
+/// Readings of an engine clock as Unix milliseconds: the Unix time at the
+/// clock's zero plus the reading. Expiry times are kept in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WallClock {
+    unix_origin_ms: u64,
+}
+
+impl WallClock {
+    /// A wall clock whose zero is at `unix_origin_ms`.
+    pub fn new(unix_origin_ms: u64) -> Self {
+        Self { unix_origin_ms }
+    }
+
+    /// The reading `now` as Unix milliseconds.
+    pub fn unix_ms(self, now: Duration) -> u64 {
+        self.unix_origin_ms
+            .saturating_add(u64::try_from(now.as_millis()).unwrap_or(u64::MAX))
     }
 }
 
@@ -41,7 +87,7 @@ impl dr_engine::Clock for NodeClock {
 /// (1 000 000: real time); it stays continuous and monotonic.
 #[cfg(feature = "failpoints")]
 pub fn set_rate_ppm(ppm: u64) {
-    let real = ORIGIN.get_or_init(Instant::now).elapsed();
+    let real = origin().0.elapsed();
     rate::set(real, ppm);
 }
 

@@ -14,9 +14,11 @@
 //! - [`lease`]: the lease gate for reads on the connections' threads
 //!   (`--read-lease`); [`status`]: the state published every turn,
 //!   lock-free.
-//! - [`kv`]: the state machine: write commands as log entries, applied
-//!   deterministically (a presence cache spares most writes a store read);
-//!   [`command`]: Redis commands parsed and answered.
+//! - [`kv`]: the state machine: write commands as log entries stamped
+//!   with the leader's time, applied deterministically (a presence cache
+//!   spares most writes a store read); keys with types, versions and
+//!   expiry times; [`reads`]: reads of the applied state; [`command`]:
+//!   Redis commands parsed and answered.
 //! - [`connection`]: the client port (authentication, permissions,
 //!   protected mode); [`auth`]: users and password hashes.
 //! - [`server`]: the executor that carries commands
@@ -36,6 +38,10 @@
 //!   ends up holding another term's entry is answered `-TRYAGAIN` (it had
 //!   no effect); one whose fate cannot be known (lost leader, timeout) is
 //!   answered `-UNCERTAIN`, never success.
+//! - A key whose expiry time has passed on the serving node's clock (or
+//!   the state's, if ahead) is never returned; every node removes it at
+//!   the same log entry (the first write that meets it, or the leader's
+//!   housekeeping entry).
 //! - Every read is linearizable: served once the applied index reaches a
 //!   read index the leader confirmed with a quorum (ReadIndex), on the
 //!   leader or on a follower that fetched the index from the leader. With
@@ -63,9 +69,11 @@
 //!
 //! ## What it does not do
 //!
-//! No key expiry (`EX`/`PX` are refused with an error), no data types
-//! besides strings, one database; users are read from the configuration
-//! (`ACL SETUSER` and friends are not served). `SCAN` cursors live on the node that handed them out. A
+//! No data types besides strings (hashes to come), one database; users
+//! are read from the configuration (`ACL SETUSER` and friends are not
+//! served). `SCAN` cursors live on the node that handed them out. Expiry
+//! follows the leader's clock for writes and the serving node's clock
+//! for reads (`docs/design/expiry.md` states the bound). A
 //! write whose leader fails before answering is reported as
 //! `-UNCERTAIN`: retrying it is the client's decision (`INCR` is not
 //! idempotent).
@@ -93,12 +101,14 @@ pub mod clock;
 pub mod command;
 pub mod config;
 pub mod connection;
+pub mod glob;
 pub mod kv;
 pub mod lease;
 pub mod loadgen;
 pub mod machine;
 pub mod metrics;
 pub mod node;
+pub mod reads;
 pub mod resp;
 pub mod runtime;
 pub mod server;

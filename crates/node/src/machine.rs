@@ -3,8 +3,9 @@
 //! memory in the simulator), the reads of `command.rs`, `SCAN`'s cursors,
 //! and how commands and outcomes cross between nodes.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use dr_codec::message::{ConfState, Entry, LogIndex, NodeId, SnapshotMeta};
@@ -12,8 +13,11 @@ use dr_engine::{Applied, DecodeError, SnapshotStarted, StateMachine};
 use dr_raft::{LogStore, Ready, StorageError};
 use dr_storage::{DataWrite, KeyValue, RocksStorage};
 
-use crate::command::{ReadOp, ReplyShape, glob_match};
-use crate::kv::{self, MemberAddrs, Outcome, PresenceCache, USER, WriteOp};
+use crate::clock::WallClock;
+use crate::command::{ReadOp, ReplyShape};
+use crate::kv::record::{self, EXPIRY};
+use crate::kv::{self, MemberAddrs, Outcome, PresenceCache, Stamped, Tally, WriteOp};
+use crate::reads::{ScanCursors, View};
 use crate::resp::Reply;
 use crate::status::StatusBoard;
 
@@ -116,6 +120,7 @@ fn shape_code(shape: ReplyShape) -> u8 {
         ReplyShape::OldValue => 1,
         ReplyShape::Written => 2,
         ReplyShape::Integer => 3,
+        ReplyShape::Value => 4,
     }
 }
 
@@ -125,6 +130,7 @@ fn shape_of(code: u8) -> Option<ReplyShape> {
         1 => ReplyShape::OldValue,
         2 => ReplyShape::Written,
         3 => ReplyShape::Integer,
+        4 => ReplyShape::Value,
         _ => return None,
     })
 }
@@ -134,6 +140,8 @@ const OUTCOME_SET_OLD: u8 = 2;
 const OUTCOME_INTEGER: u8 = 3;
 const OUTCOME_DONE: u8 = 4;
 const OUTCOME_ERROR: u8 = 5;
+const OUTCOME_NIL: u8 = 6;
+const OUTCOME_VALUE: u8 = 7;
 
 /// An outcome as a leader answers a forwarded write.
 pub fn encode_outcome(outcome: &Outcome) -> Bytes {
@@ -156,6 +164,11 @@ pub fn encode_outcome(outcome: &Outcome) -> Bytes {
             out.put_i64_le(*value);
         }
         Outcome::Done => out.put_u8(OUTCOME_DONE),
+        Outcome::Value(None) => out.put_u8(OUTCOME_NIL),
+        Outcome::Value(Some(value)) => {
+            out.put_u8(OUTCOME_VALUE);
+            out.extend_from_slice(value);
+        }
         Outcome::Error(text) => {
             out.put_u8(OUTCOME_ERROR);
             out.extend_from_slice(text.as_bytes());
@@ -192,6 +205,8 @@ pub fn decode_outcome(payload: &Bytes) -> Result<Outcome, DecodeError> {
         }
         OUTCOME_INTEGER if input.len() == 8 => Ok(Outcome::Integer(input.get_i64_le())),
         OUTCOME_DONE if input.is_empty() => Ok(Outcome::Done),
+        OUTCOME_NIL if input.is_empty() => Ok(Outcome::Value(None)),
+        OUTCOME_VALUE => Ok(Outcome::Value(Some(input))),
         OUTCOME_ERROR => String::from_utf8(input.to_vec())
             .map(Outcome::Error)
             .map_err(|_| bad("an error text that is not UTF-8")),
@@ -199,48 +214,16 @@ pub fn decode_outcome(payload: &Bytes) -> Result<Outcome, DecodeError> {
     }
 }
 
-/// Server-side SCAN cursors: cursor number → the next key, the oldest
-/// forgotten first.
-#[derive(Debug)]
-struct ScanCursors {
-    next: u64,
-    positions: HashMap<u64, Bytes>,
-    order: VecDeque<u64>,
-}
-
-const SCAN_CURSORS_MAX: usize = 16 << 10;
-
-impl ScanCursors {
-    fn new(node: NodeId) -> Self {
-        // Different nodes hand out different numbers, so a cursor taken
-        // to another node is refused rather than misread.
-        Self {
-            next: (node << 40) | 1,
-            positions: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    fn save(&mut self, next_key: Bytes) -> u64 {
-        let cursor = self.next;
-        self.next += 1;
-        if self.order.len() == SCAN_CURSORS_MAX
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.positions.remove(&oldest);
-        }
-        self.positions.insert(cursor, next_key);
-        self.order.push_back(cursor);
-        cursor
-    }
-}
-
 /// The key-value state machine over the store `S`.
 #[derive(Debug)]
 pub struct KvMachine<S> {
-    /// Client keys as of the applied index (kept here: reading it from
-    /// the store on every apply costs a memtable search).
-    keys: u64,
+    /// Client keys and the state's clock as of the applied index (kept
+    /// here: reading them from the store on every apply costs a memtable
+    /// search).
+    tally: Tally,
+    /// The engine clock's readings as Unix time: what the leader stamps
+    /// on its entries, what reads compare expiry times with.
+    wall: WallClock,
     /// Which client keys exist, as far as applies have seen.
     presence: PresenceCache,
     cursors: ScanCursors,
@@ -251,31 +234,32 @@ pub struct KvMachine<S> {
 
 impl<S: KvStore> KvMachine<S> {
     /// The machine over `store` as it is, publishing the member table to
-    /// `status`.
-    pub fn new(store: &S, status: Arc<StatusBoard>) -> Self {
+    /// `status`, reading the engine's clock as Unix time with `wall`.
+    /// Refuses a store whose data it cannot read.
+    pub fn new(store: &S, status: Arc<StatusBoard>, wall: WallClock) -> Result<Self, StorageError> {
         let mut machine = Self {
-            keys: 0,
+            tally: kv::tally(store)?,
+            wall,
             presence: PresenceCache::default(),
             cursors: ScanCursors::new(status.id()),
             members: BTreeMap::new(),
             status,
             store: std::marker::PhantomData,
         };
-        machine.reload(store);
-        machine
+        machine.reload_members(store);
+        Ok(machine)
     }
 
     /// Client keys as of the applied index.
     pub fn keys(&self) -> u64 {
-        self.keys
+        self.tally.keys
     }
 
-    fn reload(&mut self, store: &S) {
-        match kv::key_count(store) {
-            Ok(keys) => self.keys = keys,
-            Err(error) => tracing::error!(%error, "cannot read the key count"),
-        }
-        self.reload_members(store);
+    /// The time a read at engine time `now` compares expiry times with:
+    /// this node's clock, or the state's if that is ahead (so a read
+    /// never sees a key that a write already found expired).
+    fn read_time_ms(&self, now: Duration) -> u64 {
+        self.wall.unix_ms(now).max(self.tally.clock_ms)
     }
 
     fn reload_members(&mut self, store: &S) {
@@ -287,45 +271,22 @@ impl<S: KvStore> KvMachine<S> {
             Err(error) => tracing::error!(%error, "cannot read the member table"),
         }
     }
+}
 
-    fn scan(
-        &mut self,
-        store: &S,
-        cursor: u64,
-        pattern: Option<&[u8]>,
-        count: usize,
-        strings_only: bool,
-    ) -> Result<Reply, StorageError> {
-        let start = if cursor == 0 {
-            vec![USER]
-        } else {
-            match self.cursors.positions.remove(&cursor) {
-                Some(next) => kv::user_key(&next),
-                None => return Ok(Reply::err("invalid cursor (unknown here, or expired)")),
-            }
-        };
-        let page = store.scan(&start, count + 1)?;
-        let mut page: Vec<Bytes> = page
-            .into_iter()
-            .take_while(|(key, _)| key.first() == Some(&USER))
-            .map(|(key, _)| Bytes::copy_from_slice(&key[1..]))
-            .collect();
-        let next = if page.len() > count {
-            let next_key = page.pop().expect("more than count keys");
-            self.cursors.save(next_key)
-        } else {
-            0
-        };
-        let keys = page
-            .into_iter()
-            .filter(|key| strings_only && pattern.is_none_or(|p| glob_match(p, key)))
-            .map(Reply::Bulk)
-            .collect();
-        Ok(Reply::Array(vec![
-            Reply::bulk(next.to_string()),
-            Reply::Array(keys),
-        ]))
-    }
+/// Keys removed per expiry command at most: an expiry storm becomes a
+/// stream of bounded entries, one in flight at a time.
+pub const REAP_BATCH_MAX: usize = 256;
+
+/// The first keys of the expiry index whose time is at or before `now_ms`
+/// (at most [`REAP_BATCH_MAX`]), with their times.
+fn expired_keys(store: &impl KvStore, now_ms: u64) -> Result<Vec<(Bytes, u64)>, StorageError> {
+    Ok(store
+        .scan(&[EXPIRY], REAP_BATCH_MAX)?
+        .iter()
+        .map_while(|(stored, _)| record::parse_expiry_key(stored))
+        .take_while(|&(at, _)| at <= now_ms)
+        .map(|(at, key)| (Bytes::copy_from_slice(key), at))
+        .collect())
 }
 
 impl<S: KvStore> StateMachine for KvMachine<S> {
@@ -340,8 +301,12 @@ impl<S: KvStore> StateMachine for KvMachine<S> {
         command.shape
     }
 
-    fn entry_payload(command: &KvWrite) -> Bytes {
-        command.op.encode()
+    fn entry_payload(&self, command: &KvWrite, now: Duration) -> Bytes {
+        Stamped {
+            now_ms: self.wall.unix_ms(now),
+            op: command.op.clone(),
+        }
+        .encode()
     }
 
     fn encode_command(command: &KvWrite) -> Bytes {
@@ -390,7 +355,7 @@ impl<S: KvStore> StateMachine for KvMachine<S> {
             store,
             entries,
             conf_state,
-            &mut self.keys,
+            &mut self.tally,
             &mut self.presence,
             |index| waiting(index) == Some(ReplyShape::OldValue),
         )?;
@@ -411,37 +376,34 @@ impl<S: KvStore> StateMachine for KvMachine<S> {
         Ok(applied)
     }
 
-    fn read(&mut self, store: &S, op: &ReadOp) -> Result<Reply, StorageError> {
-        let value = |key: &[u8]| store.get(&kv::user_key(key));
-        Ok(match op {
-            ReadOp::Get(key) => Reply::bulk_or_null(value(key)?),
-            ReadOp::GetMany(keys) => Reply::Array(
-                keys.iter()
-                    .map(|key| Ok(Reply::bulk_or_null(value(key)?)))
-                    .collect::<Result<_, StorageError>>()?,
-            ),
-            ReadOp::Exists(keys) => {
-                let mut present = 0;
-                for key in keys {
-                    present += i64::from(value(key)?.is_some());
-                }
-                Reply::Integer(present)
+    fn read(&mut self, store: &S, op: &ReadOp, now: Duration) -> Result<Reply, StorageError> {
+        let view = View {
+            store,
+            now_ms: self.read_time_ms(now),
+        };
+        view.serve(op, self.tally.keys, &mut self.cursors)
+    }
+
+    fn housekeeping(&mut self, store: &S, now: Duration) -> Option<KvWrite> {
+        let now_ms = self.wall.unix_ms(now);
+        let due = match expired_keys(store, now_ms) {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the expiry index");
+                return None;
             }
-            ReadOp::Strlen(key) => Reply::Integer(value(key)?.map_or(0, |v| v.len() as i64)),
-            ReadOp::DbSize => Reply::Integer(self.keys as i64),
-            ReadOp::Scan {
-                cursor,
-                pattern,
-                count,
-                strings_only,
-            } => self.scan(store, *cursor, pattern.as_deref(), *count, *strings_only)?,
+        };
+        (!due.is_empty()).then(|| KvWrite {
+            op: WriteOp::Reap(due),
+            shape: ReplyShape::Integer,
         })
     }
 
     fn restored(&mut self, store: &mut S, _meta: &SnapshotMeta) -> Result<(), StorageError> {
         // The install rewrote the data behind the apply path.
         self.presence.clear();
-        self.reload(store);
+        self.tally = kv::tally(store)?;
+        self.reload_members(store);
         Ok(())
     }
 
@@ -472,7 +434,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::kv::SetCondition;
+    use crate::kv::{SetCondition, Ttl};
 
     type Machine = KvMachine<RocksStorage>;
 
@@ -484,6 +446,8 @@ mod tests {
                     key: Bytes::from_static(b"k"),
                     value: Bytes::from_static(b"v"),
                     condition: SetCondition::IfAbsent,
+                    ttl: Ttl::In(10),
+                    get: false,
                 },
                 shape: ReplyShape::Written,
             },
@@ -521,10 +485,21 @@ mod tests {
                 old: Some(Bytes::new()),
             },
             Outcome::Error("WRONGTYPE no".into()),
+            Outcome::Value(None),
+            Outcome::Value(Some(Bytes::new())),
+            Outcome::Value(Some(Bytes::from_static(b"v"))),
         ] {
             assert_eq!(decode_outcome(&encode_outcome(&outcome)), Ok(outcome));
         }
-        let bad: [&[u8]; 6] = [b"", b"\x01", b"\x01\x02", b"\x03\x01", b"\x04\x00", b"\x09"];
+        let bad: [&[u8]; 7] = [
+            b"",
+            b"\x01",
+            b"\x01\x02",
+            b"\x03\x01",
+            b"\x04\x00",
+            b"\x09",
+            b"\x06\x00",
+        ];
         for bad in bad {
             assert!(
                 decode_outcome(&Bytes::copy_from_slice(bad)).is_err(),

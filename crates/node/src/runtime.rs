@@ -26,7 +26,7 @@ use dr_storage::{BackupInfo, RocksStorage, StoreReader};
 use dr_transport::TcpTransport;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::clock::{NodeClock, Ticks};
+use crate::clock::{NodeClock, Ticks, WallClock};
 use crate::command::{ReadOp, ReplyShape, write_reply};
 use crate::kv::WriteOp;
 use crate::lease::LeaseGate;
@@ -222,7 +222,9 @@ pub fn start(
         lease: Arc::new(LeaseGate::new(clock)),
         reader: raft.storage().reader(),
     };
-    let machine = KvMachine::new(raft.storage(), Arc::clone(&status));
+    let wall = WallClock::new(clock.unix_origin_ms());
+    let machine = KvMachine::new(raft.storage(), Arc::clone(&status), wall)
+        .map_err(|error| std::io::Error::other(error.to_string()))?;
     let parts = Parts {
         machine,
         transport: Box::new(PeerLinks {

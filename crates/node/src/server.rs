@@ -9,9 +9,11 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::clock::NodeClock;
 use crate::command::{Command, ReadOp};
 use crate::kv;
 use crate::metrics::bump;
+use crate::reads;
 use crate::resp::{Limits, Reply};
 use crate::runtime::{EngineHandle, Request, error_reply, uncertain_reply};
 use dr_engine::{EngineError, Retry as EngineRetry, Uncertain};
@@ -159,16 +161,20 @@ impl Executor {
         if !gate.open() {
             return None;
         }
-        let value = self.engine.reader.get(&kv::user_key(key)).ok()?;
+        let stored = self.engine.reader.get(&kv::user_key(key)).ok()?;
         // Still the only leader after the read: it read a state no
         // acknowledged write is missing from.
         if !gate.still_valid() {
             return None;
         }
+        let record = reads::live_record(stored, NodeClock.unix_ms()).ok()?;
         bump(&self.engine.metrics.engine.lease_reads);
-        Some(match op {
-            ReadOp::Strlen(_) => Reply::Integer(value.map_or(0, |v| v.len() as i64)),
-            _ => Reply::bulk_or_null(value),
+        Some(match reads::string_value(record) {
+            Err(error) => error,
+            Ok(value) if matches!(op, ReadOp::Strlen(_)) => {
+                Reply::Integer(value.map_or(0, |v| v.len() as i64))
+            }
+            Ok(value) => Reply::bulk_or_null(value),
         })
     }
 

@@ -34,6 +34,7 @@ use dr_codec::message::{ConfState, LogIndex, Message, NodeId, Term};
 use dr_engine::{
     Clock, Engine, EngineConfig, EngineError, Event, Inbox, NoObserver, Parts, Transport,
 };
+use dr_node::clock::WallClock;
 use dr_node::command::{self, Command};
 use dr_node::machine::KvMachine;
 use dr_node::resp::Reply;
@@ -41,6 +42,10 @@ use dr_node::runtime::{ReplyTo, Request};
 use dr_node::status::StatusBoard;
 use dr_raft::{ConfChangeOp, LogStore, RaftNode, Role, Snapshot, Storage};
 use tokio::sync::oneshot;
+
+/// The Unix time (ms) at every simulated clock's zero: expiry times are
+/// counted from it.
+const SIM_UNIX_ORIGIN_MS: u64 = 1_700_000_000_000;
 
 use crate::history::{Done, Values, check_linearizable, random_command};
 use crate::rng::Rng;
@@ -397,7 +402,8 @@ impl SimCluster {
             raft_config.applied = dr_node::machine::KvStore::applied_index(&store);
             raft_config.election_jitter_seed = self.rng.next_u64();
             let status = Arc::new(StatusBoard::new(node.id, 1));
-            let machine = KvMachine::new(&store, status);
+            let wall = WallClock::new(SIM_UNIX_ORIGIN_MS);
+            let machine = KvMachine::new(&store, status, wall).expect("a stored node restarts");
             let raft = RaftNode::new(raft_config.clone(), store).expect("a stored node restarts");
             let mut config = self.config.clone();
             config.raft = raft_config;

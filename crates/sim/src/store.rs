@@ -306,6 +306,17 @@ impl KvStore for MemKvStore {
                 DataWrite::Delete(key) => {
                     self.state.data.remove(*key);
                 }
+                DataWrite::DeleteRange(from, to) => {
+                    let doomed: Vec<Vec<u8>> = self
+                        .state
+                        .data
+                        .range(from.to_vec()..to.to_vec())
+                        .map(|(key, _)| key.clone())
+                        .collect();
+                    for key in doomed {
+                        self.state.data.remove(&key);
+                    }
+                }
             }
         }
         self.state.applied = applied;

@@ -444,3 +444,28 @@ fn a_reader_never_answers_from_a_half_installed_snapshot() {
     assert!(refused > 0, "reads overlapping the install were refused");
     assert_eq!(target.reader().get(&key(7)).unwrap(), Some(value(7, 1)));
 }
+
+#[test]
+fn a_range_delete_removes_its_range_in_order_with_the_other_writes() {
+    let dir = TestDir::new();
+    let mut store = open(&dir);
+    store.append(&entries(1, 2, 1)).unwrap();
+    let writes = [
+        DataWrite::Put(b"a", b"1"),
+        DataWrite::Put(b"b1", b"2"),
+        DataWrite::Put(b"b2", b"3"),
+        DataWrite::Put(b"c", b"4"),
+    ];
+    store.apply(&writes, 1, None).unwrap();
+    // Written after the range delete in one batch: it stays.
+    let writes = [
+        DataWrite::DeleteRange(b"b", b"c"),
+        DataWrite::Put(b"b3", b"5"),
+    ];
+    store.apply(&writes, 2, None).unwrap();
+    drop(store);
+    let store = open(&dir);
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = all_pairs(&store);
+    let keys: Vec<&[u8]> = pairs.iter().map(|(key, _)| key.as_slice()).collect();
+    assert_eq!(keys, [&b"a"[..], b"b3", b"c"]);
+}

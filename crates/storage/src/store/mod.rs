@@ -144,13 +144,16 @@ pub enum DataWrite<'a> {
     Put(&'a [u8], &'a [u8]),
     /// Removes `key`.
     Delete(&'a [u8]),
+    /// Removes every key from the first (inclusive) to the second
+    /// (exclusive): one record, whatever the number of keys.
+    DeleteRange(&'a [u8], &'a [u8]),
 }
 
 impl<'a> DataWrite<'a> {
-    /// The key written.
+    /// The key written (a range's first).
     pub fn key(&self) -> &'a [u8] {
         match self {
-            Self::Put(key, _) | Self::Delete(key) => key,
+            Self::Put(key, _) | Self::Delete(key) | Self::DeleteRange(key, _) => key,
         }
     }
 }
@@ -465,6 +468,7 @@ impl RocksStorage {
             match write {
                 DataWrite::Put(key, value) => batch.put_cf(data, key, value),
                 DataWrite::Delete(key) => batch.delete_cf(data, key),
+                DataWrite::DeleteRange(from, to) => batch.delete_range_cf(data, from, to),
             }
         }
         batch.put_cf(

@@ -6,8 +6,10 @@ use bytes::Bytes;
 use dr_codec::message::NodeId;
 use dr_raft::ConfChangeOp;
 
-use crate::kv::{self, Outcome, SetCondition, WriteOp};
+use crate::kv::{self, Outcome, SetCondition, Ttl, WriteOp};
 use crate::resp::Reply;
+
+mod expiry;
 
 /// A parsed request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,9 +103,49 @@ pub enum ReadOp {
         pattern: Option<Bytes>,
         /// Keys to look at for this page.
         count: usize,
-        /// Only strings exist; any other type matches nothing.
-        strings_only: bool,
+        /// Only keys of this type.
+        kind: Option<TypeFilter>,
     },
+    /// `TTL`, `PTTL`, `EXPIRETIME`, `PEXPIRETIME`.
+    Ttl {
+        /// The key.
+        key: Bytes,
+        /// Which of them.
+        query: TtlQuery,
+    },
+    /// `TYPE key`.
+    Type(Bytes),
+    /// `GETEX` with a time Redis refuses: nil for a missing key,
+    /// `WRONGTYPE` for another type, else the error.
+    GetOrRefuse {
+        /// The key.
+        key: Bytes,
+        /// The error text.
+        error: String,
+    },
+}
+
+/// `SCAN ... TYPE t`: the type asked for (one drkv does not have matches
+/// nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TypeFilter {
+    /// A type drkv stores.
+    Kind(kv::Kind),
+    /// Any other name.
+    Other,
+}
+
+/// What a time-to-live read answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TtlQuery {
+    /// `TTL`: seconds left, rounded.
+    Seconds,
+    /// `PTTL`: milliseconds left.
+    Millis,
+    /// `EXPIRETIME`: the Unix time, seconds.
+    UnixSeconds,
+    /// `PEXPIRETIME`: the Unix time, milliseconds.
+    UnixMillis,
 }
 
 /// How a write's [`Outcome`] is answered.
@@ -115,8 +157,10 @@ pub enum ReplyShape {
     OldValue,
     /// `SETNX`: 1 if written.
     Written,
-    /// `DEL`, `INCR`, `APPEND`, `CAS`: the number.
+    /// `DEL`, `INCR`, `APPEND`, `CAS`, `EXPIRE`: the number.
     Integer,
+    /// `GETEX`, `GETDEL`: the value, or nil.
+    Value,
 }
 
 const SCAN_COUNT_DEFAULT: usize = 10;
@@ -217,25 +261,87 @@ pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
         }
         b"set" => {
             arity(args.len() >= 2)?;
-            parse_set(args)
+            expiry::parse_set(args)
         }
         b"setnx" => {
             arity(args.len() == 2)?;
-            set(
+            let shape = ReplyShape::Written;
+            expiry::set(
                 &args[0],
                 &args[1],
                 SetCondition::IfAbsent,
-                ReplyShape::Written,
+                Ttl::Clear,
+                false,
+                shape,
             )
         }
         b"getset" => {
             arity(args.len() == 2)?;
-            set(
+            let shape = ReplyShape::OldValue;
+            expiry::set(
                 &args[0],
                 &args[1],
                 SetCondition::Always,
-                ReplyShape::OldValue,
+                Ttl::Clear,
+                true,
+                shape,
             )
+        }
+        b"setex" | b"psetex" => {
+            arity(args.len() == 3)?;
+            let (unit, command) = if name == b"setex" {
+                (expiry::Unit::Seconds, "setex")
+            } else {
+                (expiry::Unit::Millis, "psetex")
+            };
+            let ttl = expiry::positive_ttl(&args[1], unit, expiry::Base::Now, command)?;
+            let shape = ReplyShape::Ok;
+            expiry::set(&args[0], &args[2], SetCondition::Always, ttl, false, shape)
+        }
+        b"getex" => {
+            arity(!args.is_empty())?;
+            expiry::parse_getex(args)
+        }
+        b"getdel" => {
+            arity(args.len() == 1)?;
+            write(WriteOp::GetDel(key(&args[0])?), ReplyShape::Value)
+        }
+        b"expire" | b"pexpire" | b"expireat" | b"pexpireat" => {
+            arity(args.len() >= 2)?;
+            let command = String::from_utf8_lossy(&name).into_owned();
+            expiry::parse_expire(args, &command)
+        }
+        b"persist" => {
+            arity(args.len() == 1)?;
+            write(WriteOp::Persist(key(&args[0])?), ReplyShape::Integer)
+        }
+        b"ttl" | b"pttl" | b"expiretime" | b"pexpiretime" => {
+            arity(args.len() == 1)?;
+            let query = match name.as_slice() {
+                b"ttl" => TtlQuery::Seconds,
+                b"pttl" => TtlQuery::Millis,
+                b"expiretime" => TtlQuery::UnixSeconds,
+                _ => TtlQuery::UnixMillis,
+            };
+            read(ReadOp::Ttl {
+                key: key(&args[0])?,
+                query,
+            })
+        }
+        b"type" => {
+            arity(args.len() == 1)?;
+            read(ReadOp::Type(key(&args[0])?))
+        }
+        b"flushdb" | b"flushall" => {
+            // ASYNC and SYNC are the same here: one range delete.
+            match args {
+                [] => {}
+                [mode]
+                    if mode.eq_ignore_ascii_case(b"async")
+                        || mode.eq_ignore_ascii_case(b"sync") => {}
+                _ => return Err(syntax_error()),
+            }
+            write(WriteOp::Flush, ReplyShape::Ok)
         }
         b"del" | b"unlink" => {
             arity(!args.is_empty())?;
@@ -294,20 +400,6 @@ fn write(op: WriteOp, shape: ReplyShape) -> Result<Command, Reply> {
     Ok(Command::Write { op, shape })
 }
 
-fn set(
-    key_arg: &Bytes,
-    value: &Bytes,
-    condition: SetCondition,
-    shape: ReplyShape,
-) -> Result<Command, Reply> {
-    let op = WriteOp::Set {
-        key: key(key_arg)?,
-        value: value.clone(),
-        condition,
-    };
-    write(op, shape)
-}
-
 fn increment(key_arg: &Bytes, delta: i64) -> Result<Command, Reply> {
     let op = WriteOp::IncrementBy {
         key: key(key_arg)?,
@@ -351,27 +443,6 @@ fn syntax_error() -> Reply {
     Reply::err("syntax error")
 }
 
-fn parse_set(args: &[Bytes]) -> Result<Command, Reply> {
-    let mut condition = SetCondition::Always;
-    let mut shape = ReplyShape::Ok;
-    for option in &args[2..] {
-        match option.to_ascii_uppercase().as_slice() {
-            b"NX" if condition == SetCondition::Always => condition = SetCondition::IfAbsent,
-            b"XX" if condition == SetCondition::Always => condition = SetCondition::IfPresent,
-            b"GET" => shape = ReplyShape::OldValue,
-            // No key has a TTL, so keeping it is what always happens.
-            b"KEEPTTL" => {}
-            b"EX" | b"PX" | b"EXAT" | b"PXAT" => {
-                return Err(Reply::err(
-                    "drkv does not support expiry (EX, PX, EXAT, PXAT): keys live until deleted",
-                ));
-            }
-            _ => return Err(syntax_error()),
-        }
-    }
-    set(&args[0], &args[1], condition, shape)
-}
-
 fn parse_scan(args: &[Bytes]) -> Result<Command, Reply> {
     let cursor = std::str::from_utf8(&args[0])
         .ok()
@@ -379,7 +450,7 @@ fn parse_scan(args: &[Bytes]) -> Result<Command, Reply> {
         .ok_or_else(|| Reply::err("invalid cursor"))?;
     let mut pattern = None;
     let mut count = SCAN_COUNT_DEFAULT;
-    let mut strings_only = true;
+    let mut kind = None;
     let mut options = args[1..].iter();
     while let Some(option) = options.next() {
         let value = options.next().ok_or_else(syntax_error)?;
@@ -389,7 +460,7 @@ fn parse_scan(args: &[Bytes]) -> Result<Command, Reply> {
                 n if n >= 1 => count = (n as usize).min(SCAN_COUNT_MAX),
                 _ => return Err(syntax_error()),
             },
-            b"TYPE" => strings_only = value.eq_ignore_ascii_case(b"string"),
+            b"TYPE" => kind = Some(type_filter(value)),
             _ => return Err(syntax_error()),
         }
     }
@@ -397,8 +468,15 @@ fn parse_scan(args: &[Bytes]) -> Result<Command, Reply> {
         cursor,
         pattern,
         count,
-        strings_only,
+        kind,
     })
+}
+
+fn type_filter(name: &[u8]) -> TypeFilter {
+    [kv::Kind::String, kv::Kind::Hash]
+        .into_iter()
+        .find(|kind| name.eq_ignore_ascii_case(kind.name().as_bytes()))
+        .map_or(TypeFilter::Other, TypeFilter::Kind)
 }
 
 fn parse_hello(args: &[Bytes]) -> Result<Command, Reply> {
@@ -459,112 +537,10 @@ pub fn write_reply(shape: ReplyShape, outcome: Outcome) -> Reply {
         (ReplyShape::Ok, _) => Reply::OK,
         (ReplyShape::OldValue, Outcome::Set { old, .. }) => Reply::bulk_or_null(old),
         (ReplyShape::Written, Outcome::Set { written, .. }) => Reply::Integer(i64::from(written)),
+        (ReplyShape::Value, Outcome::Value(value)) => Reply::bulk_or_null(value),
         (_, Outcome::Integer(value)) => Reply::Integer(value),
         (shape, outcome) => Reply::err(format!("internal: {outcome:?} for {shape:?}")),
     }
-}
-
-/// Whether `key` matches the glob `pattern` (Redis's `*`, `?`, `[...]`
-/// with ranges and `^`, and `\\` escapes). Linear backtracking to the last
-/// `*` only, so no pattern takes more than pattern × key steps.
-pub fn glob_match(pattern: &[u8], key: &[u8]) -> bool {
-    let tokens = glob_tokens(pattern);
-    let (mut token, mut position) = (0, 0);
-    let mut last_star: Option<(usize, usize)> = None;
-    while position < key.len() {
-        match tokens.get(token) {
-            Some(GlobToken::Star) => {
-                last_star = Some((token, position));
-                token += 1;
-                continue;
-            }
-            Some(single) if single.matches(key[position]) => {
-                token += 1;
-                position += 1;
-                continue;
-            }
-            _ => {}
-        }
-        let Some((star, from)) = last_star else {
-            return false;
-        };
-        last_star = Some((star, from + 1));
-        token = star + 1;
-        position = from + 1;
-    }
-    tokens[token..].iter().all(|t| *t == GlobToken::Star)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum GlobToken<'a> {
-    Star,
-    AnyByte,
-    Byte(u8),
-    Class(&'a [u8]),
-}
-
-impl GlobToken<'_> {
-    fn matches(self, byte: u8) -> bool {
-        match self {
-            Self::Star | Self::AnyByte => true,
-            Self::Byte(expected) => expected == byte,
-            Self::Class(class) => class_matches(class, byte),
-        }
-    }
-}
-
-fn glob_tokens(mut pattern: &[u8]) -> Vec<GlobToken<'_>> {
-    let mut tokens = Vec::with_capacity(pattern.len());
-    while let Some((&first, rest)) = pattern.split_first() {
-        let (token, rest) = match first {
-            b'*' => (GlobToken::Star, rest),
-            b'?' => (GlobToken::AnyByte, rest),
-            b'\\' if !rest.is_empty() => (GlobToken::Byte(rest[0]), &rest[1..]),
-            b'[' => match class_end(rest) {
-                Some(end) => (GlobToken::Class(&rest[..end]), &rest[end + 1..]),
-                None => (GlobToken::Byte(b'['), rest),
-            },
-            literal => (GlobToken::Byte(literal), rest),
-        };
-        tokens.push(token);
-        pattern = rest;
-    }
-    tokens
-}
-
-/// Where the class that starts after `[` ends (the `]`), honouring `\\`.
-fn class_end(class: &[u8]) -> Option<usize> {
-    let mut position = 0;
-    while position < class.len() {
-        match class[position] {
-            b'\\' => position += 2,
-            b']' if position > 0 => return Some(position),
-            _ => position += 1,
-        }
-    }
-    None
-}
-
-fn class_matches(class: &[u8], byte: u8) -> bool {
-    let (negated, mut class) = match class.split_first() {
-        Some((b'^', rest)) => (true, rest),
-        _ => (false, class),
-    };
-    let mut found = false;
-    while let Some((&first, rest)) = class.split_first() {
-        if first == b'\\' && !rest.is_empty() {
-            found |= rest[0] == byte;
-            class = &rest[1..];
-        } else if rest.len() >= 2 && rest[0] == b'-' {
-            let (low, high) = (first.min(rest[1]), first.max(rest[1]));
-            found |= (low..=high).contains(&byte);
-            class = &rest[2..];
-        } else {
-            found |= first == byte;
-            class = rest;
-        }
-    }
-    found != negated
 }
 
 #[cfg(test)]
@@ -603,7 +579,22 @@ mod tests {
             error_text(&["SET", "k", "v", "NX", "XX"]),
             "ERR syntax error"
         );
-        assert!(error_text(&["SET", "k", "v", "EX", "10"]).contains("does not support expiry"));
+        assert_eq!(
+            error_text(&["SET", "k", "v", "EX", "0"]),
+            "ERR invalid expire time in 'set' command"
+        );
+        assert_eq!(
+            error_text(&["SET", "k", "v", "EX", "1", "PX", "1"]),
+            "ERR syntax error"
+        );
+        assert_eq!(
+            error_text(&["EXPIRE", "k", "1", "NX", "GT"]),
+            "ERR NX and XX, GT or LT options at the same time are not compatible"
+        );
+        assert_eq!(
+            error_text(&["PEXPIRE", "k", "9223372036854775807"]),
+            "ERR invalid expire time in 'pexpire' command"
+        );
         assert_eq!(
             error_text(&["INCRBY", "k", "1.5"]),
             "ERR value is not an integer or out of range"
@@ -623,17 +614,28 @@ mod tests {
 
     #[test]
     fn set_options_choose_condition_and_reply() {
-        let command = parse(&args(&["set", "k", "v", "nx", "get"])).unwrap();
+        let command = parse(&args(&["set", "k", "v", "nx", "get", "px", "1", "PX", "5"])).unwrap();
         let Command::Write {
-            op: WriteOp::Set { condition, .. },
+            op:
+                WriteOp::Set {
+                    condition,
+                    ttl,
+                    get,
+                    ..
+                },
             shape,
         } = command
         else {
             panic!("{command:?}");
         };
         assert_eq!(
-            (condition, shape),
-            (SetCondition::IfAbsent, ReplyShape::OldValue)
+            (condition, ttl, get, shape),
+            (
+                SetCondition::IfAbsent,
+                Ttl::In(5),
+                true,
+                ReplyShape::OldValue
+            )
         );
         assert_eq!(
             write_reply(
@@ -655,31 +657,5 @@ mod tests {
             ),
             Reply::Integer(1)
         );
-    }
-
-    #[test]
-    fn globs_match_like_redis() {
-        let long = "a".repeat(200);
-        let cases: &[(&str, &str, bool)] = &[
-            ("*", "", true),
-            ("user:*", "user:42", true),
-            ("user:*", "users", false),
-            ("h?llo", "hello", true),
-            ("h[ae]llo", "hallo", true),
-            ("h[^e]llo", "hello", false),
-            ("h[a-c]llo", "hbllo", true),
-            ("h\\*", "h*", true),
-            ("h\\*", "hx", false),
-            ("*a*b", "xxaxxb", true),
-            ("[", "[", true),
-            ("a*a*a*a*a*a*a*a*b", &long, false),
-        ];
-        for &(pattern, key, expected) in cases {
-            assert_eq!(
-                glob_match(pattern.as_bytes(), key.as_bytes()),
-                expected,
-                "{pattern} {key}"
-            );
-        }
     }
 }

@@ -1,0 +1,623 @@
+//! The deterministic apply path: committed entries' commands applied in
+//! one atomic storage batch, each seeing the earlier ones' writes.
+//!
+//! "Now" for an entry is the state's clock: the largest leader time
+//! stamped on any entry applied so far (it never goes back, whichever
+//! leader proposed). Keys whose expiry time is at or before it are gone
+//! for every command of the entry, and are removed as they are met
+//! (lazily, as Redis does), so every node removes them at the same entry.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use dr_codec::message::{ConfState, Entry, EntryKind, LogIndex, Term};
+use dr_raft::StorageError;
+use dr_storage::DataWrite;
+
+use super::op::{DecodeError, ExpireCondition, SetCondition, Stamped, Ttl, WriteOp};
+use super::presence::PresenceCache;
+use super::record::{self, CLIENT_END, Kind, Meta, Record, USER};
+use super::{CLOCK, KEY_COUNT, Outcome, VALUE_BYTES_MAX, WRONGTYPE, member_key, parse_integer};
+use crate::machine::KvStore;
+
+/// What the apply path keeps between batches (so no apply reads it back).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Client keys.
+    pub keys: u64,
+    /// The state's clock: the latest leader time applied (Unix ms).
+    pub clock_ms: u64,
+}
+
+/// One applied entry's result.
+#[derive(Debug)]
+pub struct Applied {
+    /// The entry's index.
+    pub index: LogIndex,
+    /// The entry's term (a waiter whose proposal had another term lost it).
+    pub term: Term,
+    /// What it did.
+    pub outcome: Outcome,
+    /// It recorded a member's addresses.
+    pub member_changed: bool,
+}
+
+/// Applies committed entries in one atomic storage batch (with the new
+/// applied index and configuration) and returns each entry's outcome.
+/// Later entries of the batch see the earlier ones' writes. `tally` is
+/// the count and clock before, and after. `wants_old(index)`: whether the
+/// outcome of the entry at `index` must carry the old value (`SET ...
+/// GET`, `GETSET`: a client waits on this node for it); other writes read
+/// only their key's header, which `presence` often knows.
+pub fn apply_entries<S: KvStore>(
+    store: &mut S,
+    entries: &[Entry],
+    conf_state: Option<&ConfState>,
+    tally: &mut Tally,
+    presence: &mut PresenceCache,
+    wants_old: impl Fn(LogIndex) -> bool,
+) -> Result<Vec<Applied>, StorageError> {
+    let Some(last) = entries.last() else {
+        return Ok(Vec::new());
+    };
+    let mut batch = ApplyBatch::new(store, *tally, &mut *presence);
+    let mut applied = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let mut member_changed = false;
+        let outcome = match entry.kind {
+            EntryKind::Normal => match Stamped::decode(&entry.payload) {
+                Ok(Stamped { now_ms, op }) => {
+                    member_changed = matches!(op, WriteOp::Member { .. });
+                    batch.begin(entry.index, now_ms);
+                    batch.apply(op, wants_old(entry.index))?
+                }
+                Err(DecodeError(error)) => {
+                    tracing::error!(index = entry.index, %error, "a log entry is not a command; skipped");
+                    Outcome::Error(format!("ERR undecodable command: {error}"))
+                }
+            },
+            EntryKind::ConfChange | EntryKind::Noop => Outcome::Done,
+        };
+        applied.push(Applied {
+            index: entry.index,
+            term: entry.term,
+            outcome,
+            member_changed,
+        });
+    }
+    let after = batch.tally;
+    let flushed = batch.flushed;
+    let writes = batch.into_writes();
+    let client_range = ([USER], [CLIENT_END]);
+    let mut data_writes: Vec<DataWrite<'_>> = Vec::with_capacity(writes.len() + 1);
+    if flushed {
+        data_writes.push(DataWrite::DeleteRange(&client_range.0, &client_range.1));
+    }
+    data_writes.extend(writes.iter().map(|(key, value)| match value {
+        Some(value) => DataWrite::Put(key, value),
+        None => DataWrite::Delete(key),
+    }));
+    store.apply(&data_writes, last.index, conf_state)?;
+    // Stored: from now on the cache may say so.
+    if flushed {
+        presence.clear();
+    }
+    for (key, value) in writes.iter().filter(|(key, _)| key.first() == Some(&USER)) {
+        let meta = value
+            .as_deref()
+            .map(Record::decode_meta)
+            .transpose()
+            .expect("the apply path writes well-formed records");
+        presence.record(key, meta);
+    }
+    *tally = after;
+    Ok(applied)
+}
+
+/// When a resolved time to live says a key goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deadline {
+    Never,
+    At(u64),
+    /// At or before now: the key goes at once.
+    Passed,
+}
+
+impl Deadline {
+    fn expire_at_ms(self) -> Option<u64> {
+        match self {
+            Self::At(at) => Some(at),
+            Self::Never | Self::Passed => None,
+        }
+    }
+}
+
+/// The writes of one batch of entries, kept in memory until the batch is
+/// written, so later entries read what earlier ones wrote.
+struct ApplyBatch<'a, S> {
+    store: &'a S,
+    presence: &'a mut PresenceCache,
+    pending: HashMap<Vec<u8>, Option<Bytes>>,
+    tally: Tally,
+    /// The entry being applied: the version its writes give their keys.
+    index: LogIndex,
+    /// Whether the batch wrote a client key (the only way the count
+    /// moves): then the count is written, even if it ended where it
+    /// began, so the stored state depends on the entries applied, never
+    /// on how they were batched.
+    wrote_client_key: bool,
+    /// Whether the clock moved (then it is written).
+    clock_moved: bool,
+    /// A flush emptied the keyspace: what the store holds of it is gone.
+    flushed: bool,
+}
+
+fn wrong_type() -> Outcome {
+    Outcome::Error(WRONGTYPE.into())
+}
+
+impl<'a, S: KvStore> ApplyBatch<'a, S> {
+    fn new(store: &'a S, tally: Tally, presence: &'a mut PresenceCache) -> Self {
+        Self {
+            store,
+            presence,
+            pending: HashMap::new(),
+            tally,
+            index: 0,
+            wrote_client_key: false,
+            clock_moved: false,
+            flushed: false,
+        }
+    }
+
+    fn begin(&mut self, index: LogIndex, now_ms: u64) {
+        self.index = index;
+        if now_ms > self.tally.clock_ms {
+            self.tally.clock_ms = now_ms;
+            self.clock_moved = true;
+        }
+    }
+
+    /// A stored key's bytes as of this point of the batch.
+    fn stored(&self, stored_key: &[u8]) -> Result<Option<Bytes>, StorageError> {
+        if let Some(value) = self.pending.get(stored_key) {
+            return Ok(value.clone());
+        }
+        if self.flushed && is_client(stored_key) {
+            return Ok(None);
+        }
+        Ok(self.store.get(stored_key)?.map(Bytes::from))
+    }
+
+    /// A key's header, expired or not.
+    fn meta(&mut self, key: &[u8]) -> Result<Option<Meta>, StorageError> {
+        let stored_key = record::user_key(key);
+        if let Some(value) = self.pending.get(&stored_key) {
+            return value.as_deref().map(Record::decode_meta).transpose();
+        }
+        if self.flushed {
+            return Ok(None);
+        }
+        if let Some(known) = self.presence.get(&stored_key) {
+            return Ok(known);
+        }
+        let meta = self
+            .store
+            .get(&stored_key)?
+            .as_deref()
+            .map(Record::decode_meta)
+            .transpose()?;
+        self.presence.record(&stored_key, meta);
+        Ok(meta)
+    }
+
+    /// A key's header, if it exists now (an expired key is removed).
+    fn live_meta(&mut self, key: &[u8]) -> Result<Option<Meta>, StorageError> {
+        match self.meta(key)? {
+            Some(meta) if meta.expired(self.tally.clock_ms) => {
+                self.remove(key, meta)?;
+                Ok(None)
+            }
+            meta => Ok(meta),
+        }
+    }
+
+    /// A key's record, if it exists now (an expired key is removed).
+    fn live_record(&mut self, key: &[u8]) -> Result<Option<Record>, StorageError> {
+        let Some(stored) = self.stored(&record::user_key(key))? else {
+            return Ok(None);
+        };
+        let record = Record::decode(stored)?;
+        if record.meta.expired(self.tally.clock_ms) {
+            self.remove(key, record.meta)?;
+            return Ok(None);
+        }
+        Ok(Some(record))
+    }
+
+    /// A live string's value; `Err(outcome)` for another type.
+    fn live_string(&mut self, key: &[u8]) -> Result<Result<Option<Record>, Outcome>, StorageError> {
+        Ok(match self.live_record(key)? {
+            Some(record) if record.meta.kind != Kind::String => Err(wrong_type()),
+            record => Ok(record),
+        })
+    }
+
+    fn deadline(&self, ttl: Ttl, old: Option<&Meta>) -> Deadline {
+        let now = i128::from(self.tally.clock_ms);
+        let at = match ttl {
+            Ttl::Keep => {
+                return old
+                    .and_then(|m| m.expire_at_ms)
+                    .map_or(Deadline::Never, Deadline::At);
+            }
+            Ttl::Clear => return Deadline::Never,
+            Ttl::In(ms) => now + i128::from(ms),
+            Ttl::At(ms) => i128::from(ms),
+        };
+        if at <= now {
+            Deadline::Passed
+        } else {
+            Deadline::At(u64::try_from(at).unwrap_or(u64::MAX))
+        }
+    }
+
+    /// Writes a key's record (replacing `old`, its header if it exists),
+    /// keeping the count and the expiry index; a hash replaced by a
+    /// string loses its fields.
+    fn put(
+        &mut self,
+        key: &[u8],
+        old: Option<Meta>,
+        kind: Kind,
+        expire_at_ms: Option<u64>,
+        body: &[u8],
+    ) -> Result<(), StorageError> {
+        match old {
+            None => self.tally.keys += 1,
+            Some(old) => {
+                if old.kind == Kind::Hash && kind != Kind::Hash {
+                    self.remove_fields(key)?;
+                }
+                if let Some(at) = old.expire_at_ms.filter(|&at| Some(at) != expire_at_ms) {
+                    self.pending.insert(record::expiry_key(at, key), None);
+                }
+            }
+        }
+        if let Some(at) = expire_at_ms.filter(|&at| old.and_then(|m| m.expire_at_ms) != Some(at)) {
+            self.pending
+                .insert(record::expiry_key(at, key), Some(Bytes::new()));
+        }
+        let meta = Meta {
+            kind,
+            version: self.index,
+            expire_at_ms,
+        };
+        self.pending
+            .insert(record::user_key(key), Some(Record::encode(&meta, body)));
+        self.wrote_client_key = true;
+        Ok(())
+    }
+
+    /// Removes an existing key (header `old`) with its fields and its
+    /// place in the expiry index.
+    fn remove(&mut self, key: &[u8], old: Meta) -> Result<(), StorageError> {
+        self.tally.keys -= 1;
+        if old.kind == Kind::Hash {
+            self.remove_fields(key)?;
+        }
+        if let Some(at) = old.expire_at_ms {
+            self.pending.insert(record::expiry_key(at, key), None);
+        }
+        self.pending.insert(record::user_key(key), None);
+        self.wrote_client_key = true;
+        Ok(())
+    }
+
+    fn remove_fields(&mut self, key: &[u8]) -> Result<(), StorageError> {
+        let prefix = record::field_prefix(key);
+        let mut doomed: Vec<Vec<u8>> = self
+            .pending
+            .keys()
+            .filter(|stored| stored.starts_with(&prefix))
+            .cloned()
+            .collect();
+        if !self.flushed {
+            let mut start = prefix.clone();
+            loop {
+                let page = self.store.scan(&start, FIELD_PAGE)?;
+                let full = page.len() == FIELD_PAGE;
+                let before = doomed.len();
+                doomed.extend(
+                    page.into_iter()
+                        .map(|(stored, _)| stored)
+                        .take_while(|stored| stored.starts_with(&prefix)),
+                );
+                match doomed.last() {
+                    Some(last) if full && doomed.len() - before == FIELD_PAGE => {
+                        start = last.clone();
+                        start.push(0);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        for stored in doomed {
+            self.pending.insert(stored, None);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, op: WriteOp, wants_old: bool) -> Result<Outcome, StorageError> {
+        Ok(match op {
+            WriteOp::Set {
+                key,
+                value,
+                condition,
+                ttl,
+                get,
+            } => self.set(&key, value, condition, ttl, get || wants_old, wants_old)?,
+            WriteOp::Delete(keys) => {
+                let mut removed = 0;
+                for key in keys {
+                    if let Some(meta) = self.live_meta(&key)? {
+                        self.remove(&key, meta)?;
+                        removed += 1;
+                    }
+                }
+                Outcome::Integer(removed)
+            }
+            WriteOp::SetMany(pairs) => {
+                for (key, value) in pairs {
+                    let old = self.live_meta(&key)?;
+                    self.put(&key, old, Kind::String, None, &value)?;
+                }
+                Outcome::Done
+            }
+            WriteOp::IncrementBy { key, delta } => self.increment(&key, delta)?,
+            WriteOp::Append { key, value } => {
+                let old = match self.live_string(&key)? {
+                    Ok(old) => old,
+                    Err(outcome) => return Ok(outcome),
+                };
+                let old_len = old.as_ref().map_or(0, |r| r.body.len());
+                if old_len + value.len() > VALUE_BYTES_MAX {
+                    return Ok(Outcome::Error(
+                        "ERR string exceeds maximum allowed size (proto-max-bulk-len)".into(),
+                    ));
+                }
+                let mut joined = BytesMut::with_capacity(old_len + value.len());
+                joined.extend_from_slice(old.as_ref().map_or(&[][..], |r| &r.body));
+                joined.extend_from_slice(&value);
+                let meta = old.map(|r| r.meta);
+                let at = meta.and_then(|m| m.expire_at_ms);
+                self.put(&key, meta, Kind::String, at, &joined)?;
+                Outcome::Integer(joined.len() as i64)
+            }
+            WriteOp::CompareAndSet { key, expected, new } => {
+                let old = match self.live_string(&key)? {
+                    Ok(old) => old,
+                    Err(outcome) => return Ok(outcome),
+                };
+                let matches = match &old {
+                    None => expected.is_empty(),
+                    Some(record) => record.body == expected && !expected.is_empty(),
+                };
+                if matches {
+                    self.put(&key, old.map(|r| r.meta), Kind::String, None, &new)?;
+                }
+                Outcome::Integer(i64::from(matches))
+            }
+            WriteOp::Member { id, addrs } => {
+                let json = serde_json::to_vec(&addrs).expect("addresses serialize");
+                self.pending.insert(member_key(id), Some(json.into()));
+                Outcome::Done
+            }
+            WriteOp::Expire {
+                key,
+                ttl,
+                condition,
+            } => self.expire(&key, ttl, condition)?,
+            WriteOp::Persist(key) => match self.live_record(&key)? {
+                Some(record) if record.meta.expire_at_ms.is_some() => {
+                    self.put(
+                        &key,
+                        Some(record.meta),
+                        record.meta.kind,
+                        None,
+                        &record.body,
+                    )?;
+                    Outcome::Integer(1)
+                }
+                _ => Outcome::Integer(0),
+            },
+            WriteOp::GetEx { key, ttl } => {
+                let record = match self.live_string(&key)? {
+                    Ok(Some(record)) => record,
+                    Ok(None) => return Ok(Outcome::Value(None)),
+                    Err(outcome) => return Ok(outcome),
+                };
+                let changes = match ttl {
+                    Ttl::Keep => false,
+                    Ttl::Clear => record.meta.expire_at_ms.is_some(),
+                    Ttl::In(_) | Ttl::At(_) => true,
+                };
+                if changes {
+                    match self.deadline(ttl, Some(&record.meta)) {
+                        Deadline::Passed => self.remove(&key, record.meta)?,
+                        deadline => self.put(
+                            &key,
+                            Some(record.meta),
+                            Kind::String,
+                            deadline.expire_at_ms(),
+                            &record.body,
+                        )?,
+                    }
+                }
+                Outcome::Value(Some(record.body))
+            }
+            WriteOp::GetDel(key) => match self.live_string(&key)? {
+                Ok(Some(record)) => {
+                    self.remove(&key, record.meta)?;
+                    Outcome::Value(Some(record.body))
+                }
+                Ok(None) => Outcome::Value(None),
+                Err(outcome) => outcome,
+            },
+            WriteOp::Reap(keys) => {
+                let mut removed = 0;
+                for (key, at) in keys {
+                    match self.meta(&key)? {
+                        Some(meta)
+                            if meta.expire_at_ms == Some(at)
+                                && meta.expired(self.tally.clock_ms) =>
+                        {
+                            self.remove(&key, meta)?;
+                            removed += 1;
+                        }
+                        _ => {}
+                    }
+                }
+                Outcome::Integer(removed)
+            }
+            WriteOp::Flush => {
+                self.pending.retain(|stored, _| !is_client(stored));
+                self.flushed = true;
+                self.tally.keys = 0;
+                self.wrote_client_key = true;
+                Outcome::Done
+            }
+        })
+    }
+
+    fn set(
+        &mut self,
+        key: &[u8],
+        value: Bytes,
+        condition: SetCondition,
+        ttl: Ttl,
+        check_type: bool,
+        wants_old: bool,
+    ) -> Result<Outcome, StorageError> {
+        let (old_meta, old_value) = if wants_old {
+            match self.live_record(key)? {
+                Some(record) if record.meta.kind != Kind::String => return Ok(wrong_type()),
+                Some(record) => (Some(record.meta), Some(record.body)),
+                None => (None, None),
+            }
+        } else {
+            let meta = self.live_meta(key)?;
+            if check_type && meta.is_some_and(|m| m.kind != Kind::String) {
+                return Ok(wrong_type());
+            }
+            (meta, None)
+        };
+        let written = match condition {
+            SetCondition::Always => true,
+            SetCondition::IfAbsent => old_meta.is_none(),
+            SetCondition::IfPresent => old_meta.is_some(),
+        };
+        if written {
+            match self.deadline(ttl, old_meta.as_ref()) {
+                Deadline::Passed => {
+                    if let Some(old) = old_meta {
+                        self.remove(key, old)?;
+                    }
+                }
+                deadline => {
+                    self.put(key, old_meta, Kind::String, deadline.expire_at_ms(), &value)?;
+                }
+            }
+        }
+        Ok(Outcome::Set {
+            written,
+            old: old_value,
+        })
+    }
+
+    fn expire(
+        &mut self,
+        key: &[u8],
+        ttl: Ttl,
+        condition: ExpireCondition,
+    ) -> Result<Outcome, StorageError> {
+        let Some(record) = self.live_record(key)? else {
+            return Ok(Outcome::Integer(0));
+        };
+        let deadline = self.deadline(ttl, Some(&record.meta));
+        // A key without an expiry counts as expiring never; a deadline
+        // passed, as the earliest time.
+        let current = record.meta.expire_at_ms;
+        let new_at = match deadline {
+            Deadline::Passed => 0,
+            Deadline::At(at) => at,
+            Deadline::Never => u64::MAX,
+        };
+        let allowed = (!condition.if_none || current.is_none())
+            && (!condition.if_some || current.is_some())
+            && (!condition.if_later || current.is_some_and(|at| new_at > at))
+            && (!condition.if_earlier || current.is_none_or(|at| new_at < at));
+        if !allowed {
+            return Ok(Outcome::Integer(0));
+        }
+        match deadline {
+            Deadline::Passed => self.remove(key, record.meta)?,
+            deadline => self.put(
+                key,
+                Some(record.meta),
+                record.meta.kind,
+                deadline.expire_at_ms(),
+                &record.body,
+            )?,
+        }
+        Ok(Outcome::Integer(1))
+    }
+
+    fn increment(&mut self, key: &[u8], delta: i64) -> Result<Outcome, StorageError> {
+        let old = match self.live_string(key)? {
+            Ok(old) => old,
+            Err(outcome) => return Ok(outcome),
+        };
+        let current = match &old {
+            None => 0,
+            Some(record) => match parse_integer(&record.body) {
+                Some(value) => value,
+                None => {
+                    return Ok(Outcome::Error(
+                        "ERR value is not an integer or out of range".into(),
+                    ));
+                }
+            },
+        };
+        let Some(new) = current.checked_add(delta) else {
+            return Ok(Outcome::Error(
+                "ERR increment or decrement would overflow".into(),
+            ));
+        };
+        let meta = old.map(|r| r.meta);
+        let at = meta.and_then(|m| m.expire_at_ms);
+        self.put(key, meta, Kind::String, at, new.to_string().as_bytes())?;
+        Ok(Outcome::Integer(new))
+    }
+
+    fn into_writes(mut self) -> Vec<(Vec<u8>, Option<Bytes>)> {
+        if self.wrote_client_key {
+            let count = Bytes::copy_from_slice(&self.tally.keys.to_le_bytes());
+            self.pending.insert(KEY_COUNT.to_vec(), Some(count));
+        }
+        if self.clock_moved {
+            let clock = Bytes::copy_from_slice(&self.tally.clock_ms.to_le_bytes());
+            self.pending.insert(CLOCK.to_vec(), Some(clock));
+        }
+        self.pending.into_iter().collect()
+    }
+}
+
+/// Hash fields removed per store page when a hash goes.
+const FIELD_PAGE: usize = 1024;
+
+fn is_client(stored_key: &[u8]) -> bool {
+    stored_key
+        .first()
+        .is_some_and(|&namespace| (USER..CLIENT_END).contains(&namespace))
+}
