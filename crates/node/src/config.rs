@@ -52,6 +52,11 @@ pub struct NodeConfig {
     /// Snapshot after this many applied entries.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
+    /// The most keys one `KEYS` command looks at; past it the command
+    /// answers an error pointing at `SCAN` (a whole-keyspace walk would
+    /// stall the engine thread).
+    #[serde(default = "default_keys_max")]
+    pub keys_max: usize,
     /// Serve reads on the leader's lease, without a heartbeat round per
     /// batch of reads, while a quorum confirmed the leader within the last
     /// three quarters of a follower's election timeout. Linearizable as
@@ -105,6 +110,9 @@ fn default_request_bytes_max() -> usize {
 }
 fn default_snapshot_every() -> u64 {
     dr_engine::EngineConfig::DEFAULT_SNAPSHOT_EVERY
+}
+fn default_keys_max() -> usize {
+    crate::machine::KEYS_MAX_DEFAULT
 }
 fn default_tick_ms() -> u64 {
     dr_engine::EngineConfig::DEFAULT_TICK.as_millis() as u64
@@ -161,6 +169,7 @@ impl NodeConfig {
             read_lease: false,
             tick_ms: default_tick_ms(),
             partial_request_timeout_ms: default_partial_request_timeout_ms(),
+            keys_max: default_keys_max(),
             requirepass: None,
             users: Vec::new(),
             protected_mode: default_protected_mode(),
@@ -202,9 +211,11 @@ impl NodeConfig {
             || self.snapshot_every == 0
             || self.tick_ms == 0
             || self.partial_request_timeout_ms == 0
+            || self.keys_max == 0
         {
             return fail(
-                "max_clients, snapshot_every and tick_ms must be positive, request_bytes_max at least 1024",
+                "max_clients, snapshot_every, tick_ms, partial_request_timeout_ms and keys_max must be \
+                 positive, request_bytes_max at least 1024",
             );
         }
         self.client_users()?;

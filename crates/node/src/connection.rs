@@ -442,10 +442,7 @@ impl Connection {
             ConnectionCommand::GetName => Reply::bulk_or_null(self.name.clone()),
             ConnectionCommand::Id => Reply::Integer(self.id as i64),
             ConnectionCommand::ClientOk | ConnectionCommand::Select => Reply::OK,
-            ConnectionCommand::CommandInfo(sub) => match sub.map(|s| s.to_ascii_uppercase()) {
-                Some(sub) if sub == b"COUNT" => Reply::Integer(0),
-                _ => Reply::Array(Vec::new()),
-            },
+            ConnectionCommand::CommandInfo(args) => command::table::reply(&args),
         };
         (reply, Next::Continue)
     }

@@ -69,7 +69,8 @@
 //!
 //! ## What it does not do
 //!
-//! No data types besides strings (hashes to come), one database; users
+//! Strings and hashes only (no lists, sets, sorted sets, streams, pub/sub
+//! or scripts), one database; users
 //! are read from the configuration (`ACL SETUSER` and friends are not
 //! served). `SCAN` cursors live on the node that handed them out. Expiry
 //! follows the leader's clock for writes and the serving node's clock

@@ -224,6 +224,10 @@ pub struct KvMachine<S> {
     /// The engine clock's readings as Unix time: what the leader stamps
     /// on its entries, what reads compare expiry times with.
     wall: WallClock,
+    /// The most keys `KEYS` looks at.
+    keys_max: usize,
+    /// `RANDOMKEY`'s generator (xorshift; not part of the state).
+    random: u64,
     /// Which client keys exist, as far as applies have seen.
     presence: PresenceCache,
     cursors: ScanCursors,
@@ -240,6 +244,8 @@ impl<S: KvStore> KvMachine<S> {
         let mut machine = Self {
             tally: kv::tally(store)?,
             wall,
+            keys_max: KEYS_MAX_DEFAULT,
+            random: wall.unix_ms(Duration::ZERO) | 1,
             presence: PresenceCache::default(),
             cursors: ScanCursors::new(status.id()),
             members: BTreeMap::new(),
@@ -248,6 +254,12 @@ impl<S: KvStore> KvMachine<S> {
         };
         machine.reload_members(store);
         Ok(machine)
+    }
+
+    /// Sets the most keys `KEYS` looks at before it answers an error.
+    pub fn with_keys_max(mut self, keys_max: usize) -> Self {
+        self.keys_max = keys_max;
+        self
     }
 
     /// Client keys as of the applied index.
@@ -272,6 +284,9 @@ impl<S: KvStore> KvMachine<S> {
         }
     }
 }
+
+/// The most keys `KEYS` looks at unless configured otherwise.
+pub const KEYS_MAX_DEFAULT: usize = 100_000;
 
 /// Keys removed per expiry command at most: an expiry storm becomes a
 /// stream of bounded entries, one in flight at a time.
@@ -377,9 +392,14 @@ impl<S: KvStore> StateMachine for KvMachine<S> {
     }
 
     fn read(&mut self, store: &S, op: &ReadOp, now: Duration) -> Result<Reply, StorageError> {
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
         let view = View {
             store,
             now_ms: self.read_time_ms(now),
+            keys_max: self.keys_max,
+            random: self.random,
         };
         view.serve(op, self.tally.keys, &mut self.cursors)
     }

@@ -125,6 +125,7 @@ impl RunningNode {
             engine: engine_config,
             cluster_id: config.cluster_id,
             peers,
+            keys_max: config.keys_max,
         };
         let (engine, engine_thread) = runtime::start(
             engine_config,

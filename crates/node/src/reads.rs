@@ -7,11 +7,12 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 use dr_codec::message::NodeId;
 use dr_raft::StorageError;
+use dr_storage::KeyValue;
 
-use crate::command::{ReadOp, TtlQuery, TypeFilter};
+use crate::command::{HashPart, HashRead, ReadOp, TtlQuery, TypeFilter};
 use crate::glob::glob_match;
+use crate::kv::WRONGTYPE;
 use crate::kv::record::{self, Kind, Record, USER};
-use crate::kv::{self, WRONGTYPE};
 use crate::machine::KvStore;
 use crate::resp::Reply;
 
@@ -37,6 +38,10 @@ pub fn string_value(record: Option<Record>) -> Result<Option<Bytes>, Reply> {
 pub(crate) struct View<'a, S> {
     pub store: &'a S,
     pub now_ms: u64,
+    /// The most keys `KEYS` answers (beyond, an error).
+    pub keys_max: usize,
+    /// Where `RANDOMKEY` starts looking.
+    pub random: u64,
 }
 
 impl<S: KvStore> View<'_, S> {
@@ -101,6 +106,13 @@ impl<S: KvStore> View<'_, S> {
                     TtlQuery::UnixMillis => at,
                 } as i64)
             }
+            ReadOp::Hash { key, op } => self.hash(key, op, cursors)?,
+            ReadOp::GetRange { key, start, end } => match self.string(key)? {
+                Ok(value) => Reply::Bulk(range(&value.unwrap_or_default(), *start, *end)),
+                Err(error) => error,
+            },
+            ReadOp::Keys(pattern) => self.keys(pattern)?,
+            ReadOp::RandomKey => self.random_key()?,
             ReadOp::GetOrRefuse { key, error } => match self.string(key)? {
                 Ok(None) => Reply::Null,
                 Ok(Some(_)) => Reply::Error(error.clone()),
@@ -111,6 +123,183 @@ impl<S: KvStore> View<'_, S> {
                 None => Reply::Simple("none"),
             },
         })
+    }
+
+    fn hash(
+        &self,
+        key: &[u8],
+        op: &HashRead,
+        cursors: &mut ScanCursors,
+    ) -> Result<Reply, StorageError> {
+        let record = match self.record(key)? {
+            Some(record) if record.meta.kind != Kind::Hash => {
+                return Ok(Reply::Error(WRONGTYPE.into()));
+            }
+            record => record,
+        };
+        let field = |name: &[u8]| -> Result<Option<Vec<u8>>, StorageError> {
+            if record.is_none() {
+                return Ok(None);
+            }
+            self.store.get(&record::field_key(key, name))
+        };
+        Ok(match op {
+            HashRead::Get(name) => Reply::bulk_or_null(field(name)?),
+            HashRead::GetMany(names) => Reply::Array(
+                names
+                    .iter()
+                    .map(|name| Ok(Reply::bulk_or_null(field(name)?)))
+                    .collect::<Result<_, StorageError>>()?,
+            ),
+            HashRead::Len => Reply::Integer(record.map_or(0, |r| r.field_count()) as i64),
+            HashRead::Exists(name) => Reply::Integer(i64::from(field(name)?.is_some())),
+            HashRead::Strlen(name) => Reply::Integer(field(name)?.map_or(0, |v| v.len()) as i64),
+            HashRead::All(part) => {
+                if record
+                    .as_ref()
+                    .is_some_and(|r| r.field_count() > HASH_READ_FIELDS_MAX as u64)
+                {
+                    return Ok(Reply::err(format!(
+                        "the hash has more than {HASH_READ_FIELDS_MAX} fields; read it with HSCAN"
+                    )));
+                }
+                let prefix = record::field_prefix(key);
+                let mut items = Vec::new();
+                if record.is_some() {
+                    for (stored, value) in self.fields(&prefix, &prefix, HASH_READ_FIELDS_MAX)? {
+                        let name = Bytes::copy_from_slice(&stored[prefix.len()..]);
+                        match part {
+                            HashPart::Fields => items.push(Reply::Bulk(name)),
+                            HashPart::Values => items.push(Reply::Bulk(value.into())),
+                            HashPart::Both => {
+                                items.push(Reply::Bulk(name));
+                                items.push(Reply::Bulk(value.into()));
+                            }
+                        }
+                    }
+                }
+                Reply::Array(items)
+            }
+            HashRead::Scan {
+                cursor,
+                pattern,
+                count,
+            } => {
+                let prefix = record::field_prefix(key);
+                let start = match *cursor {
+                    0 => prefix.clone(),
+                    cursor => match cursors.positions.remove(&cursor) {
+                        Some(next) if next.starts_with(&prefix) => next.to_vec(),
+                        _ => return Ok(Reply::err("invalid cursor (unknown here, or expired)")),
+                    },
+                };
+                let mut page = if record.is_some() {
+                    self.fields(&prefix, &start, count + 1)?
+                } else {
+                    Vec::new()
+                };
+                let next = if page.len() > *count {
+                    let (next_field, _) = page.pop().expect("more than count fields");
+                    cursors.save(Bytes::from(next_field))
+                } else {
+                    0
+                };
+                let mut items = Vec::with_capacity(page.len() * 2);
+                for (stored, value) in page {
+                    let name = Bytes::copy_from_slice(&stored[prefix.len()..]);
+                    if pattern.as_deref().is_none_or(|p| glob_match(p, &name)) {
+                        items.push(Reply::Bulk(name));
+                        items.push(Reply::Bulk(value.into()));
+                    }
+                }
+                Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(items)])
+            }
+        })
+    }
+
+    /// Every live key matching `pattern`, in key order: an error past
+    /// `keys_max` keys looked at (a page of `SCAN` at a time is the way
+    /// through a large keyspace).
+    fn keys(&self, pattern: &[u8]) -> Result<Reply, StorageError> {
+        let mut start = vec![USER];
+        let mut found = Vec::new();
+        let mut looked = 0;
+        loop {
+            let page = self.store.scan(&start, KEY_PAGE)?;
+            let full = page.len() == KEY_PAGE;
+            let mut last = None;
+            for (stored, value) in page
+                .into_iter()
+                .take_while(|(s, _)| s.first() == Some(&USER))
+            {
+                looked += 1;
+                if looked > self.keys_max {
+                    return Ok(Reply::err(format!(
+                        "KEYS would look at more than {} keys (keys_max); use SCAN",
+                        self.keys_max
+                    )));
+                }
+                if live_record(Some(value), self.now_ms)?.is_some()
+                    && glob_match(pattern, &stored[1..])
+                {
+                    found.push(Reply::Bulk(Bytes::copy_from_slice(&stored[1..])));
+                }
+                last = Some(stored);
+            }
+            match last {
+                Some(mut next) if full => {
+                    next.push(0);
+                    start = next;
+                }
+                _ => return Ok(Reply::Array(found)),
+            }
+        }
+    }
+
+    /// A live key: the first at or after a random point of the key space
+    /// (wrapping around once), so keys after long gaps come up more often.
+    fn random_key(&self) -> Result<Reply, StorageError> {
+        let mut point = vec![USER];
+        point.extend_from_slice(&self.random.to_be_bytes());
+        for start in [point, vec![USER]] {
+            let page = self.store.scan(&start, KEY_PAGE)?;
+            for (stored, value) in page
+                .into_iter()
+                .take_while(|(s, _)| s.first() == Some(&USER))
+            {
+                if live_record(Some(value), self.now_ms)?.is_some() {
+                    return Ok(Reply::Bulk(Bytes::copy_from_slice(&stored[1..])));
+                }
+            }
+        }
+        Ok(Reply::Null)
+    }
+
+    /// Up to `limit` fields under `prefix`, from `start` on.
+    fn fields(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        let mut found = Vec::new();
+        let mut from = start.to_vec();
+        while found.len() < limit {
+            let want = (limit - found.len()).min(FIELD_PAGE);
+            let page = self.store.scan(&from, want)?;
+            let full = page.len() == want;
+            let before = found.len();
+            found.extend(
+                page.into_iter()
+                    .take_while(|(stored, _)| stored.starts_with(prefix)),
+            );
+            if !full || found.len() - before < want {
+                break;
+            }
+            from = found.last().expect("a full page").0.clone();
+            from.push(0);
+        }
+        Ok(found)
     }
 
     fn scan(
@@ -125,8 +314,8 @@ impl<S: KvStore> View<'_, S> {
             vec![USER]
         } else {
             match cursors.positions.remove(&cursor) {
-                Some(next) => kv::user_key(&next),
-                None => return Ok(Reply::err("invalid cursor (unknown here, or expired)")),
+                Some(next) if next.first() == Some(&USER) => next.to_vec(),
+                _ => return Ok(Reply::err("invalid cursor (unknown here, or expired)")),
             }
         };
         let mut page: Vec<(Bytes, Vec<u8>)> = self
@@ -134,7 +323,7 @@ impl<S: KvStore> View<'_, S> {
             .scan(&start, count + 1)?
             .into_iter()
             .take_while(|(key, _)| key.first() == Some(&USER))
-            .map(|(key, value)| (Bytes::copy_from_slice(&key[1..]), value))
+            .map(|(key, value)| (Bytes::from(key), value))
             .collect();
         let next = if page.len() > count {
             let (next_key, _) = page.pop().expect("more than count keys");
@@ -143,7 +332,8 @@ impl<S: KvStore> View<'_, S> {
             0
         };
         let mut keys = Vec::with_capacity(page.len());
-        for (key, value) in page {
+        for (stored, value) in page {
+            let key = stored.slice(1..);
             let Some(record) = live_record(Some(value), self.now_ms)? else {
                 continue;
             };
@@ -163,8 +353,38 @@ impl<S: KvStore> View<'_, S> {
     }
 }
 
-/// Server-side SCAN cursors: cursor number → the next key, the oldest
-/// forgotten first.
+/// `GETRANGE`'s bytes of `value`, as Redis counts `start` and `end`.
+fn range(value: &[u8], start: i64, end: i64) -> Bytes {
+    let len = value.len() as i64;
+    if len == 0 || (start < 0 && end < 0 && start > end) {
+        return Bytes::new();
+    }
+    let start = if start < 0 {
+        (len + start).max(0)
+    } else {
+        start
+    };
+    let end = if end < 0 {
+        (len + end).max(0)
+    } else {
+        end.min(len - 1)
+    };
+    if start > end {
+        return Bytes::new();
+    }
+    Bytes::copy_from_slice(&value[start as usize..=end as usize])
+}
+
+/// Keys read from the store per page (`KEYS`, `RANDOMKEY`).
+const KEY_PAGE: usize = 1024;
+
+/// Fields `HGETALL`, `HKEYS` and `HVALS` answer at most (beyond, `HSCAN`).
+pub const HASH_READ_FIELDS_MAX: usize = 1 << 20;
+/// Fields read from the store per page.
+const FIELD_PAGE: usize = 1024;
+
+/// Server-side `SCAN` and `HSCAN` cursors: cursor number → the stored key
+/// to go on from, the oldest forgotten first.
 #[derive(Debug)]
 pub(crate) struct ScanCursors {
     next: u64,

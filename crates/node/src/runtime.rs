@@ -182,6 +182,8 @@ pub struct RuntimeConfig {
     pub cluster_id: u64,
     /// Peer addresses known from the command line or config file.
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The most keys one `KEYS` looks at.
+    pub keys_max: usize,
 }
 
 /// A running engine: how to reach it and watch it.
@@ -224,7 +226,8 @@ pub fn start(
     };
     let wall = WallClock::new(clock.unix_origin_ms());
     let machine = KvMachine::new(raft.storage(), Arc::clone(&status), wall)
-        .map_err(|error| std::io::Error::other(error.to_string()))?;
+        .map_err(|error| std::io::Error::other(error.to_string()))?
+        .with_keys_max(config.keys_max);
     let parts = Parts {
         machine,
         transport: Box::new(PeerLinks {

@@ -10,6 +10,10 @@ use crate::kv::{self, Outcome, SetCondition, Ttl, WriteOp};
 use crate::resp::Reply;
 
 mod expiry;
+mod hash;
+pub mod table;
+
+pub use hash::{HashPart, HashRead};
 
 /// A parsed request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,8 +78,9 @@ pub enum ConnectionCommand {
     Id,
     /// `CLIENT` subcommands clients send on connect (`SETINFO`): `+OK`.
     ClientOk,
-    /// `COMMAND ...`: what clients probe.
-    CommandInfo(Option<Bytes>),
+    /// `COMMAND ...`: what clients probe (the subcommand and its
+    /// arguments).
+    CommandInfo(Vec<Bytes>),
     /// `SELECT 0`.
     Select,
     /// `QUIT`.
@@ -115,6 +120,26 @@ pub enum ReadOp {
     },
     /// `TYPE key`.
     Type(Bytes),
+    /// `GETRANGE key start end`.
+    GetRange {
+        /// The key.
+        key: Bytes,
+        /// The first byte (negative: from the end).
+        start: i64,
+        /// The last byte (negative: from the end).
+        end: i64,
+    },
+    /// `KEYS pattern` (at most the machine's `keys_max` keys).
+    Keys(Bytes),
+    /// `RANDOMKEY`.
+    RandomKey,
+    /// A read of a hash.
+    Hash {
+        /// The hash.
+        key: Bytes,
+        /// What to read.
+        op: HashRead,
+    },
     /// `GETEX` with a time Redis refuses: nil for a missing key,
     /// `WRONGTYPE` for another type, else the error.
     GetOrRefuse {
@@ -219,7 +244,7 @@ pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
             }
         }
         b"client" => parse_client(args),
-        b"command" => connection(ConnectionCommand::CommandInfo(args.first().cloned())),
+        b"command" => connection(ConnectionCommand::CommandInfo(args.to_vec())),
         b"select" => {
             arity(args.len() == 1)?;
             if args[0].as_ref() != b"0" {
@@ -243,7 +268,7 @@ pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
             arity(!args.is_empty())?;
             read(ReadOp::GetMany(keys(args)?))
         }
-        b"exists" => {
+        b"exists" | b"touch" => {
             arity(!args.is_empty())?;
             read(ReadOp::Exists(keys(args)?))
         }
@@ -328,6 +353,68 @@ pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
                 query,
             })
         }
+        b"hset" | b"hmset" | b"hsetnx" | b"hdel" | b"hincrby" | b"hget" | b"hmget" | b"hlen"
+        | b"hexists" | b"hstrlen" | b"hgetall" | b"hkeys" | b"hvals" | b"hscan" => {
+            hash::parse(&name, args, arity)
+        }
+        b"getrange" | b"substr" => {
+            arity(args.len() == 3)?;
+            read(ReadOp::GetRange {
+                key: key(&args[0])?,
+                start: integer(&args[1])?,
+                end: integer(&args[2])?,
+            })
+        }
+        b"setrange" => {
+            arity(args.len() == 3)?;
+            let offset = integer(&args[1])?;
+            let offset = u64::try_from(offset).map_err(|_| Reply::err("offset is out of range"))?;
+            let op = WriteOp::SetRange {
+                key: key(&args[0])?,
+                offset,
+                value: args[2].clone(),
+            };
+            write(op, ReplyShape::Integer)
+        }
+        b"incrbyfloat" => {
+            arity(args.len() == 2)?;
+            let op = WriteOp::IncrementByFloat {
+                key: key(&args[0])?,
+                delta: args[1].clone(),
+            };
+            write(op, ReplyShape::Value)
+        }
+        b"msetnx" => {
+            arity(!args.is_empty() && args.len().is_multiple_of(2))?;
+            write(WriteOp::SetManyIfNone(pairs(args)?), ReplyShape::Integer)
+        }
+        b"rename" | b"renamenx" => {
+            arity(args.len() == 2)?;
+            let if_absent = name == b"renamenx";
+            let op = WriteOp::Rename {
+                from: key(&args[0])?,
+                to: key(&args[1])?,
+                if_absent,
+            };
+            let shape = if if_absent {
+                ReplyShape::Integer
+            } else {
+                ReplyShape::Ok
+            };
+            write(op, shape)
+        }
+        b"copy" => {
+            arity(args.len() >= 2)?;
+            parse_copy(args)
+        }
+        b"keys" => {
+            arity(args.len() == 1)?;
+            read(ReadOp::Keys(args[0].clone()))
+        }
+        b"randomkey" => {
+            arity(args.is_empty())?;
+            read(ReadOp::RandomKey)
+        }
         b"type" => {
             arity(args.len() == 1)?;
             read(ReadOp::Type(key(&args[0])?))
@@ -349,11 +436,7 @@ pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
         }
         b"mset" => {
             arity(!args.is_empty() && args.len().is_multiple_of(2))?;
-            let pairs = args
-                .chunks(2)
-                .map(|pair| Ok((key(&pair[0])?, pair[1].clone())))
-                .collect::<Result<_, Reply>>()?;
-            write(WriteOp::SetMany(pairs), ReplyShape::Ok)
+            write(WriteOp::SetMany(pairs(args)?), ReplyShape::Ok)
         }
         b"incr" | b"decr" => {
             arity(args.len() == 1)?;
@@ -400,6 +483,36 @@ fn write(op: WriteOp, shape: ReplyShape) -> Result<Command, Reply> {
     Ok(Command::Write { op, shape })
 }
 
+fn pairs(args: &[Bytes]) -> Result<Vec<(Bytes, Bytes)>, Reply> {
+    args.chunks(2)
+        .map(|pair| Ok((key(&pair[0])?, pair[1].clone())))
+        .collect()
+}
+
+/// `COPY source destination [DB 0] [REPLACE]` (one database).
+fn parse_copy(args: &[Bytes]) -> Result<Command, Reply> {
+    let mut replace = false;
+    let mut options = args[2..].iter();
+    while let Some(option) = options.next() {
+        match option.to_ascii_uppercase().as_slice() {
+            b"REPLACE" => replace = true,
+            b"DB" => {
+                let db = options.next().ok_or_else(syntax_error)?;
+                if integer(db)? != 0 {
+                    return Err(Reply::err("DB index is out of range"));
+                }
+            }
+            _ => return Err(syntax_error()),
+        }
+    }
+    let op = WriteOp::Copy {
+        from: key(&args[0])?,
+        to: key(&args[1])?,
+        replace,
+    };
+    write(op, ReplyShape::Integer)
+}
+
 fn increment(key_arg: &Bytes, delta: i64) -> Result<Command, Reply> {
     let op = WriteOp::IncrementBy {
         key: key(key_arg)?,
@@ -443,32 +556,53 @@ fn syntax_error() -> Reply {
     Reply::err("syntax error")
 }
 
-fn parse_scan(args: &[Bytes]) -> Result<Command, Reply> {
-    let cursor = std::str::from_utf8(&args[0])
+/// `SCAN`'s and `HSCAN`'s cursor and options.
+struct ScanOptions {
+    cursor: u64,
+    pattern: Option<Bytes>,
+    count: usize,
+    kind: Option<TypeFilter>,
+}
+
+/// Parses a cursor and options (`TYPE` only where `with_type`).
+fn parse_scan_options(
+    cursor: &[u8],
+    options: &[Bytes],
+    with_type: bool,
+) -> Result<ScanOptions, Reply> {
+    let cursor = std::str::from_utf8(cursor)
         .ok()
         .and_then(|text| text.parse::<u64>().ok())
         .ok_or_else(|| Reply::err("invalid cursor"))?;
-    let mut pattern = None;
-    let mut count = SCAN_COUNT_DEFAULT;
-    let mut kind = None;
-    let mut options = args[1..].iter();
+    let mut parsed = ScanOptions {
+        cursor,
+        pattern: None,
+        count: SCAN_COUNT_DEFAULT,
+        kind: None,
+    };
+    let mut options = options.iter();
     while let Some(option) = options.next() {
         let value = options.next().ok_or_else(syntax_error)?;
         match option.to_ascii_uppercase().as_slice() {
-            b"MATCH" => pattern = Some(value.clone()),
+            b"MATCH" => parsed.pattern = Some(value.clone()),
             b"COUNT" => match integer(value)? {
-                n if n >= 1 => count = (n as usize).min(SCAN_COUNT_MAX),
+                n if n >= 1 => parsed.count = (n as usize).min(SCAN_COUNT_MAX),
                 _ => return Err(syntax_error()),
             },
-            b"TYPE" => kind = Some(type_filter(value)),
+            b"TYPE" if with_type => parsed.kind = Some(type_filter(value)),
             _ => return Err(syntax_error()),
         }
     }
+    Ok(parsed)
+}
+
+fn parse_scan(args: &[Bytes]) -> Result<Command, Reply> {
+    let options = parse_scan_options(&args[0], &args[1..], true)?;
     read(ReadOp::Scan {
-        cursor,
-        pattern,
-        count,
-        kind,
+        cursor: options.cursor,
+        pattern: options.pattern,
+        count: options.count,
+        kind: options.kind,
     })
 }
 
@@ -610,6 +744,141 @@ mod tests {
         );
         let long_key = "k".repeat(kv::KEY_BYTES_MAX + 1);
         assert!(error_text(&["GET", &long_key]).contains("key is too long"));
+    }
+
+    #[test]
+    fn the_command_table_lists_exactly_what_is_served() {
+        // Names from Redis's command set: served or not.
+        let names = [
+            "ping",
+            "echo",
+            "hello",
+            "auth",
+            "acl",
+            "client",
+            "command",
+            "select",
+            "quit",
+            "info",
+            "get",
+            "mget",
+            "strlen",
+            "getrange",
+            "substr",
+            "set",
+            "setnx",
+            "getset",
+            "setex",
+            "psetex",
+            "getex",
+            "getdel",
+            "setrange",
+            "append",
+            "incr",
+            "decr",
+            "incrby",
+            "decrby",
+            "incrbyfloat",
+            "mset",
+            "msetnx",
+            "cas",
+            "del",
+            "unlink",
+            "exists",
+            "touch",
+            "type",
+            "expire",
+            "pexpire",
+            "expireat",
+            "pexpireat",
+            "persist",
+            "ttl",
+            "pttl",
+            "expiretime",
+            "pexpiretime",
+            "rename",
+            "renamenx",
+            "copy",
+            "keys",
+            "scan",
+            "randomkey",
+            "dbsize",
+            "flushdb",
+            "flushall",
+            "hset",
+            "hmset",
+            "hsetnx",
+            "hdel",
+            "hincrby",
+            "hget",
+            "hmget",
+            "hlen",
+            "hexists",
+            "hstrlen",
+            "hgetall",
+            "hkeys",
+            "hvals",
+            "hscan",
+            "lpush",
+            "rpop",
+            "sadd",
+            "zadd",
+            "subscribe",
+            "eval",
+            "hincrbyfloat",
+            "hrandfield",
+            "object",
+            "debug",
+            "config",
+            "lcs",
+            "move",
+            "swapdb",
+            "dump",
+            "restore",
+            "sort",
+            "wait",
+            "multi",
+            "exec",
+            "watch",
+        ];
+        for name in names {
+            let served = table::find(name.as_bytes());
+            let unknown = |words: &[&str]| matches!(parse(&args(words)), Err(Reply::Error(e)) if e.starts_with("ERR unknown command"));
+            let Some(spec) = served else {
+                assert!(
+                    unknown(&[name, "a", "b", "c"]),
+                    "{name} is served but not in the table"
+                );
+                continue;
+            };
+            assert_eq!(spec.name, name);
+            let needed = spec.arity.unsigned_abs() as usize;
+            // Too few arguments: the arity error, whatever they are.
+            if needed >= 2 {
+                let words: Vec<&str> = std::iter::once(name)
+                    .chain(["1"; 8].into_iter().take(needed - 2))
+                    .collect();
+                let arity_error = format!("ERR wrong number of arguments for '{name}' command");
+                let got = parse(&args(&words));
+                assert!(
+                    matches!(&got, Err(Reply::Error(e)) if *e == arity_error)
+                        || matches!(
+                            name,
+                            "client" | "acl" | "hello" | "command" | "ping" | "quit" | "info"
+                        ),
+                    "{name} with {} arguments: {got:?}",
+                    needed - 2
+                );
+            }
+            assert!(
+                !unknown(&[name, "1", "1", "1"]),
+                "{name} is in the table but not served"
+            );
+        }
+        assert_eq!(
+            table::reply(&[Bytes::from_static(b"COUNT")]),
+            Reply::Integer(table::COMMANDS.len() as i64)
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use dr_codec::message::{ConfState, Entry, EntryKind, LogIndex, Term};
 use dr_raft::StorageError;
 use dr_storage::DataWrite;
 
+use super::long_double::LongDouble;
 use super::op::{DecodeError, ExpireCondition, SetCondition, Stamped, Ttl, WriteOp};
 use super::presence::PresenceCache;
 use super::record::{self, CLIENT_END, Kind, Meta, Record, USER};
@@ -480,6 +481,75 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
                 }
                 Outcome::Integer(removed)
             }
+            WriteOp::HashSet {
+                key,
+                pairs,
+                if_absent,
+            } => self.hash_set(&key, &pairs, if_absent)?,
+            WriteOp::HashDelete { key, fields } => self.hash_delete(&key, &fields)?,
+            WriteOp::HashIncrementBy { key, field, delta } => {
+                self.hash_increment(&key, &field, delta)?
+            }
+            WriteOp::SetRange { key, offset, value } => self.set_range(&key, offset, &value)?,
+            WriteOp::SetManyIfNone(pairs) => {
+                for (key, _) in &pairs {
+                    if self.live_meta(key)?.is_some() {
+                        return Ok(Outcome::Integer(0));
+                    }
+                }
+                for (key, value) in pairs {
+                    let old = self.live_meta(&key)?;
+                    self.put(&key, old, Kind::String, None, &value)?;
+                }
+                Outcome::Integer(1)
+            }
+            WriteOp::Rename {
+                from,
+                to,
+                if_absent,
+            } => {
+                let Some(record) = self.live_record(&from)? else {
+                    return Ok(Outcome::Error("ERR no such key".into()));
+                };
+                let done = || {
+                    if if_absent {
+                        Outcome::Integer(1)
+                    } else {
+                        Outcome::Done
+                    }
+                };
+                if from == to {
+                    return Ok(if if_absent {
+                        Outcome::Integer(0)
+                    } else {
+                        done()
+                    });
+                }
+                let existing = self.live_meta(&to)?;
+                if if_absent && existing.is_some() {
+                    return Ok(Outcome::Integer(0));
+                }
+                self.copy_key(&from, &record, &to, existing)?;
+                self.remove(&from, record.meta)?;
+                done()
+            }
+            WriteOp::Copy { from, to, replace } => {
+                if from == to {
+                    return Ok(Outcome::Error(
+                        "ERR source and destination objects are the same".into(),
+                    ));
+                }
+                let Some(record) = self.live_record(&from)? else {
+                    return Ok(Outcome::Integer(0));
+                };
+                let existing = self.live_meta(&to)?;
+                if existing.is_some() && !replace {
+                    return Ok(Outcome::Integer(0));
+                }
+                self.copy_key(&from, &record, &to, existing)?;
+                Outcome::Integer(1)
+            }
+            WriteOp::IncrementByFloat { key, delta } => self.increment_float(&key, &delta)?,
             WriteOp::Flush => {
                 self.pending.retain(|stored, _| !is_client(stored));
                 self.flushed = true;
@@ -571,6 +641,244 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
             )?,
         }
         Ok(Outcome::Integer(1))
+    }
+
+    fn set_range(
+        &mut self,
+        key: &[u8],
+        offset: u64,
+        value: &[u8],
+    ) -> Result<Outcome, StorageError> {
+        let old = match self.live_string(key)? {
+            Ok(old) => old,
+            Err(outcome) => return Ok(outcome),
+        };
+        let old_len = old.as_ref().map_or(0, |r| r.body.len());
+        if value.is_empty() {
+            return Ok(Outcome::Integer(old_len as i64));
+        }
+        let end = usize::try_from(offset)
+            .ok()
+            .and_then(|offset| offset.checked_add(value.len()))
+            .filter(|&end| end <= VALUE_BYTES_MAX);
+        let Some(end) = end else {
+            return Ok(Outcome::Error(
+                "ERR string exceeds maximum allowed size (proto-max-bulk-len)".into(),
+            ));
+        };
+        let mut new = BytesMut::with_capacity(old_len.max(end));
+        new.extend_from_slice(old.as_ref().map_or(&[][..], |r| &r.body));
+        if new.len() < end {
+            new.resize(end, 0);
+        }
+        new[end - value.len()..end].copy_from_slice(value);
+        let meta = old.map(|r| r.meta);
+        let at = meta.and_then(|m| m.expire_at_ms);
+        self.put(key, meta, Kind::String, at, &new)?;
+        Ok(Outcome::Integer(new.len() as i64))
+    }
+
+    fn increment_float(&mut self, key: &[u8], delta: &[u8]) -> Result<Outcome, StorageError> {
+        let old = match self.live_string(key)? {
+            Ok(old) => old,
+            Err(outcome) => return Ok(outcome),
+        };
+        let not_float = || Outcome::Error("ERR value is not a valid float".into());
+        let current = match &old {
+            None => LongDouble::ZERO,
+            Some(record) => match LongDouble::parse(&record.body) {
+                Some(value) => value,
+                None => return Ok(not_float()),
+            },
+        };
+        let Some(delta) = LongDouble::parse(delta) else {
+            return Ok(not_float());
+        };
+        let Some(sum) = current.add(&delta).filter(LongDouble::is_finite) else {
+            return Ok(Outcome::Error(
+                "ERR increment would produce NaN or Infinity".into(),
+            ));
+        };
+        let text = Bytes::from(sum.to_human());
+        let meta = old.map(|r| r.meta);
+        let at = meta.and_then(|m| m.expire_at_ms);
+        self.put(key, meta, Kind::String, at, &text)?;
+        Ok(Outcome::Value(Some(text)))
+    }
+
+    /// A hash's fields as of this point of the batch (field → value).
+    fn fields_of(&self, key: &[u8]) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError> {
+        let prefix = record::field_prefix(key);
+        let mut fields: std::collections::BTreeMap<Vec<u8>, Option<Bytes>> = Default::default();
+        if !self.flushed {
+            let mut start = prefix.clone();
+            loop {
+                let page = self.store.scan(&start, FIELD_PAGE)?;
+                let full = page.len() == FIELD_PAGE;
+                let mut last = None;
+                for (stored, value) in page.into_iter().take_while(|(s, _)| s.starts_with(&prefix))
+                {
+                    last = Some(stored.clone());
+                    fields.insert(stored, Some(Bytes::from(value)));
+                }
+                match last {
+                    Some(mut next) if full => {
+                        next.push(0);
+                        start = next;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        for (stored, value) in &self.pending {
+            if stored.starts_with(&prefix) {
+                fields.insert(stored.clone(), value.clone());
+            }
+        }
+        Ok(fields
+            .into_iter()
+            .filter_map(|(stored, value)| Some((stored[prefix.len()..].to_vec(), value?)))
+            .collect())
+    }
+
+    /// Writes a copy of the live `record` of `from` (fields, expiry and
+    /// all) as `to`, replacing `existing`, `to`'s header if it exists.
+    fn copy_key(
+        &mut self,
+        from: &[u8],
+        record: &Record,
+        to: &[u8],
+        existing: Option<Meta>,
+    ) -> Result<(), StorageError> {
+        if let Some(existing) = existing {
+            self.remove(to, existing)?;
+        }
+        if record.meta.kind == Kind::Hash {
+            for (field, value) in self.fields_of(from)? {
+                self.pending
+                    .insert(record::field_key(to, &field), Some(value));
+            }
+        }
+        self.put(
+            to,
+            None,
+            record.meta.kind,
+            record.meta.expire_at_ms,
+            &record.body,
+        )
+    }
+
+    /// A live hash's record; `Err(outcome)` for another type.
+    fn live_hash(&mut self, key: &[u8]) -> Result<Result<Option<Record>, Outcome>, StorageError> {
+        Ok(match self.live_record(key)? {
+            Some(record) if record.meta.kind != Kind::Hash => Err(wrong_type()),
+            record => Ok(record),
+        })
+    }
+
+    /// Writes a hash's record with `fields` fields (removing it when
+    /// none are left), keeping its expiry.
+    fn put_hash(&mut self, key: &[u8], old: Option<Meta>, fields: u64) -> Result<(), StorageError> {
+        match old {
+            Some(old) if fields == 0 => self.remove(key, old),
+            None if fields == 0 => Ok(()),
+            old => {
+                let at = old.and_then(|m| m.expire_at_ms);
+                self.put(key, old, Kind::Hash, at, &fields.to_le_bytes())
+            }
+        }
+    }
+
+    fn hash_set(
+        &mut self,
+        key: &[u8],
+        pairs: &[(Bytes, Bytes)],
+        if_absent: bool,
+    ) -> Result<Outcome, StorageError> {
+        let record = match self.live_hash(key)? {
+            Ok(record) => record,
+            Err(outcome) => return Ok(outcome),
+        };
+        let mut fields = record.as_ref().map_or(0, Record::field_count);
+        let mut added = 0;
+        for (field, value) in pairs {
+            let stored = record::field_key(key, field);
+            // A new hash has no fields stored, only those this command
+            // wrote (a field named twice).
+            let existed = if record.is_some() {
+                self.stored(&stored)?.is_some()
+            } else {
+                self.pending.get(&stored).is_some_and(Option::is_some)
+            };
+            if existed && if_absent {
+                continue;
+            }
+            if !existed {
+                fields += 1;
+                added += 1;
+            }
+            self.pending.insert(stored, Some(value.clone()));
+        }
+        if added > 0 || !if_absent {
+            self.put_hash(key, record.map(|r| r.meta), fields)?;
+        }
+        Ok(Outcome::Integer(added))
+    }
+
+    fn hash_delete(&mut self, key: &[u8], fields: &[Bytes]) -> Result<Outcome, StorageError> {
+        let record = match self.live_hash(key)? {
+            Ok(Some(record)) => record,
+            Ok(None) => return Ok(Outcome::Integer(0)),
+            Err(outcome) => return Ok(outcome),
+        };
+        let mut count = record.field_count();
+        let mut removed = 0;
+        for field in fields {
+            let stored = record::field_key(key, field);
+            if self.stored(&stored)?.is_some() {
+                self.pending.insert(stored, None);
+                count -= 1;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.put_hash(key, Some(record.meta), count)?;
+        }
+        Ok(Outcome::Integer(removed))
+    }
+
+    fn hash_increment(
+        &mut self,
+        key: &[u8],
+        field: &[u8],
+        delta: i64,
+    ) -> Result<Outcome, StorageError> {
+        let record = match self.live_hash(key)? {
+            Ok(record) => record,
+            Err(outcome) => return Ok(outcome),
+        };
+        let stored = record::field_key(key, field);
+        let old = match &record {
+            Some(_) => self.stored(&stored)?,
+            None => None,
+        };
+        let current = match &old {
+            None => 0,
+            Some(value) => match parse_integer(value) {
+                Some(value) => value,
+                None => return Ok(Outcome::Error("ERR hash value is not an integer".into())),
+            },
+        };
+        let Some(new) = current.checked_add(delta) else {
+            return Ok(Outcome::Error(
+                "ERR increment or decrement would overflow".into(),
+            ));
+        };
+        let fields = record.as_ref().map_or(0, Record::field_count) + u64::from(old.is_none());
+        self.pending
+            .insert(stored, Some(Bytes::from(new.to_string())));
+        self.put_hash(key, record.map(|r| r.meta), fields)?;
+        Ok(Outcome::Integer(new))
     }
 
     fn increment(&mut self, key: &[u8], delta: i64) -> Result<Outcome, StorageError> {

@@ -14,6 +14,7 @@
 //! all travel together.
 
 pub mod apply;
+pub mod long_double;
 pub mod op;
 pub mod presence;
 pub mod record;

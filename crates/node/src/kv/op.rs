@@ -143,6 +143,69 @@ pub enum WriteOp {
     Reap(Vec<(Bytes, u64)>),
     /// `FLUSHDB`, `FLUSHALL`: every client key removed.
     Flush,
+    /// `HSET`, `HMSET` (every pair), `HSETNX` (`if_absent`: one pair,
+    /// written only if the field is new).
+    HashSet {
+        /// The hash.
+        key: Bytes,
+        /// Fields and values, in order (a later pair of a field wins).
+        pairs: Vec<(Bytes, Bytes)>,
+        /// `HSETNX`.
+        if_absent: bool,
+    },
+    /// `HDEL`.
+    HashDelete {
+        /// The hash.
+        key: Bytes,
+        /// The fields removed.
+        fields: Vec<Bytes>,
+    },
+    /// `HINCRBY`.
+    HashIncrementBy {
+        /// The hash.
+        key: Bytes,
+        /// The field.
+        field: Bytes,
+        /// What to add.
+        delta: i64,
+    },
+    /// `SETRANGE`.
+    SetRange {
+        /// The key.
+        key: Bytes,
+        /// Where the bytes go.
+        offset: u64,
+        /// The bytes.
+        value: Bytes,
+    },
+    /// `MSETNX`: every pair, only if no key exists.
+    SetManyIfNone(Vec<(Bytes, Bytes)>),
+    /// `RENAME`, `RENAMENX` (`if_absent`).
+    Rename {
+        /// The key renamed.
+        from: Bytes,
+        /// Its new name.
+        to: Bytes,
+        /// `RENAMENX`: only if `to` does not exist.
+        if_absent: bool,
+    },
+    /// `COPY`.
+    Copy {
+        /// The key copied.
+        from: Bytes,
+        /// The copy.
+        to: Bytes,
+        /// `REPLACE`: an existing `to` is replaced.
+        replace: bool,
+    },
+    /// `INCRBYFLOAT`: the increment as the client sent it (checked when
+    /// applied, after the key's type, as Redis does).
+    IncrementByFloat {
+        /// The key.
+        key: Bytes,
+        /// The increment's text.
+        delta: Bytes,
+    },
 }
 
 /// A log entry payload that is not a valid command (never written by a
@@ -230,11 +293,7 @@ impl WriteOp {
             }
             Self::SetMany(pairs) => {
                 out.put_u8(3);
-                out.put_u32_le(pairs.len() as u32);
-                for (key, value) in pairs {
-                    put_bytes(out, key);
-                    put_bytes(out, value);
-                }
+                put_pairs(out, pairs);
             }
             Self::IncrementBy { key, delta } => {
                 out.put_u8(4);
@@ -290,6 +349,58 @@ impl WriteOp {
                 }
             }
             Self::Flush => out.put_u8(13),
+            Self::HashSet {
+                key,
+                pairs,
+                if_absent,
+            } => {
+                out.put_u8(14);
+                out.put_u8(u8::from(*if_absent));
+                put_bytes(out, key);
+                put_pairs(out, pairs);
+            }
+            Self::HashDelete { key, fields } => {
+                out.put_u8(15);
+                put_bytes(out, key);
+                put_keys(out, fields);
+            }
+            Self::HashIncrementBy { key, field, delta } => {
+                out.put_u8(16);
+                out.put_i64_le(*delta);
+                put_bytes(out, key);
+                put_bytes(out, field);
+            }
+            Self::SetRange { key, offset, value } => {
+                out.put_u8(17);
+                out.put_u64_le(*offset);
+                put_bytes(out, key);
+                put_bytes(out, value);
+            }
+            Self::SetManyIfNone(pairs) => {
+                out.put_u8(18);
+                put_pairs(out, pairs);
+            }
+            Self::Rename {
+                from,
+                to,
+                if_absent,
+            } => {
+                out.put_u8(19);
+                out.put_u8(u8::from(*if_absent));
+                put_bytes(out, from);
+                put_bytes(out, to);
+            }
+            Self::Copy { from, to, replace } => {
+                out.put_u8(20);
+                out.put_u8(u8::from(*replace));
+                put_bytes(out, from);
+                put_bytes(out, to);
+            }
+            Self::IncrementByFloat { key, delta } => {
+                out.put_u8(21);
+                put_bytes(out, key);
+                put_bytes(out, delta);
+            }
         }
     }
 
@@ -313,13 +424,7 @@ impl WriteOp {
                 }
             }
             2 => Self::Delete(take_keys(input)?),
-            3 => {
-                let count = take_count(input, 8)?;
-                let pairs = (0..count)
-                    .map(|_| Ok((take_bytes(input)?, take_bytes(input)?)))
-                    .collect::<Result<_, DecodeError>>()?;
-                Self::SetMany(pairs)
-            }
+            3 => Self::SetMany(take_pairs(input)?),
             4 => {
                 let delta = take_u64(input)? as i64;
                 Self::IncrementBy {
@@ -374,6 +479,55 @@ impl WriteOp {
                 Self::Reap(keys)
             }
             13 => Self::Flush,
+            14 => {
+                let if_absent = take_flag(input)?;
+                Self::HashSet {
+                    key: take_bytes(input)?,
+                    pairs: take_pairs(input)?,
+                    if_absent,
+                }
+            }
+            15 => Self::HashDelete {
+                key: take_bytes(input)?,
+                fields: take_keys(input)?,
+            },
+            16 => {
+                let delta = take_u64(input)? as i64;
+                Self::HashIncrementBy {
+                    key: take_bytes(input)?,
+                    field: take_bytes(input)?,
+                    delta,
+                }
+            }
+            17 => {
+                let offset = take_u64(input)?;
+                Self::SetRange {
+                    key: take_bytes(input)?,
+                    offset,
+                    value: take_bytes(input)?,
+                }
+            }
+            18 => Self::SetManyIfNone(take_pairs(input)?),
+            19 => {
+                let if_absent = take_flag(input)?;
+                Self::Rename {
+                    from: take_bytes(input)?,
+                    to: take_bytes(input)?,
+                    if_absent,
+                }
+            }
+            20 => {
+                let replace = take_flag(input)?;
+                Self::Copy {
+                    from: take_bytes(input)?,
+                    to: take_bytes(input)?,
+                    replace,
+                }
+            }
+            21 => Self::IncrementByFloat {
+                key: take_bytes(input)?,
+                delta: take_bytes(input)?,
+            },
             other => return Err(DecodeError(format!("unknown command op {other}"))),
         })
     }
@@ -387,6 +541,14 @@ fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
 fn put_keys(out: &mut BytesMut, keys: &[Bytes]) {
     out.put_u32_le(keys.len() as u32);
     keys.iter().for_each(|key| put_bytes(out, key));
+}
+
+fn put_pairs(out: &mut BytesMut, pairs: &[(Bytes, Bytes)]) {
+    out.put_u32_le(pairs.len() as u32);
+    for (key, value) in pairs {
+        put_bytes(out, key);
+        put_bytes(out, value);
+    }
 }
 
 fn put_ttl(out: &mut BytesMut, ttl: Ttl) {
@@ -445,6 +607,13 @@ fn take_count(input: &mut Bytes, item_bytes_min: usize) -> Result<usize, DecodeE
 fn take_keys(input: &mut Bytes) -> Result<Vec<Bytes>, DecodeError> {
     let count = take_count(input, 4)?;
     (0..count).map(|_| take_bytes(input)).collect()
+}
+
+fn take_pairs(input: &mut Bytes) -> Result<Vec<(Bytes, Bytes)>, DecodeError> {
+    let count = take_count(input, 8)?;
+    (0..count)
+        .map(|_| Ok((take_bytes(input)?, take_bytes(input)?)))
+        .collect()
 }
 
 fn take_bytes(input: &mut Bytes) -> Result<Bytes, DecodeError> {
@@ -508,6 +677,40 @@ mod tests {
             WriteOp::GetDel("k".into()),
             WriteOp::Reap(vec![("a".into(), 5), ("b".into(), u64::MAX)]),
             WriteOp::Flush,
+            WriteOp::HashSet {
+                key: "h".into(),
+                pairs: vec![("f".into(), "1".into()), ("g".into(), "".into())],
+                if_absent: false,
+            },
+            WriteOp::HashDelete {
+                key: "h".into(),
+                fields: vec!["f".into()],
+            },
+            WriteOp::HashIncrementBy {
+                key: "h".into(),
+                field: "n".into(),
+                delta: i64::MIN,
+            },
+            WriteOp::SetRange {
+                key: "k".into(),
+                offset: 7,
+                value: "xy".into(),
+            },
+            WriteOp::SetManyIfNone(vec![("a".into(), "1".into())]),
+            WriteOp::Rename {
+                from: "a".into(),
+                to: "b".into(),
+                if_absent: true,
+            },
+            WriteOp::Copy {
+                from: "a".into(),
+                to: "b".into(),
+                replace: false,
+            },
+            WriteOp::IncrementByFloat {
+                key: "f".into(),
+                delta: "1.5e3".into(),
+            },
         ]
     }
 
@@ -538,7 +741,7 @@ mod tests {
 
     #[test]
     fn a_forged_count_does_not_allocate() {
-        for op in [2u8, 3, 12] {
+        for op in [2u8, 3, 12, 18] {
             let mut payload = vec![op];
             payload.extend_from_slice(&u32::MAX.to_le_bytes());
             assert!(WriteOp::decode(&Bytes::from(payload)).is_err());

@@ -144,6 +144,9 @@ pub fn user_key(key: &[u8]) -> Vec<u8> {
     stored
 }
 
+/// Bytes a field's stored key holds besides its key and field.
+pub const FIELD_KEY_OVERHEAD: usize = 5;
+
 /// Where a hash's fields begin: every field key starts with it.
 pub fn field_prefix(key: &[u8]) -> Vec<u8> {
     let mut stored = Vec::with_capacity(key.len() + 5 + 16);

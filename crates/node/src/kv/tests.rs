@@ -66,7 +66,54 @@ fn random_op(state: &mut u64, now: u64) -> WriteOp {
         2 => Ttl::At((now + next(state, 40)) as i64 - 5),
         _ => Ttl::Clear,
     };
-    match next(state, 14) {
+    let field = |f: u64| Bytes::from(format!("f{f}"));
+    match next(state, 22) {
+        17 => WriteOp::SetRange {
+            key: key(k),
+            offset: next(state, 6),
+            value: "xy".into(),
+        },
+        18 => WriteOp::SetManyIfNone(vec![
+            (key(k), "a".into()),
+            (key(next(state, 8)), "b".into()),
+        ]),
+        19 => WriteOp::Rename {
+            from: key(k),
+            to: key(next(state, 8)),
+            if_absent: next(state, 2) == 0,
+        },
+        20 => WriteOp::Copy {
+            from: key(k),
+            to: key(next(state, 8)),
+            replace: next(state, 2) == 0,
+        },
+        21 => WriteOp::IncrementByFloat {
+            key: key(k),
+            delta: "0.1".into(),
+        },
+        14 => WriteOp::HashSet {
+            key: key(k),
+            pairs: (0..=next(state, 2))
+                .map(|_| {
+                    (
+                        field(next(state, 4)),
+                        Bytes::from(format!("{}", next(state, 9))),
+                    )
+                })
+                .collect(),
+            if_absent: next(state, 4) == 0,
+        },
+        15 => WriteOp::HashDelete {
+            key: key(k),
+            fields: (0..=next(state, 2))
+                .map(|_| field(next(state, 4)))
+                .collect(),
+        },
+        16 => WriteOp::HashIncrementBy {
+            key: key(k),
+            field: field(next(state, 4)),
+            delta: 2,
+        },
         0..=2 => WriteOp::Set {
             key: key(k),
             value: Bytes::from(format!("v{}", next(state, 100))),
@@ -199,6 +246,23 @@ fn check_consistent(store: &mut TempStore, tally: Tally) {
     let mut expiring_sorted = expiring;
     expiring_sorted.sort_by(|a, b| a.1.cmp(b.1));
     assert_eq!(indexed_sorted, expiring_sorted, "the expiry index");
+    // Every field belongs to a hash whose count is its number of fields.
+    let mut fields_per_key: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
+    for (stored, _) in stored
+        .iter()
+        .filter(|(key, _)| key.first() == Some(&record::FIELD))
+    {
+        let len = u32::from_be_bytes(stored[1..5].try_into().unwrap()) as usize;
+        *fields_per_key
+            .entry(stored[5..5 + len].to_vec())
+            .or_default() += 1;
+    }
+    let hashes: std::collections::BTreeMap<Vec<u8>, u64> = records
+        .iter()
+        .filter(|(_, record)| record.meta.kind == Kind::Hash)
+        .map(|(key, record)| (key.to_vec(), record.field_count()))
+        .collect();
+    assert_eq!(fields_per_key, hashes, "hash fields and their counts");
 }
 
 #[test]
