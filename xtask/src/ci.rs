@@ -13,7 +13,8 @@ const LIBCLANG_INSTALL: &str = "apt-get update && apt-get install -y libclang-de
 pub(crate) fn run() -> Result<(), String> {
     timed("prerequisites", || {
         ensure_libclang()?;
-        ensure_redis_server()
+        ensure_redis_server()?;
+        ensure_redis_py()
     })?;
     timed("fmt", || {
         run_step("fmt", cargo().args(["fmt", "--all", "--check"]))
@@ -176,6 +177,25 @@ fn ensure_redis_server() -> Result<(), String> {
         Ok(())
     } else {
         Err("redis-server was installed but does not run".into())
+    }
+}
+
+/// redis-py, the Python client the client-library test drives.
+fn ensure_redis_py() -> Result<(), String> {
+    let importable = || succeeds("python3", &["-c", "import redis"]);
+    if importable() {
+        return Ok(());
+    }
+    let install = "apt-get update && apt-get install -y python3-redis";
+    apt_install(
+        "python3-redis",
+        "redis-py (the client-library test's Python client)",
+        install,
+    )?;
+    if importable() {
+        Ok(())
+    } else {
+        Err("python3-redis was installed but `import redis` fails".into())
     }
 }
 

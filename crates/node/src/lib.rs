@@ -42,6 +42,8 @@
 //!   the state's, if ahead) is never returned; every node removes it at
 //!   the same log entry (the first write that meets it, or the leader's
 //!   housekeeping entry).
+//! - `EXEC` is one log entry: its commands apply atomically on every node
+//!   or, when a watched key's version moved, not at all.
 //! - Every read is linearizable: served once the applied index reaches a
 //!   read index the leader confirmed with a quorum (ReadIndex), on the
 //!   leader or on a follower that fetched the index from the leader. With

@@ -18,7 +18,7 @@ use crate::command::{ReadOp, ReplyShape};
 use crate::kv::record::{self, EXPIRY};
 use crate::kv::{self, MemberAddrs, Outcome, PresenceCache, Stamped, Tally, WriteOp};
 use crate::reads::{ScanCursors, View};
-use crate::resp::Reply;
+use crate::resp::{self, Limits, Protocol, Reply};
 use crate::status::StatusBoard;
 
 /// A log store that also holds the key-value state (RocksDB's `data`
@@ -121,6 +121,7 @@ fn shape_code(shape: ReplyShape) -> u8 {
         ReplyShape::Written => 2,
         ReplyShape::Integer => 3,
         ReplyShape::Value => 4,
+        ReplyShape::Transaction => 5,
     }
 }
 
@@ -131,6 +132,7 @@ fn shape_of(code: u8) -> Option<ReplyShape> {
         2 => ReplyShape::Written,
         3 => ReplyShape::Integer,
         4 => ReplyShape::Value,
+        5 => ReplyShape::Transaction,
         _ => return None,
     })
 }
@@ -142,6 +144,8 @@ const OUTCOME_DONE: u8 = 4;
 const OUTCOME_ERROR: u8 = 5;
 const OUTCOME_NIL: u8 = 6;
 const OUTCOME_VALUE: u8 = 7;
+const OUTCOME_ABORTED: u8 = 8;
+const OUTCOME_REPLIES: u8 = 9;
 
 /// An outcome as a leader answers a forwarded write.
 pub fn encode_outcome(outcome: &Outcome) -> Bytes {
@@ -168,6 +172,14 @@ pub fn encode_outcome(outcome: &Outcome) -> Bytes {
         Outcome::Value(Some(value)) => {
             out.put_u8(OUTCOME_VALUE);
             out.extend_from_slice(value);
+        }
+        Outcome::Transaction(None) => out.put_u8(OUTCOME_ABORTED),
+        Outcome::Transaction(Some(replies)) => {
+            // The replies as RESP3 (maps stay maps; no null arrays in a
+            // transaction): the follower parses them back with the
+            // client-side parser.
+            out.put_u8(OUTCOME_REPLIES);
+            Reply::Array(replies.clone()).encode(Protocol::Resp3, &mut out);
         }
         Outcome::Error(text) => {
             out.put_u8(OUTCOME_ERROR);
@@ -207,6 +219,20 @@ pub fn decode_outcome(payload: &Bytes) -> Result<Outcome, DecodeError> {
         OUTCOME_DONE if input.is_empty() => Ok(Outcome::Done),
         OUTCOME_NIL if input.is_empty() => Ok(Outcome::Value(None)),
         OUTCOME_VALUE => Ok(Outcome::Value(Some(input))),
+        OUTCOME_ABORTED if input.is_empty() => Ok(Outcome::Transaction(None)),
+        OUTCOME_REPLIES => {
+            let mut buffer = BytesMut::from(&input[..]);
+            let limits = Limits {
+                request_bytes_max: buffer.len().max(1),
+                arguments_max: usize::MAX,
+            };
+            match resp::parse_reply(&mut buffer, &limits) {
+                Ok(Some(Reply::Array(replies))) if buffer.is_empty() => {
+                    Ok(Outcome::Transaction(Some(replies)))
+                }
+                _ => Err(bad("transaction replies")),
+            }
+        }
         OUTCOME_ERROR => String::from_utf8(input.to_vec())
             .map(Outcome::Error)
             .map_err(|_| bad("an error text that is not UTF-8")),
@@ -372,7 +398,13 @@ impl<S: KvStore> StateMachine for KvMachine<S> {
             conf_state,
             &mut self.tally,
             &mut self.presence,
-            |index| waiting(index) == Some(ReplyShape::OldValue),
+            |index| {
+                matches!(
+                    waiting(index),
+                    Some(ReplyShape::OldValue | ReplyShape::Transaction)
+                )
+            },
+            self.keys_max,
         )?;
         let mut applied = Vec::with_capacity(results.len());
         let mut members_changed = false;
@@ -508,6 +540,17 @@ mod tests {
             Outcome::Value(None),
             Outcome::Value(Some(Bytes::new())),
             Outcome::Value(Some(Bytes::from_static(b"v"))),
+            Outcome::Transaction(None),
+            Outcome::Transaction(Some(vec![
+                Reply::OK,
+                Reply::Simple("QUEUED"),
+                Reply::Null,
+                Reply::Integer(-1),
+                Reply::bulk("x"),
+                Reply::Error("WRONGTYPE no".into()),
+                Reply::Array(vec![Reply::bulk("a")]),
+                Reply::Map(vec![(Reply::bulk("f"), Reply::bulk("v"))]),
+            ])),
         ] {
             assert_eq!(decode_outcome(&encode_outcome(&outcome)), Ok(outcome));
         }

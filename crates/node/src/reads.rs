@@ -33,6 +33,25 @@ pub fn string_value(record: Option<Record>) -> Result<Option<Bytes>, Reply> {
     }
 }
 
+/// Point and range reads of stored keys: a store, or the apply path's
+/// batch with its writes so far (a transaction's reads).
+pub trait Lookup {
+    /// A stored key's value.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Up to `limit` pairs at or after `start`, in key order.
+    fn scan(&self, start: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError>;
+}
+
+impl<S: KvStore> Lookup for S {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        KvStore::get(self, key)
+    }
+
+    fn scan(&self, start: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError> {
+        KvStore::scan(self, start, limit)
+    }
+}
+
 /// The state as one read sees it: the store, and the time on the
 /// serving node.
 pub(crate) struct View<'a, S> {
@@ -44,7 +63,7 @@ pub(crate) struct View<'a, S> {
     pub random: u64,
 }
 
-impl<S: KvStore> View<'_, S> {
+impl<S: Lookup> View<'_, S> {
     fn record(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
         live_record(self.store.get(&record::user_key(key))?, self.now_ms)
     }
@@ -113,6 +132,14 @@ impl<S: KvStore> View<'_, S> {
             },
             ReadOp::Keys(pattern) => self.keys(pattern)?,
             ReadOp::RandomKey => self.random_key()?,
+            ReadOp::Versions(keys) => Reply::Array(
+                keys.iter()
+                    .map(|key| {
+                        let version = self.record(key)?.map_or(0, |r| r.meta.version);
+                        Ok(Reply::Integer(version as i64))
+                    })
+                    .collect::<Result<_, StorageError>>()?,
+            ),
             ReadOp::GetOrRefuse { key, error } => match self.string(key)? {
                 Ok(None) => Reply::Null,
                 Ok(Some(_)) => Reply::Error(error.clone()),
@@ -165,6 +192,7 @@ impl<S: KvStore> View<'_, S> {
                 }
                 let prefix = record::field_prefix(key);
                 let mut items = Vec::new();
+                let mut pairs = Vec::new();
                 if record.is_some() {
                     for (stored, value) in self.fields(&prefix, &prefix, HASH_READ_FIELDS_MAX)? {
                         let name = Bytes::copy_from_slice(&stored[prefix.len()..]);
@@ -172,13 +200,17 @@ impl<S: KvStore> View<'_, S> {
                             HashPart::Fields => items.push(Reply::Bulk(name)),
                             HashPart::Values => items.push(Reply::Bulk(value.into())),
                             HashPart::Both => {
-                                items.push(Reply::Bulk(name));
-                                items.push(Reply::Bulk(value.into()));
+                                pairs.push((Reply::Bulk(name), Reply::Bulk(value.into())))
                             }
                         }
                     }
                 }
-                Reply::Array(items)
+                // A map in RESP3 (a flat array in RESP2), as Redis answers.
+                if *part == HashPart::Both {
+                    Reply::Map(pairs)
+                } else {
+                    Reply::Array(items)
+                }
             }
             HashRead::Scan {
                 cursor,

@@ -183,11 +183,16 @@ pub fn encode_request(arguments: &[Bytes], out: &mut BytesMut) {
     }
 }
 
+/// The simple strings the server sends (`+OK`, `TYPE`'s names, ...): the
+/// reply parser gives them back as [`Reply::Simple`], any other as a bulk
+/// string.
+pub const SIMPLE_STRINGS: &[&str] = &["OK", "PONG", "QUEUED", "string", "hash", "none"];
+
 /// How deep arrays in a reply may nest.
 const REPLY_DEPTH_MAX: usize = 8;
 
 /// Parses the next complete RESP2 reply (what the server sends; also
-/// RESP3's `_` null) at the front of `buffer` and removes its bytes; the
+/// RESP3's `_` null and `%` map) at the front of `buffer` and removes its bytes; the
 /// client side, for a follower forwarding to the leader. `Ok(None)`: more
 /// bytes are needed.
 pub fn parse_reply(buffer: &mut BytesMut, limits: &Limits) -> Result<Option<Reply>, ProtocolError> {
@@ -219,10 +224,12 @@ fn reply_at(
     let text = &buffer[at + 1..end];
     let next = end + 2;
     let reply = match marker {
-        b'+' => match text {
-            b"OK" => Reply::OK,
-            b"PONG" => Reply::Simple("PONG"),
-            _ => Reply::Bulk(Bytes::copy_from_slice(text)),
+        b'+' => match SIMPLE_STRINGS
+            .iter()
+            .find(|simple| simple.as_bytes() == text)
+        {
+            Some(simple) => Reply::Simple(simple),
+            None => Reply::Bulk(Bytes::copy_from_slice(text)),
         },
         b'-' => Reply::Error(String::from_utf8_lossy(text).into_owned()),
         b':' => Reply::Integer(parse_length(text, "invalid integer reply")?),
@@ -249,24 +256,37 @@ fn reply_at(
                 stop + 2,
             )));
         }
-        b'*' => {
+        b'*' | b'%' => {
             let count = parse_length(text, "invalid multibulk length")?;
             if count < 0 {
-                return Ok(Some((Reply::Null, next)));
+                return Ok(Some((Reply::NullArray, next)));
             }
-            if depth >= REPLY_DEPTH_MAX || count as usize > limits.arguments_max {
+            // A RESP3 map's count is of pairs.
+            let per_item = if marker == b'%' { 2 } else { 1 };
+            let items_count = (count as usize).saturating_mul(per_item);
+            if depth >= REPLY_DEPTH_MAX || items_count > limits.arguments_max {
                 return Err(ProtocolError::TooLarge("reply nests or counts too much"));
             }
-            let mut items = Vec::with_capacity((count as usize).min(1024));
+            let mut items = Vec::with_capacity(items_count.min(1024));
             let mut position = next;
-            for _ in 0..count {
+            for _ in 0..items_count {
                 let Some((item, item_end)) = reply_at(buffer, position, limits, depth + 1)? else {
                     return Ok(None);
                 };
                 items.push(item);
                 position = item_end;
             }
-            return Ok(Some((Reply::Array(items), position)));
+            let reply = if marker == b'%' {
+                let mut items = items.into_iter();
+                let mut pairs = Vec::with_capacity(count as usize);
+                while let (Some(key), Some(value)) = (items.next(), items.next()) {
+                    pairs.push((key, value));
+                }
+                Reply::Map(pairs)
+            } else {
+                Reply::Array(items)
+            };
+            return Ok(Some((reply, position)));
         }
         _ => return Err(ProtocolError::Malformed("unknown reply type")),
     };
@@ -306,6 +326,9 @@ pub enum Reply {
     Bulk(Bytes),
     /// No value: `$-1` in RESP2, `_` in RESP3.
     Null,
+    /// No array (an `EXEC` whose watched keys changed): `*-1` in RESP2,
+    /// `_` in RESP3.
+    NullArray,
     /// A list of replies.
     Array(Vec<Reply>),
     /// Key-value pairs: a map in RESP3, a flat array in RESP2.
@@ -345,6 +368,10 @@ impl Reply {
             }
             Self::Null => match protocol {
                 Protocol::Resp2 => out.extend_from_slice(b"$-1\r\n"),
+                Protocol::Resp3 => out.extend_from_slice(b"_\r\n"),
+            },
+            Self::NullArray => match protocol {
+                Protocol::Resp2 => out.extend_from_slice(b"*-1\r\n"),
                 Protocol::Resp3 => out.extend_from_slice(b"_\r\n"),
             },
             Self::Array(items) => {

@@ -135,7 +135,7 @@ impl Executor {
                 answer: answer_tx,
             },
             Command::Info(sections) => return Started::Done(self.info(sections)),
-            Command::Connection(_) => {
+            Command::Connection(_) | Command::Transaction(_) => {
                 return Started::Done(Reply::err(
                     "internal: a connection command reached the executor",
                 ));

@@ -341,6 +341,49 @@ fn random_hash_command(rng: &mut Rng) -> Vec<String> {
     words
 }
 
+/// A transaction: maybe `WATCH` (and maybe another client's write of a
+/// watched key), `MULTI`, a few commands (some refused at queue time,
+/// some failing when run), then `EXEC` or `DISCARD`. Each command with
+/// the client that sends it (0: the one under test, 1: another).
+fn random_transaction(rng: &mut Rng) -> Vec<(usize, Vec<String>)> {
+    let mut block = Vec::new();
+    let watched = rng.pick(KEYS).to_owned();
+    if rng.below(2) == 0 {
+        block.push((
+            0,
+            vec!["WATCH".into(), watched.clone(), rng.pick(KEYS).into()],
+        ));
+        match rng.below(4) {
+            0 => block.push((1, vec!["SET".into(), watched.clone(), "other".into()])),
+            1 => block.push((1, vec!["DEL".into(), watched.clone()])),
+            2 => block.push((0, vec!["INCR".into(), watched.clone()])),
+            _ => {}
+        }
+        if rng.below(6) == 0 {
+            block.push((0, vec!["UNWATCH".into()]));
+        }
+    }
+    block.push((0, vec!["MULTI".into()]));
+    for _ in 0..rng.below(6) {
+        let words = match rng.below(12) {
+            0 => vec!["NOSUCHCOMMAND".into(), "x".into()],
+            1 => vec!["GET".into()],
+            2 => vec!["MULTI".into()],
+            3 => vec!["WATCH".into(), watched.clone()],
+            4 => vec!["PING".into()],
+            5 => vec!["ECHO".into(), "hi".into()],
+            _ => random_command(rng),
+        };
+        block.push((0, words));
+    }
+    let end = if rng.below(6) == 0 { "DISCARD" } else { "EXEC" };
+    block.push((0, vec![end.into()]));
+    if rng.below(8) == 0 {
+        block.push((0, vec![end.into()]));
+    }
+    block
+}
+
 /// Replies that may differ, and how much (see also `unordered`).
 ///
 /// Besides these: a key written with an expiry time already passed
@@ -398,14 +441,37 @@ fn unordered(args: &[String], reply: &Reply) -> Option<Vec<Vec<Reply>>> {
     Some(sorted)
 }
 
-fn matches(args: &[String], redis: &(Bytes, Reply), drkv: &(Bytes, Reply)) -> bool {
-    if redis.0 == drkv.0 {
+/// Whether the replies match: the same bytes, or within a documented
+/// difference. `queued`: for `EXEC`, the commands it ran (each reply in
+/// its array is judged as that command's).
+fn matches(
+    args: &[String],
+    queued: &[Vec<String>],
+    redis: &(Bytes, Reply),
+    drkv: &(Bytes, Reply),
+) -> bool {
+    redis.0 == drkv.0 || equivalent(args, queued, &redis.1, &drkv.1)
+}
+
+fn equivalent(args: &[String], queued: &[Vec<String>], redis: &Reply, drkv: &Reply) -> bool {
+    if redis == drkv {
         return true;
     }
-    if let (Some(a), Some(b)) = (unordered(args, &redis.1), unordered(args, &drkv.1)) {
+    if args[0] == "EXEC" {
+        return match (redis, drkv) {
+            (Reply::Array(a), Reply::Array(b)) if a.len() == b.len() && a.len() == queued.len() => {
+                a.iter()
+                    .zip(b)
+                    .zip(queued)
+                    .all(|((a, b), args)| equivalent(args, &[], a, b))
+            }
+            _ => false,
+        };
+    }
+    if let (Some(a), Some(b)) = (unordered(args, redis), unordered(args, drkv)) {
         return a == b;
     }
-    match (difference(args), &redis.1, &drkv.1) {
+    match (difference(args), redis, drkv) {
         (Some(Difference::Time { slack }), Reply::Integer(a), Reply::Integer(b)) => {
             *a >= 0 && *b >= 0 && (a - b).abs() <= slack
         }
@@ -420,33 +486,57 @@ fn run(seed: u64, commands: usize) -> std::collections::BTreeMap<String, usize> 
     let redis = RedisServer::start();
     let cluster = Cluster::start("differential", 3, &[]);
     cluster.wait_for_leader(Duration::from_secs(20));
-    let mut oracle = RawClient::connect(redis.addr);
-    let mut nodes: Vec<RawClient> = (1..=3)
-        .map(|id| RawClient::connect(cluster.node(id).client))
+    // Two connections each: the client under test, and "another client"
+    // that changes watched keys between WATCH and EXEC.
+    let mut oracles = [
+        RawClient::connect(redis.addr),
+        RawClient::connect(redis.addr),
+    ];
+    let mut nodes: Vec<[RawClient; 2]> = (1..=3)
+        .map(|id| {
+            let addr = cluster.node(id).client;
+            [RawClient::connect(addr), RawClient::connect(addr)]
+        })
         .collect();
     let flush = [Bytes::from_static(b"FLUSHALL")];
-    oracle.call(&flush);
+    oracles[0].call(&flush);
     let mut rng = Rng(seed | 1);
     let mut transcript = Vec::new();
     let mut compared = std::collections::BTreeMap::new();
+    // The commands queued since MULTI (by the client under test).
+    let mut queued: Vec<Vec<String>> = Vec::new();
     for i in 0..commands {
-        let words = random_command(&mut rng);
         let mut batch = Vec::new();
-        if words[0] == "DBSIZE" {
-            let touch = std::iter::once("EXISTS").chain(KEYS.iter().copied());
-            batch.push(touch.map(str::to_owned).collect());
+        if rng.below(12) == 0 {
+            batch = random_transaction(&mut rng);
+        } else {
+            let words = random_command(&mut rng);
+            if words[0] == "DBSIZE" {
+                let touch = std::iter::once("EXISTS").chain(KEYS.iter().copied());
+                batch.push((0, touch.map(str::to_owned).collect()));
+            }
+            batch.push((0, words));
         }
-        batch.push(words);
-        for words in batch {
+        // A block goes to one node (a transaction lives on a connection).
+        for (client, words) in batch {
             let args: Vec<Bytes> = words.iter().map(|w| Bytes::from(w.clone())).collect();
-            let expected = oracle.call(&args);
-            let got = nodes[i % 3].call(&args);
+            let expected = oracles[client].call(&args);
+            let got = nodes[i % 3][client].call(&args);
+            let exec_ran = std::mem::take(&mut queued);
+            if expected.1 == Reply::Simple("QUEUED") {
+                queued = exec_ran.clone();
+                queued.push(words.clone());
+            } else if words[0] == "MULTI" && expected.1 == Reply::OK {
+                queued.clear();
+            } else if words[0] != "EXEC" {
+                queued = exec_ran.clone();
+            }
             transcript.push(format!(
                 "{} -> {:?}",
                 words.join(" "),
                 String::from_utf8_lossy(&expected.0)
             ));
-            if !matches(&words, &expected, &got) {
+            if !matches(&words, &exec_ran, &expected, &got) {
                 let tail = transcript[transcript.len().saturating_sub(30)..].join("\n  ");
                 panic!(
                     "seed {seed}, command {i} ({}) to node {}: redis answered {:?}, drkv {:?}\n\
@@ -476,7 +566,7 @@ fn random_commands_answer_as_redis_does() {
         "differential: {total} replies compared with redis-server, seed {seed}, {:?}: {compared:?}",
         started.elapsed()
     );
-    assert!(compared.len() >= 40, "every kind of command is sent");
+    assert!(compared.len() >= 60, "every kind of command is sent");
 }
 
 /// Keys whose time passes disappear from every node without anyone

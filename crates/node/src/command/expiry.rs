@@ -5,7 +5,6 @@
 use bytes::Bytes;
 
 use super::{Command, ReadOp, ReplyShape, integer, key, syntax_error, write};
-use crate::clock::NodeClock;
 use crate::kv::{ExpireCondition, SetCondition, Ttl, VALUE_BYTES_MAX, WriteOp};
 use crate::resp::Reply;
 
@@ -34,6 +33,7 @@ pub(super) fn positive_ttl(
     unit: Unit,
     base: Base,
     command: &str,
+    now_ms: u64,
 ) -> Result<Ttl, Reply> {
     let amount = integer(arg)?;
     if amount <= 0 || (unit == Unit::Seconds && amount > i64::MAX / 1000) {
@@ -48,8 +48,8 @@ pub(super) fn positive_ttl(
         Base::Unix => Ok(Ttl::At(ms)),
         Base::Now => {
             // The apply path adds the leader's time; one that would pass
-            // the largest time is refused here, by this node's clock.
-            let now = i64::try_from(NodeClock.unix_ms()).unwrap_or(i64::MAX);
+            // the largest time is refused here, by the parser's clock.
+            let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
             if ms.checked_add(now).is_none() {
                 return Err(invalid_expire_time(command));
             }
@@ -59,7 +59,7 @@ pub(super) fn positive_ttl(
 }
 
 /// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`.
-pub(super) fn parse_set(args: &[Bytes]) -> Result<Command, Reply> {
+pub(super) fn parse_set(args: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
     let mut condition = SetCondition::Always;
     let mut get = false;
     let mut ttl: TimeOption<'_> = None;
@@ -79,7 +79,7 @@ pub(super) fn parse_set(args: &[Bytes]) -> Result<Command, Reply> {
             _ => return Err(syntax_error()),
         }
     }
-    let ttl = match resolve(&ttl, "set")? {
+    let ttl = match resolve(&ttl, "set", now_ms)? {
         Some(ttl) => ttl,
         None if keep => Ttl::Keep,
         None => Ttl::Clear,
@@ -99,7 +99,7 @@ fn same_or_none(ttl: &TimeOption<'_>, name: &[u8]) -> bool {
     ttl.as_ref().is_none_or(|(given, _)| given == name)
 }
 
-fn resolve(ttl: &TimeOption<'_>, command: &str) -> Result<Option<Ttl>, Reply> {
+fn resolve(ttl: &TimeOption<'_>, command: &str, now_ms: u64) -> Result<Option<Ttl>, Reply> {
     let Some((name, amount)) = ttl else {
         return Ok(None);
     };
@@ -109,7 +109,7 @@ fn resolve(ttl: &TimeOption<'_>, command: &str) -> Result<Option<Ttl>, Reply> {
         b"EXAT" => (Unit::Seconds, Base::Unix),
         _ => (Unit::Millis, Base::Unix),
     };
-    positive_ttl(amount, unit, base, command).map(Some)
+    positive_ttl(amount, unit, base, command, now_ms).map(Some)
 }
 
 /// A `SET` of any form.
@@ -138,7 +138,7 @@ pub(super) fn set(
 
 /// `GETEX key [EX s|PX ms|EXAT s|PXAT ms|PERSIST]`: a read without an
 /// option.
-pub(super) fn parse_getex(args: &[Bytes]) -> Result<Command, Reply> {
+pub(super) fn parse_getex(args: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
     let key = key(&args[0])?;
     let mut ttl: TimeOption<'_> = None;
     let mut persist = false;
@@ -155,7 +155,7 @@ pub(super) fn parse_getex(args: &[Bytes]) -> Result<Command, Reply> {
     }
     // Redis checks the time only once it found a string there: a bad one
     // is a read that answers nil, WRONGTYPE or the error.
-    let ttl = match resolve(&ttl, "getex") {
+    let ttl = match resolve(&ttl, "getex", now_ms) {
         Err(Reply::Error(error)) => {
             return Ok(Command::Read(ReadOp::GetOrRefuse { key, error }));
         }
@@ -169,7 +169,7 @@ pub(super) fn parse_getex(args: &[Bytes]) -> Result<Command, Reply> {
 
 /// `EXPIRE key time [NX|XX|GT|LT]` and its siblings (`command` names
 /// which): any time, a past one removes the key.
-pub(super) fn parse_expire(args: &[Bytes], command: &str) -> Result<Command, Reply> {
+pub(super) fn parse_expire(args: &[Bytes], command: &str, now_ms: u64) -> Result<Command, Reply> {
     let (unit, base) = match command {
         "expire" => (Unit::Seconds, Base::Now),
         "pexpire" => (Unit::Millis, Base::Now),
@@ -211,7 +211,7 @@ pub(super) fn parse_expire(args: &[Bytes], command: &str) -> Result<Command, Rep
     let ttl = match base {
         Base::Unix => Ttl::At(ms),
         Base::Now => {
-            let now = i64::try_from(NodeClock.unix_ms()).unwrap_or(i64::MAX);
+            let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
             if ms > i64::MAX - now {
                 return Err(invalid_expire_time(command));
             }

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use dr_codec::message::NodeId;
 use dr_raft::ConfChangeOp;
 
+use crate::clock::NodeClock;
 use crate::kv::{self, Outcome, SetCondition, Ttl, WriteOp};
 use crate::resp::Reply;
 
@@ -37,6 +38,24 @@ pub enum Command {
     /// `INFO [section ...]`: the node's state (the named sections, in
     /// lower case; all when none are named).
     Info(Vec<String>),
+    /// `MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH`: the connection
+    /// keeps the transaction.
+    Transaction(TxCommand),
+}
+
+/// The transaction commands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxCommand {
+    /// `MULTI`.
+    Multi,
+    /// `EXEC`.
+    Exec,
+    /// `DISCARD`.
+    Discard,
+    /// `WATCH key...`.
+    Watch(Vec<Bytes>),
+    /// `UNWATCH`.
+    Unwatch,
 }
 
 /// Commands about the connection, not the data.
@@ -140,6 +159,8 @@ pub enum ReadOp {
         /// What to read.
         op: HashRead,
     },
+    /// The versions of keys (0: absent), for `WATCH`.
+    Versions(Vec<Bytes>),
     /// `GETEX` with a time Redis refuses: nil for a missing key,
     /// `WRONGTYPE` for another type, else the error.
     GetOrRefuse {
@@ -186,6 +207,8 @@ pub enum ReplyShape {
     Integer,
     /// `GETEX`, `GETDEL`: the value, or nil.
     Value,
+    /// `EXEC`: the replies, or a null array.
+    Transaction,
 }
 
 const SCAN_COUNT_DEFAULT: usize = 10;
@@ -195,6 +218,12 @@ pub const SCAN_COUNT_MAX: usize = 10_000;
 /// Parses one request. `Err` is the error reply (the connection stays
 /// open).
 pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
+    parse_at(arguments, NodeClock.unix_ms())
+}
+
+/// Parses one request with `now_ms` as the time (the apply path parses a
+/// transaction's commands at the entry's time).
+pub fn parse_at(arguments: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
     let Some(given) = arguments.first() else {
         return Err(Reply::err("empty command"));
     };
@@ -286,7 +315,7 @@ pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
         }
         b"set" => {
             arity(args.len() >= 2)?;
-            expiry::parse_set(args)
+            expiry::parse_set(args, now_ms)
         }
         b"setnx" => {
             arity(args.len() == 2)?;
@@ -319,13 +348,13 @@ pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
             } else {
                 (expiry::Unit::Millis, "psetex")
             };
-            let ttl = expiry::positive_ttl(&args[1], unit, expiry::Base::Now, command)?;
+            let ttl = expiry::positive_ttl(&args[1], unit, expiry::Base::Now, command, now_ms)?;
             let shape = ReplyShape::Ok;
             expiry::set(&args[0], &args[2], SetCondition::Always, ttl, false, shape)
         }
         b"getex" => {
             arity(!args.is_empty())?;
-            expiry::parse_getex(args)
+            expiry::parse_getex(args, now_ms)
         }
         b"getdel" => {
             arity(args.len() == 1)?;
@@ -334,7 +363,7 @@ pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
         b"expire" | b"pexpire" | b"expireat" | b"pexpireat" => {
             arity(args.len() >= 2)?;
             let command = String::from_utf8_lossy(&name).into_owned();
-            expiry::parse_expire(args, &command)
+            expiry::parse_expire(args, &command, now_ms)
         }
         b"persist" => {
             arity(args.len() == 1)?;
@@ -414,6 +443,19 @@ pub fn parse(arguments: &[Bytes]) -> Result<Command, Reply> {
         b"randomkey" => {
             arity(args.is_empty())?;
             read(ReadOp::RandomKey)
+        }
+        b"multi" | b"exec" | b"discard" | b"unwatch" => {
+            arity(args.is_empty())?;
+            Ok(Command::Transaction(match name.as_slice() {
+                b"multi" => TxCommand::Multi,
+                b"exec" => TxCommand::Exec,
+                b"discard" => TxCommand::Discard,
+                _ => TxCommand::Unwatch,
+            }))
+        }
+        b"watch" => {
+            arity(!args.is_empty())?;
+            Ok(Command::Transaction(TxCommand::Watch(keys(args)?)))
         }
         b"type" => {
             arity(args.len() == 1)?;
@@ -672,6 +714,8 @@ pub fn write_reply(shape: ReplyShape, outcome: Outcome) -> Reply {
         (ReplyShape::OldValue, Outcome::Set { old, .. }) => Reply::bulk_or_null(old),
         (ReplyShape::Written, Outcome::Set { written, .. }) => Reply::Integer(i64::from(written)),
         (ReplyShape::Value, Outcome::Value(value)) => Reply::bulk_or_null(value),
+        (ReplyShape::Transaction, Outcome::Transaction(None)) => Reply::NullArray,
+        (ReplyShape::Transaction, Outcome::Transaction(Some(replies))) => Reply::Array(replies),
         (_, Outcome::Integer(value)) => Reply::Integer(value),
         (shape, outcome) => Reply::err(format!("internal: {outcome:?} for {shape:?}")),
     }

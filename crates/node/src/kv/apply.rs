@@ -19,7 +19,11 @@ use super::op::{DecodeError, ExpireCondition, SetCondition, Stamped, Ttl, WriteO
 use super::presence::PresenceCache;
 use super::record::{self, CLIENT_END, Kind, Meta, Record, USER};
 use super::{CLOCK, KEY_COUNT, Outcome, VALUE_BYTES_MAX, WRONGTYPE, member_key, parse_integer};
+use crate::command::{self, Command};
 use crate::machine::KvStore;
+use crate::reads::{Lookup, ScanCursors, View};
+use crate::resp::Reply;
+use dr_storage::KeyValue;
 
 /// What the apply path keeps between batches (so no apply reads it back).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,9 +51,10 @@ pub struct Applied {
 /// applied index and configuration) and returns each entry's outcome.
 /// Later entries of the batch see the earlier ones' writes. `tally` is
 /// the count and clock before, and after. `wants_old(index)`: whether the
-/// outcome of the entry at `index` must carry the old value (`SET ...
-/// GET`, `GETSET`: a client waits on this node for it); other writes read
-/// only their key's header, which `presence` often knows.
+/// outcome of the entry at `index` must be complete (`SET ... GET`,
+/// `GETSET`: the old value; `EXEC`: its reads' replies), because a client
+/// waits on this node for it; other writes read only their key's header,
+/// which `presence` often knows. `keys_max` bounds a `KEYS` in `EXEC`.
 pub fn apply_entries<S: KvStore>(
     store: &mut S,
     entries: &[Entry],
@@ -57,11 +62,13 @@ pub fn apply_entries<S: KvStore>(
     tally: &mut Tally,
     presence: &mut PresenceCache,
     wants_old: impl Fn(LogIndex) -> bool,
+    keys_max: usize,
 ) -> Result<Vec<Applied>, StorageError> {
     let Some(last) = entries.last() else {
         return Ok(Vec::new());
     };
     let mut batch = ApplyBatch::new(store, *tally, &mut *presence);
+    batch.keys_max = keys_max;
     let mut applied = Vec::with_capacity(entries.len());
     for entry in entries {
         let mut member_changed = false;
@@ -151,6 +158,8 @@ struct ApplyBatch<'a, S> {
     clock_moved: bool,
     /// A flush emptied the keyspace: what the store holds of it is gone.
     flushed: bool,
+    /// The most keys a `KEYS` in a transaction looks at.
+    keys_max: usize,
 }
 
 fn wrong_type() -> Outcome {
@@ -168,6 +177,7 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
             wrote_client_key: false,
             clock_moved: false,
             flushed: false,
+            keys_max: crate::machine::KEYS_MAX_DEFAULT,
         }
     }
 
@@ -357,7 +367,7 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
                 condition,
                 ttl,
                 get,
-            } => self.set(&key, value, condition, ttl, get || wants_old, wants_old)?,
+            } => self.set(&key, value, condition, ttl, get, wants_old)?,
             WriteOp::Delete(keys) => {
                 let mut removed = 0;
                 for key in keys {
@@ -550,6 +560,9 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
                 Outcome::Integer(1)
             }
             WriteOp::IncrementByFloat { key, delta } => self.increment_float(&key, &delta)?,
+            WriteOp::Transaction { watched, commands } => {
+                self.transaction(&watched, &commands, wants_old)?
+            }
             WriteOp::Flush => {
                 self.pending.retain(|stored, _| !is_client(stored));
                 self.flushed = true;
@@ -571,7 +584,10 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
     ) -> Result<Outcome, StorageError> {
         let (old_meta, old_value) = if wants_old {
             match self.live_record(key)? {
-                Some(record) if record.meta.kind != Kind::String => return Ok(wrong_type()),
+                Some(record) if record.meta.kind != Kind::String && check_type => {
+                    return Ok(wrong_type());
+                }
+                Some(record) if record.meta.kind != Kind::String => (Some(record.meta), None),
                 Some(record) => (Some(record.meta), Some(record.body)),
                 None => (None, None),
             }
@@ -641,6 +657,53 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
             )?,
         }
         Ok(Outcome::Integer(1))
+    }
+
+    /// `EXEC`: nothing if a watched key's version moved; else each
+    /// command parsed again at the entry's time and run here, reads on the
+    /// batch so far (only when a client here waits: a read changes
+    /// nothing).
+    fn transaction(
+        &mut self,
+        watched: &[(Bytes, u64)],
+        commands: &[Vec<Bytes>],
+        wants_replies: bool,
+    ) -> Result<Outcome, StorageError> {
+        for (key, version) in watched {
+            let now = self.live_meta(key)?.map_or(0, |meta| meta.version);
+            if now != *version {
+                return Ok(Outcome::Transaction(None));
+            }
+        }
+        let mut replies = Vec::with_capacity(commands.len());
+        // A cursor a SCAN in a transaction hands out is not kept.
+        let mut cursors = ScanCursors::new(0);
+        for arguments in commands {
+            let reply = match command::parse_at(arguments, self.tally.clock_ms) {
+                Ok(Command::Write { op, shape }) => {
+                    if matches!(op, WriteOp::Transaction { .. } | WriteOp::Member { .. }) {
+                        Reply::err("internal: not a command of a transaction")
+                    } else {
+                        command::write_reply(shape, self.apply(op, wants_replies)?)
+                    }
+                }
+                Ok(Command::Read(op)) if wants_replies => {
+                    let view = View {
+                        store: &*self,
+                        now_ms: self.tally.clock_ms,
+                        keys_max: self.keys_max,
+                        random: self.index,
+                    };
+                    view.serve(&op, self.tally.keys, &mut cursors)?
+                }
+                Ok(Command::Read(_)) => Reply::Null,
+                // The connection keeps connection commands out.
+                Ok(_) => Reply::err("internal: not a command of a transaction"),
+                Err(reply) => reply,
+            };
+            replies.push(reply);
+        }
+        Ok(Outcome::Transaction(Some(replies)))
     }
 
     fn set_range(
@@ -918,6 +981,39 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
             self.pending.insert(CLOCK.to_vec(), Some(clock));
         }
         self.pending.into_iter().collect()
+    }
+}
+
+/// The batch as a transaction's reads see it: the store with the
+/// batch's writes over it.
+impl<S: KvStore> Lookup for ApplyBatch<'_, S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.stored(key)?.map(|value| value.to_vec()))
+    }
+
+    fn scan(&self, start: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError> {
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Option<Bytes>> = self
+            .pending
+            .iter()
+            .filter(|(key, _)| key.as_slice() >= start)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let deleted = merged.values().filter(|value| value.is_none()).count();
+        // The store's first `limit + deleted` keys: enough that the first
+        // `limit` live keys of the merge all come before its last one.
+        if !(self.flushed && is_client(start)) {
+            for (key, value) in self.store.scan(start, limit + deleted)? {
+                if self.flushed && is_client(&key) {
+                    continue;
+                }
+                merged.entry(key).or_insert(Some(Bytes::from(value)));
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value?.to_vec())))
+            .take(limit)
+            .collect())
     }
 }
 

@@ -25,6 +25,7 @@ use dr_raft::StorageError;
 use serde::{Deserialize, Serialize};
 
 use crate::machine::KvStore;
+use crate::resp::Reply;
 
 pub use apply::{Applied, Tally, apply_entries};
 pub use op::{DecodeError, ExpireCondition, SetCondition, Stamped, Ttl, WriteOp};
@@ -79,6 +80,9 @@ pub enum Outcome {
     Integer(i64),
     /// A value or nothing (`GETEX`, `GETDEL`).
     Value(Option<Bytes>),
+    /// `EXEC`: each queued command's reply, or `None` when a watched key
+    /// had changed (nothing ran).
+    Transaction(Option<Vec<Reply>>),
     /// Done, nothing to report (`MSET`, `FLUSHALL`, membership records,
     /// a membership change).
     Done,

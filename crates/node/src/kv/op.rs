@@ -198,6 +198,15 @@ pub enum WriteOp {
         /// `REPLACE`: an existing `to` is replaced.
         replace: bool,
     },
+    /// `EXEC`: the queued commands as the client sent them, applied as one
+    /// entry, if every watched key still has the version it had at
+    /// `WATCH` (0: absent).
+    Transaction {
+        /// Watched keys and their versions.
+        watched: Vec<(Bytes, u64)>,
+        /// The queued data commands, each its arguments.
+        commands: Vec<Vec<Bytes>>,
+    },
     /// `INCRBYFLOAT`: the increment as the client sent it (checked when
     /// applied, after the key's type, as Redis does).
     IncrementByFloat {
@@ -401,6 +410,18 @@ impl WriteOp {
                 put_bytes(out, key);
                 put_bytes(out, delta);
             }
+            Self::Transaction { watched, commands } => {
+                out.put_u8(22);
+                out.put_u32_le(watched.len() as u32);
+                for (key, version) in watched {
+                    out.put_u64_le(*version);
+                    put_bytes(out, key);
+                }
+                out.put_u32_le(commands.len() as u32);
+                for command in commands {
+                    put_keys(out, command);
+                }
+            }
         }
     }
 
@@ -528,6 +549,20 @@ impl WriteOp {
                 key: take_bytes(input)?,
                 delta: take_bytes(input)?,
             },
+            22 => {
+                let count = take_count(input, 12)?;
+                let watched = (0..count)
+                    .map(|_| {
+                        let version = take_u64(input)?;
+                        Ok((take_bytes(input)?, version))
+                    })
+                    .collect::<Result<_, DecodeError>>()?;
+                let count = take_count(input, 4)?;
+                let commands = (0..count)
+                    .map(|_| take_keys(input))
+                    .collect::<Result<_, DecodeError>>()?;
+                Self::Transaction { watched, commands }
+            }
             other => return Err(DecodeError(format!("unknown command op {other}"))),
         })
     }
@@ -711,6 +746,13 @@ mod tests {
                 key: "f".into(),
                 delta: "1.5e3".into(),
             },
+            WriteOp::Transaction {
+                watched: vec![("w".into(), 7)],
+                commands: vec![
+                    vec!["SET".into(), "k".into(), "v".into()],
+                    vec!["GET".into()],
+                ],
+            },
         ]
     }
 
@@ -741,7 +783,7 @@ mod tests {
 
     #[test]
     fn a_forged_count_does_not_allocate() {
-        for op in [2u8, 3, 12, 18] {
+        for op in [2u8, 3, 12, 18, 22] {
             let mut payload = vec![op];
             payload.extend_from_slice(&u32::MAX.to_le_bytes());
             assert!(WriteOp::decode(&Bytes::from(payload)).is_err());

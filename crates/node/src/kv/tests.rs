@@ -67,7 +67,31 @@ fn random_op(state: &mut u64, now: u64) -> WriteOp {
         _ => Ttl::Clear,
     };
     let field = |f: u64| Bytes::from(format!("f{f}"));
-    match next(state, 22) {
+    let words = |words: &[&str]| {
+        words
+            .iter()
+            .map(|w| Bytes::from(w.to_string()))
+            .collect::<Vec<_>>()
+    };
+    match next(state, 24) {
+        22 | 23 => WriteOp::Transaction {
+            watched: if next(state, 2) == 0 {
+                vec![(key(k), next(state, 3))]
+            } else {
+                Vec::new()
+            },
+            commands: vec![
+                words(&["SET", &format!("key-{k}"), "t", "PX", "20"]),
+                words(&["HSET", &format!("key-{}", next(state, 8)), "f1", "x"]),
+                words(&["INCR", &format!("key-{}", next(state, 8))]),
+                words(&["GET", &format!("key-{k}")]),
+                words(&[
+                    "RENAME",
+                    &format!("key-{k}"),
+                    &format!("key-{}", next(state, 8)),
+                ]),
+            ],
+        },
         17 => WriteOp::SetRange {
             key: key(k),
             offset: next(state, 6),
@@ -208,13 +232,12 @@ fn apply(
     tally: &mut Tally,
     presence: &mut PresenceCache,
 ) -> Vec<String> {
-    apply_entries(store, entries, None, tally, presence, |index| {
-        index.is_multiple_of(3)
-    })
-    .expect("applies")
-    .into_iter()
-    .map(|applied| format!("{:?}", applied.outcome))
-    .collect()
+    let wants_old = |index: LogIndex| index.is_multiple_of(3);
+    apply_entries(store, entries, None, tally, presence, wants_old, 1000)
+        .expect("applies")
+        .into_iter()
+        .map(|applied| format!("{:?}", applied.outcome))
+        .collect()
 }
 
 /// The stored state is consistent: the count is the number of records,

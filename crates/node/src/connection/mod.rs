@@ -30,6 +30,10 @@ use crate::metrics::bump;
 use crate::resp::{self, Protocol, Reply};
 use crate::server::{Executor, Started};
 
+mod transaction;
+
+use transaction::{ExecStarted, Route, TxState};
+
 /// How long open connections may take to finish what they started once
 /// the node stops; then they are closed.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -38,7 +42,7 @@ pub const WRONG_PASSWORD_DELAY: Duration = Duration::from_millis(100);
 /// How long a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-const NOAUTH: &str = "NOAUTH Authentication required.";
+pub(super) const NOAUTH: &str = "NOAUTH Authentication required.";
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 const DENIED: &str = "DENIED drkv is running in protected mode because protected mode is enabled \
     and no password is set for the default user. In this mode connections are only accepted \
@@ -136,6 +140,7 @@ pub async fn serve_clients(
             penalty: false,
             registry: Arc::clone(&registry),
             shutdown: shutdown.clone(),
+            tx: TxState::default(),
         };
         connections.spawn(async move {
             metrics.clients_connected.fetch_add(1, Relaxed);
@@ -192,6 +197,16 @@ struct Connection {
     penalty: bool,
     registry: Registry,
     shutdown: watch::Receiver<bool>,
+    /// `MULTI`'s queue and the watched keys.
+    tx: TxState,
+}
+
+/// A command on its way to its reply.
+enum Pending {
+    /// Any command.
+    Plain(Started),
+    /// `EXEC`.
+    Exec(ExecStarted),
 }
 
 enum Next {
@@ -248,6 +263,29 @@ impl Connection {
                 match resp::parse_request(&mut input, &limits.request) {
                     Ok(Some(arguments)) if arguments.is_empty() => {}
                     Ok(Some(arguments)) => {
+                        match self.route(&arguments) {
+                            Route::Normal => {}
+                            Route::Answer(reply) => {
+                                bump(&self.executor.engine().metrics.commands);
+                                started.push((Pending::Plain(Started::Done(reply)), self.protocol));
+                                continue;
+                            }
+                            Route::Watch(keys) => {
+                                // A read: after everything before it.
+                                bump(&self.executor.engine().metrics.commands);
+                                self.answer(&mut started, &mut output).await;
+                                writes_pending = false;
+                                let reply = self.watch(keys).await;
+                                started.push((Pending::Plain(Started::Done(reply)), self.protocol));
+                                continue;
+                            }
+                            Route::Exec(exec) => {
+                                bump(&self.executor.engine().metrics.commands);
+                                writes_pending = true;
+                                started.push((Pending::Exec(exec), self.protocol));
+                                continue;
+                            }
+                        }
                         let parsed = self.admit(&arguments);
                         // Commands of one connection take effect in order:
                         // a read waits for the writes before it.
@@ -258,7 +296,7 @@ impl Connection {
                         }
                         writes_pending |= matches!(parsed, Ok(Command::Write { .. }));
                         let (item, after) = self.start(parsed);
-                        started.push((item, self.protocol));
+                        started.push((Pending::Plain(item), self.protocol));
                         next = after;
                     }
                     Ok(None) => break,
@@ -308,7 +346,10 @@ impl Connection {
             Command::Connection(ConnectionCommand::AclList | ConnectionCommand::ClientList) => {
                 Permission::Admin
             }
-            Command::Info(_) | Command::Connection(_) => return Ok(command),
+            Command::Transaction(command::TxCommand::Watch(_)) => Permission::Read,
+            Command::Info(_) | Command::Connection(_) | Command::Transaction(_) => {
+                return Ok(command);
+            }
         };
         if user.permissions.allow(needed) {
             return Ok(command);
@@ -362,9 +403,12 @@ impl Connection {
     }
 
     /// Waits for every started command's reply, in order.
-    async fn answer(&self, started: &mut Vec<(Started, Protocol)>, output: &mut BytesMut) {
+    async fn answer(&self, started: &mut Vec<(Pending, Protocol)>, output: &mut BytesMut) {
         for (item, protocol) in started.drain(..) {
-            let reply = self.executor.finish(item).await;
+            let reply = match item {
+                Pending::Plain(item) => self.executor.finish(item).await,
+                Pending::Exec(exec) => self.finish_exec(exec).await,
+            };
             reply.encode(protocol, output);
         }
     }
@@ -385,6 +429,9 @@ impl Connection {
                 let (reply, next) = self.connection_command(command);
                 return (Started::Done(reply), next);
             }
+            // Only `UNWATCH` queued in a transaction comes here (its
+            // `EXEC` has already forgotten the watched keys).
+            Command::Transaction(_) => return (Started::Done(Reply::OK), Next::Continue),
             command => command,
         };
         (self.executor.start(command), Next::Continue)
