@@ -14,7 +14,8 @@ pub(crate) fn run() -> Result<(), String> {
     timed("prerequisites", || {
         ensure_libclang()?;
         ensure_redis_server()?;
-        ensure_redis_py()
+        ensure_redis_py()?;
+        ensure_tcl()
     })?;
     timed("fmt", || {
         run_step("fmt", cargo().args(["fmt", "--all", "--check"]))
@@ -36,6 +37,7 @@ pub(crate) fn run() -> Result<(), String> {
         let args = ["--runs", "3", "--secs", "30"].map(String::from);
         crate::robustness::run(crate::robustness::Build::Dev, &args)
     })?;
+    timed("redis-suite", crate::redis_suite::run)?;
     timed("doc", || {
         let mut command = cargo();
         command
@@ -196,6 +198,20 @@ fn ensure_redis_py() -> Result<(), String> {
         Ok(())
     } else {
         Err("python3-redis was installed but `import redis` fails".into())
+    }
+}
+
+/// tclsh, which runs Redis's own test suite (`cargo xtask redis-suite`).
+fn ensure_tcl() -> Result<(), String> {
+    if succeeds("tclsh", &["/dev/null"]) {
+        return Ok(());
+    }
+    let install = "apt-get update && apt-get install -y tcl";
+    apt_install("tcl", "tclsh (Redis's test suite is Tcl)", install)?;
+    if succeeds("tclsh", &["/dev/null"]) {
+        Ok(())
+    } else {
+        Err("tcl was installed but tclsh does not run".into())
     }
 }
 

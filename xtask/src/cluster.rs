@@ -39,11 +39,6 @@ pub(crate) fn dev(args: &[String]) -> Result<(), String> {
     run_step("dev", &mut command)
 }
 
-struct DevCluster {
-    child: Child,
-    dir: PathBuf,
-}
-
 impl Drop for DevCluster {
     fn drop(&mut self) {
         let _ = Command::new("kill")
@@ -63,10 +58,6 @@ impl Drop for DevCluster {
 
 fn client_port(id: u16) -> u16 {
     BASE_PORT + id
-}
-
-fn admin_addr(id: u16) -> String {
-    format!("127.0.0.1:{}", BASE_PORT + 200 + id)
 }
 
 /// `cargo xtask bench cluster`.
@@ -112,7 +103,7 @@ pub(crate) fn bench() -> Result<(), String> {
     }
     let rss: Vec<String> = (1..=3)
         .map(|id| {
-            status(&drkv, id).map_or_else(
+            status(&drkv, BASE_PORT, id).map_or_else(
                 |_| "?".to_owned(),
                 |s| {
                     format!(
@@ -165,7 +156,23 @@ fn read_rows(drkv: &Path, all: &str, read_lease: bool) -> Result<Vec<Row>, Strin
 /// Starts `drkv dev` (with `--read-lease` if asked) in a scratch
 /// directory and waits for its leader.
 fn start_cluster(drkv: &Path, read_lease: bool) -> Result<(DevCluster, u16), String> {
-    let dir = std::env::temp_dir().join(format!("drkv-bench-{}", std::process::id()));
+    start_cluster_at(drkv, read_lease, BASE_PORT)
+}
+
+/// A three-node cluster started by `drkv dev` (stopped on drop).
+pub(crate) struct DevCluster {
+    child: Child,
+    dir: PathBuf,
+}
+
+/// Starts `drkv dev` on ports from `base_port` and waits for its leader;
+/// node `id`'s client port is `base_port + id`.
+pub(crate) fn start_cluster_at(
+    drkv: &Path,
+    read_lease: bool,
+    base_port: u16,
+) -> Result<(DevCluster, u16), String> {
+    let dir = std::env::temp_dir().join(format!("drkv-cluster-{}-{base_port}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut command = Command::new(drkv);
     command.args([
@@ -173,7 +180,7 @@ fn start_cluster(drkv: &Path, read_lease: bool) -> Result<(DevCluster, u16), Str
         "warn",
         "dev",
         "--base-port",
-        &BASE_PORT.to_string(),
+        &base_port.to_string(),
         "--dir",
     ]);
     command.arg(&dir);
@@ -185,23 +192,25 @@ fn start_cluster(drkv: &Path, read_lease: bool) -> Result<(DevCluster, u16), Str
         .spawn()
         .map_err(|e| format!("cannot start drkv dev: {e}"))?;
     let cluster = DevCluster { child, dir };
-    let leader = wait_for_leader(drkv)?;
+    let leader = wait_for_leader(drkv, base_port)?;
     println!("cluster up: leader is node {leader}");
     Ok((cluster, leader))
 }
 
-fn status(drkv: &Path, id: u16) -> Result<Value, String> {
+fn status(drkv: &Path, base_port: u16, id: u16) -> Result<Value, String> {
+    let admin = format!("127.0.0.1:{}", base_port + 200 + id);
     let output = Command::new(drkv)
-        .args(["ctl", "--admin", &admin_addr(id), "status"])
+        .args(["ctl", "--admin", &admin, "status"])
         .output()
         .map_err(|e| e.to_string())?;
     serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())
 }
 
-fn wait_for_leader(drkv: &Path) -> Result<u16, String> {
+fn wait_for_leader(drkv: &Path, base_port: u16) -> Result<u16, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        let statuses: Vec<Option<Value>> = (1..=3).map(|id| status(drkv, id).ok()).collect();
+        let statuses: Vec<Option<Value>> =
+            (1..=3).map(|id| status(drkv, base_port, id).ok()).collect();
         let leaders: Vec<Option<u64>> = statuses
             .iter()
             .map(|s| s.as_ref().and_then(|s| s["leader"].as_u64()))

@@ -30,6 +30,7 @@ mod bench;
 mod ci;
 mod cluster;
 mod process;
+mod redis_suite;
 mod robustness;
 
 use std::process::ExitCode;
@@ -39,7 +40,7 @@ usage: cargo xtask <command>
 
 commands:
   ci             everything CI checks: prerequisites, fmt, clippy, tests, examples, a short
-                 robustness pass, docs, tidy, packaging
+                 robustness pass, Redis's own tests, docs, tidy, packaging
   bench [NAME [FILTER]]
                  criterion benches (all, or one bench target such as `simd`, optionally
                  only the benchmarks matching the regex FILTER) and a summary table
@@ -53,6 +54,8 @@ commands:
              [--faults kill,pause,partition,loss,slow,transfer,membership,clock,disk] [--loopback]
                  release drkv processes under faults; the clients' history checked for
                  linearizability, the nodes for convergence (network faults need root)
+  redis-suite    Redis 7.0.15's own tests (string, incr, hash, expire, multi, keyspace)
+                 against a local cluster; fails on any failure not due to an unserved command
 ";
 
 /// Runs dr-sim optimized; its own argument parser checks the flags.
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         ),
         Some("sim") => run_sim(&args[1..]),
         Some("robustness") => robustness::run(robustness::Build::Release, &args[1..]),
+        Some("redis-suite") if args.len() == 1 => redis_suite::run(),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())

@@ -49,6 +49,14 @@ impl NodeClock {
         origin().1
     }
 
+    /// Now as Unix microseconds (`TIME`), on the same clock.
+    pub fn unix_micros(self) -> u64 {
+        let micros = u64::try_from(self.now().as_micros()).unwrap_or(u64::MAX);
+        self.unix_origin_ms()
+            .saturating_mul(1000)
+            .saturating_add(micros)
+    }
+
     /// Now as Unix milliseconds: the wall clock read once at the origin,
     /// advanced by this clock (so it never steps back, and runs at the
     /// clock's rate).

@@ -288,23 +288,41 @@ impl<S: Lookup> View<'_, S> {
         }
     }
 
-    /// A live key: the first at or after a random point of the key space
-    /// (wrapping around once), so keys after long gaps come up more often.
+    /// A live key, chosen uniformly when the key space fits one page;
+    /// else uniformly among a page of keys from a random point of the key
+    /// space (wrapping around to its start).
     fn random_key(&self) -> Result<Reply, StorageError> {
         let mut point = vec![USER];
         point.extend_from_slice(&self.random.to_be_bytes());
-        for start in [point, vec![USER]] {
-            let page = self.store.scan(&start, KEY_PAGE)?;
-            for (stored, value) in page
-                .into_iter()
-                .take_while(|(s, _)| s.first() == Some(&USER))
-            {
-                if live_record(Some(value), self.now_ms)?.is_some() {
-                    return Ok(Reply::Bulk(Bytes::copy_from_slice(&stored[1..])));
-                }
+        let first = self.live_keys(&[USER])?;
+        let candidates = if first.len() < KEY_PAGE {
+            first
+        } else {
+            match self.live_keys(&point)? {
+                keys if keys.is_empty() => first,
+                keys => keys,
+            }
+        };
+        if candidates.is_empty() {
+            return Ok(Reply::Null);
+        }
+        let pick = (self.random >> 17) as usize % candidates.len();
+        Ok(Reply::Bulk(candidates[pick].clone()))
+    }
+
+    /// The live keys of one page from `start`.
+    fn live_keys(&self, start: &[u8]) -> Result<Vec<Bytes>, StorageError> {
+        let mut keys = Vec::new();
+        let page = self.store.scan(start, KEY_PAGE)?;
+        for (stored, value) in page
+            .into_iter()
+            .take_while(|(s, _)| s.first() == Some(&USER))
+        {
+            if live_record(Some(value), self.now_ms)?.is_some() {
+                keys.push(Bytes::copy_from_slice(&stored[1..]));
             }
         }
-        Ok(Reply::Null)
+        Ok(keys)
     }
 
     /// Up to `limit` fields under `prefix`, from `start` on.

@@ -325,6 +325,7 @@ fn random_hash_command(rng: &mut Rng) -> Vec<String> {
             vec!["HINCRBY".into(), key, field, by.into()]
         }
         11 => vec![rng.pick(&["HGETALL", "HKEYS", "HVALS"]).into(), key],
+        12 if rng.below(2) == 0 => vec!["HINCRBYFLOAT".into(), key, field, rng.pick(FLOATS).into()],
         12 => vec!["HSTRLEN".into(), key, field],
         13 => vec!["HSCAN".into(), key, "0".into()],
         14 => vec!["TYPE".into(), key],

@@ -1,4 +1,5 @@
-//! The hash commands: `HSET`, `HMSET`, `HSETNX`, `HDEL`, `HINCRBY`
+//! The hash commands: `HSET`, `HMSET`, `HSETNX`, `HDEL`, `HINCRBY`,
+//! `HINCRBYFLOAT`
 //! (writes) and `HGET`, `HMGET`, `HLEN`, `HEXISTS`, `HSTRLEN`, `HGETALL`,
 //! `HKEYS`, `HVALS`, `HSCAN` (reads).
 
@@ -6,6 +7,7 @@ use bytes::Bytes;
 
 use super::{Command, ReadOp, ReplyShape, integer, key, parse_scan_options, read, write};
 use crate::kv::WriteOp;
+use crate::kv::long_double::LongDouble;
 use crate::kv::record::FIELD_KEY_OVERHEAD;
 use crate::resp::Reply;
 
@@ -120,6 +122,23 @@ pub(super) fn parse(
                 key,
             };
             write(op, ReplyShape::Integer)
+        }
+        b"hincrbyfloat" => {
+            arity(args.len() == 3)?;
+            match LongDouble::parse(&args[2]) {
+                None => return Err(Reply::err("value is not a valid float")),
+                Some(delta) if !delta.is_finite() => {
+                    return Err(Reply::err("value is NaN or Infinity"));
+                }
+                Some(_) => {}
+            }
+            let key = key(&args[0])?;
+            let op = WriteOp::HashIncrementByFloat {
+                field: field(&key, &args[1])?,
+                delta: args[2].clone(),
+                key,
+            };
+            write(op, ReplyShape::Value)
         }
         b"hget" => {
             arity(args.len() == 2)?;

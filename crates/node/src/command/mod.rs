@@ -102,6 +102,8 @@ pub enum ConnectionCommand {
     CommandInfo(Vec<Bytes>),
     /// `SELECT 0`.
     Select,
+    /// `TIME`: the node's clock.
+    Time,
     /// `QUIT`.
     Quit,
 }
@@ -284,6 +286,10 @@ pub fn parse_at(arguments: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
             connection(ConnectionCommand::Select)
         }
         b"quit" => connection(ConnectionCommand::Quit),
+        b"time" => {
+            arity(args.is_empty())?;
+            connection(ConnectionCommand::Time)
+        }
         b"info" => Ok(Command::Info(
             args.iter()
                 .map(|section| String::from_utf8_lossy(section).to_ascii_lowercase())
@@ -382,10 +388,9 @@ pub fn parse_at(arguments: &[Bytes], now_ms: u64) -> Result<Command, Reply> {
                 query,
             })
         }
-        b"hset" | b"hmset" | b"hsetnx" | b"hdel" | b"hincrby" | b"hget" | b"hmget" | b"hlen"
-        | b"hexists" | b"hstrlen" | b"hgetall" | b"hkeys" | b"hvals" | b"hscan" => {
-            hash::parse(&name, args, arity)
-        }
+        b"hset" | b"hmset" | b"hsetnx" | b"hdel" | b"hincrby" | b"hincrbyfloat" | b"hget"
+        | b"hmget" | b"hlen" | b"hexists" | b"hstrlen" | b"hgetall" | b"hkeys" | b"hvals"
+        | b"hscan" => hash::parse(&name, args, arity),
         b"getrange" | b"substr" => {
             arity(args.len() == 3)?;
             read(ReadOp::GetRange {

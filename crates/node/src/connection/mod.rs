@@ -489,6 +489,13 @@ impl Connection {
             ConnectionCommand::GetName => Reply::bulk_or_null(self.name.clone()),
             ConnectionCommand::Id => Reply::Integer(self.id as i64),
             ConnectionCommand::ClientOk | ConnectionCommand::Select => Reply::OK,
+            ConnectionCommand::Time => {
+                let micros = crate::clock::NodeClock.unix_micros();
+                Reply::Array(vec![
+                    Reply::bulk((micros / 1_000_000).to_string()),
+                    Reply::bulk((micros % 1_000_000).to_string()),
+                ])
+            }
             ConnectionCommand::CommandInfo(args) => command::table::reply(&args),
         };
         (reply, Next::Continue)

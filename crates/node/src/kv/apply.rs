@@ -500,6 +500,9 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
             WriteOp::HashIncrementBy { key, field, delta } => {
                 self.hash_increment(&key, &field, delta)?
             }
+            WriteOp::HashIncrementByFloat { key, field, delta } => {
+                self.hash_increment_float(&key, &field, &delta)?
+            }
             WriteOp::SetRange { key, offset, value } => self.set_range(&key, offset, &value)?,
             WriteOp::SetManyIfNone(pairs) => {
                 for (key, _) in &pairs {
@@ -910,38 +913,78 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
         Ok(Outcome::Integer(removed))
     }
 
-    fn hash_increment(
+    /// Replaces a hash field's value (absent: `None`) with what `update`
+    /// makes of it; `Err(outcome)` when the type or `update` refuses.
+    fn update_field(
         &mut self,
         key: &[u8],
         field: &[u8],
-        delta: i64,
-    ) -> Result<Outcome, StorageError> {
+        update: impl FnOnce(Option<&Bytes>) -> Result<Bytes, Outcome>,
+    ) -> Result<Result<Bytes, Outcome>, StorageError> {
         let record = match self.live_hash(key)? {
             Ok(record) => record,
-            Err(outcome) => return Ok(outcome),
+            Err(outcome) => return Ok(Err(outcome)),
         };
         let stored = record::field_key(key, field);
         let old = match &record {
             Some(_) => self.stored(&stored)?,
             None => None,
         };
-        let current = match &old {
-            None => 0,
-            Some(value) => match parse_integer(value) {
-                Some(value) => value,
-                None => return Ok(Outcome::Error("ERR hash value is not an integer".into())),
-            },
-        };
-        let Some(new) = current.checked_add(delta) else {
-            return Ok(Outcome::Error(
-                "ERR increment or decrement would overflow".into(),
-            ));
+        let new = match update(old.as_ref()) {
+            Ok(new) => new,
+            Err(outcome) => return Ok(Err(outcome)),
         };
         let fields = record.as_ref().map_or(0, Record::field_count) + u64::from(old.is_none());
-        self.pending
-            .insert(stored, Some(Bytes::from(new.to_string())));
+        self.pending.insert(stored, Some(new.clone()));
         self.put_hash(key, record.map(|r| r.meta), fields)?;
-        Ok(Outcome::Integer(new))
+        Ok(Ok(new))
+    }
+
+    fn hash_increment(
+        &mut self,
+        key: &[u8],
+        field: &[u8],
+        delta: i64,
+    ) -> Result<Outcome, StorageError> {
+        let mut sum = 0;
+        let updated = self.update_field(key, field, |old| {
+            let current = match old {
+                None => 0,
+                Some(value) => parse_integer(value)
+                    .ok_or_else(|| Outcome::Error("ERR hash value is not an integer".into()))?,
+            };
+            sum = current.checked_add(delta).ok_or_else(|| {
+                Outcome::Error("ERR increment or decrement would overflow".into())
+            })?;
+            Ok(Bytes::from(sum.to_string()))
+        })?;
+        Ok(updated.map_or_else(|refused| refused, |_| Outcome::Integer(sum)))
+    }
+
+    fn hash_increment_float(
+        &mut self,
+        key: &[u8],
+        field: &[u8],
+        delta: &[u8],
+    ) -> Result<Outcome, StorageError> {
+        let Some(delta) = LongDouble::parse(delta).filter(LongDouble::is_finite) else {
+            return Ok(Outcome::Error("ERR value is not a valid float".into()));
+        };
+        let updated = self.update_field(key, field, |old| {
+            let current = match old {
+                None => LongDouble::ZERO,
+                Some(value) => LongDouble::parse(value)
+                    .ok_or_else(|| Outcome::Error("ERR hash value is not a float".into()))?,
+            };
+            let sum = current
+                .add(&delta)
+                .filter(LongDouble::is_finite)
+                .ok_or_else(|| {
+                    Outcome::Error("ERR increment would produce NaN or Infinity".into())
+                })?;
+            Ok(Bytes::from(sum.to_human()))
+        })?;
+        Ok(updated.map_or_else(|refused| refused, |new| Outcome::Value(Some(new))))
     }
 
     fn increment(&mut self, key: &[u8], delta: i64) -> Result<Outcome, StorageError> {

@@ -169,6 +169,16 @@ pub enum WriteOp {
         /// What to add.
         delta: i64,
     },
+    /// `HINCRBYFLOAT` (the increment checked when parsed, as Redis does
+    /// before it looks at the key).
+    HashIncrementByFloat {
+        /// The hash.
+        key: Bytes,
+        /// The field.
+        field: Bytes,
+        /// The increment's text.
+        delta: Bytes,
+    },
     /// `SETRANGE`.
     SetRange {
         /// The key.
@@ -379,6 +389,12 @@ impl WriteOp {
                 put_bytes(out, key);
                 put_bytes(out, field);
             }
+            Self::HashIncrementByFloat { key, field, delta } => {
+                out.put_u8(23);
+                put_bytes(out, key);
+                put_bytes(out, field);
+                put_bytes(out, delta);
+            }
             Self::SetRange { key, offset, value } => {
                 out.put_u8(17);
                 out.put_u64_le(*offset);
@@ -563,6 +579,11 @@ impl WriteOp {
                     .collect::<Result<_, DecodeError>>()?;
                 Self::Transaction { watched, commands }
             }
+            23 => Self::HashIncrementByFloat {
+                key: take_bytes(input)?,
+                field: take_bytes(input)?,
+                delta: take_bytes(input)?,
+            },
             other => return Err(DecodeError(format!("unknown command op {other}"))),
         })
     }
@@ -725,6 +746,11 @@ mod tests {
                 key: "h".into(),
                 field: "n".into(),
                 delta: i64::MIN,
+            },
+            WriteOp::HashIncrementByFloat {
+                key: "h".into(),
+                field: "f".into(),
+                delta: "0.5".into(),
             },
             WriteOp::SetRange {
                 key: "k".into(),
