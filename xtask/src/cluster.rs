@@ -90,6 +90,7 @@ pub(crate) fn bench() -> Result<(), String> {
                 write_percent,
                 connections,
                 preload,
+                workload: "set",
             };
             rows.push(run_load(&drkv, &load, &all, "all 3")?);
         }
@@ -98,8 +99,26 @@ pub(crate) fn bench() -> Result<(), String> {
             write_percent,
             connections: "64",
             preload: false,
+            workload: "set",
         };
         rows.push(run_load(&drkv, &load, &leader_only, "leader")?);
+    }
+    // The data model's costs, side by side with plain SET in this run.
+    let mut model_rows = Vec::new();
+    for (mix, write_percent, workload) in [
+        ("SET", "100", "set"),
+        ("SET EX", "100", "set-ex"),
+        ("90/10 EX", "10", "set-ex"),
+        ("MULTI 10", "100", "multi-incr"),
+    ] {
+        let load = Load {
+            mix,
+            write_percent,
+            connections: "64",
+            preload: false,
+            workload,
+        };
+        model_rows.push(run_load(&drkv, &load, &all, "all 3")?);
     }
     let rss: Vec<String> = (1..=3)
         .map(|id| {
@@ -117,6 +136,8 @@ pub(crate) fn bench() -> Result<(), String> {
     redis_benchmark(client_port(leader));
     drop(cluster);
     print_table(&rows);
+    println!("\nexpiry and transactions (MULTI 10: one op is MULTI, 10 INCRs, EXEC):");
+    print_table(&model_rows);
     println!("\nresident memory after the runs: {}", rss.join(", "));
     // ReadIndex against leases, each on a fresh cluster loaded the same
     // way, so the two differ only in how the leader confirms reads.
@@ -145,6 +166,7 @@ fn read_rows(drkv: &Path, all: &str, read_lease: bool) -> Result<Vec<Row>, Strin
                 write_percent,
                 connections: "64",
                 preload: rows.is_empty(),
+                workload: "set",
             };
             rows.push(run_load(drkv, &load, targets, name)?);
         }
@@ -163,6 +185,18 @@ fn start_cluster(drkv: &Path, read_lease: bool) -> Result<(DevCluster, u16), Str
 pub(crate) struct DevCluster {
     child: Child,
     dir: PathBuf,
+}
+
+impl DevCluster {
+    /// The node processes' ids (`drkv dev`'s children).
+    pub(crate) fn node_pids(&self) -> Vec<u32> {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|id| id.parse().ok())
+            .collect()
+    }
 }
 
 /// Starts `drkv dev` on ports from `base_port` and waits for its leader;
@@ -242,6 +276,8 @@ struct Load {
     write_percent: &'static str,
     connections: &'static str,
     preload: bool,
+    /// `drkv bench --workload`: what a write is.
+    workload: &'static str,
 }
 
 fn run_load(
@@ -255,6 +291,7 @@ fn run_load(
         write_percent,
         connections,
         preload,
+        workload,
     } = *load;
     let mut command = Command::new(drkv);
     command.args([
@@ -272,6 +309,8 @@ fn run_load(
         "256",
         "--keys",
         "100000",
+        "--workload",
+        workload,
     ]);
     if preload {
         command.arg("--preload");

@@ -29,6 +29,7 @@
 mod bench;
 mod ci;
 mod cluster;
+mod expiry_bench;
 mod process;
 mod redis_suite;
 mod robustness;
@@ -46,6 +47,7 @@ commands:
                  only the benchmarks matching the regex FILTER) and a summary table
   bench cluster  a 3-node drkv cluster on loopback under a closed-loop load (1-256
                  connections; writes, reads, 90% reads), redis-benchmark if installed
+  bench expiry   a million keys under TTL on a 3-node cluster: load, hold, removal (CPU)
   dev [ARGS]     a local 3-node cluster under ./drkv-data (drkv dev ARGS), until Ctrl-C
   sim --seed N | --seeds N [--start-seed S] [--short]
                  deterministic cluster simulation: one seed, or N seeds from S (default 0);
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") if args.len() == 1 => ci::run(),
         Some("bench") if args.get(1).map(String::as_str) == Some("cluster") => cluster::bench(),
+        Some("bench") if args.get(1).map(String::as_str) == Some("expiry") => expiry_bench::run(),
         Some("dev") => cluster::dev(&args[1..]),
         Some("bench") if args.len() <= 3 => bench::run(
             args.get(1).map(String::as_str),

@@ -378,6 +378,16 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             self.take_requests(first_request, inbox);
         }
         self.drive();
+        // The last housekeeping command applied: the next one now, not at
+        // the next tick (a backlog of expired keys drains at the speed of
+        // commits, one bounded command at a time).
+        if self
+            .housekeeping_index
+            .is_some_and(|index| index <= self.applied_index())
+        {
+            self.housekeep(self.clock.now());
+            self.drive();
+        }
     }
 
     /// Handles `first` and what else is waiting, up to
@@ -457,7 +467,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     }
 
     /// On the leader: proposes the machine's housekeeping, one command at
-    /// a time (the next once the last one applied).
+    /// a time (asked on ticks, and again as soon as the last one applied).
     fn housekeep(&mut self, now: Duration) {
         if self.raft.role() != Role::Leader {
             self.housekeeping_index = None;

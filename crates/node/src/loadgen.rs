@@ -21,12 +21,32 @@ pub struct LoadConfig {
     pub connections: usize,
     /// How long to measure.
     pub duration: Duration,
-    /// Per mille of commands that are `SET` (the rest are `GET`).
+    /// Per mille of commands that are writes (the rest are `GET`).
     pub writes_per_mille: u32,
     /// Bytes per value.
     pub value_bytes: usize,
     /// Distinct keys.
     pub keys: u64,
+    /// What a write is.
+    pub workload: Workload,
+}
+
+/// What the generator's writes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// `SET key value`.
+    Set,
+    /// `SET key value EX seconds`.
+    SetEx {
+        /// The time to live.
+        seconds: u32,
+    },
+    /// `MULTI`, `INCR` of this many keys, `EXEC`, pipelined: one
+    /// operation.
+    MultiIncr {
+        /// `INCR`s per transaction.
+        incrs: u32,
+    },
 }
 
 /// What it measured.
@@ -42,8 +62,9 @@ pub struct LoadReport {
     pub latency_us: [u64; 4],
 }
 
-/// Writes every key once (so reads find values), with `connections`
-/// pipelined loaders.
+/// Writes every key once (so reads find values; with the `SetEx`
+/// workload, each with its time to live), with up to 16 pipelined
+/// loaders.
 pub async fn preload(config: &LoadConfig) -> Result<(), String> {
     let loaders = config.connections.clamp(1, 16) as u64;
     let mut tasks = Vec::new();
@@ -53,11 +74,33 @@ pub async fn preload(config: &LoadConfig) -> Result<(), String> {
         tasks.push(tokio::spawn(async move {
             let mut client = Client::connect(target).await?;
             let value = Bytes::from(vec![b'v'; config.value_bytes]);
+            // Pipelined: a batch of writes per round trip.
             let mut key = loader;
             while key < config.keys {
-                let set = [Bytes::from_static(b"SET"), key_name(key), value.clone()];
-                client.call(&set).await?;
-                key += loaders;
+                let mut batch = Vec::with_capacity(PRELOAD_BATCH);
+                while key < config.keys && batch.len() < PRELOAD_BATCH {
+                    let mut set = vec![Bytes::from_static(b"SET"), key_name(key), value.clone()];
+                    if let Workload::SetEx { seconds } = config.workload {
+                        set.push(Bytes::from_static(b"EX"));
+                        set.push(Bytes::from(seconds.to_string()));
+                    }
+                    batch.push(set);
+                    key += loaders;
+                }
+                let replies = client.pipeline(&batch).await?;
+                for (set, reply) in batch.iter().zip(replies) {
+                    // A SET may be sent again: the same key, value and
+                    // time to live.
+                    let mut reply = reply;
+                    let mut tries = 0;
+                    while let Reply::Error(error) = &reply {
+                        tries += 1;
+                        if tries > PRELOAD_RETRIES {
+                            return Err(format!("preload: {error}"));
+                        }
+                        reply = client.call(set).await?;
+                    }
+                }
             }
             Ok::<(), String>(())
         }));
@@ -67,6 +110,11 @@ pub async fn preload(config: &LoadConfig) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Writes per round trip when preloading.
+const PRELOAD_BATCH: usize = 32;
+/// Times a preload write that failed is sent again.
+const PRELOAD_RETRIES: u32 = 5;
 
 fn key_name(key: u64) -> Bytes {
     Bytes::from(format!("key:{key:010}"))
@@ -123,14 +171,40 @@ async fn drive(
         let key = key_name(random % config.keys.max(1));
         let write = (random >> 40) % 1000 < u64::from(config.writes_per_mille);
         let sent = Instant::now();
-        let reply = if write {
-            client
-                .call(&[Bytes::from_static(b"SET"), key, value.clone()])
-                .await?
+        let failed = if !write {
+            let reply = client.call(&[Bytes::from_static(b"GET"), key]).await?;
+            matches!(reply, Reply::Error(_))
         } else {
-            client.call(&[Bytes::from_static(b"GET"), key]).await?
+            match config.workload {
+                Workload::Set => {
+                    let set = [Bytes::from_static(b"SET"), key, value.clone()];
+                    matches!(client.call(&set).await?, Reply::Error(_))
+                }
+                Workload::SetEx { seconds } => {
+                    let ttl = Bytes::from(seconds.to_string());
+                    let set = [
+                        Bytes::from_static(b"SET"),
+                        key,
+                        value.clone(),
+                        Bytes::from_static(b"EX"),
+                        ttl,
+                    ];
+                    matches!(client.call(&set).await?, Reply::Error(_))
+                }
+                Workload::MultiIncr { incrs } => {
+                    let mut commands = vec![vec![Bytes::from_static(b"MULTI")]];
+                    for step in 0..u64::from(incrs) {
+                        let key =
+                            key_name((random >> 3).wrapping_add(step * 7919) % config.keys.max(1));
+                        commands.push(vec![Bytes::from_static(b"INCR"), key]);
+                    }
+                    commands.push(vec![Bytes::from_static(b"EXEC")]);
+                    let replies = client.pipeline(&commands).await?;
+                    !matches!(replies.last(), Some(Reply::Array(items)) if items.len() == incrs as usize)
+                }
+            }
         };
-        if let Reply::Error(_) = reply {
+        if failed {
             errors += 1;
             continue;
         }
@@ -169,6 +243,27 @@ impl Client {
             .write_all(&self.output)
             .await
             .map_err(|e| e.to_string())?;
+        self.reply().await
+    }
+
+    /// Sends commands in one write and waits for all their replies.
+    pub async fn pipeline(&mut self, commands: &[Vec<Bytes>]) -> Result<Vec<Reply>, String> {
+        self.output.clear();
+        for arguments in commands {
+            resp::encode_request(arguments, &mut self.output);
+        }
+        self.stream
+            .write_all(&self.output)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut replies = Vec::with_capacity(commands.len());
+        for _ in commands {
+            replies.push(self.reply().await?);
+        }
+        Ok(replies)
+    }
+
+    async fn reply(&mut self) -> Result<Reply, String> {
         loop {
             if let Some(reply) =
                 resp::parse_reply(&mut self.input, &Limits::default()).map_err(|e| e.to_string())?

@@ -254,6 +254,15 @@ pub struct KvMachine<S> {
     keys_max: usize,
     /// `RANDOMKEY`'s generator (xorshift; not part of the state).
     random: u64,
+    /// Where the next look at the expiry index starts: past what earlier
+    /// removals took (their entries are gone, but RocksDB still walks
+    /// their tombstones until compaction; starting from the index's head
+    /// after removing a million keys cost a scan of them all per tick).
+    reap_from: Vec<u8>,
+    /// Looks since the last one from the index's head (every so often
+    /// one is, for an entry written behind `reap_from` by a command
+    /// stamped earlier).
+    looks_since_head: u32,
     /// Which client keys exist, as far as applies have seen.
     presence: PresenceCache,
     cursors: ScanCursors,
@@ -272,6 +281,8 @@ impl<S: KvStore> KvMachine<S> {
             wall,
             keys_max: KEYS_MAX_DEFAULT,
             random: wall.unix_ms(Duration::ZERO) | 1,
+            reap_from: vec![EXPIRY],
+            looks_since_head: 0,
             presence: PresenceCache::default(),
             cursors: ScanCursors::new(status.id()),
             members: BTreeMap::new(),
@@ -318,16 +329,32 @@ pub const KEYS_MAX_DEFAULT: usize = 100_000;
 /// stream of bounded entries, one in flight at a time.
 pub const REAP_BATCH_MAX: usize = 256;
 
-/// The first keys of the expiry index whose time is at or before `now_ms`
-/// (at most [`REAP_BATCH_MAX`]), with their times.
-fn expired_keys(store: &impl KvStore, now_ms: u64) -> Result<Vec<(Bytes, u64)>, StorageError> {
-    Ok(store
-        .scan(&[EXPIRY], REAP_BATCH_MAX)?
-        .iter()
-        .map_while(|(stored, _)| record::parse_expiry_key(stored))
-        .take_while(|&(at, _)| at <= now_ms)
-        .map(|(at, key)| (Bytes::copy_from_slice(key), at))
-        .collect())
+/// Housekeeping looks that start from where the last removal ended,
+/// per look from the expiry index's head.
+const LOOKS_PER_HEAD_LOOK: u32 = 16;
+
+/// The keys of the expiry index from `from` whose time is at or before
+/// `now_ms` (at most [`REAP_BATCH_MAX`]), with their times; and where the
+/// next look may start (past the last key found).
+type Due = (Vec<(Bytes, u64)>, Option<Vec<u8>>);
+
+fn expired_keys(store: &impl KvStore, from: &[u8], now_ms: u64) -> Result<Due, StorageError> {
+    let page = store.scan(from, REAP_BATCH_MAX)?;
+    let mut due = Vec::new();
+    let mut next = None;
+    for (stored, _) in &page {
+        let Some((at, key)) = record::parse_expiry_key(stored) else {
+            break;
+        };
+        if at > now_ms {
+            break;
+        }
+        due.push((Bytes::copy_from_slice(key), at));
+        let mut after = stored.clone();
+        after.push(0);
+        next = Some(after);
+    }
+    Ok((due, next))
 }
 
 impl<S: KvStore> StateMachine for KvMachine<S> {
@@ -438,13 +465,21 @@ impl<S: KvStore> StateMachine for KvMachine<S> {
 
     fn housekeeping(&mut self, store: &S, now: Duration) -> Option<KvWrite> {
         let now_ms = self.wall.unix_ms(now);
-        let due = match expired_keys(store, now_ms) {
-            Ok(due) => due,
+        self.looks_since_head += 1;
+        if self.looks_since_head >= LOOKS_PER_HEAD_LOOK {
+            self.reap_from = vec![EXPIRY];
+            self.looks_since_head = 0;
+        }
+        let (due, next) = match expired_keys(store, &self.reap_from, now_ms) {
+            Ok(found) => found,
             Err(error) => {
                 tracing::error!(%error, "cannot read the expiry index");
                 return None;
             }
         };
+        if let Some(next) = next {
+            self.reap_from = next;
+        }
         (!due.is_empty()).then(|| KvWrite {
             op: WriteOp::Reap(due),
             shape: ReplyShape::Integer,

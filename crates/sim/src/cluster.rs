@@ -47,6 +47,7 @@ use tokio::sync::oneshot;
 /// counted from it.
 const SIM_UNIX_ORIGIN_MS: u64 = 1_700_000_000_000;
 
+use crate::expiry::{self, ExpiryCheck};
 use crate::history::{Done, Values, check_linearizable, random_command};
 use crate::rng::Rng;
 use crate::store::{CrashPoint, Crashed, Disk, MemKvStore};
@@ -129,6 +130,9 @@ pub struct Report {
     /// Steps during which an old leader still held its lease while a
     /// newer leader existed (possible only with clocks beyond the bound).
     pub overlapping_leases: u64,
+    /// Reads of expiring keys that returned a value, each checked against
+    /// the serving node's clock.
+    pub expiry_reads: u64,
 
     /// The client history, one line per command.
     pub history: Vec<String>,
@@ -216,6 +220,8 @@ struct Pending {
     args: Vec<Bytes>,
     node: NodeId,
     call_us: u64,
+    /// The node's clock (Unix ms) when the command was sent.
+    call_wall_ms: u64,
     answer: oneshot::Receiver<Result<Reply, EngineError>>,
     is_write: bool,
 }
@@ -244,6 +250,8 @@ pub struct SimCluster {
     report: Report,
     config: EngineConfig,
     values: Values,
+    /// The expiring keys and what their reads showed.
+    expiry: ExpiryCheck,
     membership: Membership,
     /// When the membership schedule acts next.
     membership_at_us: u64,
@@ -321,6 +329,7 @@ impl SimCluster {
             report: Report::default(),
             config,
             values: Values::default(),
+            expiry: ExpiryCheck::default(),
             membership: Membership::Stable,
             membership_at_us: 300_000,
             leaders_by_term: BTreeMap::new(),
@@ -361,6 +370,7 @@ impl SimCluster {
         }
         self.final_reads()?;
         self.check_convergence()?;
+        self.check_expiry()?;
         self.check_logs()?;
         self.check_linearizable()?;
         self.report.snapshots_installed = self
@@ -869,7 +879,12 @@ impl SimCluster {
             }
             let ready = self.client_backoff_us[client] <= self.now_us;
             if self.clients[client].is_none() && ready && start_new && self.rng.chance(500_000) {
-                let args = random_command(&mut self.rng, KEYS, &mut self.values);
+                let args = if self.rng.chance(150_000) {
+                    let now_ms = SIM_UNIX_ORIGIN_MS + self.now_us / 1000;
+                    self.expiry.random_command(&mut self.rng, now_ms)
+                } else {
+                    random_command(&mut self.rng, KEYS, &mut self.values)
+                };
                 let node = self.rng.pick(&[1, 2, 3]);
                 self.clients[client] = self.send(args, node);
             }
@@ -903,10 +918,12 @@ impl SimCluster {
         // A crashed node refuses the connection: certainly not done.
         target.engine.as_ref()?;
         target.queues.requests.push_back(request.into_engine());
+        let call_wall_ms = SIM_UNIX_ORIGIN_MS + target.clock.0.load(Relaxed) / 1_000_000;
         Some(Pending {
             args,
             node,
             call_us: self.now_us,
+            call_wall_ms,
             answer,
             is_write,
         })
@@ -945,6 +962,13 @@ impl SimCluster {
                 None
             }
         };
+        if ExpiryCheck::owns(&pending.args) {
+            if let Some((_, reply)) = &ret {
+                self.expiry
+                    .observe(&pending.args, pending.node, pending.call_wall_ms, reply);
+            }
+            return None;
+        }
         self.history.push(Done {
             args: pending.args,
             node: pending.node,
@@ -1016,6 +1040,35 @@ impl SimCluster {
 
     fn check_linearizable(&self) -> Result<(), String> {
         check_linearizable(&self.history)
+    }
+
+    /// Every read of an expiring key was served before its time (checked
+    /// as answers came); now, settled, the keys whose time passed are
+    /// gone from every node, and the nodes still agree.
+    fn check_expiry(&mut self) -> Result<(), String> {
+        let settle_end = self.now_us + (expiry::REAP_SLACK_MS + 500) * 1000;
+        while self.now_us < settle_end {
+            self.step(false);
+        }
+        self.check_convergence()?;
+        let leader = self
+            .nodes
+            .iter()
+            .find(|n| {
+                n.engine
+                    .as_ref()
+                    .is_some_and(|e| e.raft().role() == Role::Leader)
+            })
+            .ok_or("no leader after settling")?;
+        let leader_ms = SIM_UNIX_ORIGIN_MS + leader.clock.0.load(Relaxed) / 1_000_000;
+        for node in &self.nodes {
+            if let Some(engine) = &node.engine {
+                self.expiry
+                    .check_removed(node.id, engine.store().data(), leader_ms);
+            }
+        }
+        self.report.expiry_reads = self.expiry.reads_checked;
+        self.expiry.result()
     }
 }
 

@@ -51,6 +51,7 @@
 #![deny(missing_docs)]
 
 pub mod cluster;
+pub mod expiry;
 pub mod history;
 pub mod kv_model;
 pub mod linearizability;

@@ -50,6 +50,7 @@ fn add(totals: &mut Report, report: &Report) {
     totals.leader_removals += report.leader_removals;
     totals.snapshots_installed += report.snapshots_installed;
     totals.lease_reads += report.lease_reads;
+    totals.expiry_reads += report.expiry_reads;
 }
 
 fn main() -> ExitCode {
@@ -84,7 +85,8 @@ fn main() -> ExitCode {
     }
     println!(
         "dr-sim: {count} seeds from {start}: {} passed, {failures} failed in {:.1} s \
-         ({} commands answered, {} uncertain, {} refused as not done, {} lease reads; \
+         ({} commands answered, {} uncertain, {} refused as not done, {} lease reads, \
+         {} reads of expiring keys checked against the serving node's clock; \
          {} crashes, {} inside a synced write; {} pauses, {} partitions, {} leader transfers, \
          {} members removed and added back ({} of them leaders), {} snapshots installed)",
         count - failures,
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
         totals.uncertain,
         totals.refused,
         totals.lease_reads,
+        totals.expiry_reads,
         totals.crashes,
         totals.crashes_in_writes,
         totals.pauses,

@@ -3,7 +3,8 @@
 //! `docs/design/storage.md`; this file is the single place they are set.
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Options,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType,
+    DBRecoveryMode, Options,
 };
 
 /// The Raft log: entries keyed by big-endian index.
@@ -103,6 +104,17 @@ fn data_options(cache: &Cache) -> Options {
     table.set_bloom_filter(10.0, false);
     table.set_block_cache(cache);
     table.set_cache_index_and_filter_blocks(true);
+    // Filters and indexes are what every point read needs: kept ahead of
+    // data blocks, L0's pinned. Without this, a large key space's data
+    // blocks pushed them out and each miss read and checksummed a whole
+    // filter block from disk (a million keys under TTL loaded 5x slower).
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table.set_pin_top_level_index_and_filter(true);
+    // Partitioned: a large file's filter is many small cached blocks, not
+    // one block bigger than a cache shard (which is never kept).
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
     let mut options = Options::default();
     options.set_block_based_table_factory(&table);
     options.set_write_buffer_size(64 << 20);

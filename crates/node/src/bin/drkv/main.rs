@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 mod ctl;
 mod dev;
 use dr_node::config::{NodeConfig, NodeFlags};
-use dr_node::loadgen::{self, LoadConfig};
+use dr_node::loadgen::{self, LoadConfig, Workload};
 use dr_node::node::RunningNode;
 
 #[derive(Parser)]
@@ -121,6 +121,13 @@ struct BenchArgs {
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     json: bool,
+    /// What a write is: `set`, `set-ex` (SET ... EX ttl-seconds) or
+    /// `multi-incr` (MULTI, 10 INCRs, EXEC: one operation).
+    #[arg(long, default_value = "set")]
+    workload: String,
+    /// The time to live of `set-ex` writes, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl_seconds: u32,
 }
 
 fn main() -> ExitCode {
@@ -230,6 +237,18 @@ fn bench(args: BenchArgs) -> Result<(), String> {
                 .into(),
         );
     }
+    let workload = match args.workload.as_str() {
+        "set" => Workload::Set,
+        "set-ex" => Workload::SetEx {
+            seconds: args.ttl_seconds.max(1),
+        },
+        "multi-incr" => Workload::MultiIncr { incrs: 10 },
+        other => {
+            return Err(format!(
+                "unknown workload {other:?}: set, set-ex or multi-incr"
+            ));
+        }
+    };
     let config = LoadConfig {
         targets: args.targets,
         connections: args.connections,
@@ -237,6 +256,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         writes_per_mille: args.write_percent * 10,
         value_bytes: args.value_bytes,
         keys: args.keys.max(1),
+        workload,
     };
     runtime()?.block_on(async {
         if args.preload {
@@ -248,6 +268,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
                 "{}",
                 serde_json::json!({
                     "connections": config.connections, "write_percent": args.write_percent,
+                    "workload": args.workload,
                     "ops": report.ops, "errors": report.errors, "ops_per_second": report.ops_per_second,
                     "p50_us": report.latency_us[0], "p99_us": report.latency_us[1],
                     "p999_us": report.latency_us[2], "max_us": report.latency_us[3],
