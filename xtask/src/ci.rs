@@ -13,9 +13,7 @@ const LIBCLANG_INSTALL: &str = "apt-get update && apt-get install -y libclang-de
 pub(crate) fn run() -> Result<(), String> {
     timed("prerequisites", || {
         ensure_libclang()?;
-        ensure_redis_server()?;
-        ensure_redis_py()?;
-        ensure_tcl()
+        ensure_test_packages()
     })?;
     timed("fmt", || {
         run_step("fmt", cargo().args(["fmt", "--all", "--check"]))
@@ -164,55 +162,50 @@ pub(crate) fn ensure_libclang() -> Result<(), String> {
     }
 }
 
-/// `redis-server`, the oracle of the differential test (Debian's package).
-fn ensure_redis_server() -> Result<(), String> {
-    if succeeds("redis-server", &["--version"]) {
-        return Ok(());
-    }
-    let install = "apt-get update && apt-get install -y redis-server";
-    apt_install(
-        "redis-server",
-        "redis-server (the differential test's oracle)",
-        install,
-    )?;
-    if succeeds("redis-server", &["--version"]) {
-        Ok(())
-    } else {
-        Err("redis-server was installed but does not run".into())
-    }
+/// A Debian package the tests need, installed when missing: `present`
+/// says whether it is there, `what` what it is for.
+struct Needed {
+    package: &'static str,
+    what: &'static str,
+    present: fn() -> bool,
 }
 
-/// redis-py, the Python client the client-library test drives.
-fn ensure_redis_py() -> Result<(), String> {
-    let importable = || succeeds("python3", &["-c", "import redis"]);
-    if importable() {
-        return Ok(());
-    }
-    let install = "apt-get update && apt-get install -y python3-redis";
-    apt_install(
-        "python3-redis",
-        "redis-py (the client-library test's Python client)",
-        install,
-    )?;
-    if importable() {
-        Ok(())
-    } else {
-        Err("python3-redis was installed but `import redis` fails".into())
-    }
-}
+/// What the tests need besides libclang: `redis-server` (the differential
+/// test's oracle), redis-py (the client-library test's Python client) and
+/// tclsh (Redis's own test suite, `cargo xtask redis-suite`).
+const NEEDED: [Needed; 3] = [
+    Needed {
+        package: "redis-server",
+        what: "redis-server (the differential test's oracle)",
+        present: || succeeds("redis-server", &["--version"]),
+    },
+    Needed {
+        package: "python3-redis",
+        what: "redis-py (the client-library test's Python client)",
+        present: || succeeds("python3", &["-c", "import redis"]),
+    },
+    Needed {
+        package: "tcl",
+        what: "tclsh (Redis's test suite is Tcl)",
+        present: || succeeds("tclsh", &["/dev/null"]),
+    },
+];
 
-/// tclsh, which runs Redis's own test suite (`cargo xtask redis-suite`).
-fn ensure_tcl() -> Result<(), String> {
-    if succeeds("tclsh", &["/dev/null"]) {
-        return Ok(());
+fn ensure_test_packages() -> Result<(), String> {
+    for needed in &NEEDED {
+        if (needed.present)() {
+            continue;
+        }
+        let install = format!("apt-get update && apt-get install -y {}", needed.package);
+        apt_install(needed.package, needed.what, &install)?;
+        if !(needed.present)() {
+            return Err(format!(
+                "{} was installed but is not usable",
+                needed.package
+            ));
+        }
     }
-    let install = "apt-get update && apt-get install -y tcl";
-    apt_install("tcl", "tclsh (Redis's test suite is Tcl)", install)?;
-    if succeeds("tclsh", &["/dev/null"]) {
-        Ok(())
-    } else {
-        Err("tcl was installed but tclsh does not run".into())
-    }
+    Ok(())
 }
 
 /// Installs a Debian package when root with apt; otherwise says how.

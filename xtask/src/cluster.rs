@@ -60,8 +60,9 @@ fn client_port(id: u16) -> u16 {
     BASE_PORT + id
 }
 
-/// `cargo xtask bench cluster`.
-pub(crate) fn bench() -> Result<(), String> {
+/// Builds `drkv` optimized (RocksDB at -O3, as `bench` does) and says
+/// where it is.
+pub(crate) fn build_release_drkv() -> Result<PathBuf, String> {
     crate::ci::ensure_libclang()?;
     let mut build = cargo();
     build.env("CXXFLAGS", "-O3 -g0");
@@ -74,7 +75,12 @@ pub(crate) fn bench() -> Result<(), String> {
         "drkv",
     ]);
     run_step("build drkv", &mut build)?;
-    let drkv = crate::bench::target_dir().join("release").join("drkv");
+    Ok(crate::bench::target_dir().join("release").join("drkv"))
+}
+
+/// `cargo xtask bench cluster`.
+pub(crate) fn bench() -> Result<(), String> {
+    let drkv = build_release_drkv()?;
     let (cluster, leader) = start_cluster(&drkv, false)?;
     let all: String = (1..=3)
         .map(|id| format!("127.0.0.1:{}", client_port(id)))

@@ -9,25 +9,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::process::{cargo, run_step};
-
 const BASE_PORT: u16 = 17_800;
 const KEYS: u64 = 1_000_000;
 const TTL_SECONDS: u64 = 90;
 
 pub(crate) fn run() -> Result<(), String> {
-    let mut build = cargo();
-    build.env("CXXFLAGS", "-O3 -g0").args([
-        "build",
-        "--quiet",
-        "--release",
-        "--package",
-        "dr-node",
-        "--bin",
-        "drkv",
-    ]);
-    run_step("build drkv", &mut build)?;
-    let drkv = crate::bench::target_dir().join("release").join("drkv");
+    let drkv = crate::cluster::build_release_drkv()?;
     let (cluster, leader) = crate::cluster::start_cluster_at(&drkv, false, BASE_PORT)?;
     let pids = cluster.node_pids();
     if pids.len() != 3 {
