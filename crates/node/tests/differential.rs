@@ -373,7 +373,15 @@ fn random_transaction(rng: &mut Rng) -> Vec<(usize, Vec<String>)> {
             3 => vec!["WATCH".into(), watched.clone()],
             4 => vec!["PING".into()],
             5 => vec!["ECHO".into(), "hi".into()],
-            _ => random_command(rng),
+            _ => {
+                // No DBSIZE inside: its count waits for keys written with
+                // a passed time to be touched (see `Difference`).
+                let mut words = random_command(rng);
+                while words[0] == "DBSIZE" {
+                    words = random_command(rng);
+                }
+                words
+            }
         };
         block.push((0, words));
     }
