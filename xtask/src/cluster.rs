@@ -82,6 +82,7 @@ pub(crate) fn build_release_drkv() -> Result<PathBuf, String> {
 pub(crate) fn bench() -> Result<(), String> {
     let drkv = build_release_drkv()?;
     let (cluster, leader) = start_cluster(&drkv, false)?;
+    let pids = cluster.node_pids()?;
     let all: String = (1..=3)
         .map(|id| format!("127.0.0.1:{}", client_port(id)))
         .collect::<Vec<_>>()
@@ -98,7 +99,7 @@ pub(crate) fn bench() -> Result<(), String> {
                 preload,
                 workload: "set",
             };
-            rows.push(run_load(&drkv, &load, &all, "all 3")?);
+            rows.push(run_load(&drkv, &pids, &load, &all, "all 3")?);
         }
         let load = Load {
             mix,
@@ -107,7 +108,7 @@ pub(crate) fn bench() -> Result<(), String> {
             preload: false,
             workload: "set",
         };
-        rows.push(run_load(&drkv, &load, &leader_only, "leader")?);
+        rows.push(run_load(&drkv, &pids, &load, &leader_only, "leader")?);
     }
     // The data model's costs, side by side with plain SET in this run.
     let mut model_rows = Vec::new();
@@ -124,7 +125,7 @@ pub(crate) fn bench() -> Result<(), String> {
             preload: false,
             workload,
         };
-        model_rows.push(run_load(&drkv, &load, &all, "all 3")?);
+        model_rows.push(run_load(&drkv, &pids, &load, &all, "all 3")?);
     }
     let rss: Vec<String> = (1..=3)
         .map(|id| {
@@ -163,6 +164,7 @@ pub(crate) fn bench() -> Result<(), String> {
 /// Read-only and 90% read rows at 64 connections on a fresh cluster.
 fn read_rows(drkv: &Path, all: &str, read_lease: bool) -> Result<Vec<Row>, String> {
     let (cluster, leader) = start_cluster(drkv, read_lease)?;
+    let pids = cluster.node_pids()?;
     let leader_only = format!("127.0.0.1:{}", client_port(leader));
     let mut rows = Vec::new();
     for (mix, write_percent) in [("read", "0"), ("90% read", "10")] {
@@ -174,7 +176,7 @@ fn read_rows(drkv: &Path, all: &str, read_lease: bool) -> Result<Vec<Row>, Strin
                 preload: rows.is_empty(),
                 workload: "set",
             };
-            rows.push(run_load(drkv, &load, targets, name)?);
+            rows.push(run_load(drkv, &pids, &load, targets, name)?);
         }
     }
     drop(cluster);
@@ -194,14 +196,21 @@ pub(crate) struct DevCluster {
 }
 
 impl DevCluster {
-    /// The node processes' ids (`drkv dev`'s children).
-    pub(crate) fn node_pids(&self) -> Vec<u32> {
+    /// The three node processes' ids (`drkv dev`'s children).
+    pub(crate) fn node_pids(&self) -> Result<Vec<u32>, String> {
         let pid = self.child.id();
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        let pids: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
             .unwrap_or_default()
             .split_whitespace()
             .filter_map(|id| id.parse().ok())
-            .collect()
+            .collect();
+        if pids.len() == 3 {
+            Ok(pids)
+        } else {
+            Err(format!(
+                "expected three node processes under drkv dev, found {pids:?}"
+            ))
+        }
     }
 }
 
@@ -274,6 +283,8 @@ struct Row {
     mix: &'static str,
     targets: &'static str,
     result: Value,
+    /// CPU of the three node processes per answered command.
+    cpu_us_per_op: f64,
 }
 
 /// One load: its mix, connections, and whether to write every key first.
@@ -286,8 +297,14 @@ struct Load {
     workload: &'static str,
 }
 
+/// Runs one load against the cluster whose node processes are `pids`;
+/// the row carries the CPU the three nodes spent per answered command
+/// (user + system, from `/proc/<pid>/stat` before and after, so the
+/// figure does not depend on how busy the machine is; a preload runs
+/// first, outside the measurement).
 fn run_load(
     drkv: &Path,
+    pids: &[u32],
     load: &Load,
     targets: &str,
     targets_name: &'static str,
@@ -299,60 +316,93 @@ fn run_load(
         preload,
         workload,
     } = *load;
-    let mut command = Command::new(drkv);
-    command.args([
-        "bench",
-        "--json",
-        "--targets",
-        targets,
-        "--connections",
-        connections,
-        "--seconds",
-        SECONDS_PER_RUN,
-        "--write-percent",
-        write_percent,
-        "--value-bytes",
-        "256",
-        "--keys",
-        "100000",
-        "--workload",
-        workload,
-    ]);
+    let bench = |seconds: &str, preload: bool| -> Result<Vec<u8>, String> {
+        let mut command = Command::new(drkv);
+        command.args([
+            "bench",
+            "--json",
+            "--targets",
+            targets,
+            "--connections",
+            connections,
+            "--seconds",
+            seconds,
+            "--write-percent",
+            write_percent,
+            "--value-bytes",
+            "256",
+            "--keys",
+            "100000",
+            "--workload",
+            workload,
+        ]);
+        if preload {
+            command.arg("--preload");
+        }
+        let output = command
+            .output()
+            .map_err(|e| format!("cannot run drkv bench: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "drkv bench failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(output.stdout)
+    };
     if preload {
-        command.arg("--preload");
+        bench("0.001", true)?;
     }
-    let output = command
-        .output()
-        .map_err(|e| format!("cannot run drkv bench: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "drkv bench failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
+    let cpu_before = cpu_seconds(pids)?;
+    let stdout = bench(SECONDS_PER_RUN, false)?;
+    let cpu = cpu_seconds(pids)? - cpu_before;
     let result: Value =
-        serde_json::from_slice(&output.stdout).map_err(|e| format!("drkv bench output: {e}"))?;
+        serde_json::from_slice(&stdout).map_err(|e| format!("drkv bench output: {e}"))?;
+    let ops = result["ops"].as_f64().unwrap_or(0.0);
+    let cpu_us_per_op = if ops > 0.0 { cpu * 1e6 / ops } else { 0.0 };
     eprintln!(
-        "{mix:>9} {connections:>4} conns via {targets_name}: {:.0} ops/s",
+        "{mix:>9} {connections:>4} conns via {targets_name}: {:.0} ops/s, {cpu_us_per_op:.0} µs CPU/op",
         result["ops_per_second"].as_f64().unwrap_or(0.0)
     );
     Ok(Row {
         mix,
         targets: targets_name,
         result,
+        cpu_us_per_op,
     })
+}
+
+/// User + system CPU seconds of the processes (`/proc/<pid>/stat`, in
+/// clock ticks of 1/100 s).
+pub(crate) fn cpu_seconds(pids: &[u32]) -> Result<f64, String> {
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+        // The fields after the command name (which is in parentheses):
+        // utime and stime, fields 14 and 15, are the 12th and 13th.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        for index in [11, 12] {
+            ticks += fields
+                .get(index)
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| format!("/proc/{pid}/stat has no CPU times"))?;
+        }
+    }
+    Ok(ticks as f64 / 100.0)
 }
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n{:<9} {:<7} {:>6} {:>10} {:>9} {:>9} {:>9} {:>7}",
-        "mix", "clients", "conns", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"
+        "\n{:<9} {:<7} {:>6} {:>10} {:>9} {:>9} {:>9} {:>10} {:>7}",
+        "mix", "clients", "conns", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/op", "errors"
     );
     for row in rows {
         let r = &row.result;
         let ms = |key: &str| r[key].as_f64().unwrap_or(0.0) / 1000.0;
         println!(
-            "{:<9} {:<7} {:>6} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+            "{:<9} {:<7} {:>6} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>10.0} {:>7}",
             row.mix,
             row.targets,
             r["connections"],
@@ -360,6 +410,7 @@ fn print_table(rows: &[Row]) {
             ms("p50_us"),
             ms("p99_us"),
             ms("p999_us"),
+            row.cpu_us_per_op,
             r["errors"]
         );
     }

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::cluster::cpu_seconds;
+
 const BASE_PORT: u16 = 17_800;
 const KEYS: u64 = 1_000_000;
 const TTL_SECONDS: u64 = 90;
@@ -16,10 +18,7 @@ const TTL_SECONDS: u64 = 90;
 pub(crate) fn run() -> Result<(), String> {
     let drkv = crate::cluster::build_release_drkv()?;
     let (cluster, leader) = crate::cluster::start_cluster_at(&drkv, false, BASE_PORT)?;
-    let pids = cluster.node_pids();
-    if pids.len() != 3 {
-        return Err(format!("expected three node processes, found {pids:?}"));
-    }
+    let pids = cluster.node_pids()?;
     let targets: Vec<String> = (1..=3)
         .map(|id| format!("127.0.0.1:{}", BASE_PORT + id))
         .collect();
@@ -138,25 +137,4 @@ fn dbsize(port: u16) -> Result<u64, String> {
                 String::from_utf8_lossy(&output.stdout)
             )
         })
-}
-
-/// User + system CPU seconds of the processes (`/proc/<pid>/stat`, in
-/// clock ticks of 1/100 s).
-fn cpu_seconds(pids: &[u32]) -> Result<f64, String> {
-    let mut ticks = 0u64;
-    for pid in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
-        // Fields after the command name (which is in parentheses).
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        // utime and stime are fields 14 and 15: 12 and 13 after the name.
-        for index in [11, 12] {
-            ticks += fields
-                .get(index)
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| format!("/proc/{pid}/stat has no CPU times"))?;
-        }
-    }
-    Ok(ticks as f64 / 100.0)
 }
