@@ -326,35 +326,8 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
     }
 
     fn remove_fields(&mut self, key: &[u8]) -> Result<(), StorageError> {
-        let prefix = record::field_prefix(key);
-        let mut doomed: Vec<Vec<u8>> = self
-            .pending
-            .keys()
-            .filter(|stored| stored.starts_with(&prefix))
-            .cloned()
-            .collect();
-        if !self.flushed {
-            let mut start = prefix.clone();
-            loop {
-                let page = self.store.scan(&start, FIELD_PAGE)?;
-                let full = page.len() == FIELD_PAGE;
-                let before = doomed.len();
-                doomed.extend(
-                    page.into_iter()
-                        .map(|(stored, _)| stored)
-                        .take_while(|stored| stored.starts_with(&prefix)),
-                );
-                match doomed.last() {
-                    Some(last) if full && doomed.len() - before == FIELD_PAGE => {
-                        start = last.clone();
-                        start.push(0);
-                    }
-                    _ => break,
-                }
-            }
-        }
-        for stored in doomed {
-            self.pending.insert(stored, None);
+        for (field, _) in self.fields_of(key)? {
+            self.pending.insert(record::field_key(key, &field), None);
         }
         Ok(())
     }
