@@ -79,9 +79,9 @@ pub(crate) fn build_release_drkv() -> Result<PathBuf, String> {
 }
 
 /// `cargo xtask bench cluster`.
-pub(crate) fn bench() -> Result<(), String> {
+pub(crate) fn bench(raft_log: Option<&str>) -> Result<(), String> {
     let drkv = build_release_drkv()?;
-    let (cluster, leader) = start_cluster(&drkv, false)?;
+    let (cluster, leader) = start_cluster(&drkv, false, raft_log)?;
     let pids = cluster.node_pids()?;
     let all: String = (1..=3)
         .map(|id| format!("127.0.0.1:{}", client_port(id)))
@@ -149,7 +149,7 @@ pub(crate) fn bench() -> Result<(), String> {
     // ReadIndex against leases, each on a fresh cluster loaded the same
     // way, so the two differ only in how the leader confirms reads.
     for read_lease in [false, true] {
-        let rows = read_rows(&drkv, &all, read_lease)?;
+        let rows = read_rows(&drkv, &all, read_lease, raft_log)?;
         let how = if read_lease {
             "--read-lease (reads on the leader's lease)"
         } else {
@@ -162,8 +162,13 @@ pub(crate) fn bench() -> Result<(), String> {
 }
 
 /// Read-only and 90% read rows at 64 connections on a fresh cluster.
-fn read_rows(drkv: &Path, all: &str, read_lease: bool) -> Result<Vec<Row>, String> {
-    let (cluster, leader) = start_cluster(drkv, read_lease)?;
+fn read_rows(
+    drkv: &Path,
+    all: &str,
+    read_lease: bool,
+    raft_log: Option<&str>,
+) -> Result<Vec<Row>, String> {
+    let (cluster, leader) = start_cluster(drkv, read_lease, raft_log)?;
     let pids = cluster.node_pids()?;
     let leader_only = format!("127.0.0.1:{}", client_port(leader));
     let mut rows = Vec::new();
@@ -183,10 +188,14 @@ fn read_rows(drkv: &Path, all: &str, read_lease: bool) -> Result<Vec<Row>, Strin
     Ok(rows)
 }
 
-/// Starts `drkv dev` (with `--read-lease` if asked) in a scratch
-/// directory and waits for its leader.
-fn start_cluster(drkv: &Path, read_lease: bool) -> Result<(DevCluster, u16), String> {
-    start_cluster_at(drkv, read_lease, BASE_PORT)
+/// Starts `drkv dev` (with `--read-lease` and `--raft-log` if asked) in
+/// a scratch directory and waits for its leader.
+fn start_cluster(
+    drkv: &Path,
+    read_lease: bool,
+    raft_log: Option<&str>,
+) -> Result<(DevCluster, u16), String> {
+    start_cluster_at(drkv, read_lease, raft_log, BASE_PORT)
 }
 
 /// A three-node cluster started by `drkv dev` (stopped on drop).
@@ -219,6 +228,7 @@ impl DevCluster {
 pub(crate) fn start_cluster_at(
     drkv: &Path,
     read_lease: bool,
+    raft_log: Option<&str>,
     base_port: u16,
 ) -> Result<(DevCluster, u16), String> {
     let dir = std::env::temp_dir().join(format!("drkv-cluster-{}-{base_port}", std::process::id()));
@@ -235,6 +245,9 @@ pub(crate) fn start_cluster_at(
     command.arg(&dir);
     if read_lease {
         command.arg("--read-lease");
+    }
+    if let Some(raft_log) = raft_log {
+        command.args(["--raft-log", raft_log]);
     }
     let child = command
         .stdout(Stdio::null())

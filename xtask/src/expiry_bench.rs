@@ -17,7 +17,7 @@ const TTL_SECONDS: u64 = 90;
 
 pub(crate) fn run() -> Result<(), String> {
     let drkv = crate::cluster::build_release_drkv()?;
-    let (cluster, leader) = crate::cluster::start_cluster_at(&drkv, false, BASE_PORT)?;
+    let (cluster, leader) = crate::cluster::start_cluster_at(&drkv, false, None, BASE_PORT)?;
     let pids = cluster.node_pids()?;
     let targets: Vec<String> = (1..=3)
         .map(|id| format!("127.0.0.1:{}", BASE_PORT + id))

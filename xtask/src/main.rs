@@ -45,8 +45,10 @@ commands:
   bench [NAME [FILTER]]
                  criterion benches (all, or one bench target such as `simd`, optionally
                  only the benchmarks matching the regex FILTER) and a summary table
-  bench cluster  a 3-node drkv cluster on loopback under a closed-loop load (1-256
-                 connections; writes, reads, 90% reads), redis-benchmark if installed
+  bench cluster [--raft-log segments|rocksdb]
+                 a 3-node drkv cluster on loopback under a closed-loop load (1-256
+                 connections; writes, reads, 90% reads), redis-benchmark if installed;
+                 --raft-log: the nodes' log (default: drkv's)
   bench expiry   a million keys under TTL on a 3-node cluster: load, hold, removal (CPU)
   dev [ARGS]     a local 3-node cluster under ./drkv-data (drkv dev ARGS), until Ctrl-C
   sim --seed N | --seeds N [--start-seed S] [--short]
@@ -72,7 +74,13 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") if args.len() == 1 => ci::run(),
-        Some("bench") if args.get(1).map(String::as_str) == Some("cluster") => cluster::bench(),
+        Some("bench") if args.get(1).map(String::as_str) == Some("cluster") => {
+            match args.get(2..).unwrap_or_default() {
+                [] => cluster::bench(None),
+                [flag, kind] if flag == "--raft-log" => cluster::bench(Some(kind)),
+                _ => Err("usage: cargo xtask bench cluster [--raft-log segments|rocksdb]".into()),
+            }
+        }
         Some("bench") if args.get(1).map(String::as_str) == Some("expiry") => expiry_bench::run(),
         Some("dev") => cluster::dev(&args[1..]),
         Some("bench") if args.len() <= 3 => bench::run(

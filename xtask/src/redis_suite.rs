@@ -99,7 +99,7 @@ pub(crate) fn run() -> Result<(), String> {
         cargo().args(["build", "--quiet", "--package", "dr-node", "--bin", "drkv"]),
     )?;
     let drkv = crate::bench::target_dir().join("debug").join("drkv");
-    let (cluster, leader) = crate::cluster::start_cluster_at(&drkv, false, BASE_PORT)?;
+    let (cluster, leader) = crate::cluster::start_cluster_at(&drkv, false, None, BASE_PORT)?;
     // A follower: every write the files make is forwarded to the leader.
     let node = (1..=3).find(|&id| id != leader).expect("three nodes");
     let port = BASE_PORT + node;

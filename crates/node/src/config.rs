@@ -67,6 +67,11 @@ pub struct NodeConfig {
     /// default: ReadIndex assumes nothing about clocks.
     #[serde(default)]
     pub read_lease: bool,
+    /// Where a new data directory keeps its Raft log: dr's segmented
+    /// files (the default) or RocksDB's column family. An existing
+    /// directory keeps the log it was made with.
+    #[serde(default)]
+    pub raft_log: RaftLog,
     /// Milliseconds between Raft ticks (elections after 10-20 ticks).
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
@@ -108,6 +113,26 @@ fn default_max_clients() -> usize {
 fn default_request_bytes_max() -> usize {
     Limits::default().request_bytes_max
 }
+/// Where a node keeps its Raft log (`dr_storage::LogKind`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RaftLog {
+    /// dr's segmented log files beside RocksDB.
+    #[default]
+    Segments,
+    /// RocksDB's `raft_log` column family.
+    Rocksdb,
+}
+
+impl From<RaftLog> for dr_storage::LogKind {
+    fn from(log: RaftLog) -> Self {
+        match log {
+            RaftLog::Segments => Self::Segments,
+            RaftLog::Rocksdb => Self::RocksDb,
+        }
+    }
+}
+
 fn default_snapshot_every() -> u64 {
     dr_engine::EngineConfig::DEFAULT_SNAPSHOT_EVERY
 }
@@ -167,6 +192,7 @@ impl NodeConfig {
             request_bytes_max: default_request_bytes_max(),
             snapshot_every: default_snapshot_every(),
             read_lease: false,
+            raft_log: RaftLog::default(),
             tick_ms: default_tick_ms(),
             partial_request_timeout_ms: default_partial_request_timeout_ms(),
             keys_max: default_keys_max(),
@@ -371,6 +397,9 @@ impl NodeConfig {
             config.snapshot_every = every;
         }
         config.read_lease |= args.read_lease;
+        if let Some(raft_log) = args.raft_log {
+            config.raft_log = raft_log;
+        }
         if let Some(path) = &args.acl_file {
             let acl = crate::auth::AclFile::load(path).map_err(|e| e.to_string())?;
             config.requirepass = acl.requirepass;
@@ -453,6 +482,9 @@ pub struct NodeFlags {
     /// assumes clock rates within 25% of each other).
     #[arg(long)]
     pub read_lease: bool,
+    /// Where a new data directory keeps its Raft log.
+    #[arg(long, value_enum)]
+    pub raft_log: Option<RaftLog>,
     /// The `default` user's password hash (`drkv passwd` makes one):
     /// clients must then `AUTH`.
     #[arg(long)]

@@ -237,17 +237,22 @@ fn seed_from_clock() -> u64 {
 
 fn open_store(config: &NodeConfig) -> Result<RocksStorage, StartError> {
     let path = config.data_dir.join(STORE_DIR);
-    let mut store = RocksStorage::open(&path, StateMachine::DataFamily).map_err(|error| {
-        let text = error.to_string();
-        StartError(if text.contains("lock") {
-            format!(
-                "{} is in use by another drkv process ({text})",
-                path.display()
-            )
-        } else {
-            format!("cannot open the store in {}: {text}", path.display())
-        })
-    })?;
+    let options = dr_storage::StoreOptions {
+        log: config.raft_log.into(),
+        ..dr_storage::StoreOptions::default()
+    };
+    let mut store =
+        RocksStorage::open_with(&path, StateMachine::DataFamily, options).map_err(|error| {
+            let text = error.to_string();
+            StartError(if text.contains("lock") {
+                format!(
+                    "{} is in use by another drkv process ({text})",
+                    path.display()
+                )
+            } else {
+                format!("cannot open the store in {}: {text}", path.display())
+            })
+        })?;
     let fresh = store.last_index() == 0 && store.snapshot_meta().map_or(0, |m| m.index) == 0;
     if fresh && !config.join {
         let mut voters: Vec<NodeId> = config.peers.keys().copied().collect();

@@ -352,6 +352,13 @@ impl Network {
             if let Some(namespace) = self.namespace(id) {
                 let _ = run("ip", &["netns", "del", &namespace]);
             }
+            // A namespace lives on while a process in it is still exiting,
+            // and with it the host's end of its veth: removed here, so the
+            // next run with this tag can make its own.
+            let veth = format!("drr{}v{id}", self.tag());
+            if std::path::Path::new("/sys/class/net").join(&veth).exists() {
+                let _ = run("ip", &["link", "del", &veth]);
+            }
         }
         let _ = run("ip", &["link", "del", &self.bridge()]);
     }

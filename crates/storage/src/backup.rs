@@ -64,6 +64,25 @@ impl fmt::Display for BackupError {
 
 impl std::error::Error for BackupError {}
 
+/// Beside backup `id`, the directory of its segmented log.
+const LOG_BACKUP_PREFIX: &str = "raft-log-";
+
+fn log_backup_dir(backup_dir: &Path, id: u32) -> std::path::PathBuf {
+    backup_dir.join(format!("{LOG_BACKUP_PREFIX}{id}"))
+}
+
+/// Copies the files of `from` into `to` (created), synced.
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        std::fs::copy(entry.path(), &target)?;
+        std::fs::File::open(&target)?.sync_all()?;
+    }
+    std::fs::File::open(to)?.sync_all()
+}
+
 fn engine_error(error: rocksdb::Error) -> BackupError {
     BackupError::Engine(error.to_string())
 }
@@ -112,9 +131,30 @@ impl RocksStorage {
             .map_err(engine_error)?;
         let newest = *infos(&engine).last().ok_or(BackupError::NoBackup)?;
         engine.verify_backup(newest.id).map_err(engine_error)?;
+        // The segmented log lives beside RocksDB: its segments are copied
+        // beside the backup (the store's owner writes nothing meanwhile,
+        // so both are of the same moment).
+        let backup_dir = backup_dir.as_ref();
+        self.copy_log_to(&log_backup_dir(backup_dir, newest.id))
+            .map_err(|e| BackupError::Engine(format!("copying the raft log: {e}")))?;
         engine
             .purge_old_backups(keep.max(1))
             .map_err(engine_error)?;
+        let kept: Vec<u32> = infos(&engine).iter().map(|b| b.id).collect();
+        for entry in std::fs::read_dir(backup_dir)
+            .map_err(|e| BackupError::Engine(e.to_string()))?
+            .filter_map(Result::ok)
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name
+                .strip_prefix(LOG_BACKUP_PREFIX)
+                .and_then(|id| id.parse::<u32>().ok())
+                && !kept.contains(&id)
+            {
+                std::fs::remove_dir_all(entry.path())
+                    .map_err(|e| BackupError::Engine(format!("purging {name}: {e}")))?;
+            }
+        }
         Ok(newest)
     }
 
@@ -144,6 +184,11 @@ impl RocksStorage {
         engine
             .restore_from_backup(target, target, &RestoreOptions::default(), id)
             .map_err(engine_error)?;
+        let log = log_backup_dir(backup_dir.as_ref(), id);
+        if log.exists() {
+            copy_dir(&log, &RocksStorage::segments_dir(target))
+                .map_err(|e| BackupError::Engine(format!("restoring the raft log: {e}")))?;
+        }
         RocksStorage::open(target, state_machine).map_err(BackupError::Restored)
     }
 }

@@ -2,7 +2,8 @@
 //! (never in a release build of the server without it).
 //!
 //! One fault at a time, for the whole process, applied to the store's
-//! synced writes (the raft log, hard state, snapshots): the writes whose
+//! synced writes (the raft log's segments or RocksDB's, hard state,
+//! snapshots): the writes whose
 //! success a node promises to others. What the store does then is what it
 //! does on a real disk fault: a failed durable write ends the process
 //! (see `fatal`), since after a failed fsync nothing tells what reached
@@ -21,9 +22,10 @@ pub enum DiskFault {
     NoSpace,
     /// Every synced write takes this long longer.
     SlowSync(Duration),
-    /// The next synced write reaches the disk only in part: written
-    /// without a sync, its tail cut from the write-ahead log, and the
-    /// process ends, as at a power cut in the middle of the write.
+    /// The next synced write reaches the disk only in part (the first
+    /// half of a log segment's batch; or written to RocksDB without a
+    /// sync, its tail cut from the write-ahead log), and the process
+    /// ends, as at a power cut in the middle of the write.
     TornWrite,
 }
 

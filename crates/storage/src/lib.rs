@@ -8,13 +8,22 @@
 //! - it implements dr-raft's [`dr_raft::Storage`] and
 //!   [`dr_raft::LogStore`], and passes the same conformance suite as the
 //!   in-memory store;
-//! - its [`dr_raft::LogStore::persist_ready`] writes a ready (snapshot chunks, the
-//!   snapshot switch, entries, hard state) as **one synced `WriteBatch`**,
-//!   so the ready's messages may be sent when it returns;
+//! - its Raft log (entries and hard state) lives, by default, in dr's own
+//!   segmented files beside RocksDB ([`LogKind::Segments`]: one write and
+//!   one `fdatasync` per ready over blocks written before, checksummed
+//!   batches, whole segments dropped on compaction), or in the `raft_log`
+//!   family ([`LogKind::RocksDb`]); a store keeps the kind it was made
+//!   with, and both pass the same conformance suite and crash tests;
+//! - its [`dr_raft::LogStore::persist_ready`] makes a ready (snapshot
+//!   chunks, the snapshot switch, entries, hard state) durable in **one
+//!   synced write** (RocksDB's part first when a ready has both), so the
+//!   ready's messages may be sent when it returns;
 //! - [`RocksStorage::apply`] writes committed entries' effects on the
 //!   key-value state machine together with the applied index (and the
 //!   configuration) in one atomic batch, so a crash never applies an
-//!   entry twice or skips one;
+//!   entry twice or skips one (with the segmented log it skips RocksDB's
+//!   WAL: a crash loses applies only with their applied index, and the
+//!   entries are applied again from the log);
 //! - snapshots are stored and read in bounded records, staged in a second
 //!   slot while received, and switched to atomically: an interrupted
 //!   install leaves the old state whole;
@@ -36,9 +45,10 @@
 //! - On open the format version is checked and every log entry is read
 //!   and verified (checksum, position, term order) while the in-memory
 //!   indexes are rebuilt; damage is reported with the index and what is
-//!   wrong, never repaired by guessing. (RocksDB's own recovery drops a
-//!   WAL record torn by a crash, which can only be a write that never
-//!   returned, since every acknowledged write is synced.)
+//!   wrong, never repaired by guessing. (A record torn by a crash at the
+//!   very end of RocksDB's WAL or of the newest log segment is dropped: it
+//!   can only be a write that never returned, since every acknowledged
+//!   write is synced; a damaged batch with valid ones after it is refused.)
 //! - A failed write or fsync panics: the process cannot know what reached
 //!   the disk, and retrying is how data gets silently lost.
 //!
@@ -78,12 +88,14 @@ pub mod failpoints;
 mod kv_stream;
 pub mod options;
 mod records;
+mod segments;
 mod snapshot_copy;
 mod store;
 
 pub use backup::{BackupError, BackupInfo, list_backups};
 pub use kv_stream::{KEY_BYTES_MAX, KeyValue, VALUE_BYTES_MAX};
+pub use segments::{SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN};
 pub use store::{
-    DataWrite, FORMAT_VERSION, OpenError, ReadRefused, RocksStorage, SNAPSHOT_RECORD_BYTES,
-    StateMachine, StoreReader,
+    DataWrite, FORMAT_VERSION, LogKind, OpenError, ReadRefused, RocksStorage,
+    SNAPSHOT_RECORD_BYTES, StateMachine, StoreOptions, StoreReader,
 };

@@ -1,6 +1,7 @@
-//! Damaged files give clear errors: a flipped byte in a table file or in
-//! the write-ahead log of a copy of a store must make opening or reading
-//! fail with an error, never panic and never return wrong data.
+//! Damaged files give clear errors: a flipped byte in a table file, in
+//! the write-ahead log or in a segment of the raft log of a copy of a
+//! store must make opening or reading fail with an error, never panic and
+//! never return wrong data.
 
 mod support;
 
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use dr_raft::conformance::entries;
 use dr_raft::{HardState, LogStore, Ready, Storage};
 use dr_storage::options::{CF_DATA, CF_META, CF_RAFT_LOG, CF_RAFT_STATE};
-use dr_storage::{DataWrite, RocksStorage, StateMachine};
+use dr_storage::{DataWrite, LogKind, RocksStorage, StateMachine, StoreOptions};
 use support::TestDir;
 
 const KEYS: usize = 2000;
@@ -24,8 +25,12 @@ fn value(i: usize) -> Vec<u8> {
 }
 
 /// A store with a log and data; flushed to table files when `flush`.
-fn build_store(path: &Path, flush: bool) {
-    let mut store = RocksStorage::open(path, StateMachine::DataFamily).unwrap();
+fn build_store(path: &Path, flush: bool, log: LogKind) {
+    let options = StoreOptions {
+        log,
+        ..StoreOptions::default()
+    };
+    let mut store = RocksStorage::open_with(path, StateMachine::DataFamily, options).unwrap();
     for round in 0..20u64 {
         let first = round * 10 + 1;
         store
@@ -63,7 +68,11 @@ fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
     }
 }
 
@@ -121,8 +130,14 @@ fn damage_is_reported(path: &Path) -> bool {
 
 #[test]
 fn a_flipped_byte_in_a_table_file_is_an_error() {
+    for log in [LogKind::Segments, LogKind::RocksDb] {
+        flipped_table_bytes_are_reported(log);
+    }
+}
+
+fn flipped_table_bytes_are_reported(log: LogKind) {
     let original = TestDir::new();
-    build_store(original.path(), true);
+    build_store(original.path(), true, log);
     let tables = files_ending(original.path(), ".sst");
     assert!(!tables.is_empty(), "the flush wrote table files");
     let (mut cases, mut reported) = (0, 0);
@@ -148,10 +163,16 @@ fn a_flipped_byte_in_a_table_file_is_an_error() {
     );
 }
 
+/// With the RocksDB log (the segmented log's stores write entries and
+/// applies outside RocksDB's WAL: their damage is the segment test's).
 #[test]
 fn a_flipped_byte_in_the_write_ahead_log_is_an_error() {
+    flipped_wal_bytes_are_reported(LogKind::RocksDb);
+}
+
+fn flipped_wal_bytes_are_reported(log: LogKind) {
     let original = TestDir::new();
-    build_store(original.path(), false);
+    build_store(original.path(), false, log);
     let logs = files_ending(original.path(), ".log");
     let log = logs.last().expect("the writes are in a write-ahead log");
     let size = std::fs::metadata(log).unwrap().len() as usize;
@@ -164,7 +185,44 @@ fn a_flipped_byte_in_the_write_ahead_log_is_an_error() {
         );
         assert!(
             damage_is_reported(copy.path()),
-            "a flip at {fraction} of the write-ahead log went unnoticed"
+            "a flip at {fraction} of the write-ahead log ({log:?} raft log) went unnoticed"
         );
     }
+}
+
+#[test]
+fn a_flipped_byte_in_a_raft_log_segment_is_an_error() {
+    let original = TestDir::new();
+    build_store(original.path(), false, LogKind::Segments);
+    let segments = files_ending(&original.path().join("raft-log"), ".seg");
+    let segment = segments.last().expect("the log has a segment");
+    // Where the batches end: the first 8-byte word after them is zeros
+    // (the segment was zero-filled), and the last batch is left alone: a
+    // damaged last batch looks like a write torn by a crash, which is
+    // never acknowledged, and is cut (the documented limit, as etcd's).
+    let bytes = std::fs::read(segment).unwrap();
+    let end = bytes
+        .chunks(8)
+        .rposition(|word| word.iter().any(|b| *b != 0))
+        .map(|at| (at + 1) * 8)
+        .unwrap();
+    let mut cases = 0;
+    for fraction in [0.0, 0.02, 0.3, 0.6, 0.85] {
+        let copy = TestDir::new();
+        copy_dir(original.path(), copy.path());
+        let at = (end as f64 * fraction) as usize;
+        flip(
+            &copy
+                .path()
+                .join("raft-log")
+                .join(segment.file_name().unwrap()),
+            at,
+        );
+        assert!(
+            damage_is_reported(copy.path()),
+            "a flip at byte {at} of {end} of the raft log went unnoticed"
+        );
+        cases += 1;
+    }
+    assert_eq!(cases, 5);
 }

@@ -23,10 +23,12 @@ use bytes::Bytes;
 use dr_codec::message::ConfState;
 use dr_raft::conformance::entries;
 use dr_raft::{HardState, LogStore, Ready, Storage};
-use dr_storage::{DataWrite, RocksStorage, StateMachine};
+use dr_storage::{DataWrite, LogKind, RocksStorage, SEGMENT_BYTES_MIN, StateMachine, StoreOptions};
 use support::TestDir;
 
 const CHILD_ENV: &str = "DR_STORAGE_CRASH_CHILD_STORE";
+/// Which log the child's store keeps (`segments` or `rocksdb`).
+const CHILD_LOG_ENV: &str = "DR_STORAGE_CRASH_CHILD_LOG";
 const SLOTS: u64 = 97;
 const ROUNDS: usize = 8;
 
@@ -52,8 +54,15 @@ fn apply_up_to(store: &mut RocksStorage, to: u64) {
     store.apply(&writes, to, None).expect("apply");
 }
 
-fn write_forever(path: &Path) -> ! {
-    let mut store = RocksStorage::open(path, StateMachine::DataFamily).expect("child opens");
+fn write_forever(path: &Path, log: LogKind) -> ! {
+    // Tiny segments: the writer crosses seals, new and recycled segments
+    // and compactions that drop them many times per round.
+    let options = StoreOptions {
+        log,
+        segment_bytes: SEGMENT_BYTES_MIN,
+    };
+    let mut store =
+        RocksStorage::open_with(path, StateMachine::DataFamily, options).expect("child opens");
     let conf = ConfState {
         voters: vec![1],
         ..ConfState::default()
@@ -97,11 +106,16 @@ fn write_forever(path: &Path) -> ! {
 #[ignore = "the writer process of kills_at_random_points_lose_nothing_acknowledged"]
 fn crash_writer_child() {
     let path = std::env::var(CHILD_ENV).expect("started by the crash test");
-    write_forever(Path::new(&path));
+    let log = match std::env::var(CHILD_LOG_ENV).as_deref() {
+        Ok("rocksdb") => LogKind::RocksDb,
+        _ => LogKind::Segments,
+    };
+    write_forever(Path::new(&path), log);
 }
 
-fn verify(path: &Path, acked: u64) -> u64 {
+fn verify(path: &Path, acked: u64, log: LogKind) -> u64 {
     let store = RocksStorage::open(path, StateMachine::DataFamily).expect("reopens after a kill");
+    assert_eq!(store.log_kind(), log);
     let applied = store.applied_index();
     assert!(
         store.last_index() >= acked,
@@ -134,6 +148,15 @@ fn verify(path: &Path, acked: u64) -> u64 {
 
 #[test]
 fn kills_at_random_points_lose_nothing_acknowledged() {
+    kills_lose_nothing(LogKind::Segments, "segments");
+}
+
+#[test]
+fn kills_at_random_points_lose_nothing_acknowledged_rocksdb_log() {
+    kills_lose_nothing(LogKind::RocksDb, "rocksdb");
+}
+
+fn kills_lose_nothing(log: LogKind, log_name: &str) {
     let dir = TestDir::new();
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -146,6 +169,7 @@ fn kills_at_random_points_lose_nothing_acknowledged() {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "crash_writer_child", "--ignored", "--nocapture"])
             .env(CHILD_ENV, dir.path())
+            .env(CHILD_LOG_ENV, log_name)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -183,7 +207,7 @@ fn kills_at_random_points_lose_nothing_acknowledged() {
         reader.join().unwrap();
         let acked = acked.load(Ordering::SeqCst);
         assert!(acked > previous_last, "round {round} made progress");
-        previous_last = verify(dir.path(), acked);
+        previous_last = verify(dir.path(), acked, log);
         println!("round {round}: acked {acked}, log ends at {previous_last}");
     }
 }

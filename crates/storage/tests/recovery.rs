@@ -8,7 +8,7 @@ use dr_codec::message::{ConfState, SnapshotMeta};
 use dr_raft::conformance::entries;
 use dr_raft::{HardState, LogStore, Ready, StagedChunk, Storage};
 use dr_storage::options::{CF_DATA, CF_META, CF_RAFT_LOG, CF_RAFT_STATE};
-use dr_storage::{DataWrite, OpenError, RocksStorage, StateMachine};
+use dr_storage::{DataWrite, LogKind, OpenError, RocksStorage, StateMachine, StoreOptions};
 use support::TestDir;
 
 fn raw_db(path: &std::path::Path) -> rocksdb::DB {
@@ -21,6 +21,16 @@ fn raw_db(path: &std::path::Path) -> rocksdb::DB {
         [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA, CF_META],
     )
     .expect("raw open")
+}
+
+/// A store keeping its log in RocksDB's column family (the tests that
+/// damage that family's records).
+fn rocksdb_log_store(path: &std::path::Path) -> RocksStorage {
+    let options = StoreOptions {
+        log: LogKind::RocksDb,
+        ..StoreOptions::default()
+    };
+    RocksStorage::open_with(path, StateMachine::External, options).unwrap()
 }
 
 fn conf(voters: &[u64]) -> ConfState {
@@ -78,7 +88,7 @@ fn everything_persisted_survives_a_reopen() {
 fn a_damaged_log_entry_is_reported_with_its_index() {
     let dir = TestDir::new();
     {
-        let mut store = RocksStorage::open(dir.path(), StateMachine::External).unwrap();
+        let mut store = rocksdb_log_store(dir.path());
         store.append(&entries(1, 5, 1)).unwrap();
     }
     {
@@ -100,7 +110,7 @@ fn a_damaged_log_entry_is_reported_with_its_index() {
 fn a_missing_entry_and_a_damaged_record_are_reported() {
     let dir = TestDir::new();
     {
-        let mut store = RocksStorage::open(dir.path(), StateMachine::External).unwrap();
+        let mut store = rocksdb_log_store(dir.path());
         store.append(&entries(1, 5, 1)).unwrap();
         store
             .set_hard_state(HardState {

@@ -27,6 +27,7 @@ impl RocksStorage {
             Ok(()) => Ok(batch),
             Err(error) => {
                 self.cached = saved;
+                self.log_batch = LogBatch::default();
                 Err(error)
             }
         }
@@ -40,7 +41,28 @@ impl RocksStorage {
         ready.makes_promises(&self.cached.hard_state)
     }
 
-    pub(super) fn commit(&self, batch: WriteBatch, what: &str) {
+    /// Makes `batch` and the segmented log's part of the write durable:
+    /// RocksDB's first (the compaction point and snapshot records the log
+    /// is reconciled with on open), then the log's, each synced.
+    pub(super) fn commit(&mut self, batch: WriteBatch, what: &str) {
+        if self.segments.is_none() || !batch.is_empty() {
+            self.commit_rocks(batch, what);
+        }
+        self.write_log(true, what);
+    }
+
+    /// Writes the segmented log's part of the write, if any.
+    pub(super) fn write_log(&mut self, sync: bool, what: &str) {
+        let batch = std::mem::take(&mut self.log_batch);
+        if let Some(log) = self.segments.as_mut()
+            && !batch.is_empty()
+        {
+            log.write(&batch, sync)
+                .unwrap_or_else(|error| fatal(what, error));
+        }
+    }
+
+    fn commit_rocks(&self, batch: WriteBatch, what: &str) {
         #[cfg(feature = "failpoints")]
         match crate::failpoints::before_synced_write() {
             crate::failpoints::Injected::Proceed => {}
@@ -82,12 +104,16 @@ impl RocksStorage {
     }
 
     pub(super) fn add_hard_state(&mut self, batch: &mut WriteBatch, hard_state: HardState) {
+        self.cached.hard_state = hard_state;
+        if self.segments.is_some() {
+            self.log_batch.push_hard_state(hard_state);
+            return;
+        }
         batch.put_cf(
             cf(&self.db, CF_RAFT_STATE),
             KEY_HARD_STATE,
             records::encode_hard_state(&hard_state),
         );
-        self.cached.hard_state = hard_state;
     }
 
     pub(super) fn add_entries(
@@ -109,18 +135,25 @@ impl RocksStorage {
         let Some(kept) = entries.get(skip..).filter(|kept| !kept.is_empty()) else {
             return Ok(());
         };
-        let log = cf(&self.db, CF_RAFT_LOG);
         let from = kept[0].index;
-        if from <= self.cached.last_index {
-            batch.delete_range_cf(log, log_key(from), log_key(self.cached.last_index + 1));
-        }
-        let mut encoded = bytes::BytesMut::new();
-        for entry in kept {
-            encoded.clear();
-            encode_entry(entry, &self.codec, &mut encoded).map_err(|e| {
-                StorageError::Invalid(format!("entry {} cannot be encoded: {e}", entry.index))
-            })?;
-            batch.put_cf(log, log_key(entry.index), &encoded);
+        if self.segments.is_some() {
+            // The log replaces entries from `from` on as it takes them in.
+            for entry in kept {
+                self.log_batch.push_entry(entry, &self.codec)?;
+            }
+        } else {
+            let log = cf(&self.db, CF_RAFT_LOG);
+            if from <= self.cached.last_index {
+                batch.delete_range_cf(log, log_key(from), log_key(self.cached.last_index + 1));
+            }
+            let mut encoded = bytes::BytesMut::new();
+            for entry in kept {
+                encoded.clear();
+                encode_entry(entry, &self.codec, &mut encoded).map_err(|e| {
+                    StorageError::Invalid(format!("entry {} cannot be encoded: {e}", entry.index))
+                })?;
+                batch.put_cf(log, log_key(entry.index), &encoded);
+            }
         }
         let runs = &mut self.cached.term_runs;
         runs.split_off(&from);
@@ -186,6 +219,31 @@ pub(super) fn decode_stored_entry(
     Ok(entry)
 }
 
+/// Entries `low..high` (checked to be held) from the segmented log, up to
+/// `max_bytes` of payload (at least one).
+fn read_segments(
+    log: &SegmentLog,
+    low: LogIndex,
+    high: LogIndex,
+    max_bytes: u64,
+    codec: &CodecConfig,
+) -> Result<Vec<Entry>, StorageError> {
+    let mut entries = Vec::new();
+    let mut bytes = 0u64;
+    for index in low..high {
+        let frame = log
+            .read_frame(index)
+            .map_err(|e| io_error(&format!("reading raft log entry {index}"), e))?;
+        let entry = decode_stored_entry(index, &frame, codec)?;
+        bytes += entry.payload.len() as u64;
+        if !entries.is_empty() && bytes > max_bytes {
+            break;
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
 impl Storage for RocksStorage {
     fn initial_state(&self) -> Result<InitialState, StorageError> {
         Ok(InitialState {
@@ -216,6 +274,9 @@ impl Storage for RocksStorage {
         }
         self.check_in_log(low)?;
         self.check_in_log(high - 1)?;
+        if let Some(log) = &self.segments {
+            return read_segments(log, low, high, max_bytes, &self.codec);
+        }
         let mut entries = Vec::new();
         let mut bytes = 0u64;
         let mut iterator = self.db.raw_iterator_cf(cf(&self.db, CF_RAFT_LOG));
@@ -302,9 +363,8 @@ impl Storage for RocksStorage {
 
 impl LogStore for RocksStorage {
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
-        let mut batch = WriteBatch::default();
-        self.add_entries(&mut batch, entries)?;
-        if !batch.is_empty() {
+        let batch = self.try_batch(|store, batch| store.add_entries(batch, entries))?;
+        if !batch.is_empty() || !self.log_batch.is_empty() {
             self.commit(batch, "appending to the raft log");
         }
         Ok(())
@@ -405,15 +465,20 @@ impl LogStore for RocksStorage {
         let batch = self.try_batch(|store, batch| store.add_ready(batch, ready, chunks_done))?;
         if must_sync {
             self.commit(batch, "persisting a ready");
-        } else if !batch.is_empty() {
+        } else {
             // Only the commit index moved: written, not synced (etcd's
             // MustSync rule). A power failure can lose it, which only
             // lowers the commit index recovered; the leader teaches it
-            // again, and the applied index (written after it, in the same
-            // WAL) can never survive it.
-            self.db
-                .write(batch)
-                .unwrap_or_else(|error| fatal("persisting the commit index", error));
+            // again. (With the RocksDB log the applied index, written
+            // after it in the same WAL, can never survive it; with the
+            // segmented log it can, and the consensus core takes the
+            // applied index as committed on restart.)
+            if !batch.is_empty() {
+                self.db
+                    .write(batch)
+                    .unwrap_or_else(|error| fatal("persisting the commit index", error));
+            }
+            self.write_log(false, "persisting the commit index");
         }
         if installs_data {
             self.finish_data_install()?;
@@ -443,11 +508,13 @@ impl LogStore for RocksStorage {
         };
         let mut batch = WriteBatch::default();
         let first = self.first_index();
-        batch.delete_range_cf(
-            cf(&self.db, CF_RAFT_LOG),
-            log_key(first),
-            log_key(index + 1),
-        );
+        if self.segments.is_none() {
+            batch.delete_range_cf(
+                cf(&self.db, CF_RAFT_LOG),
+                log_key(first),
+                log_key(index + 1),
+            );
+        }
         batch.put_cf(
             cf(&self.db, CF_META),
             KEY_COMPACTION_POINT,
@@ -461,6 +528,11 @@ impl LogStore for RocksStorage {
         }
         self.cached.compacted_index = index;
         self.cached.compacted_term = term;
+        if let Some(log) = self.segments.as_mut() {
+            // The compaction point is durable: the segments behind it may go.
+            log.compact(index)
+                .map_err(|e| io_error("dropping compacted raft log segments", e))?;
+        }
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ use rocksdb::{Cache, ColumnFamily, DB, DBRawIterator, WriteBatch, WriteOptions};
 use crate::kv_stream::{self, KeyValue, PairReader, StreamError};
 use crate::options::{self, CF_DATA, CF_META, CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::records::{self, RecordError};
+use crate::segments::{LogBatch, SEGMENT_BYTES_DEFAULT, SegmentLog};
 use crate::snapshot_copy::{self, SnapshotCopy};
 
 mod log;
@@ -46,6 +47,9 @@ const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_STATE_MACHINE: &[u8] = b"state_machine";
 const KEY_DATA_INSTALL: &[u8] = b"data_install";
+const KEY_LOG_KIND: &[u8] = b"log_kind";
+/// The directory of the segmented log, inside the store's.
+const SEGMENTS_DIR: &str = "raft-log";
 const SNAPSHOT_DATA_PREFIX: &[u8] = b"snapshot_data/";
 /// Bytes of state-machine data written per batch while a snapshot is
 /// copied or installed: bounds memory, whatever the state's size.
@@ -82,6 +86,56 @@ impl StateMachine {
     }
 }
 
+/// Where a store keeps its Raft log (entries and hard state). Chosen when
+/// the store is created and recorded in it: a store opened later keeps
+/// its own, whatever is asked (stores from before the choice existed keep
+/// theirs in RocksDB).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogKind {
+    /// The `raft_log` and `raft_state` column families, through RocksDB's
+    /// WAL and memtables.
+    RocksDb,
+    /// dr's own segmented files in the store's `raft-log` directory: one
+    /// write and one `fdatasync` per ready, over blocks written before.
+    #[default]
+    Segments,
+}
+
+impl LogKind {
+    fn code(self) -> u64 {
+        match self {
+            Self::RocksDb => 0,
+            Self::Segments => 1,
+        }
+    }
+
+    fn from_code(code: u64) -> Option<Self> {
+        match code {
+            0 => Some(Self::RocksDb),
+            1 => Some(Self::Segments),
+            _ => None,
+        }
+    }
+}
+
+/// How to open a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Where a new store keeps its log (an existing store keeps its own).
+    pub log: LogKind,
+    /// The size of a segment of the segmented log.
+    pub segment_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            log: LogKind::default(),
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+        }
+    }
+}
+
 /// Why a store could not be opened. Each variant says what is wrong and
 /// where; none is repaired silently.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +161,8 @@ pub enum OpenError {
     },
     /// A record or log entry is damaged.
     Corrupt(String),
+    /// The options asked for cannot be used.
+    Options(String),
 }
 
 impl fmt::Display for OpenError {
@@ -125,6 +181,7 @@ impl fmt::Display for OpenError {
                 "the store keeps its state machine as {found:?}, not {requested:?} as asked"
             ),
             Self::Corrupt(what) => write!(f, "the store is damaged: {what}"),
+            Self::Options(what) => write!(f, "cannot open the store so: {what}"),
         }
     }
 }
@@ -186,6 +243,11 @@ pub struct RocksStorage {
     state_machine: StateMachine,
     /// A snapshot being copied on its own thread.
     copy: Option<SnapshotCopy>,
+    /// The segmented log, when the store keeps its log there.
+    segments: Option<SegmentLog>,
+    /// The segmented log's part of the write being built.
+    log_batch: LogBatch,
+    options: StoreOptions,
     /// Shared with every [`StoreReader`].
     installs: Arc<InstallCounter>,
     _block_cache: Cache,
@@ -320,7 +382,25 @@ impl RocksStorage {
     /// in-memory indexes, and finishes a snapshot install a crash
     /// interrupted.
     pub fn open(path: impl AsRef<Path>, state_machine: StateMachine) -> Result<Self, OpenError> {
+        Self::open_with(path, state_machine, StoreOptions::default())
+    }
+
+    /// [`open`](Self::open) with options: where a new store keeps its log.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        state_machine: StateMachine,
+        options: StoreOptions,
+    ) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
+        if options.segment_bytes < crate::segments::SEGMENT_BYTES_MIN
+            || !options.segment_bytes.is_multiple_of(8)
+        {
+            return Err(OpenError::Options(format!(
+                "a raft log segment of {} bytes: at least {} and a multiple of 8",
+                options.segment_bytes,
+                crate::segments::SEGMENT_BYTES_MIN
+            )));
+        }
         let block_cache = Cache::new_lru_cache(options::BLOCK_CACHE_BYTES);
         let db = DB::open_cf_descriptors(
             &options::db_options(),
@@ -347,6 +427,9 @@ impl RocksStorage {
             codec: CodecConfig::default(),
             state_machine,
             copy: None,
+            segments: None,
+            log_batch: LogBatch::default(),
+            options,
             installs: Arc::default(),
             _block_cache: block_cache,
         };
@@ -358,7 +441,44 @@ impl RocksStorage {
                 .finish_data_install()
                 .map_err(|e| OpenError::Corrupt(e.to_string()))?;
         }
+        store
+            .catch_up_with_snapshot()
+            .map_err(|e| OpenError::Corrupt(e.to_string()))?;
         Ok(store)
+    }
+
+    /// Whether applies skip RocksDB's WAL: when the store is its own
+    /// state machine and the segmented log can replay what a crash loses.
+    fn skips_wal(&self) -> bool {
+        self.segments.is_some() && self.state_machine == StateMachine::DataFamily
+    }
+
+    /// After a crash lost applies written without the WAL, the state may be
+    /// behind the log's compaction point, where the log cannot replay it
+    /// from: it is rebuilt from the current snapshot (which covers the
+    /// compaction point), as an install would.
+    fn catch_up_with_snapshot(&mut self) -> Result<(), StorageError> {
+        if !self.skips_wal() || self.cached.applied >= self.cached.compacted_index {
+            return Ok(());
+        }
+        let snapshot = self.cached.snapshot.clone();
+        let meta_cf = cf(&self.db, CF_META);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            meta_cf,
+            KEY_DATA_INSTALL,
+            records::encode_u64(snapshot.index),
+        );
+        batch.put_cf(meta_cf, KEY_APPLIED, records::encode_u64(snapshot.index));
+        batch.put_cf(
+            cf(&self.db, CF_RAFT_STATE),
+            KEY_CONF_STATE,
+            records::encode_conf_state(&snapshot.conf_state),
+        );
+        self.commit(batch, "rebuilding the state machine from the snapshot");
+        self.cached.applied = snapshot.index;
+        self.cached.conf_state = snapshot.conf_state;
+        self.finish_data_install()
     }
 
     /// The directory the store lives in.
@@ -374,6 +494,33 @@ impl RocksStorage {
     /// How the store keeps its state machine.
     pub fn state_machine(&self) -> StateMachine {
         self.state_machine
+    }
+
+    /// Where the store keeps its log.
+    pub fn log_kind(&self) -> LogKind {
+        if self.segments.is_some() {
+            LogKind::Segments
+        } else {
+            LogKind::RocksDb
+        }
+    }
+
+    /// The directory of the segmented log, for the store in `path`.
+    pub(crate) fn segments_dir(path: &Path) -> PathBuf {
+        path.join(SEGMENTS_DIR)
+    }
+
+    /// Copies the segmented log (if the store has one) into `target`.
+    pub(crate) fn copy_log_to(&self, target: &Path) -> io::Result<()> {
+        match &self.segments {
+            Some(log) => log.copy_to(target),
+            None => Ok(()),
+        }
+    }
+
+    /// How many segment files the log has (0 for a RocksDB log).
+    pub fn log_segment_count(&self) -> usize {
+        self.segments.as_ref().map_or(0, SegmentLog::segment_count)
     }
 
     /// The state machine's value for `key`.
@@ -484,8 +631,16 @@ impl RocksStorage {
             );
             self.cached.conf_state = conf.clone();
         }
+        let mut options = WriteOptions::default();
+        // With the segmented log, the state machine skips RocksDB's WAL: a
+        // crash loses the applies since the last memtable flush together
+        // with their applied index (flushes are atomic across families),
+        // and the engine applies those entries again from the log. The log
+        // keeps them: on open, a state behind the compaction point is
+        // rebuilt from the snapshot (`catch_up_with_snapshot`).
+        options.disable_wal(self.skips_wal());
         self.db
-            .write(batch)
+            .write_opt(batch, &options)
             .unwrap_or_else(|error| fatal("applying committed entries", error));
         self.cached.applied = applied;
         Ok(())

@@ -33,7 +33,15 @@ impl RocksStorage {
                         requested: self.state_machine,
                     });
                 }
-                Ok(())
+                let kind = match self.read(CF_META, KEY_LOG_KIND)? {
+                    None => LogKind::RocksDb,
+                    Some(record) => {
+                        let code = records::decode_u64("log kind", &record)?;
+                        LogKind::from_code(code)
+                            .ok_or_else(|| OpenError::Corrupt(format!("unknown log kind {code}")))?
+                    }
+                };
+                self.open_log(kind)
             }
             None => {
                 let empty = [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA, CF_META]
@@ -58,10 +66,32 @@ impl RocksStorage {
                     KEY_STATE_MACHINE,
                     records::encode_u64(self.state_machine.code()),
                 );
+                batch.put_cf(
+                    cf(&self.db, CF_META),
+                    KEY_LOG_KIND,
+                    records::encode_u64(self.options.log.code()),
+                );
+                if self.options.log == LogKind::Segments && Self::segments_dir(&self.path).exists()
+                {
+                    return Err(OpenError::Corrupt(format!(
+                        "{} holds a raft log but the store is new",
+                        Self::segments_dir(&self.path).display()
+                    )));
+                }
                 self.commit(batch, "writing the format version");
-                Ok(())
+                self.open_log(self.options.log)
             }
         }
+    }
+
+    fn open_log(&mut self, kind: LogKind) -> Result<(), OpenError> {
+        if kind == LogKind::Segments {
+            let dir = Self::segments_dir(&self.path);
+            self.segments = Some(
+                SegmentLog::open(&dir, self.options.segment_bytes).map_err(OpenError::Corrupt)?,
+            );
+        }
+        Ok(())
     }
 
     pub(super) fn load_records(&mut self) -> Result<(), OpenError> {
@@ -106,6 +136,51 @@ impl RocksStorage {
     /// Reads every entry: contiguous after the compaction point, each one's
     /// checksum and index right. Rebuilds the term index on the way.
     pub(super) fn verify_log(&mut self) -> Result<(), OpenError> {
+        if self.segments.is_some() {
+            self.verify_segments()?;
+        } else {
+            self.verify_rocks_log()?;
+        }
+        let commit = self.cached.hard_state.commit;
+        if commit > self.cached.last_index.max(self.cached.snapshot.index) {
+            return Err(OpenError::Corrupt(format!(
+                "the commit index {commit} is past the log's last index {}",
+                self.cached.last_index
+            )));
+        }
+        Ok(())
+    }
+
+    /// The segmented log was checked batch by batch as it opened (every
+    /// entry decoded, positions and term order checked): here it is made
+    /// to agree with the compaction point, and the indexes rebuilt.
+    fn verify_segments(&mut self) -> Result<(), OpenError> {
+        let cached = &mut self.cached;
+        let log = self.segments.as_mut().expect("checked by the caller");
+        log.reconcile(cached.compacted_index, cached.compacted_term)
+            .map_err(OpenError::Corrupt)?;
+        if let Some(hard_state) = log.hard_state() {
+            cached.hard_state = hard_state;
+        }
+        let mut runs = BTreeMap::new();
+        let mut previous_term = cached.compacted_term;
+        for (index, term) in log.terms() {
+            if term < previous_term {
+                return Err(OpenError::Corrupt(format!(
+                    "raft log entry {index} has term {term} below the term {previous_term} before it"
+                )));
+            }
+            if term != previous_term || runs.is_empty() {
+                runs.insert(index, term);
+            }
+            previous_term = term;
+        }
+        cached.last_index = log.last_index();
+        cached.term_runs = runs;
+        Ok(())
+    }
+
+    fn verify_rocks_log(&mut self) -> Result<(), OpenError> {
         let mut expected = self.cached.compacted_index + 1;
         let mut previous_term = self.cached.compacted_term;
         let mut runs = BTreeMap::new();
@@ -144,13 +219,6 @@ impl RocksStorage {
             .map_err(|e| OpenError::RocksDb(e.to_string()))?;
         self.cached.last_index = expected - 1;
         self.cached.term_runs = runs;
-        let commit = self.cached.hard_state.commit;
-        if commit > self.cached.last_index.max(self.cached.snapshot.index) {
-            return Err(OpenError::Corrupt(format!(
-                "the commit index {commit} is past the log's last index {}",
-                self.cached.last_index
-            )));
-        }
         Ok(())
     }
 }

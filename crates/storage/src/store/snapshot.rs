@@ -183,8 +183,12 @@ impl RocksStorage {
             KEY_COMPACTION_POINT,
             records::encode_index_term(meta.index, meta.term),
         );
-        let log = cf(&self.db, CF_RAFT_LOG);
-        batch.delete_range_cf(log, log_key(0), log_key(u64::MAX));
+        if self.segments.is_some() {
+            self.log_batch.push_clear(meta.index + 1);
+        } else {
+            let log = cf(&self.db, CF_RAFT_LOG);
+            batch.delete_range_cf(log, log_key(0), log_key(u64::MAX));
+        }
         batch.put_cf(
             cf(&self.db, CF_RAFT_STATE),
             KEY_CONF_STATE,

@@ -108,6 +108,8 @@ pub(crate) struct DevOptions<'a> {
     pub(crate) dir: &'a Path,
     pub(crate) base_port: u16,
     pub(crate) read_lease: bool,
+    /// `--raft-log` for every node, if given.
+    pub(crate) raft_log: Option<&'a str>,
     pub(crate) secure: bool,
     pub(crate) log_level: Option<&'a str>,
 }
@@ -117,6 +119,7 @@ pub(crate) fn dev(options: &DevOptions<'_>) -> Result<(), String> {
         dir,
         base_port,
         read_lease,
+        raft_log,
         secure,
         log_level,
     } = *options;
@@ -152,6 +155,9 @@ pub(crate) fn dev(options: &DevOptions<'_>) -> Result<(), String> {
             .args(["--peers", &peers]);
         if read_lease {
             command.arg("--read-lease");
+        }
+        if let Some(raft_log) = raft_log {
+            command.args(["--raft-log", raft_log]);
         }
         if let Some(secrets) = &secrets {
             let node = &secrets.certs.nodes[usize::from(id - 1)];

@@ -52,6 +52,9 @@ enum Commands {
         /// Start the nodes with `--read-lease`.
         #[arg(long)]
         read_lease: bool,
+        /// Start the nodes with `--raft-log` (`segments` or `rocksdb`).
+        #[arg(long)]
+        raft_log: Option<String>,
         /// Peer mutual TLS, client TLS and a password, with throwaway
         /// certificates and password made under the data folder.
         #[arg(long)]
@@ -139,11 +142,13 @@ fn main() -> ExitCode {
             dir,
             base_port,
             read_lease,
+            raft_log,
             secure,
         } => dev::dev(&dev::DevOptions {
             dir: &dir,
             base_port,
             read_lease,
+            raft_log: raft_log.as_deref(),
             secure,
             log_level: cli.log_level.as_deref(),
         }),

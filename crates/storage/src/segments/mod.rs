@@ -1,0 +1,440 @@
+//! dr's own Raft log: segmented append-only files beside RocksDB, as
+//! TiKV's raft-engine and etcd's WAL are (`docs/design/storage.md`,
+//! "The segmented log").
+//!
+//! - One `pwrite` and (when the ready makes promises) one `fdatasync` per
+//!   persisted ready: the batch of its entries and hard state, checksummed
+//!   with CRC32C over the segment's id and the bytes.
+//! - Segments have a fixed size and are written only over blocks written
+//!   before (zero-filled ahead of time on a thread of their own, or a
+//!   segment the log no longer needs, recycled): a sync never grows a file,
+//!   so it writes no file-system metadata.
+//! - Every segment but the newest ends with a seal naming the next; each
+//!   segment opens with the hard state, so dropping old segments never
+//!   loses it (that opening batch is synced before any can be dropped).
+//! - Compaction drops whole segments whose entries are all compacted (or
+//!   were all replaced by a snapshot's `clear`).
+//! - On open every batch is checked. A damaged batch ends the newest
+//!   segment only when nothing valid follows it (a write torn by a crash:
+//!   never synced, so never promised); anywhere else it is damage, and the
+//!   log refuses to open.
+//!
+//! The caller (the store) keeps the compaction point and the snapshot in
+//! RocksDB, writes them before the log's own changes, and reconciles the
+//! two on open ([`SegmentLog::reconcile`]).
+
+mod format;
+mod recovery;
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use dr_codec::message::{LogIndex, Term};
+use dr_raft::HardState;
+
+pub(crate) use format::LogBatch;
+use format::{HEADER_BYTES, SEAL_BATCH_BYTES};
+
+/// The size of a segment unless the store is told otherwise.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 32 << 20;
+/// The smallest segment allowed (a batch must fit beside the seal).
+pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
+/// Segments kept for reuse once compacted away; more are deleted.
+const SPARES_MAX: usize = 2;
+/// Zeros written per call while a segment is prepared.
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+
+/// A segment file in the log.
+#[derive(Debug)]
+struct Segment {
+    id: u64,
+    file: File,
+    /// The highest entry index written into it (0 if none).
+    max_index: LogIndex,
+}
+
+/// Where an entry's frame is.
+#[derive(Clone, Copy, Debug)]
+struct Location {
+    segment: u64,
+    offset: u64,
+    len: u32,
+    term: Term,
+}
+
+/// The segmented log of one store: see the module documentation.
+#[derive(Debug)]
+pub(crate) struct SegmentLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    /// Oldest first; the last is written to. Ids are consecutive.
+    live: VecDeque<Segment>,
+    /// Where the next batch goes in the newest segment.
+    offset: u64,
+    /// Where the newest segment's batches start after its opening hard
+    /// state: a batch too big for a segment is written anyway after it.
+    opening_offset: u64,
+    /// Zero-filled or recycled files ready to become segments.
+    spares: Vec<PathBuf>,
+    spare_counter: u64,
+    /// A spare being zero-filled on its own thread.
+    preparing: Option<JoinHandle<io::Result<PathBuf>>>,
+    /// The index of `locations[0]` (or of the next entry, when empty).
+    first: LogIndex,
+    locations: VecDeque<Location>,
+    hard_state: Option<HardState>,
+    /// Segments below this id hold only entries a clear replaced.
+    cleared_below: u64,
+    /// The framed batch being written (kept to reuse its memory).
+    frame: Vec<u8>,
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg"))
+}
+
+fn spare_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("spare-{n:020}"))
+}
+
+/// Makes the directory's entries (created, renamed, removed files)
+/// durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes a file of `bytes` zeros and syncs it: blocks written once, so
+/// writing over them later changes no file-system metadata.
+fn zero_filled(path: &Path, bytes: u64) -> io::Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut written = 0u64;
+    while written < bytes {
+        let n = (bytes - written).min(ZERO_CHUNK_BYTES as u64) as usize;
+        file.write_all_at(&zeros[..n], written)?;
+        written += n as u64;
+    }
+    file.sync_all()
+}
+
+impl SegmentLog {
+    /// The hard state last written, if any.
+    pub(crate) fn hard_state(&self) -> Option<HardState> {
+        self.hard_state
+    }
+
+    /// The last index held (`first_index() - 1` when empty).
+    pub(crate) fn last_index(&self) -> LogIndex {
+        self.first + self.locations.len() as u64 - 1
+    }
+
+    /// Every held entry's index and term, in order.
+    pub(crate) fn terms(&self) -> impl Iterator<Item = (LogIndex, Term)> + '_ {
+        (self.first..).zip(self.locations.iter().map(|l| l.term))
+    }
+
+    /// How many segment files are live (for tests and metrics).
+    pub(crate) fn segment_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// The frame of entry `index` (which the caller checked is held), as
+    /// written; the caller decodes and checks it.
+    pub(crate) fn read_frame(&self, index: LogIndex) -> io::Result<Bytes> {
+        let location = index
+            .checked_sub(self.first)
+            .and_then(|at| self.locations.get(at as usize))
+            .ok_or_else(|| io::Error::other(format!("entry {index} is not in the log")))?;
+        let segment = &self.live[(location.segment - self.live[0].id) as usize];
+        let mut frame = vec![0u8; location.len as usize];
+        segment.file.read_exact_at(&mut frame, location.offset)?;
+        Ok(Bytes::from(frame))
+    }
+
+    /// Writes `batch` (synced if `sync`); when it returns, what the batch
+    /// says is the log's state. An error leaves the log in an unknown
+    /// state on disk: the caller must stop.
+    pub(crate) fn write(&mut self, batch: &LogBatch, sync: bool) -> io::Result<()> {
+        debug_assert!(!batch.is_empty(), "an empty batch is never written");
+        let mut framed_len = format::padded((HEADER_BYTES + batch.len()) as u64);
+        if self.offset + framed_len + SEAL_BATCH_BYTES > self.segment_bytes
+            && self.offset > self.opening_offset
+        {
+            self.roll_over()?;
+        }
+        let segment_id = self.active_id();
+        let mut frame = std::mem::take(&mut self.frame);
+        batch.frame(segment_id, &mut frame);
+        framed_len = frame.len() as u64;
+        let at = self.offset;
+        let written = self.write_at(&frame, at, sync);
+        self.frame = frame;
+        written?;
+        self.offset += framed_len;
+        self.take_in(batch, segment_id, at + HEADER_BYTES as u64);
+        if self.offset * 2 > self.segment_bytes {
+            self.prepare_spare();
+        }
+        Ok(())
+    }
+
+    fn active_id(&self) -> u64 {
+        self.live.back().expect("a log has a segment").id
+    }
+
+    fn write_at(&self, frame: &[u8], at: u64, sync: bool) -> io::Result<()> {
+        let file = &self.live.back().expect("a log has a segment").file;
+        #[cfg(feature = "failpoints")]
+        if sync {
+            match crate::failpoints::before_synced_write() {
+                crate::failpoints::Injected::Proceed => {}
+                crate::failpoints::Injected::Fail(error) => return Err(io::Error::other(error)),
+                crate::failpoints::Injected::Tear => {
+                    let _ = file.write_all_at(&frame[..frame.len() / 2 + 1], at);
+                    eprintln!("dr-storage: raft log: torn write injected; ending the process");
+                    std::process::abort();
+                }
+            }
+        }
+        file.write_all_at(frame, at)?;
+        if sync {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Updates the in-memory index for a batch written at `payload_at`.
+    fn take_in(&mut self, batch: &LogBatch, segment: u64, payload_at: u64) {
+        if let Some(next) = batch.clear {
+            self.locations.clear();
+            self.first = next;
+            self.cleared_below = segment;
+        }
+        for &(index, term, at, len) in &batch.entries {
+            self.place(
+                index,
+                Location {
+                    segment,
+                    offset: payload_at + at as u64,
+                    len,
+                    term,
+                },
+            )
+            .unwrap_or_else(|error| panic!("dr-storage: raft log: {error}"));
+        }
+        if let Some(hard_state) = batch.hard_state {
+            self.hard_state = Some(hard_state);
+        }
+    }
+
+    /// Puts entry `index` at the end of the log, replacing any entries at
+    /// and after it.
+    fn place(&mut self, index: LogIndex, location: Location) -> Result<(), String> {
+        if index < self.first {
+            return Err(format!(
+                "entry {index} comes before the log's first index {}",
+                self.first
+            ));
+        }
+        let at = (index - self.first) as usize;
+        if at > self.locations.len() {
+            return Err(format!(
+                "entry {index} leaves a gap after the last index {}",
+                self.last_index()
+            ));
+        }
+        self.locations.truncate(at);
+        if let Some(previous) = self.locations.back()
+            && previous.term > location.term
+        {
+            return Err(format!(
+                "entry {index} has term {} below the term {} before it",
+                location.term, previous.term
+            ));
+        }
+        self.locations.push_back(location);
+        let segment = self
+            .live
+            .iter_mut()
+            .rev()
+            .find(|s| s.id == location.segment)
+            .expect("entries are placed in live segments");
+        segment.max_index = segment.max_index.max(index);
+        Ok(())
+    }
+
+    /// Seals the newest segment and opens the next, which starts with the
+    /// hard state, synced.
+    fn roll_over(&mut self) -> io::Result<()> {
+        let id = self.active_id();
+        let mut seal = LogBatch::default();
+        seal.push_seal(id + 1);
+        let mut frame = Vec::new();
+        seal.frame(id, &mut frame);
+        self.write_at(&frame, self.offset, true)?;
+        self.start_segment(id + 1)
+    }
+
+    /// Makes segment `id` (a spare renamed) the newest, opened with the
+    /// hard state, synced.
+    fn start_segment(&mut self, id: u64) -> io::Result<()> {
+        let path = segment_path(&self.dir, id);
+        let spare = match self.spares.pop() {
+            Some(spare) => spare,
+            None => self.finish_preparing()?,
+        };
+        fs::rename(&spare, &path)?;
+        sync_dir(&self.dir)?;
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        self.live.push_back(Segment {
+            id,
+            file,
+            max_index: 0,
+        });
+        self.offset = 0;
+        self.opening_offset = 0;
+        if let Some(hard_state) = self.hard_state {
+            let mut opening = LogBatch::default();
+            opening.push_hard_state(hard_state);
+            let mut frame = Vec::new();
+            opening.frame(id, &mut frame);
+            self.write_at(&frame, 0, true)?;
+            self.offset = frame.len() as u64;
+            self.opening_offset = self.offset;
+        }
+        Ok(())
+    }
+
+    /// Starts zero-filling a spare on its own thread, unless one is ready
+    /// or under way.
+    fn prepare_spare(&mut self) {
+        if !self.spares.is_empty() || self.preparing.is_some() {
+            return;
+        }
+        self.spare_counter += 1;
+        let spare = spare_path(&self.dir, self.spare_counter);
+        let temporary = spare.with_extension("tmp");
+        let bytes = self.segment_bytes;
+        let preparing = std::thread::Builder::new()
+            .name("dr-log-prepare".into())
+            .spawn(move || {
+                zero_filled(&temporary, bytes)?;
+                fs::rename(&temporary, &spare)?;
+                Ok(spare)
+            });
+        // Without a thread the spare is made when it is needed.
+        self.preparing = preparing.ok();
+    }
+
+    /// A spare: the one being prepared, or one made now.
+    fn finish_preparing(&mut self) -> io::Result<PathBuf> {
+        match self.preparing.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| io::Error::other("the segment-preparing thread panicked"))?,
+            None => {
+                self.spare_counter += 1;
+                let spare = spare_path(&self.dir, self.spare_counter);
+                zero_filled(&spare, self.segment_bytes)?;
+                Ok(spare)
+            }
+        }
+    }
+
+    /// Forgets entries up to `index` (which the caller has made durable
+    /// as its compaction point) and drops the segments no longer needed,
+    /// keeping up to `SPARES_MAX` of them for reuse.
+    pub(crate) fn compact(&mut self, index: LogIndex) -> io::Result<()> {
+        if index >= self.first {
+            let drop = ((index + 1 - self.first) as usize).min(self.locations.len());
+            self.locations.drain(..drop);
+            self.first = index + 1;
+        }
+        while self.live.len() > 1 {
+            let oldest = &self.live[0];
+            if oldest.id >= self.cleared_below && oldest.max_index > index {
+                break;
+            }
+            let oldest = self.live.pop_front().expect("checked above");
+            let path = segment_path(&self.dir, oldest.id);
+            drop(oldest.file);
+            if self.spares.len() < SPARES_MAX {
+                self.spare_counter += 1;
+                let spare = spare_path(&self.dir, self.spare_counter);
+                fs::rename(&path, &spare)?;
+                self.spares.push(spare);
+            } else {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the log agree with the store's compaction point (`index`,
+    /// `term`), written before the log's own changes: entries up to it are
+    /// dropped; if the entry at it has another term, a snapshot replaced
+    /// the log and a crash kept the old one, so every entry goes. A log
+    /// that starts after it leaves a gap, which is damage.
+    pub(crate) fn reconcile(&mut self, index: LogIndex, term: Term) -> Result<(), String> {
+        if self.locations.is_empty() || self.last_index() <= index {
+            self.locations.clear();
+            self.first = index + 1;
+            return Ok(());
+        }
+        if self.first > index + 1 {
+            return Err(format!(
+                "the raft log starts at {} but the compaction point is {index}: entries are missing",
+                self.first
+            ));
+        }
+        if index >= self.first && self.locations[(index - self.first) as usize].term != term {
+            self.locations.clear();
+            self.first = index + 1;
+            return Ok(());
+        }
+        self.compact(index).map_err(|e| e.to_string())
+    }
+
+    /// Copies the live segments, each up to the end of its batches, into
+    /// `target` (created), synced: a backup of the log as it is now.
+    pub(crate) fn copy_to(&self, target: &Path) -> io::Result<()> {
+        fs::create_dir_all(target)?;
+        for (n, segment) in self.live.iter().enumerate() {
+            let len = if n + 1 == self.live.len() {
+                self.offset
+            } else {
+                segment.file.metadata()?.len()
+            };
+            let mut source = io::Read::take(File::open(segment_path(&self.dir, segment.id))?, len);
+            let mut copy = File::create(segment_path(target, segment.id))?;
+            io::copy(&mut source, &mut copy)?;
+            copy.sync_all()?;
+        }
+        sync_dir(target)
+    }
+
+    /// Waits for a spare being prepared, so the directory is quiet (tests
+    /// and shutdown).
+    pub(crate) fn settle(&mut self) {
+        if let Some(thread) = self.preparing.take()
+            && let Ok(Ok(spare)) = thread.join()
+        {
+            self.spares.push(spare);
+        }
+    }
+}
+
+impl Drop for SegmentLog {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}

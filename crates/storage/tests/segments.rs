@@ -1,0 +1,259 @@
+//! The segmented raft log on disk: a torn tail is cut and writing goes on;
+//! damage and missing segments are refused; a crash between a seal and the
+//! next segment, or between a snapshot switch and the log's clear, opens
+//! to the right log; compaction drops and recycles whole segments.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use dr_codec::message::ConfState;
+use dr_raft::conformance::entries;
+use dr_raft::{HardState, LogStore, Ready, Storage};
+use dr_storage::{LogKind, RocksStorage, SEGMENT_BYTES_MIN, StateMachine, StoreOptions};
+use support::TestDir;
+
+fn open(path: &Path) -> RocksStorage {
+    let options = StoreOptions {
+        log: LogKind::Segments,
+        segment_bytes: SEGMENT_BYTES_MIN,
+    };
+    RocksStorage::open_with(path, StateMachine::External, options).expect("opens")
+}
+
+/// Appends entries `from..=to` of `term` with a 200-byte payload each,
+/// ten per ready, committing them.
+fn write(store: &mut RocksStorage, from: u64, to: u64, term: u64) {
+    write_committing(store, from, to, term, u64::MAX);
+}
+
+/// [`write`], the commit index never above `commit_max`.
+fn write_committing(store: &mut RocksStorage, from: u64, to: u64, term: u64, commit_max: u64) {
+    let mut first = from;
+    while first <= to {
+        let last = (first + 9).min(to);
+        let mut batch = entries(first, last, term);
+        for entry in &mut batch {
+            entry.payload = Bytes::from(vec![entry.index as u8; 200]);
+        }
+        store
+            .persist_ready(&Ready {
+                entries: batch,
+                hard_state: Some(HardState {
+                    term,
+                    vote: Some(1),
+                    commit: last.min(commit_max),
+                }),
+                ..Ready::default()
+            })
+            .unwrap();
+        first = last + 1;
+    }
+}
+
+fn segments(path: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path.join("raft-log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Where the batches of a zero-filled segment end.
+fn written_end(segment: &Path) -> usize {
+    let bytes = std::fs::read(segment).unwrap();
+    bytes
+        .chunks(8)
+        .rposition(|word| word.iter().any(|b| *b != 0))
+        .map_or(0, |at| (at + 1) * 8)
+}
+
+#[test]
+fn segments_roll_over_and_everything_reads_back_after_reopening() {
+    let dir = TestDir::new();
+    let mut store = open(dir.path());
+    write(&mut store, 1, 2000, 1);
+    assert!(
+        store.log_segment_count() >= 5,
+        "{}",
+        store.log_segment_count()
+    );
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!((store.first_index(), store.last_index()), (1, 2000));
+    let read = store.entries(1, 2001, u64::MAX).unwrap();
+    assert_eq!(read.len(), 2000);
+    assert!(read.iter().all(|e| e.payload[0] == e.index as u8));
+    assert_eq!(store.initial_state().unwrap().hard_state.commit, 2000);
+}
+
+#[test]
+fn compaction_drops_whole_segments_and_reuses_them() {
+    let dir = TestDir::new();
+    let mut store = open(dir.path());
+    for round in 0..20u64 {
+        let from = round * 500 + 1;
+        write(&mut store, from, from + 499, 1);
+        store
+            .create_snapshot(from + 499, ConfState::default(), Bytes::from_static(b"s"))
+            .unwrap();
+        store.compact(from + 449).unwrap();
+        assert!(store.log_segment_count() <= 3, "round {round}");
+    }
+    let files = std::fs::read_dir(dir.path().join("raft-log"))
+        .unwrap()
+        .count();
+    assert!(
+        files <= 6,
+        "{files} files: segments are dropped or kept as spares"
+    );
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!((store.first_index(), store.last_index()), (9951, 10000));
+    assert_eq!(store.entries(9951, 10001, u64::MAX).unwrap().len(), 50);
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_writing_goes_on() {
+    let dir = TestDir::new();
+    let mut store = open(dir.path());
+    write(&mut store, 1, 25, 1);
+    drop(store);
+    let newest = segments(dir.path()).pop().unwrap();
+    let end = written_end(&newest);
+    // The last ready (entries 21..=25) torn: its second half never written.
+    let mut bytes = std::fs::read(&newest).unwrap();
+    bytes[end - 300..end].fill(0);
+    std::fs::write(&newest, bytes).unwrap();
+    let mut store = open(dir.path());
+    assert_eq!(store.last_index(), 20, "the torn ready is cut");
+    assert_eq!(store.initial_state().unwrap().hard_state.commit, 20);
+    write(&mut store, 21, 40, 2);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.last_index(), 40);
+    assert_eq!(store.term(21), Ok(2));
+    assert_eq!(store.entries(1, 41, u64::MAX).unwrap().len(), 40);
+}
+
+#[test]
+fn damage_before_valid_batches_and_missing_segments_are_refused() {
+    let dir = TestDir::new();
+    let mut store = open(dir.path());
+    write(&mut store, 1, 1000, 1);
+    drop(store);
+    let files = segments(dir.path());
+    assert!(files.len() >= 3);
+    // A flipped byte early in the newest segment: valid batches follow.
+    let newest = files.last().unwrap();
+    let mut bytes = std::fs::read(newest).unwrap();
+    bytes[100] ^= 0x40;
+    std::fs::write(newest, &bytes).unwrap();
+    let error = RocksStorage::open(dir.path(), StateMachine::External)
+        .err()
+        .expect("damage is refused");
+    assert!(error.to_string().contains("damage"), "{error}");
+    bytes[100] ^= 0x40;
+    std::fs::write(newest, &bytes).unwrap();
+    // A flipped byte in an older, sealed segment.
+    let mut older = std::fs::read(&files[0]).unwrap();
+    older[5000] ^= 0x01;
+    std::fs::write(&files[0], &older).unwrap();
+    let error = RocksStorage::open(dir.path(), StateMachine::External)
+        .err()
+        .expect("damage in a sealed segment is refused");
+    assert!(error.to_string().contains("seal"), "{error}");
+    older[5000] ^= 0x01;
+    std::fs::write(&files[0], &older).unwrap();
+    // A missing middle segment.
+    std::fs::remove_file(&files[1]).unwrap();
+    let error = RocksStorage::open(dir.path(), StateMachine::External)
+        .err()
+        .expect("a missing segment is refused");
+    assert!(error.to_string().contains("missing"), "{error}");
+}
+
+#[test]
+fn a_crash_after_a_seal_opens_a_new_segment() {
+    let dir = TestDir::new();
+    let mut store = open(dir.path());
+    write(&mut store, 1, 600, 1);
+    drop(store);
+    // As if the process died after sealing the newest segment but before
+    // its successor was renamed into place.
+    let newest = segments(dir.path()).pop().unwrap();
+    std::fs::remove_file(&newest).unwrap();
+    let mut store = open(dir.path());
+    assert!(store.last_index() < 600);
+    let last = store.last_index();
+    write(&mut store, last + 1, last + 50, 1);
+    drop(store);
+    assert_eq!(open(dir.path()).last_index(), last + 50);
+}
+
+#[test]
+fn a_snapshot_replacing_the_log_wins_over_the_old_log_after_a_crash() {
+    let dir = TestDir::new();
+    let mut store = open(dir.path());
+    write(&mut store, 1, 30, 1);
+    store
+        .create_snapshot(30, ConfState::default(), Bytes::from_static(b"x"))
+        .unwrap();
+    store.compact(30).unwrap();
+    // Entries the snapshot will replace were never committed.
+    write_committing(&mut store, 31, 60, 2, 30);
+    drop(store);
+    // A snapshot at 40 of term 3 (the old log has term 2 there): installed,
+    // the log cleared, entries after it appended. First as if the process
+    // died after the snapshot switch reached RocksDB but before the log's
+    // clear reached the segment: the old log must not come back.
+    let newest = segments(dir.path()).pop().unwrap();
+    let before = std::fs::read(&newest).unwrap();
+    let before_end = written_end(&newest);
+    let backup = TestDir::new();
+    let mut store = open(dir.path());
+    let meta = dr_codec::message::SnapshotMeta {
+        index: 40,
+        term: 3,
+        conf_state: ConfState::default(),
+    };
+    store.stage_snapshot_chunk(&meta, 0, b"new").unwrap();
+    store.apply_snapshot(&meta).unwrap();
+    drop(store);
+    let mut after = std::fs::read(&newest).unwrap();
+    after[before_end..].copy_from_slice(&before[before_end..]);
+    std::fs::write(&newest, &after).unwrap();
+    let store = open(dir.path());
+    assert_eq!((store.first_index(), store.last_index()), (41, 40));
+    assert_eq!(store.term(40), Ok(3));
+    drop((store, backup));
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let mut store = open(dir.path());
+    write(&mut store, 1, 30, 1);
+    store
+        .create_snapshot(30, ConfState::default(), Bytes::from_static(b"x"))
+        .unwrap();
+    store.compact(30).unwrap();
+    // Entries the snapshot will replace were never committed.
+    write_committing(&mut store, 31, 60, 2, 30);
+    drop(store);
+    let mut store = open(dir.path());
+    let meta = dr_codec::message::SnapshotMeta {
+        index: 40,
+        term: 3,
+        conf_state: ConfState::default(),
+    };
+    store.stage_snapshot_chunk(&meta, 0, b"new").unwrap();
+    store.apply_snapshot(&meta).unwrap();
+    assert_eq!((store.first_index(), store.last_index()), (41, 40));
+    write(&mut store, 41, 45, 3);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!((store.first_index(), store.last_index()), (41, 45));
+    assert_eq!(store.term(40), Ok(3));
+    assert_eq!(store.term(41), Ok(3));
+}
