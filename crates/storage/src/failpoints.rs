@@ -3,11 +3,10 @@
 //!
 //! One fault at a time, for the whole process, applied to the store's
 //! synced writes (the raft log's segments or RocksDB's, hard state,
-//! snapshots): the writes whose
-//! success a node promises to others. What the store does then is what it
-//! does on a real disk fault: a failed durable write ends the process
-//! (see `fatal`), since after a failed fsync nothing tells what reached
-//! the disk; a slow one only delays.
+//! snapshots): the writes whose success a node promises to others. What
+//! the store does then is what it does on a real disk fault: a failed
+//! durable write ends the process (see `fatal`), since after a failed
+//! fsync nothing tells what reached the disk; a slow one only delays.
 
 use std::path::Path;
 use std::sync::Mutex;
