@@ -354,6 +354,9 @@ impl Publisher {
         if self.rss_read_at.elapsed() >= Duration::from_secs(1) {
             self.rss_read_at = Instant::now();
             self.status.publish_rss(resident_bytes());
+            let store = engine.store();
+            self.status
+                .publish_raft_log(store.log_kind(), store.log_segment_count());
         }
         self.status
             .publish(&engine.progress(), engine.machine().keys());

@@ -9,12 +9,13 @@
 //! turns: it is for watching, never for deciding anything.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 
 use dr_codec::message::{ConfState, LogIndex, NodeId, Term};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::config::RaftLog;
 use crate::kv::MemberAddrs;
 
 /// A node's part in the cluster, as its status shows it.
@@ -113,6 +114,10 @@ pub struct Status {
     pub keys: u64,
     /// The process's resident memory in bytes (0 where unknown).
     pub rss_bytes: u64,
+    /// Where the node keeps its Raft log.
+    pub raft_log: RaftLog,
+    /// The segment files of the log (0 for RocksDB's).
+    pub raft_log_segments: u64,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +141,9 @@ pub struct StatusBoard {
     snapshot_index: AtomicU64,
     keys: AtomicU64,
     rss_bytes: AtomicU64,
+    /// 1: segments, 0: RocksDB.
+    raft_log_segmented: AtomicBool,
+    raft_log_segments: AtomicU64,
     lists: Mutex<Lists>,
 }
 
@@ -194,6 +202,12 @@ impl StatusBoard {
             members: lists.members.clone(),
             keys: self.keys.load(Relaxed),
             rss_bytes: self.rss_bytes.load(Relaxed),
+            raft_log: if self.raft_log_segmented.load(Relaxed) {
+                RaftLog::Segments
+            } else {
+                RaftLog::Rocksdb
+            },
+            raft_log_segments: self.raft_log_segments.load(Relaxed),
         }
     }
 
@@ -214,6 +228,13 @@ impl StatusBoard {
     /// The process's resident memory.
     pub fn publish_rss(&self, bytes: u64) {
         self.rss_bytes.store(bytes, Relaxed);
+    }
+
+    /// Where the log is kept and how many segment files it has.
+    pub fn publish_raft_log(&self, log: dr_storage::LogKind, segments: usize) {
+        self.raft_log_segmented
+            .store(log == dr_storage::LogKind::Segments, Relaxed);
+        self.raft_log_segments.store(segments as u64, Relaxed);
     }
 
     /// A new configuration (call only when it changed).

@@ -249,6 +249,12 @@ fn a_restarted_node_catches_up_through_a_snapshot() {
         installed.parse::<u64>().unwrap() > 1,
         "caught up without a snapshot? {installed}"
     );
+    // Its log is the segmented one (the default), cleared by the install.
+    let (ok, status) = cluster.ctl(lagging, &["status"]);
+    assert!(ok, "{status}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["raft_log"], "segments", "{status}");
+    assert!(status["raft_log_segments"].as_u64() >= Some(1), "{status}");
     let status = cluster.stop(lagging);
     assert!(status.success(), "SIGTERM exit: {status}");
 }

@@ -1,7 +1,8 @@
 //! The segmented raft log on disk: a torn tail is cut and writing goes on;
 //! damage and missing segments are refused; a crash between a seal and the
 //! next segment, or between a snapshot switch and the log's clear, opens
-//! to the right log; compaction drops and recycles whole segments.
+//! to the right log; a snapshot clears the log; compaction drops and
+//! recycles whole segments.
 
 mod support;
 
@@ -139,6 +140,20 @@ fn a_torn_tail_is_cut_and_writing_goes_on() {
     assert_eq!(store.entries(1, 41, u64::MAX).unwrap().len(), 40);
 }
 
+/// Flips `mask` into byte `at` of `file`, checks that opening the store
+/// in `dir` is refused with an error saying `says`, and flips it back.
+fn flip_is_refused(dir: &Path, file: &Path, at: usize, mask: u8, says: &str) {
+    let mut bytes = std::fs::read(file).unwrap();
+    bytes[at] ^= mask;
+    std::fs::write(file, &bytes).unwrap();
+    let error = RocksStorage::open(dir, StateMachine::External)
+        .err()
+        .unwrap_or_else(|| panic!("a flipped byte at {at} of {} opened", file.display()));
+    assert!(error.to_string().contains(says), "{error}");
+    bytes[at] ^= mask;
+    std::fs::write(file, &bytes).unwrap();
+}
+
 #[test]
 fn damage_before_valid_batches_and_missing_segments_are_refused() {
     let dir = TestDir::new();
@@ -147,27 +162,11 @@ fn damage_before_valid_batches_and_missing_segments_are_refused() {
     drop(store);
     let files = segments(dir.path());
     assert!(files.len() >= 3);
-    // A flipped byte early in the newest segment: valid batches follow.
-    let newest = files.last().unwrap();
-    let mut bytes = std::fs::read(newest).unwrap();
-    bytes[100] ^= 0x40;
-    std::fs::write(newest, &bytes).unwrap();
-    let error = RocksStorage::open(dir.path(), StateMachine::External)
-        .err()
-        .expect("damage is refused");
-    assert!(error.to_string().contains("damage"), "{error}");
-    bytes[100] ^= 0x40;
-    std::fs::write(newest, &bytes).unwrap();
-    // A flipped byte in an older, sealed segment.
-    let mut older = std::fs::read(&files[0]).unwrap();
-    older[5000] ^= 0x01;
-    std::fs::write(&files[0], &older).unwrap();
-    let error = RocksStorage::open(dir.path(), StateMachine::External)
-        .err()
-        .expect("damage in a sealed segment is refused");
-    assert!(error.to_string().contains("seal"), "{error}");
-    older[5000] ^= 0x01;
-    std::fs::write(&files[0], &older).unwrap();
+    // Early in the newest segment: valid batches follow.
+    flip_is_refused(dir.path(), files.last().unwrap(), 100, 0x40, "damage");
+    // In an older, sealed segment.
+    flip_is_refused(dir.path(), &files[0], 5000, 0x01, "seal");
+    assert_eq!(open(dir.path()).last_index(), 1000, "both flips undone");
     // A missing middle segment.
     std::fs::remove_file(&files[1]).unwrap();
     let error = RocksStorage::open(dir.path(), StateMachine::External)
@@ -194,27 +193,21 @@ fn a_crash_after_a_seal_opens_a_new_segment() {
     assert_eq!(open(dir.path()).last_index(), last + 50);
 }
 
-#[test]
-fn a_snapshot_replacing_the_log_wins_over_the_old_log_after_a_crash() {
-    let dir = TestDir::new();
-    let mut store = open(dir.path());
+/// A store whose log holds 31..=60 of term 2 after a snapshot at 30, none
+/// of them committed (a snapshot of term 3 at 40 will replace them).
+fn log_the_snapshot_replaces(path: &Path) {
+    let mut store = open(path);
     write(&mut store, 1, 30, 1);
     store
         .create_snapshot(30, ConfState::default(), Bytes::from_static(b"x"))
         .unwrap();
     store.compact(30).unwrap();
-    // Entries the snapshot will replace were never committed.
     write_committing(&mut store, 31, 60, 2, 30);
-    drop(store);
-    // A snapshot at 40 of term 3 (the old log has term 2 there): installed,
-    // the log cleared, entries after it appended. First as if the process
-    // died after the snapshot switch reached RocksDB but before the log's
-    // clear reached the segment: the old log must not come back.
-    let newest = segments(dir.path()).pop().unwrap();
-    let before = std::fs::read(&newest).unwrap();
-    let before_end = written_end(&newest);
-    let backup = TestDir::new();
-    let mut store = open(dir.path());
+}
+
+/// Installs a snapshot at 40 of term 3 (the log has term 2 there), which
+/// clears the log.
+fn install_snapshot_at_40(store: &mut RocksStorage) {
     let meta = dr_codec::message::SnapshotMeta {
         index: 40,
         term: 3,
@@ -222,34 +215,38 @@ fn a_snapshot_replacing_the_log_wins_over_the_old_log_after_a_crash() {
     };
     store.stage_snapshot_chunk(&meta, 0, b"new").unwrap();
     store.apply_snapshot(&meta).unwrap();
-    drop(store);
+    assert_eq!((store.first_index(), store.last_index()), (41, 40));
+}
+
+#[test]
+fn a_snapshot_replacing_the_log_wins_over_the_old_log_after_a_crash() {
+    let dir = TestDir::new();
+    log_the_snapshot_replaces(dir.path());
+    // As if the process died after the snapshot switch reached RocksDB
+    // but before the log's clear reached the segment: the segment's bytes
+    // after the old log's end are put back as they were.
+    let newest = segments(dir.path()).pop().unwrap();
+    let before = std::fs::read(&newest).unwrap();
+    let before_end = written_end(&newest);
+    install_snapshot_at_40(&mut open(dir.path()));
     let mut after = std::fs::read(&newest).unwrap();
     after[before_end..].copy_from_slice(&before[before_end..]);
     std::fs::write(&newest, &after).unwrap();
     let store = open(dir.path());
-    assert_eq!((store.first_index(), store.last_index()), (41, 40));
+    assert_eq!(
+        (store.first_index(), store.last_index()),
+        (41, 40),
+        "the old log must not come back"
+    );
     assert_eq!(store.term(40), Ok(3));
-    drop((store, backup));
-    std::fs::remove_dir_all(dir.path()).unwrap();
-    std::fs::create_dir_all(dir.path()).unwrap();
+}
+
+#[test]
+fn a_snapshot_clears_the_log_and_entries_after_it_persist() {
+    let dir = TestDir::new();
+    log_the_snapshot_replaces(dir.path());
     let mut store = open(dir.path());
-    write(&mut store, 1, 30, 1);
-    store
-        .create_snapshot(30, ConfState::default(), Bytes::from_static(b"x"))
-        .unwrap();
-    store.compact(30).unwrap();
-    // Entries the snapshot will replace were never committed.
-    write_committing(&mut store, 31, 60, 2, 30);
-    drop(store);
-    let mut store = open(dir.path());
-    let meta = dr_codec::message::SnapshotMeta {
-        index: 40,
-        term: 3,
-        conf_state: ConfState::default(),
-    };
-    store.stage_snapshot_chunk(&meta, 0, b"new").unwrap();
-    store.apply_snapshot(&meta).unwrap();
-    assert_eq!((store.first_index(), store.last_index()), (41, 40));
+    install_snapshot_at_40(&mut store);
     write(&mut store, 41, 45, 3);
     drop(store);
     let store = open(dir.path());

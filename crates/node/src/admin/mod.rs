@@ -187,6 +187,11 @@ async fn metrics(State(state): Shared) -> Response {
             "Resident memory of the process.",
             status.rss_bytes,
         ),
+        (
+            "drkv_raft_log_segments",
+            "Segment files of the Raft log (0: the log is in RocksDB).",
+            status.raft_log_segments,
+        ),
     ];
     for (name, help, value) in gauges {
         gauge_or_counter(&mut text, name, help, "gauge", value);
