@@ -254,3 +254,30 @@ fn a_snapshot_clears_the_log_and_entries_after_it_persist() {
     assert_eq!(store.term(40), Ok(3));
     assert_eq!(store.term(41), Ok(3));
 }
+
+#[test]
+fn the_hard_state_survives_a_crash_before_a_new_segment_opened() {
+    let dir = TestDir::new();
+    let mut store = open(dir.path());
+    write(&mut store, 1, 600, 4);
+    drop(store);
+    // As if the process died right after the newest segment was renamed
+    // into place, before its opening hard state was written: its bytes
+    // are all zeros (its entries were never written either).
+    let newest = segments(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&newest).unwrap().len() as usize;
+    std::fs::write(&newest, vec![0u8; len]).unwrap();
+    let mut store = open(dir.path());
+    let last = store.last_index();
+    let hard_state = store.initial_state().unwrap().hard_state;
+    assert_eq!((hard_state.term, hard_state.vote), (4, Some(1)));
+    // Compacting everything must not drop the segment that holds the only
+    // copy of the hard state.
+    store
+        .create_snapshot(last, ConfState::default(), Bytes::from_static(b"s"))
+        .unwrap();
+    store.compact(last).unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.initial_state().unwrap().hard_state, hard_state);
+}

@@ -10,8 +10,9 @@
 //!   segment the log no longer needs, recycled): a sync never grows a file,
 //!   so it writes no file-system metadata.
 //! - Every segment but the newest ends with a seal naming the next; each
-//!   segment opens with the hard state, so dropping old segments never
-//!   loses it (that opening batch is synced before any can be dropped).
+//!   segment opens with the hard state (synced; rewritten on open if a
+//!   crash cut it), and a segment is dropped only while a later one holds
+//!   a hard state, so dropping old segments never loses it.
 //! - Compaction drops whole segments whose entries are all compacted (or
 //!   were all replaced by a snapshot's `clear`).
 //! - On open every batch is checked. A damaged batch ends the newest
@@ -56,6 +57,9 @@ struct Segment {
     file: File,
     /// The highest entry index written into it (0 if none).
     max_index: LogIndex,
+    /// Whether it holds a hard state record: a segment may be dropped
+    /// only while a later one does, or the hard state could be lost.
+    holds_hard_state: bool,
 }
 
 /// Where an entry's frame is.
@@ -233,6 +237,10 @@ impl SegmentLog {
         }
         if let Some(hard_state) = batch.hard_state {
             self.hard_state = Some(hard_state);
+            self.live
+                .back_mut()
+                .expect("a log has a segment")
+                .holds_hard_state = true;
         }
     }
 
@@ -299,18 +307,36 @@ impl SegmentLog {
             id,
             file,
             max_index: 0,
+            holds_hard_state: false,
         });
         self.offset = 0;
         self.opening_offset = 0;
-        if let Some(hard_state) = self.hard_state {
-            let mut opening = LogBatch::default();
-            opening.push_hard_state(hard_state);
-            let mut frame = Vec::new();
-            opening.frame(id, &mut frame);
-            self.write_at(&frame, 0, true)?;
-            self.offset = frame.len() as u64;
-            self.opening_offset = self.offset;
+        self.open_with_hard_state()
+    }
+
+    /// Writes the hard state (if there is one) into the newest segment,
+    /// synced, unless it holds one already: every segment opens with it,
+    /// so older segments can be dropped.
+    pub(super) fn open_with_hard_state(&mut self) -> io::Result<()> {
+        let newest = self.live.back().expect("a log has a segment");
+        if newest.holds_hard_state {
+            return Ok(());
         }
+        let Some(hard_state) = self.hard_state else {
+            return Ok(());
+        };
+        let mut opening = LogBatch::default();
+        opening.push_hard_state(hard_state);
+        let mut frame = Vec::new();
+        opening.frame(newest.id, &mut frame);
+        let at = self.offset;
+        self.write_at(&frame, at, true)?;
+        self.offset += frame.len() as u64;
+        self.opening_offset = self.offset;
+        self.live
+            .back_mut()
+            .expect("a log has a segment")
+            .holds_hard_state = true;
         Ok(())
     }
 
@@ -362,6 +388,12 @@ impl SegmentLog {
         while self.live.len() > 1 {
             let oldest = &self.live[0];
             if oldest.id >= self.cleared_below && oldest.max_index > index {
+                break;
+            }
+            if oldest.holds_hard_state && !self.live.iter().skip(1).any(|s| s.holds_hard_state) {
+                // The only copy of the hard state (a crash came between a
+                // new segment and its opening batch): kept until a later
+                // segment holds one.
                 break;
             }
             let oldest = self.live.pop_front().expect("checked above");

@@ -163,6 +163,7 @@ impl SegmentLog {
                 id,
                 file,
                 max_index: 0,
+                holds_hard_state: false,
             });
             let (end, sealed) = log
                 .replay_segment(id, newest, &mut started)
@@ -176,6 +177,8 @@ impl SegmentLog {
                 }
             }
         }
+        log.open_with_hard_state()
+            .map_err(|e| io("writing the hard state into the newest segment", e))?;
         log.prepare_spare();
         Ok(log)
     }
@@ -271,6 +274,10 @@ impl SegmentLog {
                 RecordKind::HardState => {
                     self.hard_state =
                         Some(records::decode_hard_state(record.body).map_err(|e| e.0)?);
+                    self.live
+                        .back_mut()
+                        .expect("replayed into a live segment")
+                        .holds_hard_state = true;
                 }
                 RecordKind::Clear => {
                     self.locations.clear();
