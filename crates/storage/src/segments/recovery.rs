@@ -179,7 +179,9 @@ impl SegmentLog {
         }
         log.open_with_hard_state()
             .map_err(|e| io("writing the hard state into the newest segment", e))?;
-        log.prepare_spare();
+        if log.offset * 2 > log.segment_bytes {
+            log.prepare_spare();
+        }
         Ok(log)
     }
 
