@@ -232,13 +232,49 @@ fn a_snapshot_replacing_the_log_wins_over_the_old_log_after_a_crash() {
     let mut after = std::fs::read(&newest).unwrap();
     after[before_end..].copy_from_slice(&before[before_end..]);
     std::fs::write(&newest, &after).unwrap();
-    let store = open(dir.path());
+    let mut store = open(dir.path());
     assert_eq!(
         (store.first_index(), store.last_index()),
         (41, 40),
         "the old log must not come back"
     );
     assert_eq!(store.term(40), Ok(3));
+    // Entries appended after that open are kept by the next: they are not
+    // replayed behind the old log's.
+    write(&mut store, 41, 45, 3);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!((store.first_index(), store.last_index()), (41, 45));
+    assert_eq!(store.entries(41, 46, u64::MAX).unwrap().len(), 5);
+}
+
+#[test]
+fn a_snapshot_past_the_old_log_survives_a_crash_before_its_clear() {
+    let dir = TestDir::new();
+    log_the_snapshot_replaces(dir.path());
+    // A snapshot at 70, past the old log's end at 60, whose clear a crash
+    // kept from the segment.
+    let newest = segments(dir.path()).pop().unwrap();
+    let before = std::fs::read(&newest).unwrap();
+    let before_end = written_end(&newest);
+    let mut store = open(dir.path());
+    let meta = dr_codec::message::SnapshotMeta {
+        index: 70,
+        term: 3,
+        conf_state: ConfState::default(),
+    };
+    store.stage_snapshot_chunk(&meta, 0, b"new").unwrap();
+    store.apply_snapshot(&meta).unwrap();
+    drop(store);
+    let mut after = std::fs::read(&newest).unwrap();
+    after[before_end..].copy_from_slice(&before[before_end..]);
+    std::fs::write(&newest, &after).unwrap();
+    let mut store = open(dir.path());
+    assert_eq!((store.first_index(), store.last_index()), (71, 70));
+    write(&mut store, 71, 75, 3);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!((store.first_index(), store.last_index()), (71, 75));
 }
 
 #[test]

@@ -412,28 +412,31 @@ impl SegmentLog {
     }
 
     /// Makes the log agree with the store's compaction point (`index`,
-    /// `term`), written before the log's own changes: entries up to it are
-    /// dropped; if the entry at it has another term, a snapshot replaced
-    /// the log and a crash kept the old one, so every entry goes. A log
-    /// that starts after it leaves a gap, which is damage.
-    pub(crate) fn reconcile(&mut self, index: LogIndex, term: Term) -> Result<(), String> {
-        if self.locations.is_empty() || self.last_index() <= index {
-            self.locations.clear();
-            self.first = index + 1;
-            return Ok(());
+    /// `term`), written before the log's own changes. A log that holds the
+    /// entry at `index` with `term`, or starts right after it, agrees: the
+    /// entries up to it are dropped. A log that starts after it leaves a
+    /// gap, which is damage. Any other log is one a snapshot replaced
+    /// while a crash kept the clear from reaching the disk: the clear is
+    /// written now, synced, so entries appended later are not replayed
+    /// behind the old ones (which would drop them, or read as a gap).
+    pub(crate) fn reconcile(&mut self, index: LogIndex, term: Term) -> io::Result<()> {
+        let holds_it = index >= self.first
+            && self
+                .locations
+                .get((index - self.first) as usize)
+                .is_some_and(|location| location.term == term);
+        if holds_it || self.first == index + 1 {
+            return self.compact(index);
         }
-        if self.first > index + 1 {
-            return Err(format!(
+        if self.first > index + 1 && !self.locations.is_empty() {
+            return Err(io::Error::other(format!(
                 "the raft log starts at {} but the compaction point is {index}: entries are missing",
                 self.first
-            ));
+            )));
         }
-        if index >= self.first && self.locations[(index - self.first) as usize].term != term {
-            self.locations.clear();
-            self.first = index + 1;
-            return Ok(());
-        }
-        self.compact(index).map_err(|e| e.to_string())
+        let mut clear = LogBatch::default();
+        clear.push_clear(index + 1);
+        self.write(&clear, true)
     }
 
     /// Copies the live segments, each up to the end of its batches, into

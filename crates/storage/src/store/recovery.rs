@@ -158,7 +158,7 @@ impl RocksStorage {
         let cached = &mut self.cached;
         let log = self.segments.as_mut().expect("checked by the caller");
         log.reconcile(cached.compacted_index, cached.compacted_term)
-            .map_err(OpenError::Corrupt)?;
+            .map_err(|e| OpenError::Corrupt(e.to_string()))?;
         if let Some(hard_state) = log.hard_state() {
             cached.hard_state = hard_state;
         }
