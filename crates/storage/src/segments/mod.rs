@@ -45,6 +45,18 @@ use format::{HEADER_BYTES, SEAL_BATCH_BYTES};
 pub const SEGMENT_BYTES_DEFAULT: u64 = 32 << 20;
 /// The smallest segment allowed (a batch must fit beside the seal).
 pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
+
+/// Why a segment size cannot be used, if it cannot: at least
+/// [`SEGMENT_BYTES_MIN`], and whole batch alignments.
+pub(crate) fn check_segment_bytes(bytes: u64) -> Result<(), String> {
+    if bytes < SEGMENT_BYTES_MIN || !bytes.is_multiple_of(format::ALIGN_BYTES) {
+        return Err(format!(
+            "a raft log segment of {bytes} bytes: at least {SEGMENT_BYTES_MIN} and a multiple of {}",
+            format::ALIGN_BYTES
+        ));
+    }
+    Ok(())
+}
 /// Segments kept for reuse once compacted away; more are deleted.
 const SPARES_MAX: usize = 2;
 /// Zeros written per call while a segment is prepared.
@@ -294,7 +306,7 @@ impl SegmentLog {
 
     /// Makes segment `id` (a spare renamed) the newest, opened with the
     /// hard state, synced.
-    fn start_segment(&mut self, id: u64) -> io::Result<()> {
+    pub(super) fn start_segment(&mut self, id: u64) -> io::Result<()> {
         let path = segment_path(&self.dir, id);
         let spare = match self.spares.pop() {
             Some(spare) => spare,
@@ -340,14 +352,19 @@ impl SegmentLog {
         Ok(())
     }
 
+    /// A name no spare has yet.
+    fn next_spare_path(&mut self) -> PathBuf {
+        self.spare_counter += 1;
+        spare_path(&self.dir, self.spare_counter)
+    }
+
     /// Starts zero-filling a spare on its own thread, unless one is ready
     /// or under way.
     fn prepare_spare(&mut self) {
         if !self.spares.is_empty() || self.preparing.is_some() {
             return;
         }
-        self.spare_counter += 1;
-        let spare = spare_path(&self.dir, self.spare_counter);
+        let spare = self.next_spare_path();
         let temporary = spare.with_extension("tmp");
         let bytes = self.segment_bytes;
         let preparing = std::thread::Builder::new()
@@ -368,8 +385,7 @@ impl SegmentLog {
                 .join()
                 .map_err(|_| io::Error::other("the segment-preparing thread panicked"))?,
             None => {
-                self.spare_counter += 1;
-                let spare = spare_path(&self.dir, self.spare_counter);
+                let spare = self.next_spare_path();
                 zero_filled(&spare, self.segment_bytes)?;
                 Ok(spare)
             }
@@ -400,8 +416,7 @@ impl SegmentLog {
             let path = segment_path(&self.dir, oldest.id);
             drop(oldest.file);
             if self.spares.len() < SPARES_MAX {
-                self.spare_counter += 1;
-                let spare = spare_path(&self.dir, self.spare_counter);
+                let spare = self.next_spare_path();
                 fs::rename(&path, &spare)?;
                 self.spares.push(spare);
             } else {

@@ -12,9 +12,7 @@ use dr_codec::frame::{CodecConfig, decode_entry};
 use super::format::{
     self, ALIGN_BYTES, BATCH_MAGIC, HEADER_BYTES, PAYLOAD_BYTES_MAX, RecordKind, batch_crc,
 };
-use super::{
-    Location, SEGMENT_BYTES_MIN, Segment, SegmentLog, segment_path, sync_dir, zero_filled,
-};
+use super::{Location, Segment, SegmentLog, check_segment_bytes};
 use crate::records;
 
 /// What is at an offset of a segment.
@@ -82,11 +80,7 @@ impl SegmentLog {
     /// Opens the log in `dir` (creating it), replaying every segment.
     /// Errors name the segment, the offset and what is wrong.
     pub(crate) fn open(dir: &Path, segment_bytes: u64) -> Result<Self, String> {
-        if segment_bytes < SEGMENT_BYTES_MIN || !segment_bytes.is_multiple_of(ALIGN_BYTES) {
-            return Err(format!(
-                "a segment of {segment_bytes} bytes: at least {SEGMENT_BYTES_MIN}, a multiple of {ALIGN_BYTES}"
-            ));
-        }
+        check_segment_bytes(segment_bytes)?;
         let io =
             |what: &str, e: std::io::Error| format!("raft log in {}: {what}: {e}", dir.display());
         fs::create_dir_all(dir).map_err(|e| io("creating the directory", e))?;
@@ -132,14 +126,10 @@ impl SegmentLog {
             frame: Vec::new(),
         };
         if segments.is_empty() {
-            let path = segment_path(dir, 1);
-            match log.spares.pop() {
-                Some(spare) => fs::rename(spare, &path),
-                None => zero_filled(&path, segment_bytes),
-            }
-            .map_err(|e| io("creating the first segment", e))?;
-            sync_dir(dir).map_err(|e| io("syncing the directory", e))?;
-            segments.insert(1, path);
+            log.cleared_below = 1;
+            log.start_segment(1)
+                .map_err(|e| io("creating the first segment", e))?;
+            return Ok(log);
         }
         let ids: Vec<u64> = segments.keys().copied().collect();
         if let Some(gap) = ids.windows(2).find(|w| w[1] != w[0] + 1) {

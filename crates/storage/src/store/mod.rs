@@ -392,15 +392,7 @@ impl RocksStorage {
         options: StoreOptions,
     ) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
-        if options.segment_bytes < crate::segments::SEGMENT_BYTES_MIN
-            || !options.segment_bytes.is_multiple_of(8)
-        {
-            return Err(OpenError::Options(format!(
-                "a raft log segment of {} bytes: at least {} and a multiple of 8",
-                options.segment_bytes,
-                crate::segments::SEGMENT_BYTES_MIN
-            )));
-        }
+        crate::segments::check_segment_bytes(options.segment_bytes).map_err(OpenError::Options)?;
         let block_cache = Cache::new_lru_cache(options::BLOCK_CACHE_BYTES);
         let db = DB::open_cf_descriptors(
             &options::db_options(),

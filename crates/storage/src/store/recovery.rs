@@ -162,28 +162,18 @@ impl RocksStorage {
         if let Some(hard_state) = log.hard_state() {
             cached.hard_state = hard_state;
         }
-        let mut runs = BTreeMap::new();
-        let mut previous_term = cached.compacted_term;
+        let mut runs = TermRuns::after(cached.compacted_term);
         for (index, term) in log.terms() {
-            if term < previous_term {
-                return Err(OpenError::Corrupt(format!(
-                    "raft log entry {index} has term {term} below the term {previous_term} before it"
-                )));
-            }
-            if term != previous_term || runs.is_empty() {
-                runs.insert(index, term);
-            }
-            previous_term = term;
+            runs.push(index, term)?;
         }
         cached.last_index = log.last_index();
-        cached.term_runs = runs;
+        cached.term_runs = runs.runs;
         Ok(())
     }
 
     fn verify_rocks_log(&mut self) -> Result<(), OpenError> {
         let mut expected = self.cached.compacted_index + 1;
-        let mut previous_term = self.cached.compacted_term;
-        let mut runs = BTreeMap::new();
+        let mut runs = TermRuns::after(self.cached.compacted_term);
         let mut iterator = self.db.raw_iterator_cf(cf(&self.db, CF_RAFT_LOG));
         iterator.seek_to_first();
         while iterator.valid() {
@@ -201,16 +191,7 @@ impl RocksStorage {
                 Bytes::copy_from_slice(iterator.value().expect("valid iterator has a value"));
             let entry = decode_stored_entry(index, &value, &self.codec)
                 .map_err(|e| OpenError::Corrupt(e.to_string()))?;
-            if entry.term < previous_term {
-                return Err(OpenError::Corrupt(format!(
-                    "raft log entry {index} has term {} below the term {previous_term} before it",
-                    entry.term
-                )));
-            }
-            if entry.term != previous_term || runs.is_empty() {
-                runs.insert(index, entry.term);
-            }
-            previous_term = entry.term;
+            runs.push(index, entry.term)?;
             expected += 1;
             iterator.next();
         }
@@ -218,7 +199,37 @@ impl RocksStorage {
             .status()
             .map_err(|e| OpenError::RocksDb(e.to_string()))?;
         self.cached.last_index = expected - 1;
-        self.cached.term_runs = runs;
+        self.cached.term_runs = runs.runs;
+        Ok(())
+    }
+}
+
+/// The runs of equal terms of a log read back in order, checking that terms
+/// never decrease (from the compaction point's term on).
+struct TermRuns {
+    runs: BTreeMap<LogIndex, Term>,
+    previous_term: Term,
+}
+
+impl TermRuns {
+    fn after(compacted_term: Term) -> Self {
+        Self {
+            runs: BTreeMap::new(),
+            previous_term: compacted_term,
+        }
+    }
+
+    fn push(&mut self, index: LogIndex, term: Term) -> Result<(), OpenError> {
+        if term < self.previous_term {
+            return Err(OpenError::Corrupt(format!(
+                "raft log entry {index} has term {term} below the term {} before it",
+                self.previous_term
+            )));
+        }
+        if term != self.previous_term || self.runs.is_empty() {
+            self.runs.insert(index, term);
+        }
+        self.previous_term = term;
         Ok(())
     }
 }
