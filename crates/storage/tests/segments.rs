@@ -205,76 +205,69 @@ fn log_the_snapshot_replaces(path: &Path) {
     write_committing(&mut store, 31, 60, 2, 30);
 }
 
-/// Installs a snapshot at 40 of term 3 (the log has term 2 there), which
-/// clears the log.
-fn install_snapshot_at_40(store: &mut RocksStorage) {
+/// Installs a snapshot at `index` of term 3 (the log has term 2 up to
+/// 60), which clears the log.
+fn install_snapshot(store: &mut RocksStorage, index: u64) {
     let meta = dr_codec::message::SnapshotMeta {
-        index: 40,
+        index,
         term: 3,
         conf_state: ConfState::default(),
     };
     store.stage_snapshot_chunk(&meta, 0, b"new").unwrap();
     store.apply_snapshot(&meta).unwrap();
-    assert_eq!((store.first_index(), store.last_index()), (41, 40));
+    assert_eq!(
+        (store.first_index(), store.last_index()),
+        (index + 1, index)
+    );
+}
+
+/// Installs a snapshot at `index` into the store in `path`, as if the
+/// process died after the snapshot switch reached RocksDB but before the
+/// log's clear reached the segment (the segment's bytes after the old
+/// log's end are put back as they were); then opens it, appends 5
+/// entries after the snapshot and checks the next open keeps them (they
+/// are not replayed behind the old log's, which would drop them or read
+/// as a gap).
+fn install_losing_the_clear(path: &Path, index: u64) {
+    let newest = segments(path).pop().unwrap();
+    let before = std::fs::read(&newest).unwrap();
+    let before_end = written_end(&newest);
+    install_snapshot(&mut open(path), index);
+    let mut after = std::fs::read(&newest).unwrap();
+    after[before_end..].copy_from_slice(&before[before_end..]);
+    std::fs::write(&newest, &after).unwrap();
+    let mut store = open(path);
+    assert_eq!(
+        (store.first_index(), store.last_index()),
+        (index + 1, index),
+        "the old log must not come back"
+    );
+    assert_eq!(store.term(index), Ok(3));
+    write(&mut store, index + 1, index + 5, 3);
+    drop(store);
+    let store = open(path);
+    assert_eq!(
+        (store.first_index(), store.last_index()),
+        (index + 1, index + 5)
+    );
+    assert_eq!(
+        store.entries(index + 1, index + 6, u64::MAX).unwrap().len(),
+        5
+    );
 }
 
 #[test]
 fn a_snapshot_replacing_the_log_wins_over_the_old_log_after_a_crash() {
     let dir = TestDir::new();
     log_the_snapshot_replaces(dir.path());
-    // As if the process died after the snapshot switch reached RocksDB
-    // but before the log's clear reached the segment: the segment's bytes
-    // after the old log's end are put back as they were.
-    let newest = segments(dir.path()).pop().unwrap();
-    let before = std::fs::read(&newest).unwrap();
-    let before_end = written_end(&newest);
-    install_snapshot_at_40(&mut open(dir.path()));
-    let mut after = std::fs::read(&newest).unwrap();
-    after[before_end..].copy_from_slice(&before[before_end..]);
-    std::fs::write(&newest, &after).unwrap();
-    let mut store = open(dir.path());
-    assert_eq!(
-        (store.first_index(), store.last_index()),
-        (41, 40),
-        "the old log must not come back"
-    );
-    assert_eq!(store.term(40), Ok(3));
-    // Entries appended after that open are kept by the next: they are not
-    // replayed behind the old log's.
-    write(&mut store, 41, 45, 3);
-    drop(store);
-    let store = open(dir.path());
-    assert_eq!((store.first_index(), store.last_index()), (41, 45));
-    assert_eq!(store.entries(41, 46, u64::MAX).unwrap().len(), 5);
+    install_losing_the_clear(dir.path(), 40);
 }
 
 #[test]
 fn a_snapshot_past_the_old_log_survives_a_crash_before_its_clear() {
     let dir = TestDir::new();
     log_the_snapshot_replaces(dir.path());
-    // A snapshot at 70, past the old log's end at 60, whose clear a crash
-    // kept from the segment.
-    let newest = segments(dir.path()).pop().unwrap();
-    let before = std::fs::read(&newest).unwrap();
-    let before_end = written_end(&newest);
-    let mut store = open(dir.path());
-    let meta = dr_codec::message::SnapshotMeta {
-        index: 70,
-        term: 3,
-        conf_state: ConfState::default(),
-    };
-    store.stage_snapshot_chunk(&meta, 0, b"new").unwrap();
-    store.apply_snapshot(&meta).unwrap();
-    drop(store);
-    let mut after = std::fs::read(&newest).unwrap();
-    after[before_end..].copy_from_slice(&before[before_end..]);
-    std::fs::write(&newest, &after).unwrap();
-    let mut store = open(dir.path());
-    assert_eq!((store.first_index(), store.last_index()), (71, 70));
-    write(&mut store, 71, 75, 3);
-    drop(store);
-    let store = open(dir.path());
-    assert_eq!((store.first_index(), store.last_index()), (71, 75));
+    install_losing_the_clear(dir.path(), 70);
 }
 
 #[test]
@@ -282,7 +275,7 @@ fn a_snapshot_clears_the_log_and_entries_after_it_persist() {
     let dir = TestDir::new();
     log_the_snapshot_replaces(dir.path());
     let mut store = open(dir.path());
-    install_snapshot_at_40(&mut store);
+    install_snapshot(&mut store, 40);
     write(&mut store, 41, 45, 3);
     drop(store);
     let store = open(dir.path());
