@@ -475,10 +475,23 @@ impl Nemesis {
                     cluster.expect_exit(target);
                 }
                 if let Err(error) = cluster.admin(target, "PUT", "/failpoints", &body) {
-                    cluster.expected_exit_done(target);
-                    self.log
-                        .push(format!("[{at:6.1} s] {fault}: skipped ({error})"));
-                    return Ok(Undo::Nothing);
+                    // A fault that ends the process may fire before the
+                    // answer leaves (the next synced write can come within
+                    // microseconds): then the node stops, and the fault
+                    // is undone as one that fired.
+                    let ended = !matches!(fault, Fault::SlowDiskLeader(_))
+                        && wait_for(Duration::from_secs(2), || {
+                            (cluster.exited(target).is_some() || !cluster.node(target).running())
+                                .then_some(())
+                        })
+                        .is_some();
+                    if !ended {
+                        cluster.expected_exit_done(target);
+                        self.log
+                            .push(format!("[{at:6.1} s] {fault}: skipped ({error})"));
+                        return Ok(Undo::Nothing);
+                    }
+                    note = format!("node {target} (it ended before answering)");
                 }
                 Undo::Disk(target)
             }
