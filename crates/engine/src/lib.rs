@@ -20,7 +20,9 @@
 //!   the leader over the transport, and the leader answers exactly once:
 //!   done, certainly not done ([`EngineError::TryAgain`]), uncertain, or
 //!   refused. A forward unanswered by its deadline, or whose leader stops
-//!   leading, is uncertain, never "try again".
+//!   leading, is uncertain, never "try again". A host may send a
+//!   follower's writes and take the leader's answers on its own threads
+//!   through the engine's [`ForwardDesk`], without waking the engine.
 //! - **Reads.** ReadIndex on the leader (batched by dr-raft), a read
 //!   index fetched from the leader on a follower, or with
 //!   [`EngineConfig::read_lease`] the leader's lease; each read is served
@@ -65,6 +67,7 @@ use dr_codec::message::{LogIndex, Message, NodeId, Term};
 use dr_raft::{ConfChangeOp, LogStore, RaftNode, Role};
 
 mod error;
+mod forwards;
 mod host;
 mod lease;
 mod machine;
@@ -75,12 +78,13 @@ mod snapshots;
 mod writes;
 
 pub use error::{EngineError, Refusal, Retry, Uncertain};
+pub use forwards::{ForwardDesk, Routed};
 pub use host::{Clock, NoObserver, Observer, Responder, SystemClock, Transport};
 pub use lease::lease_duration;
 pub use machine::{Applied, DecodeError, SnapshotStarted, StateMachine};
 pub use metrics::EngineMetrics;
 
-use peers::{Forwards, ReadFetch, ReadWaiter, Waiter};
+use peers::{ReadFetch, ReadWaiter, Waiter};
 
 /// How the engine runs. Every default lives in [`EngineConfig::new`].
 #[derive(Clone, Debug)]
@@ -274,9 +278,10 @@ pub struct Engine<M: StateMachine, A> {
     /// Reads waiting for the leader's read index: context → read.
     reads: HashMap<u64, ReadWaiter<M, A>>,
     next_read_context: u64,
-    /// Requests this follower forwarded to the leader.
-    forwards: Forwards<A>,
-    /// The last id given to a request to a peer.
+    /// Requests this follower forwarded to the leader (shared with the
+    /// host, which may route requests through it).
+    desk: Arc<ForwardDesk<M, A>>,
+    /// The last id given to a read-index request to a peer.
     next_request_id: u64,
     /// Forwarded requests served lately: (peer, id), oldest first.
     served: peers::ServedIds,
@@ -314,6 +319,11 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
         let snapshot_index = dr_raft::Storage::snapshot_meta(raft.storage()).map_or(0, |m| m.index);
         let lease =
             dr_raft::LeaseTracker::new(lease_duration(config.raft.election_ticks, config.tick));
+        let desk = Arc::new(ForwardDesk::new(
+            raft.id(),
+            &config,
+            Arc::clone(&parts.metrics),
+        ));
         let mut engine = Self {
             raft,
             machine: parts.machine,
@@ -324,7 +334,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             writes: BTreeMap::new(),
             reads: HashMap::new(),
             next_read_context: 1,
-            forwards: Forwards::default(),
+            desk,
             next_request_id: config.incarnation << 32,
             served: peers::ServedIds::default(),
             reads_after_apply: BTreeMap::new(),
@@ -449,7 +459,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     fn tick(&mut self) {
         self.raft.tick();
         let now = self.clock.now();
-        self.expire_forwards(now);
+        self.desk.expire(now);
         self.expire_read_fetch(now);
         self.housekeep(now);
         if !self.config.read_lease || self.raft.lease_read_index().is_none() {
@@ -593,6 +603,12 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
         &self.machine
     }
 
+    /// Where a host may route its requests to the leader itself (see
+    /// [`ForwardDesk`]).
+    pub fn forward_desk(&self) -> &Arc<ForwardDesk<M, A>> {
+        &self.desk
+    }
+
     /// The counters.
     pub fn metrics(&self) -> &Arc<EngineMetrics> {
         &self.metrics
@@ -607,9 +623,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
                 Err(EngineError::Uncertain(Uncertain::ShuttingDown)),
             );
         }
-        for answer in self.forwards.drain() {
-            answer.respond(Err(EngineError::Uncertain(Uncertain::ShuttingDown)));
-        }
+        self.desk.shut_down();
         for (_, waiter) in std::mem::take(&mut self.reads) {
             self.read_failed(waiter, EngineError::TryAgain(Retry::ShuttingDown));
         }

@@ -10,9 +10,11 @@
 //! forwards again what it was forwarded: a node that is not the leader
 //! answers "not done". A follower whose request gets no answer within
 //! `forward_timeout`, or whose leader stops leading first, tells its
-//! client the write is uncertain.
+//! client the write is uncertain. The follower's side of forwarding
+//! lives in the forward desk (`forwards.rs`), which the host may call
+//! from its own threads.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -25,7 +27,7 @@ use dr_raft::{ConfChange, ConfChangeOp, Role};
 use crate::metrics::bump;
 use crate::{
     DecodeError, Engine, EngineError, PendingRead, Refusal, Responder, Response, Retry,
-    StateMachine, Uncertain,
+    StateMachine,
 };
 
 /// 2: a leader answers a write with the state machine's encoded output.
@@ -46,13 +48,13 @@ pub(crate) enum Forwarded<M: StateMachine> {
 
 /// What a forwarded request was, to read the leader's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Write,
     Other,
 }
 
 impl<M: StateMachine> Forwarded<M> {
-    fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> Kind {
         match self {
             Self::Write(_) => Kind::Write,
             Self::ConfChange(_) | Self::TransferLeader(_) => Kind::Other,
@@ -136,38 +138,6 @@ pub(crate) enum ReadWaiter<M: StateMachine, A> {
     },
 }
 
-/// A request this follower forwarded, waiting for the leader's answer.
-struct PendingForward<A> {
-    leader: NodeId,
-    kind: Kind,
-    answer: A,
-}
-
-/// This follower's forwarded requests, and when each gives up.
-pub(crate) struct Forwards<A> {
-    pending: HashMap<u64, PendingForward<A>>,
-    /// Request ids in the order they were sent, with their deadlines (one
-    /// timeout for all, so the oldest is always first).
-    deadlines: VecDeque<(Duration, u64)>,
-}
-
-impl<A> Default for Forwards<A> {
-    fn default() -> Self {
-        Self {
-            pending: HashMap::new(),
-            deadlines: VecDeque::new(),
-        }
-    }
-}
-
-impl<A> Forwards<A> {
-    /// Every request still waiting, forgotten.
-    pub(crate) fn drain(&mut self) -> impl Iterator<Item = A> + '_ {
-        self.deadlines.clear();
-        self.pending.drain().map(|(_, pending)| pending.answer)
-    }
-}
-
 /// Forwarded requests the leader served lately, so that one delivered
 /// twice is proposed once.
 #[derive(Default)]
@@ -200,10 +170,6 @@ pub(crate) struct ReadFetch<M: StateMachine, A> {
     pub(crate) reads: Vec<PendingRead<M, A>>,
 }
 
-fn text(payload: &[u8]) -> String {
-    String::from_utf8_lossy(payload).into_owned()
-}
-
 impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     fn service_message(&mut self, to: NodeId, body: MessageBody) -> bool {
         let from = self.raft.id();
@@ -227,7 +193,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
         let from = message.from;
         match message.body {
             MessageBody::Forward(request) => self.serve_forward(from, request),
-            MessageBody::ForwardResponse(response) => self.forward_answered(from, response),
+            MessageBody::ForwardResponse(response) => self.desk.answered(from, response),
             MessageBody::ReadIndex(ReadIndexRequest { request_id }) => {
                 bump(&self.metrics.read_index_served);
                 self.confirm_read(ReadWaiter::Peer {
@@ -244,13 +210,24 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     /// leader; otherwise (no leader known) the proposal's refusal says
     /// so and the caller retries.
     pub(crate) fn submit_local(&mut self, request: Forwarded<M>, answer: A) {
-        let me = self.raft.id();
-        match self.raft.leader() {
-            Some(leader) if leader != me && self.raft.role() != Role::Leader => {
-                self.forward(leader, &request, answer);
-            }
-            _ => self.submit(request, Waiter::Client(answer)),
+        self.publish_leader();
+        let now = self.clock.now();
+        let transport = &mut self.transport;
+        let forwarded = self.desk.forward(&request, answer, now, &mut |message| {
+            transport.send(message)
+        });
+        if let Err(answer) = forwarded {
+            self.submit(request, Waiter::Client(answer));
         }
+    }
+
+    /// Tells the forward desk where requests go now: the leader when this
+    /// node follows one, else nowhere (requests reach the engine).
+    fn publish_leader(&self) {
+        let me = self.raft.id();
+        let leader = self.raft.leader();
+        let follows = leader.filter(|&leader| leader != me && self.raft.role() != Role::Leader);
+        self.desk.set_leader(follows);
     }
 
     /// Hands a proposal's outcome to whoever waits for it.
@@ -322,75 +299,6 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             return;
         }
         self.submit(forwarded, waiter);
-    }
-
-    fn forward(&mut self, leader: NodeId, request: &Forwarded<M>, answer: A) {
-        if self.forwards.pending.len() >= self.config.forwards_max {
-            answer.respond(Err(EngineError::TryAgain(Retry::TooManyForwards)));
-            return;
-        }
-        let request_id = self.next_request_id();
-        let body = MessageBody::Forward(ForwardRequest {
-            request_id,
-            payload: request.encode(),
-        });
-        if !self.service_message(leader, body) {
-            // Never queued: certainly not done.
-            answer.respond(Err(EngineError::TryAgain(Retry::LeaderUnreachable(leader))));
-            return;
-        }
-        bump(&self.metrics.writes_forwarded);
-        let deadline = self.clock.now() + self.config.forward_timeout;
-        let pending = PendingForward {
-            leader,
-            kind: request.kind(),
-            answer,
-        };
-        self.forwards.pending.insert(request_id, pending);
-        self.forwards.deadlines.push_back((deadline, request_id));
-    }
-
-    fn forward_answered(&mut self, from: NodeId, response: ForwardResponse) {
-        let pending = &mut self.forwards.pending;
-        // Answered late (timed out already), or by a node not asked.
-        if pending
-            .get(&response.request_id)
-            .is_none_or(|p| p.leader != from)
-        {
-            return;
-        }
-        let Some(PendingForward { answer, kind, .. }) = pending.remove(&response.request_id) else {
-            return;
-        };
-        let why = || text(&response.payload);
-        let result = match (response.status, kind) {
-            (ForwardStatus::Done, Kind::Write) => M::decode_output(&response.payload)
-                .map(Response::Written)
-                .map_err(|_| EngineError::Uncertain(Uncertain::UnreadableAnswer(from))),
-            (ForwardStatus::Done, Kind::Other) => Ok(Response::Done),
-            (ForwardStatus::NotDone, _) => Err(EngineError::TryAgain(Retry::Remote(why()))),
-            (ForwardStatus::Uncertain, _) => Err(EngineError::Uncertain(Uncertain::Remote(why()))),
-            (ForwardStatus::Refused, _) => Err(EngineError::Refused(Refusal::Remote(why()))),
-        };
-        answer.respond(result);
-    }
-
-    /// Forwarded requests the leader did not answer in time: whether
-    /// they took effect is unknown.
-    pub(crate) fn expire_forwards(&mut self, now: Duration) {
-        while let Some(&(deadline, request_id)) = self.forwards.deadlines.front() {
-            if deadline > now {
-                break;
-            }
-            self.forwards.deadlines.pop_front();
-            if let Some(pending) = self.forwards.pending.remove(&request_id) {
-                pending
-                    .answer
-                    .respond(Err(EngineError::Uncertain(Uncertain::NoAnswer(
-                        pending.leader,
-                    ))));
-            }
-        }
     }
 
     /// Answers a follower's read-index request.
@@ -475,23 +383,8 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     /// appended). Reads waiting for its read index are asked of the new
     /// leader instead: a later read index serves them just as well.
     pub(crate) fn leader_changed(&mut self) {
+        self.publish_leader();
         let leader = self.raft.leader();
-        let orphaned: Vec<u64> = self
-            .forwards
-            .pending
-            .iter()
-            .filter(|(_, pending)| Some(pending.leader) != leader)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in orphaned {
-            if let Some(pending) = self.forwards.pending.remove(&id) {
-                pending
-                    .answer
-                    .respond(Err(EngineError::Uncertain(Uncertain::LeaderChanged(
-                        pending.leader,
-                    ))));
-            }
-        }
         if self
             .follower_reads
             .in_flight

@@ -17,9 +17,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dr_codec::message::{ConfState, LogIndex, Message, NodeId};
+use dr_codec::message::{ConfState, LogIndex, Message, MessageBody, NodeId};
 use dr_engine::{
-    Engine, EngineConfig, EngineError, Event, Inbox, Observer, Parts, Responder, Response,
+    Engine, EngineConfig, EngineError, Event, ForwardDesk, Inbox, Observer, Parts, Responder,
+    Response, Routed,
 };
 use dr_raft::{ConfChangeOp, RaftNode};
 use dr_storage::{BackupInfo, RocksStorage, StoreReader};
@@ -173,6 +174,16 @@ impl Request {
     }
 }
 
+/// A request as the engine takes it.
+pub type EngineRequest = dr_engine::Request<NodeMachine, ReplyTo>;
+
+/// The engine's forward desk as drkv uses it.
+pub type NodeDesk = ForwardDesk<NodeMachine, ReplyTo>;
+
+/// The engine's queue of requests was full: nothing was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overloaded;
+
 /// How the node's engine runs.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
@@ -187,10 +198,14 @@ pub struct RuntimeConfig {
 }
 
 /// A running engine: how to reach it and watch it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EngineHandle {
-    /// Requests go here.
-    pub requests: mpsc::Sender<Request>,
+    /// Requests go here (see [`EngineHandle::submit`] for writes).
+    pub requests: mpsc::Sender<EngineRequest>,
+    /// A follower's writes go to the leader through here, on the
+    /// connection's own thread (the engine's thread is not woken).
+    desk: Arc<NodeDesk>,
+    transport: Arc<TcpTransport>,
     /// Backups go here.
     pub backups: mpsc::Sender<BackupRequest>,
     /// The state after the last turn.
@@ -201,6 +216,49 @@ pub struct EngineHandle {
     pub lease: Arc<LeaseGate>,
     /// Point reads of the state machine, for reads on the lease.
     pub reader: StoreReader,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle")
+            .field("id", &self.status.id())
+            .field("forwards_pending", &self.desk.pending())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineHandle {
+    /// Hands `request` on without waiting: a write (membership change,
+    /// leader transfer) straight to the leader when this node follows
+    /// one, anything else to the engine's queue.
+    pub fn try_submit(&self, request: Request) -> Result<(), Overloaded> {
+        match self.route(request) {
+            None => Ok(()),
+            Some(request) => self.requests.try_send(request).map_err(|_| Overloaded),
+        }
+    }
+
+    /// As [`EngineHandle::try_submit`], waiting for room in the engine's
+    /// queue; `Err` when the engine stopped.
+    pub async fn submit(&self, request: Request) -> Result<(), Overloaded> {
+        match self.route(request) {
+            None => Ok(()),
+            Some(request) => self.requests.send(request).await.map_err(|_| Overloaded),
+        }
+    }
+
+    /// The request when it is the engine's to take.
+    fn route(&self, request: Request) -> Option<EngineRequest> {
+        let transport = &self.transport;
+        let mut send = |message| dr_transport::Transport::send(&**transport, message);
+        match self
+            .desk
+            .route(request.into_engine(), NodeClock.now(), &mut send)
+        {
+            Routed::Taken => None,
+            Routed::ToEngine(request) => Some(request),
+        }
+    }
 }
 
 /// Starts the engine thread. It stops when `shutdown` turns true (or every
@@ -216,14 +274,9 @@ pub fn start(
     let (backups_tx, backups) = mpsc::channel(16);
     let clock = NodeClock;
     let status = Arc::new(StatusBoard::new(raft.id(), config.cluster_id));
-    let handle = EngineHandle {
-        requests: requests_tx,
-        backups: backups_tx,
-        status: Arc::clone(&status),
-        metrics: Arc::default(),
-        lease: Arc::new(LeaseGate::new(clock)),
-        reader: raft.storage().reader(),
-    };
+    let metrics: Arc<Metrics> = Arc::default();
+    let lease = Arc::new(LeaseGate::new(clock));
+    let reader = raft.storage().reader();
     let wall = WallClock::new(clock.unix_origin_ms());
     let machine = KvMachine::new(raft.storage(), Arc::clone(&status), wall)
         .map_err(|error| std::io::Error::other(error.to_string()))?
@@ -231,20 +284,57 @@ pub fn start(
     let parts = Parts {
         machine,
         transport: Box::new(PeerLinks {
-            transport,
+            transport: Arc::clone(&transport),
             configured: config.peers.clone(),
             connected: config.peers,
-            status,
+            status: Arc::clone(&status),
         }),
         clock: Box::new(clock),
         observer: Box::new(GateObserver {
-            gate: Arc::clone(&handle.lease),
+            gate: Arc::clone(&lease),
         }),
-        metrics: Arc::clone(&handle.metrics.engine),
+        metrics: Arc::clone(&metrics.engine),
     };
     let tick = config.engine.tick;
     let engine = Engine::new(config.engine, raft, parts);
-    let status = Arc::clone(&handle.status);
+    let desk = Arc::clone(engine.forward_desk());
+    let answers = Arc::clone(&desk);
+    // The leader's answers to forwarded writes go to the waiting
+    // connections from the transport's reading task.
+    let installed = transport.intercept(Box::new(move |message: Message| {
+        let Message {
+            from,
+            to,
+            term,
+            body,
+        } = message;
+        match body {
+            MessageBody::ForwardResponse(response) => {
+                answers.answered(from, response);
+                None
+            }
+            body => Some(Message {
+                from,
+                to,
+                term,
+                body,
+            }),
+        }
+    }));
+    if !installed {
+        // Answers still arrive, through the engine's turn.
+        tracing::warn!("the peer transport has a hook already");
+    }
+    let handle = EngineHandle {
+        requests: requests_tx,
+        desk,
+        transport,
+        backups: backups_tx,
+        status: Arc::clone(&status),
+        metrics,
+        lease,
+        reader,
+    };
     let thread = std::thread::Builder::new()
         .name(format!("drkv-engine-{}", engine.raft().id()))
         .spawn(move || {
@@ -302,7 +392,7 @@ async fn run(
                 None => break,
             },
             request = channels.requests.recv() => match request {
-                Some(request) => Event::Request(request.into_engine()),
+                Some(request) => Event::Request(request),
                 None => break,
             },
             Some(backup) = backups.recv() => {
@@ -319,7 +409,7 @@ async fn run(
 
 /// The engine thread's receiving ends.
 struct Channels {
-    requests: mpsc::Receiver<Request>,
+    requests: mpsc::Receiver<EngineRequest>,
     messages: mpsc::Receiver<Message>,
 }
 
@@ -328,8 +418,8 @@ impl Inbox<NodeMachine, ReplyTo> for Channels {
         self.messages.try_recv().ok()
     }
 
-    fn request(&mut self) -> Option<dr_engine::Request<NodeMachine, ReplyTo>> {
-        self.requests.try_recv().ok().map(Request::into_engine)
+    fn request(&mut self) -> Option<EngineRequest> {
+        self.requests.try_recv().ok()
     }
 }
 

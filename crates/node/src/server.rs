@@ -141,7 +141,7 @@ impl Executor {
                 ));
             }
         };
-        if self.engine.requests.try_send(request).is_err() {
+        if self.engine.try_submit(request).is_err() {
             return Started::Done(Reply::Error("TRYAGAIN the node is overloaded".into()));
         }
         Started::Local { answer, retry }

@@ -4,6 +4,10 @@
 //! synced ([`MemKvStore`]), an in-memory network that drops, duplicates,
 //! delays and partitions, and one virtual clock per node whose rate may
 //! drift. One thread, one seed: a run is a pure function of its seed.
+//! As in drkv, a running follower sends its clients' writes to the
+//! leader and hands the leader's answers back through the engine's
+//! forward desk, outside the engine's turn (a paused node leaves both to
+//! its turn).
 //!
 //! Faults, chosen from the seed about every 50 ms of virtual time:
 //! crashes (between turns, or inside a synced write just before or just
@@ -30,9 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dr_codec::message::{ConfState, LogIndex, Message, NodeId, Term};
+use dr_codec::message::{ConfState, LogIndex, Message, MessageBody, NodeId, Term};
 use dr_engine::{
-    Clock, Engine, EngineConfig, EngineError, Event, Inbox, NoObserver, Parts, Transport,
+    Clock, Engine, EngineConfig, EngineError, Event, Inbox, NoObserver, Parts, Routed, Transport,
 };
 use dr_node::clock::WallClock;
 use dr_node::command::{self, Command};
@@ -524,10 +528,21 @@ impl SimCluster {
                 break;
             }
             let message = entry.remove();
-            if let Some(node) = self.nodes.iter_mut().find(|n| n.id == message.to)
-                && node.engine.is_some()
-            {
-                node.queues.messages.push_back(message);
+            let now_us = self.now_us;
+            let Some(node) = self.nodes.iter_mut().find(|n| n.id == message.to) else {
+                continue;
+            };
+            let Some(engine) = node.engine.as_ref() else {
+                continue;
+            };
+            // As drkv's transport does: the leader's answer to a forward
+            // goes to the waiting client from the reading side, unless
+            // the process is paused (then through the engine's turn).
+            match message.body {
+                MessageBody::ForwardResponse(response) if node.paused_until_us <= now_us => {
+                    engine.forward_desk().answered(message.from, response);
+                }
+                body => node.queues.messages.push_back(Message { body, ..message }),
             }
         }
     }
@@ -914,10 +929,27 @@ impl SimCluster {
             other => panic!("the simulator sent {other:?}"),
         };
         let index = self.node_index(node);
+        let now_us = self.now_us;
         let target = &mut self.nodes[index];
         // A crashed node refuses the connection: certainly not done.
-        target.engine.as_ref()?;
-        target.queues.requests.push_back(request.into_engine());
+        let engine = target.engine.as_ref()?;
+        let mut request = Some(request.into_engine());
+        // As drkv's connections do: a running follower sends a write to
+        // its leader itself, through the engine's forward desk (a paused
+        // process does nothing until it runs again).
+        if target.paused_until_us <= now_us {
+            let now = target.clock.now();
+            let outbox = &mut target.outbox;
+            let mut send = |message| outbox.send(message);
+            let routed =
+                engine
+                    .forward_desk()
+                    .route(request.take().expect("set above"), now, &mut send);
+            if let Routed::ToEngine(back) = routed {
+                request = Some(back);
+            }
+        }
+        target.queues.requests.extend(request);
         let call_wall_ms = SIM_UNIX_ORIGIN_MS + target.clock.0.load(Relaxed) / 1_000_000;
         Some(Pending {
             args,

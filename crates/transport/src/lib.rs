@@ -65,7 +65,7 @@ pub use config::{ConfigError, TransportConfig};
 pub use dr_codec::message::Message;
 pub use memory::{MemoryNetwork, MemoryTransport};
 pub use stats::TransportStats;
-pub use tcp::{StartError, TcpTransport};
+pub use tcp::{Intercept, StartError, TcpTransport};
 pub use tls::{PEER_NAME, TlsError, TlsFiles};
 
 /// Sends messages to peers. Implementations queue and return at once.

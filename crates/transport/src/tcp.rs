@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -95,6 +95,10 @@ impl fmt::Display for ConnectionEnd {
     }
 }
 
+/// A hook that takes received messages on the reading task itself: it
+/// returns the messages it leaves for the inbound channel.
+pub type Intercept = Box<dyn Fn(Message) -> Option<Message> + Send + Sync>;
+
 struct Peer {
     id: NodeId,
     addr: Mutex<SocketAddr>,
@@ -108,6 +112,8 @@ struct Shared {
     peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
     counters: Counters,
     inbound: mpsc::Sender<Message>,
+    /// Sees every received message before the inbound channel does.
+    intercept: OnceLock<Intercept>,
     pool: BufferPool,
     tasks: Mutex<JoinSet<()>>,
     runtime: tokio::runtime::Handle,
@@ -182,6 +188,7 @@ impl TcpTransport {
             peers: RwLock::new(HashMap::new()),
             counters: Counters::default(),
             inbound,
+            intercept: OnceLock::new(),
             pool,
             tasks: Mutex::new(JoinSet::new()),
             runtime: tokio::runtime::Handle::current(),
@@ -230,6 +237,16 @@ impl TcpTransport {
             add(&self.shared.counters.messages_dropped, dropped as u64);
             peer.superseded.notify_waiters();
         }
+    }
+
+    /// Lets `hook` see every message received from now on, on the task
+    /// that read it, before it joins the inbound channel: what the hook
+    /// keeps (returns `None` for) never reaches the channel. A node uses
+    /// it to hand answers to whoever waits for them without a trip
+    /// through its own loop. One hook per endpoint: false (and `hook`
+    /// dropped) when one is installed already. The hook must not block.
+    pub fn intercept(&self, hook: Intercept) -> bool {
+        self.shared.intercept.set(hook).is_ok()
     }
 
     /// Messages and payload bytes queued for `peer` now.
@@ -524,10 +541,17 @@ async fn read_loop(
                         message.from, message.to
                     ));
                 }
+                add(&counters.messages_received, 1);
+                let message = match shared.intercept.get() {
+                    Some(hook) => match hook(message) {
+                        Some(message) => message,
+                        None => continue,
+                    },
+                    None => message,
+                };
                 if shared.inbound.send(message).await.is_err() {
                     return ConnectionEnd::NodeGone;
                 }
-                add(&counters.messages_received, 1);
             }
         }
         if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {

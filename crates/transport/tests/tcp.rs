@@ -131,6 +131,33 @@ async fn many_messages_both_ways_arrive_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_takes_the_messages_it_keeps_before_the_inbox() {
+    let ((one, _inbox_one), (two, mut inbox_two)) = pair().await;
+    let (kept_tx, mut kept) = tokio::sync::mpsc::unbounded_channel();
+    // Odd terms are the hook's; even ones go on to the inbox.
+    let hook = move |message: Message| {
+        if message.term % 2 == 1 {
+            kept_tx.send(message.term).expect("the test listens");
+            None
+        } else {
+            Some(message)
+        }
+    };
+    assert!(two.intercept(Box::new(hook)));
+    assert!(!two.intercept(Box::new(Some)), "one hook per endpoint");
+    send_all(&one, (1..=100).map(|n| heartbeat(1, 2, n))).await;
+    for expected in (2..=100).step_by(2) {
+        assert_eq!(receive(&mut inbox_two).await.term, expected);
+    }
+    for expected in (1..=100).step_by(2) {
+        let term = timeout(PATIENCE, kept.recv()).await.expect("in time");
+        assert_eq!(term, Some(expected));
+    }
+    assert!(inbox_two.try_recv().is_err());
+    assert_eq!(stats(&two).messages_received, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_batches_arrive_with_their_payloads() {
     let ((one, _inbox_one), (_two, mut inbox_two)) = pair().await;
     send_all(&one, (1..=200).map(|n| append(1, 2, n, 64, 256))).await;

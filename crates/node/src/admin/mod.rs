@@ -435,7 +435,11 @@ async fn ask_engine<T, R>(
 
 async fn snapshot(State(state): Shared) -> Response {
     let requests = &state.executor.engine().requests;
-    match ask_engine(requests, |answer| Request::Snapshot { answer }).await {
+    match ask_engine(requests, |answer| {
+        Request::Snapshot { answer }.into_engine()
+    })
+    .await
+    {
         Ok(Ok(Reply::Integer(index))) => answer(StatusCode::OK, json!({ "snapshot_index": index })),
         Ok(Ok(other)) => answer(
             StatusCode::INTERNAL_SERVER_ERROR,
