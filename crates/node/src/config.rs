@@ -75,6 +75,15 @@ pub struct NodeConfig {
     /// Milliseconds between Raft ticks (elections after 10-20 ticks).
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
+    /// Threads serving client connections, the peer transport and the
+    /// admin port (the engine has its own thread besides). Defaults to
+    /// the machine's cores at each start (`None`). Nodes sharing a
+    /// machine spend less CPU per write splitting the cores between them,
+    /// but then a node that takes all the load (reads on the leader's
+    /// lease) has only its share (docs/BENCHMARKS.md "Forwarding off the
+    /// engine thread").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
     /// Milliseconds a client may take to send the rest of a request it
     /// started (slow clients holding a connection are dropped).
     #[serde(default = "default_partial_request_timeout_ms")]
@@ -139,6 +148,12 @@ fn default_snapshot_every() -> u64 {
 fn default_keys_max() -> usize {
     crate::machine::KEYS_MAX_DEFAULT
 }
+/// The machine's cores (1 when they cannot be counted).
+pub fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+/// The most worker threads a node starts.
+pub const WORKER_THREADS_MAX: usize = 1024;
 fn default_tick_ms() -> u64 {
     dr_engine::EngineConfig::DEFAULT_TICK.as_millis() as u64
 }
@@ -194,6 +209,7 @@ impl NodeConfig {
             read_lease: false,
             raft_log: RaftLog::default(),
             tick_ms: default_tick_ms(),
+            worker_threads: None,
             partial_request_timeout_ms: default_partial_request_timeout_ms(),
             keys_max: default_keys_max(),
             requirepass: None,
@@ -202,6 +218,12 @@ impl NodeConfig {
             tls: None,
             admin_token_file: None,
         }
+    }
+
+    /// The worker threads to start: as configured, else the machine's
+    /// cores.
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads.unwrap_or_else(default_worker_threads)
     }
 
     /// Checks the values and their relations.
@@ -230,6 +252,11 @@ impl NodeConfig {
             return fail(format!(
                 "request_bytes_max is at most {REQUEST_BYTES_LIMIT} bytes: a request becomes one log \
                  entry, and an entry must fit in one peer frame (64 MiB) with room to spare"
+            ));
+        }
+        if !(1..=WORKER_THREADS_MAX).contains(&self.worker_threads()) {
+            return fail(format!(
+                "worker_threads must be between 1 and {WORKER_THREADS_MAX}"
             ));
         }
         if self.max_clients == 0
@@ -400,6 +427,9 @@ impl NodeConfig {
         if let Some(raft_log) = args.raft_log {
             config.raft_log = raft_log;
         }
+        if let Some(threads) = args.worker_threads {
+            config.worker_threads = Some(threads);
+        }
         if let Some(path) = &args.acl_file {
             let acl = crate::auth::AclFile::load(path).map_err(|e| e.to_string())?;
             config.requirepass = acl.requirepass;
@@ -485,6 +515,10 @@ pub struct NodeFlags {
     /// Where a new data directory keeps its Raft log.
     #[arg(long, value_enum)]
     pub raft_log: Option<RaftLog>,
+    /// Threads serving clients, peers and the admin port [default: the
+    /// machine's cores].
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
     /// The `default` user's password hash (`drkv passwd` makes one):
     /// clients must then `AUTH`.
     #[arg(long)]
@@ -600,6 +634,29 @@ mod tests {
         first.claim_data_dir().unwrap();
         let again = NodeConfig::layered(flags()).unwrap();
         assert_eq!(again, first, "the saved copy, with nothing over it");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cores_at_each_start_and_are_bounded() {
+        let dir = temp_dir("workers");
+        let flags = |threads| NodeFlags {
+            id: Some(1),
+            data_dir: Some(dir.clone()),
+            worker_threads: threads,
+            ..NodeFlags::default()
+        };
+        let config = NodeConfig::layered(flags(None)).unwrap();
+        assert_eq!(config.worker_threads, None, "not fixed in the saved copy");
+        assert_eq!(config.worker_threads(), default_worker_threads());
+        let config = NodeConfig::layered(flags(Some(3))).unwrap();
+        assert_eq!(config.worker_threads(), 3);
+        assert!(config.validate().is_ok());
+        for wrong in [0, WORKER_THREADS_MAX + 1] {
+            let config = NodeConfig::layered(flags(Some(wrong))).unwrap();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains("worker_threads"), "{error}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -180,7 +180,13 @@ fn init_logging(level: Option<&str>) {
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    runtime_with(dr_node::config::default_worker_threads())
+}
+
+/// A runtime with `workers` worker threads.
+pub(crate) fn runtime_with(workers: usize) -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
@@ -188,7 +194,10 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 fn server(flags: NodeFlags) -> Result<(), String> {
     let config = NodeConfig::layered(flags)?;
-    let runtime = runtime()?;
+    // Checked before the runtime starts on its worker count (and again
+    // by the node).
+    config.validate().map_err(|e| e.to_string())?;
+    let runtime = runtime_with(config.worker_threads())?;
     let result = runtime.block_on(async move {
         let node = RunningNode::start(config)
             .await
