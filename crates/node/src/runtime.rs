@@ -200,7 +200,7 @@ pub struct RuntimeConfig {
 /// A running engine: how to reach it and watch it.
 #[derive(Clone)]
 pub struct EngineHandle {
-    /// Requests go here (see [`EngineHandle::submit`] for writes).
+    /// Requests go here (see [`EngineHandle::try_submit`] for writes).
     pub requests: mpsc::Sender<EngineRequest>,
     /// A follower's writes go to the leader through here, on the
     /// connection's own thread (the engine's thread is not woken).
@@ -235,15 +235,6 @@ impl EngineHandle {
         match self.route(request) {
             None => Ok(()),
             Some(request) => self.requests.try_send(request).map_err(|_| Overloaded),
-        }
-    }
-
-    /// As [`EngineHandle::try_submit`], waiting for room in the engine's
-    /// queue; `Err` when the engine stopped.
-    pub async fn submit(&self, request: Request) -> Result<(), Overloaded> {
-        match self.route(request) {
-            None => Ok(()),
-            Some(request) => self.requests.send(request).await.map_err(|_| Overloaded),
         }
     }
 

@@ -141,7 +141,7 @@ pub struct StatusBoard {
     snapshot_index: AtomicU64,
     keys: AtomicU64,
     rss_bytes: AtomicU64,
-    /// 1: segments, 0: RocksDB.
+    /// True: segments; false: RocksDB's column family.
     raft_log_segmented: AtomicBool,
     raft_log_segments: AtomicU64,
     lists: Mutex<Lists>,

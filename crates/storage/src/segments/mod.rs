@@ -204,11 +204,20 @@ impl SegmentLog {
     }
 
     fn active_id(&self) -> u64 {
-        self.live.back().expect("a log has a segment").id
+        self.newest().id
+    }
+
+    /// The segment being written (a log always has one).
+    fn newest(&self) -> &Segment {
+        self.live.back().expect("a log has a segment")
+    }
+
+    fn newest_mut(&mut self) -> &mut Segment {
+        self.live.back_mut().expect("a log has a segment")
     }
 
     fn write_at(&self, frame: &[u8], at: u64, sync: bool) -> io::Result<()> {
-        let file = &self.live.back().expect("a log has a segment").file;
+        let file = &self.newest().file;
         #[cfg(feature = "failpoints")]
         if sync {
             match crate::failpoints::before_synced_write() {
@@ -249,10 +258,7 @@ impl SegmentLog {
         }
         if let Some(hard_state) = batch.hard_state {
             self.hard_state = Some(hard_state);
-            self.live
-                .back_mut()
-                .expect("a log has a segment")
-                .holds_hard_state = true;
+            self.newest_mut().holds_hard_state = true;
         }
     }
 
@@ -330,7 +336,7 @@ impl SegmentLog {
     /// synced, unless it holds one already: every segment opens with it,
     /// so older segments can be dropped.
     pub(super) fn open_with_hard_state(&mut self) -> io::Result<()> {
-        let newest = self.live.back().expect("a log has a segment");
+        let newest = self.newest();
         if newest.holds_hard_state {
             return Ok(());
         }
@@ -345,10 +351,7 @@ impl SegmentLog {
         self.write_at(&frame, at, true)?;
         self.offset += frame.len() as u64;
         self.opening_offset = self.offset;
-        self.live
-            .back_mut()
-            .expect("a log has a segment")
-            .holds_hard_state = true;
+        self.newest_mut().holds_hard_state = true;
         Ok(())
     }
 

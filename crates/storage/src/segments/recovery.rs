@@ -184,7 +184,7 @@ impl SegmentLog {
         newest: bool,
         started: &mut bool,
     ) -> Result<(u64, bool), String> {
-        let file = &self.live.back().expect("pushed by the caller").file;
+        let file = &self.newest().file;
         let file_len = file.metadata().map_err(|e| e.to_string())?.len();
         let mut at = 0u64;
         let mut sealed = false;
@@ -266,10 +266,7 @@ impl SegmentLog {
                 RecordKind::HardState => {
                     self.hard_state =
                         Some(records::decode_hard_state(record.body).map_err(|e| e.0)?);
-                    self.live
-                        .back_mut()
-                        .expect("replayed into a live segment")
-                        .holds_hard_state = true;
+                    self.newest_mut().holds_hard_state = true;
                 }
                 RecordKind::Clear => {
                     self.locations.clear();
