@@ -33,7 +33,8 @@
 //!   clock. On its ticks the leader proposes the machine's housekeeping
 //!   ([`StateMachine::housekeeping`]), one command in flight at a time.
 //! - **Membership, leader transfer, snapshots** (every
-//!   `snapshot_every` entries, the log compacted behind them, installed
+//!   `snapshot_every` entries and `snapshot_log_factor` times the last
+//!   snapshot's bytes of log, the log compacted behind them, installed
 //!   ones handed to the state machine).
 //!
 //! # Invariants
@@ -95,6 +96,13 @@ pub struct EngineConfig {
     pub tick: Duration,
     /// Snapshot after this many applied entries.
     pub snapshot_every: u64,
+    /// A snapshot also waits until the log applied since the last one
+    /// holds this many times that snapshot's bytes (the Raft thesis's
+    /// expansion factor): copying the state then costs at most a
+    /// 1/factor byte of copying per byte written, whatever the state's
+    /// size, and the log on disk stays within factor times the state.
+    /// 0: entries only.
+    pub snapshot_log_factor: u64,
     /// Entries kept in the log behind a snapshot, for slow followers.
     pub log_kept: u64,
     /// Requests one turn takes at most before it writes (bounds latency).
@@ -126,6 +134,9 @@ impl EngineConfig {
     pub const DEFAULT_TICK: Duration = Duration::from_millis(10);
     /// Applied entries between snapshots unless set otherwise.
     pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
+    /// Log bytes per byte of the last snapshot before the next, unless
+    /// set otherwise.
+    pub const DEFAULT_SNAPSHOT_LOG_FACTOR: u64 = 4;
 
     /// The defaults around a consensus configuration.
     pub fn new(raft: dr_raft::Config) -> Self {
@@ -133,6 +144,7 @@ impl EngineConfig {
             raft,
             tick: Self::DEFAULT_TICK,
             snapshot_every: Self::DEFAULT_SNAPSHOT_EVERY,
+            snapshot_log_factor: Self::DEFAULT_SNAPSHOT_LOG_FACTOR,
             log_kept: 10_000,
             turn_requests_max: 4096,
             turn_messages_max: 4096,
@@ -289,8 +301,13 @@ pub struct Engine<M: StateMachine, A> {
     reads_after_apply: BTreeMap<LogIndex, Vec<PendingRead<M, A>>>,
     follower_reads: FollowerReads<M, A>,
     snapshot_index: LogIndex,
-    /// When the snapshot being copied in the background was started.
-    snapshot_started: Option<Duration>,
+    /// When the snapshot being copied in the background was started, and
+    /// `log_bytes_applied` then (what the copy covers).
+    snapshot_started: Option<(Duration, u64)>,
+    /// Payload bytes of the entries applied since this engine started.
+    log_bytes_applied: u64,
+    /// `log_bytes_applied` as of the latest snapshot (or start).
+    log_bytes_at_snapshot: u64,
     /// No snapshot is tried before this (after one was refused).
     snapshot_retry_at: Option<Duration>,
     /// The leader lease, on this node's clock.
@@ -344,6 +361,8 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             },
             snapshot_index,
             snapshot_started: None,
+            log_bytes_applied: 0,
+            log_bytes_at_snapshot: 0,
             snapshot_retry_at: None,
             lease,
             housekeeping_index: None,

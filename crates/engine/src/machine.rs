@@ -151,6 +151,13 @@ pub trait StateMachine {
         false
     }
 
+    /// The size of the latest snapshot's data in bytes (what a snapshot
+    /// copies), for the engine's `snapshot_log_factor`; 0 when unknown,
+    /// which leaves only the count of entries.
+    fn snapshot_bytes(&self, _store: &Self::Store) -> u64 {
+        0
+    }
+
     /// Whether persisting `ready` makes the store sync the disk (for the
     /// engine's fsync histogram only).
     fn persist_syncs(_store: &Self::Store, ready: &dr_raft::Ready) -> bool {

@@ -14,6 +14,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     pub(crate) fn after_snapshot_install(&mut self, snapshot: &SnapshotMeta) {
         bump(&self.metrics.snapshots_installed);
         self.snapshot_index = snapshot.index;
+        self.log_bytes_at_snapshot = self.log_bytes_applied;
         // Proposals the snapshot covers: whether they are in it is unknown.
         let covered: Vec<LogIndex> = self
             .writes
@@ -44,7 +45,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             return Ok(self.snapshot_index);
         }
         let conf = self.raft.conf_state().clone();
-        let started = self.clock.now();
+        let started = (self.clock.now(), self.log_bytes_applied);
         self.snapshot_started = None;
         let index = match self
             .machine
@@ -59,8 +60,11 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
 
     /// Records a new snapshot and compacts the log behind it, keeping
     /// `log_kept` entries for followers a little behind.
-    fn snapshot_taken(&mut self, index: LogIndex, started: Duration) -> Result<(), String> {
+    /// `started`: when the copy began, and the log bytes applied then.
+    fn snapshot_taken(&mut self, index: LogIndex, started: (Duration, u64)) -> Result<(), String> {
+        let (started, log_bytes_covered) = started;
         self.snapshot_index = index;
+        self.log_bytes_at_snapshot = log_bytes_covered;
         bump(&self.metrics.snapshots_created);
         let store = self.raft.storage_mut();
         let compact_to = index.saturating_sub(self.config.log_kept);
@@ -73,11 +77,14 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     }
 
     /// Finishes a snapshot copied in the background, or starts one when
-    /// `snapshot_every` entries were applied since the last.
+    /// it is due ([`Self::snapshot_due`]).
     pub(crate) fn maybe_snapshot(&mut self) {
         let now = self.clock.now();
         if let Some(index) = self.machine.poll_snapshot(self.raft.storage_mut()) {
-            let started = self.snapshot_started.take().unwrap_or(now);
+            let started = self
+                .snapshot_started
+                .take()
+                .unwrap_or((now, self.log_bytes_applied));
             if let Err(error) = self.snapshot_taken(index, started) {
                 tracing::warn!(%error, "log not compacted after a snapshot");
             }
@@ -85,20 +92,19 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
         if self.machine.snapshot_copying(self.raft.storage()) {
             return;
         }
-        let applied = self.applied_index();
-        let due = self.snapshot_index + self.config.snapshot_every + self.snapshot_offset();
-        if applied < due || self.snapshot_retry_at.is_some_and(|at| now < at) {
+        if !self.snapshot_due() || self.snapshot_retry_at.is_some_and(|at| now < at) {
             return;
         }
         let conf = self.raft.conf_state().clone();
+        let started = (now, self.log_bytes_applied);
         match self.machine.snapshot(self.raft.storage_mut(), conf, true) {
             Ok(SnapshotStarted::Copying(_)) => {
-                self.snapshot_started = Some(now);
+                self.snapshot_started = Some(started);
                 self.snapshot_retry_at = None;
             }
             Ok(SnapshotStarted::Taken(index)) => {
                 self.snapshot_retry_at = None;
-                if let Err(error) = self.snapshot_taken(index, now) {
+                if let Err(error) = self.snapshot_taken(index, started) {
                     tracing::warn!(%error, "log not compacted after a snapshot");
                 }
             }
@@ -109,6 +115,31 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
                 self.snapshot_retry_at = Some(now + Duration::from_secs(1));
             }
         }
+    }
+
+    /// Whether a snapshot is due: `snapshot_every` entries (and a spread)
+    /// applied since the last, and, with a `snapshot_log_factor`, that
+    /// many times the last snapshot's bytes of log applied since it. The
+    /// second rule makes a large state's copies rare enough to cost a
+    /// bounded share of the writes, where a fixed count of entries would
+    /// copy a state of gigabytes every few seconds. After a restart the
+    /// bytes count from zero (the log since the snapshot is not re-read
+    /// to count them): the log may then grow up to twice as far.
+    pub(crate) fn snapshot_due(&self) -> bool {
+        let due = self.snapshot_index + self.config.snapshot_every + self.snapshot_offset();
+        if self.applied_index() < due {
+            return false;
+        }
+        let factor = self.config.snapshot_log_factor;
+        if factor == 0 {
+            return true;
+        }
+        let state_bytes = self.machine.snapshot_bytes(self.raft.storage());
+        let grown = self
+            .log_bytes_applied
+            .checked_sub(self.log_bytes_at_snapshot)
+            .expect("the bytes applied only grow");
+        grown >= state_bytes.saturating_mul(factor)
     }
 
     /// Up to a tenth of `snapshot_every` more, different on every node

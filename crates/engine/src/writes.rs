@@ -99,6 +99,8 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             .apply(self.raft.storage_mut(), entries, conf_state, &waiting)
             .unwrap_or_else(|error| panic!("cannot apply committed entries: {error}"));
         if !entries.is_empty() {
+            let bytes: usize = entries.iter().map(|entry| entry.payload.len()).sum();
+            self.log_bytes_applied += bytes as u64;
             self.metrics
                 .entries_applied
                 .fetch_add(entries.len() as u64, Relaxed);

@@ -52,6 +52,10 @@ pub struct NodeConfig {
     /// Snapshot after this many applied entries.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
+    /// And only once the log applied since the last snapshot holds this
+    /// many times that snapshot's bytes (0: entries only).
+    #[serde(default = "default_snapshot_log_factor")]
+    pub snapshot_log_factor: u64,
     /// The most keys one `KEYS` command looks at; past it the command
     /// answers an error pointing at `SCAN` (a whole-keyspace walk would
     /// stall the engine thread).
@@ -145,6 +149,9 @@ impl From<RaftLog> for dr_storage::LogKind {
 fn default_snapshot_every() -> u64 {
     dr_engine::EngineConfig::DEFAULT_SNAPSHOT_EVERY
 }
+fn default_snapshot_log_factor() -> u64 {
+    dr_engine::EngineConfig::DEFAULT_SNAPSHOT_LOG_FACTOR
+}
 fn default_keys_max() -> usize {
     crate::machine::KEYS_MAX_DEFAULT
 }
@@ -206,6 +213,7 @@ impl NodeConfig {
             max_clients: default_max_clients(),
             request_bytes_max: default_request_bytes_max(),
             snapshot_every: default_snapshot_every(),
+            snapshot_log_factor: default_snapshot_log_factor(),
             read_lease: false,
             raft_log: RaftLog::default(),
             tick_ms: default_tick_ms(),
@@ -423,6 +431,9 @@ impl NodeConfig {
         if let Some(every) = args.snapshot_every {
             config.snapshot_every = every;
         }
+        if let Some(factor) = args.snapshot_log_factor {
+            config.snapshot_log_factor = factor;
+        }
         config.read_lease |= args.read_lease;
         if let Some(raft_log) = args.raft_log {
             config.raft_log = raft_log;
@@ -505,6 +516,10 @@ pub struct NodeFlags {
     /// Snapshot after this many applied entries.
     #[arg(long)]
     pub snapshot_every: Option<u64>,
+    /// ... and once the log since the last snapshot holds this many times
+    /// its bytes (0: entries only).
+    #[arg(long)]
+    pub snapshot_log_factor: Option<u64>,
     /// Milliseconds a client may take to finish a request it started.
     #[arg(long)]
     pub partial_request_timeout_ms: Option<u64>,
@@ -593,17 +608,27 @@ mod tests {
             &file,
             "id = 2\ndata_dir = \"/nowhere\"\nclient_addr = \"127.0.0.1:7002\"\n\
              peer_addr = \"127.0.0.1:7102\"\nadmin_addr = \"127.0.0.1:7202\"\n\
-             snapshot_every = 5\ntick_ms = 20\n[peers]\n1 = \"127.0.0.1:7101\"\n",
+             snapshot_every = 5\nsnapshot_log_factor = 2\ntick_ms = 20\n\
+             [peers]\n1 = \"127.0.0.1:7101\"\n",
         )
         .unwrap();
         let flags = NodeFlags {
-            config: Some(file),
+            config: Some(file.clone()),
             data_dir: Some(dir.join("data")),
             snapshot_every: Some(7),
             ..NodeFlags::default()
         };
         let config = NodeConfig::layered(flags).unwrap();
         assert_eq!(config.snapshot_every, 7, "the flag");
+        assert_eq!(config.snapshot_log_factor, 2, "the file");
+        let flagged = NodeConfig::layered(NodeFlags {
+            config: Some(file),
+            data_dir: Some(dir.join("data")),
+            snapshot_log_factor: Some(0),
+            ..NodeFlags::default()
+        })
+        .unwrap();
+        assert_eq!(flagged.snapshot_log_factor, 0, "the flag over the file");
         assert_eq!(config.tick_ms, 20, "the file");
         assert_eq!(config.data_dir, dir.join("data"), "the flag");
         assert_eq!(config.max_clients, default_max_clients(), "the default");

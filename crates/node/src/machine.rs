@@ -52,6 +52,8 @@ pub trait KvStore: LogStore {
     fn poll_snapshot(&mut self) -> Option<LogIndex>;
     /// Whether a background snapshot is being copied.
     fn snapshot_copying(&self) -> bool;
+    /// The latest snapshot's data in bytes.
+    fn snapshot_bytes(&self) -> u64;
 }
 
 impl KvStore for RocksStorage {
@@ -101,6 +103,10 @@ impl KvStore for RocksStorage {
 
     fn snapshot_copying(&self) -> bool {
         self.snapshot_copy_index().is_some()
+    }
+
+    fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_len()
     }
 }
 
@@ -509,6 +515,10 @@ impl<S: KvStore> StateMachine for KvMachine<S> {
 
     fn snapshot_copying(&self, store: &S) -> bool {
         store.snapshot_copying()
+    }
+
+    fn snapshot_bytes(&self, store: &S) -> u64 {
+        store.snapshot_bytes()
     }
 
     fn persist_syncs(store: &S, ready: &Ready) -> bool {

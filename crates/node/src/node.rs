@@ -116,6 +116,7 @@ impl RunningNode {
         let mut engine_config = dr_engine::EngineConfig::new(raft_config);
         engine_config.tick = Duration::from_millis(config.tick_ms);
         engine_config.snapshot_every = config.snapshot_every;
+        engine_config.snapshot_log_factor = config.snapshot_log_factor;
         // Enough log behind a snapshot for a briefly slow follower.
         engine_config.log_kept = (config.snapshot_every / 2).min(10_000);
         engine_config.read_lease = config.read_lease;

@@ -217,7 +217,11 @@ fn killing_the_leader_loses_no_acknowledged_write() {
 /// snapshot) and serves linearizable reads. A SIGTERM stops it cleanly.
 #[test]
 fn a_restarted_node_catches_up_through_a_snapshot() {
-    let mut cluster = Cluster::start("restart", 3, &["--snapshot-every", "20"]);
+    let mut cluster = Cluster::start(
+        "restart",
+        3,
+        &["--snapshot-every", "20", "--snapshot-log-factor", "0"],
+    );
     cluster.wait_for_leader(SETTLE);
     let leader = cluster.wait_for_leader(SETTLE);
     let lagging = (1..=3).find(|&id| id != leader).unwrap();
@@ -266,7 +270,11 @@ fn a_restarted_node_catches_up_through_a_snapshot() {
 /// leave its key count behind the others'.
 #[test]
 fn a_follower_that_installs_a_snapshot_while_running_keeps_an_exact_key_count() {
-    let cluster = Cluster::start("presence", 3, &["--snapshot-every", "20"]);
+    let cluster = Cluster::start(
+        "presence",
+        3,
+        &["--snapshot-every", "20", "--snapshot-log-factor", "0"],
+    );
     let leader = cluster.wait_for_leader(SETTLE);
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     let mut writer = cluster.client(leader);

@@ -88,6 +88,8 @@ pub struct Settings {
     pub clients: usize,
     /// Members are removed, wiped and added back.
     pub membership_changes: bool,
+    /// The engine's `snapshot_log_factor` (0: snapshots by entries only).
+    pub snapshot_log_factor: u64,
 }
 
 impl Settings {
@@ -100,6 +102,9 @@ impl Settings {
             drift_ppm: 100_000,
             clients: 6,
             membership_changes: true,
+            // Both snapshot rules: entries only, and entries plus log
+            // bytes per byte of the last snapshot.
+            snapshot_log_factor: (seed / 3) % 3,
         }
     }
 }
@@ -129,6 +134,8 @@ pub struct Report {
     pub leader_removals: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Snapshots the nodes took of their own state.
+    pub snapshots_created: u64,
     /// Reads a leader served on its lease.
     pub lease_reads: u64,
     /// Steps during which an old leader still held its lease while a
@@ -283,6 +290,7 @@ impl SimCluster {
         config.tick = TICK;
         config.read_lease = settings.read_lease;
         config.snapshot_every = 40;
+        config.snapshot_log_factor = settings.snapshot_log_factor;
         config.log_kept = 8;
         config.forward_timeout = Duration::from_millis(1_500);
         config.read_fetch_timeout = Duration::from_millis(500);
@@ -381,6 +389,11 @@ impl SimCluster {
             .nodes
             .iter()
             .map(|n| n.metrics.snapshots_installed.load(Relaxed))
+            .sum();
+        self.report.snapshots_created = self
+            .nodes
+            .iter()
+            .map(|n| n.metrics.snapshots_created.load(Relaxed))
             .sum();
         self.report.lease_reads = self
             .nodes

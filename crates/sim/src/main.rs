@@ -49,6 +49,7 @@ fn add(totals: &mut Report, report: &Report) {
     totals.removals += report.removals;
     totals.leader_removals += report.leader_removals;
     totals.snapshots_installed += report.snapshots_installed;
+    totals.snapshots_created += report.snapshots_created;
     totals.lease_reads += report.lease_reads;
     totals.expiry_reads += report.expiry_reads;
 }
@@ -88,7 +89,7 @@ fn main() -> ExitCode {
          ({} commands answered, {} uncertain, {} refused as not done, {} lease reads, \
          {} reads of expiring keys checked against the serving node's clock; \
          {} crashes, {} inside a synced write; {} pauses, {} partitions, {} leader transfers, \
-         {} members removed and added back ({} of them leaders), {} snapshots installed)",
+         {} members removed and added back ({} of them leaders), {} snapshots taken, {} installed)",
         count - failures,
         began.elapsed().as_secs_f64(),
         totals.answered,
@@ -103,6 +104,7 @@ fn main() -> ExitCode {
         totals.transfers,
         totals.removals,
         totals.leader_removals,
+        totals.snapshots_created,
         totals.snapshots_installed
     );
     if failures == 0 {

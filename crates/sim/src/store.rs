@@ -353,6 +353,10 @@ impl KvStore for MemKvStore {
     fn snapshot_copying(&self) -> bool {
         false
     }
+
+    fn snapshot_bytes(&self) -> u64 {
+        self.state.log.snapshot().data.len() as u64
+    }
 }
 
 #[cfg(test)]

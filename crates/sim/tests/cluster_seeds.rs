@@ -108,3 +108,23 @@ fn a_cluster_run_is_a_function_of_its_seed() {
         }
     );
 }
+
+/// The log-bytes rule spaces a node's own snapshots out beyond what the
+/// count of entries alone would take, and the runs pass either way.
+#[test]
+fn a_snapshot_log_factor_spaces_snapshots_out() {
+    let seed = 3;
+    let run = |factor| {
+        let mut settings = dr_sim::cluster::Settings::for_seed(seed, dr_sim::FAULT_PHASE_SHORT_US);
+        settings.snapshot_log_factor = factor;
+        dr_sim::run_cluster_with(seed, settings).unwrap_or_else(|failure| panic!("{failure}"))
+    };
+    let entries_only = run(0);
+    let spaced = run(8);
+    assert!(
+        spaced.snapshots_created < entries_only.snapshots_created,
+        "{} snapshots with the factor, {} without",
+        spaced.snapshots_created,
+        entries_only.snapshots_created
+    );
+}

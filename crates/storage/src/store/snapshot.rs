@@ -43,6 +43,11 @@ impl RocksStorage {
         Ok(index)
     }
 
+    /// The latest snapshot's data in bytes (0 for the bootstrap one).
+    pub fn snapshot_len(&self) -> u64 {
+        self.cached.snapshot_len
+    }
+
     /// The index of the snapshot being copied, if one is.
     pub fn snapshot_copy_index(&self) -> Option<LogIndex> {
         self.copy.as_ref().map(|copy| copy.meta.index)
