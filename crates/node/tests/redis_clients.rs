@@ -93,13 +93,29 @@ assert r.flushdb() and r.dbsize() == 0
 print("ok")
 "#;
 
+/// The first Python that imports redis-py: `python3` on the path, else
+/// Debian's own, where `python3-redis` lives (a pyenv or venv Python ahead
+/// on the path does not see Debian's packages). `cargo xtask ci` checks
+/// the same two.
+fn python_with_redis() -> &'static str {
+    ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|python| {
+            Command::new(python)
+                .args(["-c", "import redis"])
+                .output()
+                .is_ok_and(|output| output.status.success())
+        })
+        .unwrap_or("python3")
+}
+
 #[test]
 fn redis_py_runs_expiry_hashes_and_transactions() {
     let cluster = Cluster::start("redis-py", 3, &[]);
     cluster.wait_for_leader(SETTLE);
     let script = std::env::temp_dir().join(format!("drkv-redis-py-{}.py", std::process::id()));
     std::fs::write(&script, PYTHON).expect("write the script");
-    let output = Command::new("python3")
+    let output = Command::new(python_with_redis())
         .arg(&script)
         .arg(cluster.node(2).client.port().to_string())
         .arg(cluster.node(3).client.port().to_string())
