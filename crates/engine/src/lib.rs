@@ -103,11 +103,11 @@ pub struct EngineConfig {
     /// size, and the log on disk stays within factor times the state.
     /// 0: entries only.
     pub snapshot_log_factor: u64,
-    /// A snapshot at the latest after this many applied entries, whatever
-    /// the log's bytes: bounds the log's in-memory index (32 bytes an
-    /// entry) and what a restart scans, when entries are small against
-    /// a large state.
-    pub snapshot_every_max: u64,
+    /// A snapshot at the latest after this many times `snapshot_every`
+    /// applied entries, whatever the log's bytes: bounds the log's
+    /// in-memory index (32 bytes an entry) and what a restart scans, when
+    /// entries are small against a large state.
+    pub snapshot_every_max_factor: u64,
     /// Entries kept in the log behind a snapshot, for slow followers.
     pub log_kept: u64,
     /// Requests one turn takes at most before it writes (bounds latency).
@@ -142,9 +142,8 @@ impl EngineConfig {
     /// Log bytes per byte of the last snapshot before the next, unless
     /// set otherwise.
     pub const DEFAULT_SNAPSHOT_LOG_FACTOR: u64 = 4;
-    /// `snapshot_every_max` in units of `snapshot_every`, unless set
-    /// otherwise.
-    pub const SNAPSHOT_EVERY_MAX_FACTOR: u64 = 10;
+    /// `snapshot_every_max_factor` unless set otherwise.
+    pub const DEFAULT_SNAPSHOT_EVERY_MAX_FACTOR: u64 = 10;
 
     /// The defaults around a consensus configuration.
     pub fn new(raft: dr_raft::Config) -> Self {
@@ -153,7 +152,7 @@ impl EngineConfig {
             tick: Self::DEFAULT_TICK,
             snapshot_every: Self::DEFAULT_SNAPSHOT_EVERY,
             snapshot_log_factor: Self::DEFAULT_SNAPSHOT_LOG_FACTOR,
-            snapshot_every_max: Self::DEFAULT_SNAPSHOT_EVERY * Self::SNAPSHOT_EVERY_MAX_FACTOR,
+            snapshot_every_max_factor: Self::DEFAULT_SNAPSHOT_EVERY_MAX_FACTOR,
             log_kept: 10_000,
             turn_requests_max: 4096,
             turn_messages_max: 4096,

@@ -120,12 +120,12 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     /// Whether a snapshot is due: `snapshot_every` entries (and a spread)
     /// applied since the last, and, with a `snapshot_log_factor`, that
     /// many times the last snapshot's bytes of log applied since it, or
-    /// else `snapshot_every_max` entries. The second rule makes a large
+    /// else `snapshot_every_max_factor` times `snapshot_every` entries. The second rule makes a large
     /// state's copies rare enough to cost a bounded share of the writes,
     /// where a fixed count of entries would copy a state of gigabytes
     /// every few seconds. After a restart the bytes count from zero (the
     /// log since the snapshot is not re-read to count them): the log may
-    /// then grow up to twice as far, never past `snapshot_every_max`.
+    /// then grow up to twice as far, never past the entries' cap.
     pub(crate) fn snapshot_due(&self) -> bool {
         let since = |entries: u64| {
             self.snapshot_index
@@ -137,7 +137,11 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             return false;
         }
         let factor = self.config.snapshot_log_factor;
-        if factor == 0 || applied >= since(self.config.snapshot_every_max) {
+        let entries_max = self
+            .config
+            .snapshot_every
+            .saturating_mul(self.config.snapshot_every_max_factor);
+        if factor == 0 || applied >= since(entries_max) {
             return true;
         }
         let state_bytes = self.machine.snapshot_bytes(self.raft.storage());

@@ -117,9 +117,6 @@ impl RunningNode {
         engine_config.tick = Duration::from_millis(config.tick_ms);
         engine_config.snapshot_every = config.snapshot_every;
         engine_config.snapshot_log_factor = config.snapshot_log_factor;
-        engine_config.snapshot_every_max = config
-            .snapshot_every
-            .saturating_mul(dr_engine::EngineConfig::SNAPSHOT_EVERY_MAX_FACTOR);
         // Enough log behind a snapshot for a briefly slow follower.
         engine_config.log_kept = (config.snapshot_every / 2).min(10_000);
         engine_config.read_lease = config.read_lease;

@@ -90,9 +90,9 @@ pub struct Settings {
     pub membership_changes: bool,
     /// The engine's `snapshot_log_factor` (0: snapshots by entries only).
     pub snapshot_log_factor: u64,
-    /// The engine's `snapshot_every_max` (the engine's `snapshot_every`
-    /// is 40 here).
-    pub snapshot_every_max: u64,
+    /// The engine's `snapshot_every_max_factor` (its `snapshot_every` is
+    /// 40 here).
+    pub snapshot_every_max_factor: u64,
 }
 
 impl Settings {
@@ -108,7 +108,7 @@ impl Settings {
             // Both snapshot rules: entries only, and entries plus log
             // bytes per byte of the last snapshot.
             snapshot_log_factor: (seed / 3) % 3,
-            snapshot_every_max: 160,
+            snapshot_every_max_factor: 4,
         }
     }
 }
@@ -295,7 +295,7 @@ impl SimCluster {
         config.read_lease = settings.read_lease;
         config.snapshot_every = 40;
         config.snapshot_log_factor = settings.snapshot_log_factor;
-        config.snapshot_every_max = settings.snapshot_every_max;
+        config.snapshot_every_max_factor = settings.snapshot_every_max_factor;
         config.log_kept = 8;
         config.forward_timeout = Duration::from_millis(1_500);
         config.read_fetch_timeout = Duration::from_millis(500);

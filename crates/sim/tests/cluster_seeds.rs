@@ -121,28 +121,28 @@ fn a_cluster_run_is_a_function_of_its_seed() {
 }
 
 /// The log-bytes rule spaces a node's own snapshots out beyond what the
-/// count of entries alone would take, `snapshot_every_max` still takes
+/// count of entries alone would take, `snapshot_every_max_factor` still takes
 /// them when the log's bytes never reach the factor, and the runs pass
 /// either way.
 #[test]
 fn a_snapshot_log_factor_spaces_snapshots_out() {
     let seed = 3;
-    let run = |factor, every_max| {
+    let run = |factor, every_max_factor| {
         let mut settings = dr_sim::cluster::Settings::for_seed(seed, dr_sim::FAULT_PHASE_SHORT_US);
         settings.snapshot_log_factor = factor;
-        settings.snapshot_every_max = every_max;
+        settings.snapshot_every_max_factor = every_max_factor;
         dr_sim::run_cluster_with(seed, settings)
             .unwrap_or_else(|failure| panic!("{failure}"))
             .snapshots_created
     };
-    let entries_only = run(0, 160);
-    let spaced = run(8, 160);
+    let entries_only = run(0, 4);
+    let spaced = run(8, 4);
     assert!(
         spaced < entries_only,
         "{spaced} snapshots with the factor, {entries_only} without"
     );
     let unreachable = 1 << 40;
-    let capped = run(unreachable, 160);
+    let capped = run(unreachable, 4);
     let uncapped = run(unreachable, u64::MAX);
     assert!(
         uncapped < capped && capped < entries_only,
