@@ -524,6 +524,17 @@ impl Nemesis {
             return Ok(format!("node {victim}: no other member up"));
         };
         if let Err(e) = cluster.admin(via, "DELETE", &format!("/members/{victim}"), "") {
+            // Refused, or uncertain (the leader stepped down before it
+            // answered: the removal may still commit). Settled once a
+            // leader has committed everything in its log: from then on
+            // its voters say what happened.
+            if voters_settled(cluster).is_some_and(|voters| !voters.contains(&victim)) {
+                cluster.kill(victim);
+                add_back(cluster, network, victim, &others)?;
+                return Ok(format!(
+                    "node {victim}: removal answered {e}, yet it took effect; wiped, back as a voter"
+                ));
+            }
             return Ok(format!("node {victim}: removal refused ({e})"));
         }
         cluster.kill(victim);
@@ -603,6 +614,29 @@ impl Nemesis {
 
 /// Adds the wiped `victim` back as a learner through the leader, starts
 /// it empty and promotes it once it holds the leader's committed state.
+/// The voters as seen by a leader once it has committed and applied
+/// every entry its log held when first asked, still leading in the same
+/// term (within 30 s; `None` if none got there): no entry of an older
+/// term that is not in its log can commit after that, so an uncertain
+/// change is settled either way.
+fn voters_settled(cluster: &Cluster) -> Option<Vec<u64>> {
+    let mut first_seen: Option<(u64, u64, u64)> = None;
+    wait_for(Duration::from_secs(30), || {
+        let leader = cluster.leader()?;
+        let status = cluster.status(leader).ok()?;
+        let term = status["term"].as_u64()?;
+        let (_, _, last) =
+            *first_seen.get_or_insert((leader, term, status["last_index"].as_u64()?));
+        if first_seen.is_some_and(|(id, seen_term, _)| id != leader || seen_term != term) {
+            first_seen = None;
+            return None;
+        }
+        let settled = status["applied_index"].as_u64()? >= last;
+        let voters = status["voters"].as_array()?;
+        settled.then(|| voters.iter().filter_map(|id| id.as_u64()).collect())
+    })
+}
+
 fn add_back(
     cluster: &mut Cluster,
     network: &Network,
