@@ -61,6 +61,12 @@ pub struct NodeConfig {
     /// stall the engine thread).
     #[serde(default = "default_keys_max")]
     pub keys_max: usize,
+    /// Bytes of recently written records kept in memory in front of
+    /// RocksDB for point reads (`GET`, and the old records writes look
+    /// up); 0 turns the mirror off. Memory is taken as records are
+    /// written, up to this.
+    #[serde(default = "default_read_mirror_bytes")]
+    pub read_mirror_bytes: usize,
     /// Serve reads on the leader's lease, without a heartbeat round per
     /// batch of reads, while a quorum confirmed the leader within the last
     /// three quarters of a follower's election timeout. Linearizable as
@@ -155,6 +161,9 @@ fn default_snapshot_log_factor() -> u64 {
 fn default_keys_max() -> usize {
     crate::machine::KEYS_MAX_DEFAULT
 }
+fn default_read_mirror_bytes() -> usize {
+    dr_storage::READ_MIRROR_BYTES_DEFAULT
+}
 /// The machine's cores (1 when they cannot be counted).
 pub fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -220,6 +229,7 @@ impl NodeConfig {
             worker_threads: None,
             partial_request_timeout_ms: default_partial_request_timeout_ms(),
             keys_max: default_keys_max(),
+            read_mirror_bytes: default_read_mirror_bytes(),
             requirepass: None,
             users: Vec::new(),
             protected_mode: default_protected_mode(),
@@ -434,6 +444,9 @@ impl NodeConfig {
         if let Some(factor) = args.snapshot_log_factor {
             config.snapshot_log_factor = factor;
         }
+        if let Some(bytes) = args.read_mirror_bytes {
+            config.read_mirror_bytes = bytes;
+        }
         config.read_lease |= args.read_lease;
         if let Some(raft_log) = args.raft_log {
             config.raft_log = raft_log;
@@ -520,6 +533,10 @@ pub struct NodeFlags {
     /// its bytes (0: entries only).
     #[arg(long)]
     pub snapshot_log_factor: Option<u64>,
+    /// Bytes of recently written records kept in memory for point reads
+    /// (0: none).
+    #[arg(long)]
+    pub read_mirror_bytes: Option<usize>,
     /// Milliseconds a client may take to finish a request it started.
     #[arg(long)]
     pub partial_request_timeout_ms: Option<u64>,
@@ -625,10 +642,17 @@ mod tests {
             config: Some(file),
             data_dir: Some(dir.join("data")),
             snapshot_log_factor: Some(0),
+            read_mirror_bytes: Some(0),
             ..NodeFlags::default()
         })
         .unwrap();
         assert_eq!(flagged.snapshot_log_factor, 0, "the flag over the file");
+        assert_eq!(flagged.read_mirror_bytes, 0, "the flag");
+        assert_eq!(
+            config.read_mirror_bytes,
+            dr_storage::READ_MIRROR_BYTES_DEFAULT,
+            "the default"
+        );
         assert_eq!(config.tick_ms, 20, "the file");
         assert_eq!(config.data_dir, dir.join("data"), "the flag");
         assert_eq!(config.max_clients, default_max_clients(), "the default");

@@ -240,6 +240,7 @@ fn open_store(config: &NodeConfig) -> Result<RocksStorage, StartError> {
     let path = config.data_dir.join(STORE_DIR);
     let options = dr_storage::StoreOptions {
         log: config.raft_log.into(),
+        read_mirror_bytes: config.read_mirror_bytes,
         ..dr_storage::StoreOptions::default()
     };
     let mut store =

@@ -114,6 +114,8 @@ pub struct Status {
     pub keys: u64,
     /// The process's resident memory in bytes (0 where unknown).
     pub rss_bytes: u64,
+    /// Bytes of recently written records held for point reads.
+    pub read_mirror_bytes: u64,
     /// Where the node keeps its Raft log.
     pub raft_log: RaftLog,
     /// The segment files of the log (0 for RocksDB's).
@@ -141,6 +143,7 @@ pub struct StatusBoard {
     snapshot_index: AtomicU64,
     keys: AtomicU64,
     rss_bytes: AtomicU64,
+    read_mirror_bytes: AtomicU64,
     /// True: segments; false: RocksDB's column family.
     raft_log_segmented: AtomicBool,
     raft_log_segments: AtomicU64,
@@ -202,6 +205,7 @@ impl StatusBoard {
             members: lists.members.clone(),
             keys: self.keys.load(Relaxed),
             rss_bytes: self.rss_bytes.load(Relaxed),
+            read_mirror_bytes: self.read_mirror_bytes.load(Relaxed),
             raft_log: if self.raft_log_segmented.load(Relaxed) {
                 RaftLog::Segments
             } else {
@@ -225,9 +229,11 @@ impl StatusBoard {
         self.keys.store(keys, Relaxed);
     }
 
-    /// The process's resident memory.
-    pub fn publish_rss(&self, bytes: u64) {
-        self.rss_bytes.store(bytes, Relaxed);
+    /// The process's resident memory, and what of it the store's read
+    /// mirror holds.
+    pub fn publish_memory(&self, rss_bytes: u64, read_mirror_bytes: u64) {
+        self.rss_bytes.store(rss_bytes, Relaxed);
+        self.read_mirror_bytes.store(read_mirror_bytes, Relaxed);
     }
 
     /// Where the log is kept and how many segment files it has.

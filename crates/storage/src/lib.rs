@@ -34,6 +34,11 @@
 //!   crash cut it short; [`RocksStorage::begin_snapshot`] copies it on a
 //!   thread of its own while the owner goes on applying, and
 //!   [`StoreReader`] serves point reads of it to other threads;
+//! - point reads are answered from a write-through mirror of recently
+//!   written records when it holds the key
+//!   ([`StoreOptions::read_mirror_bytes`]): filled only by applies, after
+//!   RocksDB took them, cleared by range deletes and snapshot installs, so
+//!   it never answers a value RocksDB no longer holds;
 //! - [`RocksStorage::backup`] and [`RocksStorage::restore`] take
 //!   incremental backups with RocksDB's backup engine and restore them
 //!   into empty directories.
@@ -96,6 +101,6 @@ pub use backup::{BackupError, BackupInfo, list_backups};
 pub use kv_stream::{KEY_BYTES_MAX, KeyValue, VALUE_BYTES_MAX};
 pub use segments::{SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN};
 pub use store::{
-    DataWrite, FORMAT_VERSION, LogKind, OpenError, ReadRefused, RocksStorage,
-    SNAPSHOT_RECORD_BYTES, StateMachine, StoreOptions, StoreReader,
+    DataWrite, FORMAT_VERSION, LogKind, OpenError, READ_MIRROR_BYTES_DEFAULT, ReadRefused,
+    RocksStorage, SNAPSHOT_RECORD_BYTES, StateMachine, StoreOptions, StoreReader,
 };

@@ -14,6 +14,7 @@ fn options(log: LogKind) -> StoreOptions {
     StoreOptions {
         log,
         segment_bytes: SEGMENT_BYTES_MIN,
+        ..StoreOptions::default()
     }
 }
 

@@ -60,6 +60,7 @@ fn write_forever(path: &Path, log: LogKind) -> ! {
     let options = StoreOptions {
         log,
         segment_bytes: SEGMENT_BYTES_MIN,
+        ..StoreOptions::default()
     };
     let mut store =
         RocksStorage::open_with(path, StateMachine::DataFamily, options).expect("child opens");

@@ -19,6 +19,7 @@ fn open(path: &Path) -> RocksStorage {
     let options = StoreOptions {
         log: LogKind::Segments,
         segment_bytes: SEGMENT_BYTES_MIN,
+        ..StoreOptions::default()
     };
     RocksStorage::open_with(path, StateMachine::External, options).expect("opens")
 }

@@ -188,6 +188,11 @@ async fn metrics(State(state): Shared) -> Response {
             status.rss_bytes,
         ),
         (
+            "drkv_read_mirror_bytes",
+            "Bytes of recently written records held in memory for point reads.",
+            status.read_mirror_bytes,
+        ),
+        (
             "drkv_raft_log_segments",
             "Segment files of the Raft log (0: the log is in RocksDB).",
             status.raft_log_segments,

@@ -260,6 +260,9 @@ impl RocksStorage {
     pub(super) fn finish_data_install(&mut self) -> Result<(), StorageError> {
         let installs = Arc::clone(&self.installs);
         let _installing = installs.begin();
+        // Before the family changes: no reader may take a mirrored value
+        // of the state being replaced for the new one's.
+        self.mirror.clear();
         let data = cf(&self.db, CF_DATA);
         let mut batch = WriteBatch::default();
         let everything_after: &[u8] = &[];

@@ -1,0 +1,327 @@
+//! A write-through mirror of recently written state-machine records, in
+//! front of RocksDB for point reads.
+//!
+//! A point read of the `data` family searches the memtable's skiplist
+//! first, and with a 64 MiB memtable that search is a score of cache
+//! misses: the largest single cost of a read served on the leader's lease
+//! and of the engine thread serving ReadIndex reads. RocksDB's row cache
+//! does not help there (it caches what SST files answer, after the
+//! memtable was searched). The mirror answers from a hash map instead.
+//!
+//! ## Invariants
+//!
+//! - It is filled only by the store's own writes, after RocksDB took them
+//!   ([`ReadMirror::record`] after each apply's write, in order): never
+//!   by a read, so a reader can never put a value there that a later
+//!   write has already replaced.
+//! - A key it holds maps to the newest value RocksDB holds (or to
+//!   `None`: deleted), except between an apply's RocksDB write and its
+//!   [`record`](ReadMirror::record), when it still holds the value before
+//!   that write: a reader then sees the state before the apply, which the
+//!   applied index published to readers still names. So for each key
+//!   every reader sees the values in the order they were written, and a
+//!   key that leaves the mirror (aged out, or a clear) is served by
+//!   RocksDB, which holds that value or a newer one.
+//! - A range delete and a snapshot install clear it (before the install
+//!   rewrites RocksDB's family, inside its guard).
+//! - Bounded: at most about its budget in bytes (keys, values and a
+//!   per-entry overhead, give or take one entry per shard); each shard keeps two generations, and when the
+//!   young one fills, the old one is dropped and the young one ages. A
+//!   zero budget turns it off.
+//!
+//! ## Non-goals
+//!
+//! No read-through filling and no recency by reads (see above); no range
+//! reads (scans go to RocksDB).
+
+use std::collections::HashMap;
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::DataWrite;
+
+/// What one mirrored record costs beyond its key's and value's bytes
+/// (the map's slot, two boxes' allocation headers).
+const ENTRY_OVERHEAD_BYTES: usize = 96;
+/// The most shards (each behind its own lock).
+const SHARDS_MAX: usize = 64;
+/// Bytes of budget per shard at least (a small budget gets fewer shards).
+const SHARD_BYTES_MIN: usize = 64 << 10;
+
+/// A stored value, or `None` for a key known deleted.
+type Mirrored = Option<Box<[u8]>>;
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct ReadMirror {
+    shards: Box<[RwLock<Shard>]>,
+    /// Bytes a shard's young generation holds before it ages.
+    young_bytes_max: usize,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    young: HashMap<Box<[u8]>, Mirrored>,
+    old: HashMap<Box<[u8]>, Mirrored>,
+    /// The young generation's bytes (as [`entry_bytes`] counts them).
+    young_bytes: usize,
+    /// The old generation's.
+    old_bytes: usize,
+}
+
+fn entry_bytes(key: &[u8], value: &Mirrored) -> usize {
+    key.len() + value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD_BYTES
+}
+
+/// How a lookup went.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Mirror {
+    /// The key's current value (`None`: deleted).
+    Held(Option<Vec<u8>>),
+    /// Not mirrored: ask RocksDB.
+    Unknown,
+}
+
+impl ReadMirror {
+    /// A mirror of at most about `bytes_max` bytes (0: off).
+    pub(crate) fn new(bytes_max: usize) -> Self {
+        if bytes_max == 0 {
+            return Self {
+                shards: Box::new([]),
+                young_bytes_max: 0,
+            };
+        }
+        let count = (bytes_max / SHARD_BYTES_MIN).clamp(1, SHARDS_MAX);
+        Self {
+            shards: (0..count).map(|_| RwLock::default()).collect(),
+            // Two generations per shard share the shard's part.
+            young_bytes_max: bytes_max / count / 2,
+        }
+    }
+
+    fn shard_index(&self, key: &[u8]) -> Option<usize> {
+        if self.shards.is_empty() {
+            return None;
+        }
+        Some(dr_simd::crc32c(key) as usize % self.shards.len())
+    }
+
+    fn read(&self, index: usize) -> RwLockReadGuard<'_, Shard> {
+        self.shards[index].read()
+    }
+
+    fn write(&self, index: usize) -> RwLockWriteGuard<'_, Shard> {
+        self.shards[index].write()
+    }
+
+    /// The mirrored value of `key`, if the mirror holds it.
+    pub(crate) fn get(&self, key: &[u8]) -> Mirror {
+        let Some(index) = self.shard_index(key) else {
+            return Mirror::Unknown;
+        };
+        let shard = self.read(index);
+        match shard.young.get(key).or_else(|| shard.old.get(key)) {
+            Some(value) => Mirror::Held(value.as_deref().map(<[u8]>::to_vec)),
+            None => Mirror::Unknown,
+        }
+    }
+
+    /// Takes `writes` in, in order; call it after RocksDB took them.
+    pub(crate) fn record(&self, writes: &[DataWrite<'_>]) {
+        if self.shards.is_empty() {
+            return;
+        }
+        for write in writes {
+            match *write {
+                DataWrite::Put(key, value) => self.insert(key, Some(value)),
+                DataWrite::Delete(key) => self.insert(key, None),
+                DataWrite::DeleteRange(..) => self.clear(),
+            }
+        }
+    }
+
+    fn insert(&self, key: &[u8], value: Option<&[u8]>) {
+        let Some(index) = self.shard_index(key) else {
+            return;
+        };
+        let added = key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD_BYTES;
+        let aged = {
+            let mut shard = self.write(index);
+            let shard = &mut *shard;
+            if let Some(slot) = shard.young.get_mut(key) {
+                shard.young_bytes -= entry_bytes(key, slot);
+                match (slot.as_deref_mut(), value) {
+                    // The same length (an overwrite of a fixed-size
+                    // record): no allocation.
+                    (Some(held), Some(new)) if held.len() == new.len() => held.copy_from_slice(new),
+                    (_, value) => *slot = value.map(Box::from),
+                }
+            } else {
+                let key = match shard.old.remove_entry(key) {
+                    Some((key, old)) => {
+                        shard.old_bytes -= entry_bytes(&key, &old);
+                        key
+                    }
+                    None => key.into(),
+                };
+                shard.young.insert(key, value.map(Box::from));
+            }
+            shard.young_bytes += added;
+            if shard.young_bytes > self.young_bytes_max {
+                shard.old_bytes = std::mem::take(&mut shard.young_bytes);
+                let young = std::mem::take(&mut shard.young);
+                Some(std::mem::replace(&mut shard.old, young))
+            } else {
+                None
+            }
+        };
+        // The dropped generation is freed outside the lock.
+        drop(aged);
+    }
+
+    /// Forgets everything (RocksDB's family changed in a way the mirror
+    /// does not follow key by key).
+    pub(crate) fn clear(&self) {
+        for index in 0..self.shards.len() {
+            let dropped = {
+                let mut shard = self.write(index);
+                shard.young_bytes = 0;
+                shard.old_bytes = 0;
+                (
+                    std::mem::take(&mut shard.young),
+                    std::mem::take(&mut shard.old),
+                )
+            };
+            drop(dropped);
+        }
+    }
+
+    /// Bytes held now (as the budget counts them).
+    pub(crate) fn bytes(&self) -> usize {
+        (0..self.shards.len())
+            .map(|index| {
+                let shard = self.read(index);
+                shard.young_bytes + shard.old_bytes
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The bytes of every entry, counted one by one.
+    fn counted_bytes(mirror: &ReadMirror) -> usize {
+        (0..mirror.shards.len())
+            .map(|index| {
+                let shard = mirror.read(index);
+                shard
+                    .young
+                    .iter()
+                    .chain(shard.old.iter())
+                    .map(|(key, value)| entry_bytes(key, value))
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    #[test]
+    fn it_answers_what_was_written_last() {
+        let mirror = ReadMirror::new(1 << 20);
+        assert_eq!(mirror.get(b"k"), Mirror::Unknown);
+        mirror.record(&[DataWrite::Put(b"k", b"1"), DataWrite::Put(b"k", b"2")]);
+        assert_eq!(mirror.get(b"k"), Mirror::Held(Some(b"2".to_vec())));
+        mirror.record(&[DataWrite::Delete(b"k")]);
+        assert_eq!(mirror.get(b"k"), Mirror::Held(None), "known deleted");
+        mirror.record(&[
+            DataWrite::Put(b"a", b"1"),
+            DataWrite::DeleteRange(b"a", b"b"),
+        ]);
+        assert_eq!(mirror.get(b"a"), Mirror::Unknown, "a range delete clears");
+        assert_eq!(mirror.get(b"k"), Mirror::Unknown);
+    }
+
+    #[test]
+    fn a_zero_budget_holds_nothing() {
+        let mirror = ReadMirror::new(0);
+        mirror.record(&[DataWrite::Put(b"k", b"1")]);
+        assert_eq!(mirror.get(b"k"), Mirror::Unknown);
+        assert_eq!(mirror.bytes(), 0);
+    }
+
+    #[test]
+    fn it_stays_within_its_budget() {
+        let budget = 1 << 20;
+        let mirror = ReadMirror::new(budget);
+        let value = [7u8; 200];
+        // Each shard may pass its part by the one entry that made it age.
+        let bound = budget + SHARDS_MAX * (ENTRY_OVERHEAD_BYTES + 4 + value.len());
+        for i in 0..100_000u32 {
+            let key = i.to_be_bytes();
+            mirror.record(&[DataWrite::Put(&key, &value)]);
+            if i % 10_000 == 0 {
+                assert!(mirror.bytes() <= bound, "{} > {bound}", mirror.bytes());
+            }
+        }
+        let held = mirror.bytes();
+        assert!(held <= bound && held > budget / 4, "{held} of {budget}");
+        // The newest writes are the ones kept.
+        let newest = 99_999u32.to_be_bytes();
+        assert_eq!(mirror.get(&newest), Mirror::Held(Some(value.to_vec())));
+        assert_eq!(mirror.get(&0u32.to_be_bytes()), Mirror::Unknown);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Put(u8, u8),
+        Delete(u8),
+        DeleteRange,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0u8..40, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+            3 => (0u8..40).prop_map(Op::Delete),
+            1 => Just(Op::DeleteRange),
+        ]
+    }
+
+    proptest! {
+        /// Whatever it holds is the model's current value; with a tiny
+        /// budget most keys age out (and are then unknown, never stale).
+        #[test]
+        fn it_never_answers_a_stale_value(ops in prop::collection::vec(op(), 1..300), budget in 0usize..4096) {
+            let mirror = ReadMirror::new(budget);
+            let mut model: BTreeMap<u8, Option<u8>> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Put(k, v) => {
+                        mirror.record(&[DataWrite::Put(&[k], &[v; 30])]);
+                        model.insert(k, Some(v));
+                    }
+                    Op::Delete(k) => {
+                        mirror.record(&[DataWrite::Delete(&[k])]);
+                        model.insert(k, None);
+                    }
+                    Op::DeleteRange => {
+                        mirror.record(&[DataWrite::DeleteRange(&[0], &[255])]);
+                        model.clear();
+                    }
+                }
+                for k in 0u8..40 {
+                    if let Mirror::Held(held) = mirror.get(&[k]) {
+                        let expected = model.get(&k).copied().flatten().map(|v| vec![v; 30]);
+                        prop_assert_eq!(held, expected, "key {}", k);
+                    }
+                }
+                prop_assert!(mirror.bytes() <= budget.max(1) + 200);
+                prop_assert_eq!(mirror.bytes(), counted_bytes(&mirror));
+            }
+        }
+    }
+}

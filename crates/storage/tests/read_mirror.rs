@@ -1,0 +1,214 @@
+//! The read mirror in front of RocksDB (`StoreOptions::read_mirror_bytes`):
+//! point reads answer what RocksDB holds, through writes, deletes, range
+//! deletes, aging out and snapshot installs, and readers on other threads
+//! see each key move forward only, never behind the applied index.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+
+use bytes::Bytes;
+use dr_codec::message::ConfState;
+use dr_raft::conformance::entries;
+use dr_raft::{LogStore, Ready, StagedChunk, Storage};
+use dr_storage::{DataWrite, ReadRefused, RocksStorage, StateMachine, StoreOptions};
+use support::TestDir;
+
+const KEYS: u64 = 300;
+
+fn open(dir: &TestDir, read_mirror_bytes: usize) -> RocksStorage {
+    let options = StoreOptions {
+        read_mirror_bytes,
+        ..StoreOptions::default()
+    };
+    RocksStorage::open_with(dir.path(), StateMachine::DataFamily, options).expect("store opens")
+}
+
+fn conf() -> ConfState {
+    ConfState {
+        voters: vec![1],
+        ..ConfState::default()
+    }
+}
+
+fn key(k: u64) -> Vec<u8> {
+    format!("key-{k:04}").into_bytes()
+}
+
+/// xorshift64: a fixed sequence per seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Every key's point read against what a scan of RocksDB finds.
+fn assert_reads_agree(store: &RocksStorage, when: &str) {
+    let stored: std::collections::BTreeMap<Vec<u8>, Vec<u8>> =
+        store.scan(b"", usize::MAX).unwrap().into_iter().collect();
+    let reader = store.reader();
+    for k in 0..KEYS {
+        let expected = stored.get(&key(k)).cloned();
+        assert_eq!(store.get(&key(k)).unwrap(), expected, "key {k} {when}");
+        assert_eq!(reader.get(&key(k)).unwrap(), expected, "key {k} {when}");
+    }
+}
+
+/// Installs a snapshot of `source` (taken at its applied index) into
+/// `target`.
+fn install(source: &mut RocksStorage, target: &mut RocksStorage) {
+    let applied = source.applied_index();
+    source
+        .create_snapshot(applied, conf(), Bytes::new())
+        .unwrap();
+    let meta = source.snapshot_meta().unwrap();
+    let mut offset = 0;
+    loop {
+        let chunk = source.snapshot_chunk(&meta, offset, 64 << 10).unwrap();
+        offset += chunk.data.len() as u64;
+        let ready = Ready {
+            snapshot_chunks: vec![StagedChunk {
+                meta: meta.clone(),
+                offset: offset - chunk.data.len() as u64,
+                data: chunk.data.clone(),
+            }],
+            snapshot: chunk.done.then(|| meta.clone()),
+            ..Ready::default()
+        };
+        target.persist_ready(&ready).unwrap();
+        if chunk.done {
+            return;
+        }
+    }
+}
+
+#[test]
+fn point_reads_agree_with_rocksdb_through_every_kind_of_write() {
+    // A budget far below the state (300 keys of up to 600 bytes, about
+    // 200 KiB): keys age out of the mirror all the time.
+    for (seed, budget) in [(1u64, 16 << 10), (7, 64 << 10), (42, 1 << 20)] {
+        let dir = TestDir::new();
+        let mut store = open(&dir, budget);
+        store.append(&entries(1, 2000, 1)).unwrap();
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut index = 0;
+        for round in 0..400u64 {
+            let writes_owned: Vec<(u64, Option<Vec<u8>>)> = (0..1 + rng.below(20))
+                .map(|_| {
+                    let k = rng.below(KEYS);
+                    let value = (rng.below(4) != 0)
+                        .then(|| vec![b'a' + (round % 26) as u8; 1 + rng.below(600) as usize]);
+                    (k, value)
+                })
+                .collect();
+            let keys: Vec<Vec<u8>> = writes_owned.iter().map(|(k, _)| key(*k)).collect();
+            let mut writes: Vec<DataWrite<'_>> = keys
+                .iter()
+                .zip(&writes_owned)
+                .map(|(key, (_, value))| match value {
+                    Some(value) => DataWrite::Put(key, value),
+                    None => DataWrite::Delete(key),
+                })
+                .collect();
+            if rng.below(50) == 0 {
+                // FLUSHALL's shape: a range delete, then more writes.
+                writes.insert(
+                    writes.len() / 2,
+                    DataWrite::DeleteRange(b"key-", b"key-\xff"),
+                );
+            }
+            index += 1;
+            store.apply(&writes, index, Some(&conf())).unwrap();
+            assert_reads_agree(&store, &format!("after round {round} (seed {seed})"));
+            if rng.below(100) == 0 {
+                // Another state, further along, replaces this one whole.
+                let source_dir = TestDir::new();
+                let mut source = open(&source_dir, budget);
+                let at = store.last_index() + 10;
+                source.append(&entries(1, at, 1)).unwrap();
+                let (put, other) = (key(rng.below(KEYS)), key(rng.below(KEYS)));
+                let writes = [
+                    DataWrite::Put(&put, b"from the snapshot"),
+                    DataWrite::Put(&other, b"also"),
+                ];
+                source.apply(&writes, at, Some(&conf())).unwrap();
+                install(&mut source, &mut store);
+                assert_eq!(store.applied_index(), at);
+                assert_reads_agree(&store, &format!("after an install in round {round}"));
+                assert_eq!(
+                    store.get(&put).unwrap().as_deref(),
+                    Some(&b"from the snapshot"[..])
+                );
+                index = at;
+                store.append(&entries(at + 1, at + 2000, 1)).unwrap();
+            }
+        }
+        assert!(store.read_mirror_bytes() <= budget + 64 * 1000);
+    }
+}
+
+#[test]
+fn readers_on_other_threads_see_each_key_move_forward_only() {
+    // A budget that ages keys out while the readers read (each round
+    // writes about 40 KiB).
+    for budget in [8 << 10, 64 << 20] {
+        let dir = TestDir::new();
+        let mut store = open(&dir, budget);
+        const ROUNDS: u64 = 1500;
+        store.append(&entries(1, ROUNDS, 1)).unwrap();
+        // The round a reader may count on: published after each apply,
+        // as the engine publishes its applied index.
+        let published = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..3u64)
+            .map(|r| {
+                let reader = store.reader();
+                let (published, done) = (Arc::clone(&published), Arc::clone(&done));
+                std::thread::spawn(move || {
+                    let mut last_seen = vec![0u64; KEYS as usize];
+                    let mut reads = 0u64;
+                    let mut rng = Rng(r * 7919 + 13);
+                    while !done.load(SeqCst) {
+                        let k = rng.below(KEYS);
+                        let floor = published.load(SeqCst);
+                        let seen = match reader.get(&key(k)) {
+                            Ok(Some(value)) => u64::from_be_bytes(value[..8].try_into().unwrap()),
+                            Ok(None) => 0,
+                            Err(ReadRefused::Installing) => continue,
+                            Err(error) => panic!("{error}"),
+                        };
+                        assert!(seen >= floor, "key {k}: round {seen} read after {floor}");
+                        assert!(
+                            seen >= last_seen[k as usize],
+                            "key {k}: round {seen} after round {}",
+                            last_seen[k as usize]
+                        );
+                        last_seen[k as usize] = seen;
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        let keys: Vec<Vec<u8>> = (0..KEYS).map(key).collect();
+        for round in 1..=ROUNDS {
+            let mut value = round.to_be_bytes().to_vec();
+            value.resize(128, b'.');
+            let writes: Vec<DataWrite<'_>> =
+                keys.iter().map(|key| DataWrite::Put(key, &value)).collect();
+            store.apply(&writes, round, None).unwrap();
+            published.store(round, SeqCst);
+        }
+        done.store(true, SeqCst);
+        for reader in readers {
+            let reads = reader.join().expect("every read moved forward");
+            assert!(reads > 0);
+        }
+    }
+}
