@@ -73,6 +73,13 @@ fn entry_bytes(key: &[u8], value: &Mirrored) -> usize {
     key.len() + value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD_BYTES
 }
 
+/// `held` less an entry it counted: the count covers every entry of its
+/// generation (a shortfall is a bookkeeping bug, never to be wrapped).
+fn uncount(held: usize, entry: usize) -> usize {
+    held.checked_sub(entry)
+        .expect("a read mirror generation counts every entry it holds")
+}
+
 /// How a lookup went.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Mirror {
@@ -149,7 +156,7 @@ impl ReadMirror {
             let mut shard = self.write(index);
             let shard = &mut *shard;
             if let Some(slot) = shard.young.get_mut(key) {
-                shard.young_bytes -= entry_bytes(key, slot);
+                shard.young_bytes = uncount(shard.young_bytes, entry_bytes(key, slot));
                 match (slot.as_deref_mut(), value) {
                     // The same length (an overwrite of a fixed-size
                     // record): no allocation.
@@ -159,7 +166,7 @@ impl ReadMirror {
             } else {
                 let key = match shard.old.remove_entry(key) {
                     Some((key, old)) => {
-                        shard.old_bytes -= entry_bytes(&key, &old);
+                        shard.old_bytes = uncount(shard.old_bytes, entry_bytes(&key, &old));
                         key
                     }
                     None => key.into(),
