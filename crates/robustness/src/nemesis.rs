@@ -612,8 +612,6 @@ impl Nemesis {
     }
 }
 
-/// Adds the wiped `victim` back as a learner through the leader, starts
-/// it empty and promotes it once it holds the leader's committed state.
 /// The voters as seen by a leader once it has committed and applied
 /// every entry its log held when first asked, still leading in the same
 /// term (within 30 s; `None` if none got there): no entry of an older
@@ -625,9 +623,9 @@ fn voters_settled(cluster: &Cluster) -> Option<Vec<u64>> {
         let leader = cluster.leader()?;
         let status = cluster.status(leader).ok()?;
         let term = status["term"].as_u64()?;
-        let (_, _, last) =
-            *first_seen.get_or_insert((leader, term, status["last_index"].as_u64()?));
-        if first_seen.is_some_and(|(id, seen_term, _)| id != leader || seen_term != term) {
+        let last_index = status["last_index"].as_u64()?;
+        let (id, seen_term, last) = *first_seen.get_or_insert((leader, term, last_index));
+        if (id, seen_term) != (leader, term) {
             first_seen = None;
             return None;
         }
@@ -637,6 +635,8 @@ fn voters_settled(cluster: &Cluster) -> Option<Vec<u64>> {
     })
 }
 
+/// Adds the wiped `victim` back as a learner through the leader, starts
+/// it empty and promotes it once it holds the leader's committed state.
 fn add_back(
     cluster: &mut Cluster,
     network: &Network,
