@@ -69,8 +69,8 @@ struct Shard {
     old_bytes: usize,
 }
 
-fn entry_bytes(key: &[u8], value: &Mirrored) -> usize {
-    key.len() + value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD_BYTES
+fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
+    key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD_BYTES
 }
 
 /// `held` less an entry it counted: the count covers every entry of its
@@ -151,12 +151,12 @@ impl ReadMirror {
         let Some(index) = self.shard_index(key) else {
             return;
         };
-        let added = key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD_BYTES;
+        let added = entry_bytes(key, value);
         let aged = {
             let mut shard = self.write(index);
             let shard = &mut *shard;
             if let Some(slot) = shard.young.get_mut(key) {
-                shard.young_bytes = uncount(shard.young_bytes, entry_bytes(key, slot));
+                shard.young_bytes = uncount(shard.young_bytes, entry_bytes(key, slot.as_deref()));
                 match (slot.as_deref_mut(), value) {
                     // The same length (an overwrite of a fixed-size
                     // record): no allocation.
@@ -166,7 +166,8 @@ impl ReadMirror {
             } else {
                 let key = match shard.old.remove_entry(key) {
                     Some((key, old)) => {
-                        shard.old_bytes = uncount(shard.old_bytes, entry_bytes(&key, &old));
+                        shard.old_bytes =
+                            uncount(shard.old_bytes, entry_bytes(&key, old.as_deref()));
                         key
                     }
                     None => key.into(),
@@ -231,7 +232,7 @@ mod tests {
                     .young
                     .iter()
                     .chain(shard.old.iter())
-                    .map(|(key, value)| entry_bytes(key, value))
+                    .map(|(key, value)| entry_bytes(key, value.as_deref()))
                     .sum::<usize>()
             })
             .sum()
