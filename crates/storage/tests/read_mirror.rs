@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use bytes::Bytes;
 use dr_codec::message::ConfState;
 use dr_raft::conformance::entries;
-use dr_raft::{LogStore, Ready, StagedChunk, Storage};
+use dr_raft::{LogStore, Storage};
 use dr_storage::{DataWrite, ReadRefused, RocksStorage, StateMachine, StoreOptions};
-use support::TestDir;
+use support::{TestDir, transfer};
 
 const KEYS: u64 = 300;
 
@@ -68,24 +68,7 @@ fn install(source: &mut RocksStorage, target: &mut RocksStorage) {
         .create_snapshot(applied, conf(), Bytes::new())
         .unwrap();
     let meta = source.snapshot_meta().unwrap();
-    let mut offset = 0;
-    loop {
-        let chunk = source.snapshot_chunk(&meta, offset, 64 << 10).unwrap();
-        offset += chunk.data.len() as u64;
-        let ready = Ready {
-            snapshot_chunks: vec![StagedChunk {
-                meta: meta.clone(),
-                offset: offset - chunk.data.len() as u64,
-                data: chunk.data.clone(),
-            }],
-            snapshot: chunk.done.then(|| meta.clone()),
-            ..Ready::default()
-        };
-        target.persist_ready(&ready).unwrap();
-        if chunk.done {
-            return;
-        }
-    }
+    transfer(source, target, &meta).unwrap();
 }
 
 #[test]

@@ -10,9 +10,7 @@ use dr_raft::conformance::entries;
 use dr_raft::{LogStore, Ready, StagedChunk, Storage, StorageError};
 use dr_storage::options::{CF_DATA, CF_META, CF_RAFT_LOG, CF_RAFT_STATE};
 use dr_storage::{DataWrite, OpenError, ReadRefused, RocksStorage, StateMachine};
-use support::TestDir;
-
-const CHUNK_BYTES: u64 = 64 << 10;
+use support::{CHUNK_BYTES, TestDir, transfer};
 
 fn conf() -> ConfState {
     ConfState {
@@ -51,35 +49,6 @@ fn fill(store: &mut RocksStorage, first: u64, last: u64, keys: usize, round: usi
 
 fn all_pairs(store: &RocksStorage) -> Vec<(Vec<u8>, Vec<u8>)> {
     store.scan(b"", usize::MAX).expect("scan")
-}
-
-/// Sends `meta`'s snapshot from `source` to `target` in chunks, the last
-/// one in the ready that also switches, as the consensus core hands them
-/// out.
-fn transfer(
-    source: &RocksStorage,
-    target: &mut RocksStorage,
-    meta: &SnapshotMeta,
-) -> Result<(), StorageError> {
-    let mut offset = 0;
-    loop {
-        let chunk = source.snapshot_chunk(meta, offset, CHUNK_BYTES)?;
-        let staged = StagedChunk {
-            meta: meta.clone(),
-            offset,
-            data: chunk.data.clone(),
-        };
-        offset += chunk.data.len() as u64;
-        let ready = Ready {
-            snapshot_chunks: vec![staged],
-            snapshot: chunk.done.then(|| meta.clone()),
-            ..Ready::default()
-        };
-        target.persist_ready(&ready)?;
-        if chunk.done {
-            return Ok(());
-        }
-    }
 }
 
 #[test]

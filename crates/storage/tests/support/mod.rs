@@ -1,12 +1,20 @@
-//! A temporary directory removed on drop. (The `tempfile` crate would do,
-//! but as a dev-dependency it changes the feature set RocksDB's build
-//! script is compiled with, and every test build then compiles RocksDB a
-//! second time.)
+//! What the store's tests share: a temporary directory removed on drop
+//! (the `tempfile` crate would do, but as a dev-dependency it changes the
+//! feature set RocksDB's build script is compiled with, and every test
+//! build then compiles RocksDB a second time), and a snapshot sent from
+//! one store to another in chunks.
 
 #![allow(unreachable_pub, dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use dr_codec::message::SnapshotMeta;
+use dr_raft::{LogStore, Ready, StagedChunk, Storage, StorageError};
+use dr_storage::RocksStorage;
+
+/// The chunk size [`transfer`] sends.
+pub const CHUNK_BYTES: u64 = 64 << 10;
 
 pub struct TestDir(PathBuf);
 
@@ -31,5 +39,34 @@ impl TestDir {
 impl Drop for TestDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sends `meta`'s snapshot from `source` to `target` in chunks, the last
+/// one in the ready that also switches, as the consensus core hands them
+/// out.
+pub fn transfer(
+    source: &RocksStorage,
+    target: &mut RocksStorage,
+    meta: &SnapshotMeta,
+) -> Result<(), StorageError> {
+    let mut offset = 0;
+    loop {
+        let chunk = source.snapshot_chunk(meta, offset, CHUNK_BYTES)?;
+        let staged = StagedChunk {
+            meta: meta.clone(),
+            offset,
+            data: chunk.data.clone(),
+        };
+        offset += chunk.data.len() as u64;
+        let ready = Ready {
+            snapshot_chunks: vec![staged],
+            snapshot: chunk.done.then(|| meta.clone()),
+            ..Ready::default()
+        };
+        target.persist_ready(&ready)?;
+        if chunk.done {
+            return Ok(());
+        }
     }
 }
