@@ -591,6 +591,7 @@ fn expired_keys_are_removed_on_every_node_through_the_log() {
         let args: Vec<Bytes> = words.iter().map(|w| Bytes::from(w.to_string())).collect();
         client.call(&args).1
     };
+    let first_set = Instant::now();
     for i in 0..100 {
         let key = format!("key-{i}");
         let reply = if i % 2 == 0 {
@@ -600,10 +601,15 @@ fn expired_keys_are_removed_on_every_node_through_the_log() {
         };
         assert_eq!(reply, Reply::OK);
     }
+    // A follower reports the time left; on a busy machine the 100 writes
+    // may outlast it, and then the key is already gone (never sooner).
     let pttl = call(&mut nodes[1], &["PTTL", "key-0"]);
+    let gone_in_time =
+        pttl == Reply::Integer(-2) && first_set.elapsed() >= Duration::from_millis(300);
     assert!(
-        matches!(pttl, Reply::Integer(left) if (0..=300).contains(&left)),
-        "{pttl:?}"
+        gone_in_time || matches!(pttl, Reply::Integer(left) if (0..=300).contains(&left)),
+        "{pttl:?} after {:?}",
+        first_set.elapsed()
     );
     for (index, node) in nodes.iter_mut().enumerate() {
         support::wait_until(
