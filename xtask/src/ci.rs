@@ -171,9 +171,10 @@ struct Needed {
 }
 
 /// What the tests need besides libclang: `redis-server` (the differential
-/// test's oracle), redis-py (the client-library test's Python client) and
-/// tclsh (Redis's own test suite, `cargo xtask redis-suite`).
-const NEEDED: [Needed; 3] = [
+/// test's oracle), redis-py (the client-library test's Python client),
+/// tclsh (Redis's own test suite, `cargo xtask redis-suite`) and etcd
+/// (the load generator's etcd client is tested against it).
+const NEEDED: [Needed; 4] = [
     Needed {
         package: "redis-server",
         what: "redis-server (the differential test's oracle)",
@@ -195,6 +196,11 @@ const NEEDED: [Needed; 3] = [
         package: "tcl",
         what: "tclsh (Redis's test suite is Tcl)",
         present: || succeeds("tclsh", &["/dev/null"]),
+    },
+    Needed {
+        package: "etcd-server",
+        what: "etcd (what `drkv bench --protocol etcd` is tested against)",
+        present: || succeeds("etcd", &["--version"]),
     },
 ];
 

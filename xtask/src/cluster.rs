@@ -7,7 +7,10 @@
 //! its reply before sending again; 256-byte values) at 1, 16, 64 and 256
 //! connections for write-only, read-only and 90% read mixes, runs
 //! `redis-benchmark` against it when installed, prints one table and
-//! stops the cluster.
+//! stops the cluster; fresh clusters then measure ReadIndex against lease
+//! reads, and, when `etcd` is installed, a 3-member etcd takes the same
+//! load from the same generator and drkv's rows are divided by its
+//! (see `etcd.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -98,6 +101,7 @@ pub(crate) fn bench(raft_log: Option<&str>) -> Result<(), String> {
                 connections,
                 preload,
                 workload: "set",
+                protocol: "resp",
             };
             rows.push(run_load(&drkv, &pids, &load, &all, "all 3")?);
         }
@@ -107,6 +111,7 @@ pub(crate) fn bench(raft_log: Option<&str>) -> Result<(), String> {
             connections: "64",
             preload: false,
             workload: "set",
+            protocol: "resp",
         };
         rows.push(run_load(&drkv, &pids, &load, &leader_only, "leader")?);
     }
@@ -124,6 +129,7 @@ pub(crate) fn bench(raft_log: Option<&str>) -> Result<(), String> {
             connections: "64",
             preload: false,
             workload,
+            protocol: "resp",
         };
         model_rows.push(run_load(&drkv, &pids, &load, &all, "all 3")?);
     }
@@ -148,6 +154,7 @@ pub(crate) fn bench(raft_log: Option<&str>) -> Result<(), String> {
     println!("\nresident memory after the runs: {}", rss.join(", "));
     // ReadIndex against leases, each on a fresh cluster loaded the same
     // way, so the two differ only in how the leader confirms reads.
+    let mut fresh = Vec::new();
     for read_lease in [false, true] {
         let rows = read_rows(&drkv, &all, read_lease, raft_log)?;
         let how = if read_lease {
@@ -157,7 +164,55 @@ pub(crate) fn bench(raft_log: Option<&str>) -> Result<(), String> {
         };
         println!("\nfresh cluster, {how}:");
         print_table(&rows);
+        fresh.push(rows);
     }
+    if !crate::etcd::installed() {
+        println!("\n(etcd is not installed: apt-get install etcd-server to add its rows)");
+        return Ok(());
+    }
+    let etcd = crate::etcd::rows(&drkv)?;
+    println!("\netcd 3-member cluster, same load generator (puts; linearizable gets):");
+    print_table(&etcd);
+    fn find<'a>(rows: &'a [Row], mix: &str, conns: u64, targets: &str) -> Option<&'a Row> {
+        rows.iter().find(|r| {
+            r.mix == mix && r.targets == targets && r.result["connections"].as_u64() == Some(conns)
+        })
+    }
+    let compared = [
+        (
+            "writes, 64 conns via all 3",
+            find(&rows, "write", 64, "all 3"),
+        ),
+        (
+            "writes, 256 conns via all 3",
+            find(&rows, "write", 256, "all 3"),
+        ),
+        (
+            "writes, 64 conns via leader",
+            find(&rows, "write", 64, "leader"),
+        ),
+        (
+            "ReadIndex reads, 64 via all 3",
+            find(&fresh[0], "read", 64, "all 3"),
+        ),
+        (
+            "ReadIndex reads, 64 via leader",
+            find(&fresh[0], "read", 64, "leader"),
+        ),
+        (
+            "lease reads, 64 via all 3",
+            find(&fresh[1], "read", 64, "all 3"),
+        ),
+        (
+            "lease reads, 64 via leader",
+            find(&fresh[1], "read", 64, "leader"),
+        ),
+    ];
+    let compared: Vec<(&str, &Row)> = compared
+        .into_iter()
+        .filter_map(|(name, row)| Some((name, row?)))
+        .collect();
+    crate::etcd::print_ratios(&etcd, &compared);
     Ok(())
 }
 
@@ -180,6 +235,7 @@ fn read_rows(
                 connections: "64",
                 preload: rows.is_empty(),
                 workload: "set",
+                protocol: "resp",
             };
             rows.push(run_load(drkv, &pids, &load, targets, name)?);
         }
@@ -292,22 +348,24 @@ fn wait_for_leader(drkv: &Path, base_port: u16) -> Result<u16, String> {
     Err("the benchmark cluster elected no leader within 60 s".into())
 }
 
-struct Row {
-    mix: &'static str,
+pub(crate) struct Row {
+    pub(crate) mix: &'static str,
     targets: &'static str,
-    result: Value,
+    pub(crate) result: Value,
     /// CPU of the three node processes per answered command.
-    cpu_us_per_op: f64,
+    pub(crate) cpu_us_per_op: f64,
 }
 
 /// One load: its mix, connections, and whether to write every key first.
-struct Load {
-    mix: &'static str,
-    write_percent: &'static str,
-    connections: &'static str,
-    preload: bool,
+pub(crate) struct Load {
+    pub(crate) mix: &'static str,
+    pub(crate) write_percent: &'static str,
+    pub(crate) connections: &'static str,
+    pub(crate) preload: bool,
     /// `drkv bench --workload`: what a write is.
-    workload: &'static str,
+    pub(crate) workload: &'static str,
+    /// `drkv bench --protocol`: what the targets speak.
+    pub(crate) protocol: &'static str,
 }
 
 /// Runs one load against the cluster whose node processes are `pids`;
@@ -315,7 +373,7 @@ struct Load {
 /// (user + system, from `/proc/<pid>/stat` before and after, so the
 /// figure does not depend on how busy the machine is; a preload runs
 /// first, outside the measurement).
-fn run_load(
+pub(crate) fn run_load(
     drkv: &Path,
     pids: &[u32],
     load: &Load,
@@ -328,6 +386,7 @@ fn run_load(
         connections,
         preload,
         workload,
+        protocol,
     } = *load;
     let bench = |seconds: &str, preload: bool| -> Result<Vec<u8>, String> {
         let mut command = Command::new(drkv);
@@ -348,6 +407,8 @@ fn run_load(
             "100000",
             "--workload",
             workload,
+            "--protocol",
+            protocol,
         ]);
         if preload {
             command.arg("--preload");

@@ -29,6 +29,7 @@
 mod bench;
 mod ci;
 mod cluster;
+mod etcd;
 mod expiry_bench;
 mod process;
 mod redis_suite;

@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 mod ctl;
 mod dev;
 use dr_node::config::{NodeConfig, NodeFlags};
-use dr_node::loadgen::{self, LoadConfig, Workload};
+use dr_node::loadgen::{self, LoadConfig, Protocol, Workload};
 use dr_node::node::RunningNode;
 
 #[derive(Parser)]
@@ -131,6 +131,11 @@ struct BenchArgs {
     /// The time to live of `set-ex` writes, in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl_seconds: u32,
+    /// What the targets speak: `resp` (drkv, Redis) or `etcd` (etcd
+    /// v3's gRPC API at its client URLs: puts and linearizable gets, the
+    /// `set` workload only), to put the same load on etcd.
+    #[arg(long, default_value = "resp")]
+    protocol: String,
 }
 
 fn main() -> ExitCode {
@@ -263,6 +268,11 @@ fn bench(args: BenchArgs) -> Result<(), String> {
             ));
         }
     };
+    let protocol = match args.protocol.as_str() {
+        "resp" => Protocol::Resp,
+        "etcd" => Protocol::Etcd,
+        other => return Err(format!("unknown protocol {other:?}: resp or etcd")),
+    };
     let config = LoadConfig {
         targets: args.targets,
         connections: args.connections,
@@ -271,6 +281,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         value_bytes: args.value_bytes,
         keys: args.keys.max(1),
         workload,
+        protocol,
     };
     runtime()?.block_on(async {
         if args.preload {

@@ -1,6 +1,10 @@
-//! A closed-loop load generator speaking RESP (`drkv bench`): each
-//! connection sends one command, waits for its reply, and sends the next,
-//! for a fixed time; latencies go into an HDR histogram.
+//! A closed-loop load generator (`drkv bench`): each connection sends one
+//! command, waits for its reply, and sends the next, for a fixed time;
+//! latencies go into an HDR histogram. It speaks RESP to drkv (or any
+//! Redis server) and, so that the same load can be put on etcd, etcd's
+//! gRPC API ([`etcd`]: puts and linearizable gets only).
+
+pub mod etcd;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -11,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::resp::{self, Limits, Reply};
+use etcd::{EtcdClient, Outcome};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -29,6 +34,36 @@ pub struct LoadConfig {
     pub keys: u64,
     /// What a write is.
     pub workload: Workload,
+    /// What the targets speak.
+    pub protocol: Protocol,
+}
+
+/// What the targets speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// RESP: drkv, Redis.
+    Resp,
+    /// etcd v3's gRPC API: `Put` for writes, linearizable `Range` for
+    /// reads (the [`Workload::Set`] workload only).
+    Etcd,
+}
+
+impl LoadConfig {
+    /// Checks what the protocol can do.
+    pub fn check(&self) -> Result<(), String> {
+        if self.protocol == Protocol::Etcd {
+            if self.workload != Workload::Set {
+                return Err("etcd's load is plain puts: use the set workload".into());
+            }
+            if self.value_bytes + 64 > etcd::MESSAGE_BYTES_MAX {
+                return Err(format!(
+                    "etcd's load takes values up to {} bytes",
+                    etcd::MESSAGE_BYTES_MAX - 64
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the generator's writes are.
@@ -66,6 +101,10 @@ pub struct LoadReport {
 /// workload, each with its time to live), with up to 16 pipelined
 /// loaders.
 pub async fn preload(config: &LoadConfig) -> Result<(), String> {
+    config.check()?;
+    if config.protocol == Protocol::Etcd {
+        return preload_etcd(config).await;
+    }
     let loaders = config.connections.clamp(1, 16) as u64;
     let mut tasks = Vec::new();
     for loader in 0..loaders {
@@ -111,6 +150,38 @@ pub async fn preload(config: &LoadConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// Puts every key once, one put at a time on each of up to 64
+/// connections (the client sends one call per connection at a time).
+async fn preload_etcd(config: &LoadConfig) -> Result<(), String> {
+    let loaders = config.connections.clamp(1, 64) as u64;
+    let mut tasks = Vec::new();
+    for loader in 0..loaders {
+        let target = config.targets[loader as usize % config.targets.len()];
+        let config = config.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = EtcdClient::connect(target).await?;
+            let value = vec![b'v'; config.value_bytes];
+            let mut key = loader;
+            while key < config.keys {
+                let name = key_name(key);
+                let mut tries = 0;
+                while client.put(&name, &value).await? == Outcome::Failed {
+                    tries += 1;
+                    if tries > PRELOAD_RETRIES {
+                        return Err(format!("preload: etcd refused to put {name:?}"));
+                    }
+                }
+                key += loaders;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
 /// Writes per round trip when preloading.
 const PRELOAD_BATCH: usize = 32;
 /// Times a preload write that failed is sent again.
@@ -122,6 +193,7 @@ fn key_name(key: u64) -> Bytes {
 
 /// Runs the load and reports.
 pub async fn run(config: &LoadConfig) -> Result<LoadReport, String> {
+    config.check()?;
     let started = Instant::now();
     let stop = started + config.duration;
     let mut tasks = Vec::new();
@@ -159,6 +231,9 @@ async fn drive(
     seed: u64,
     stop: Instant,
 ) -> Result<(Histogram<u64>, u64), String> {
+    if config.protocol == Protocol::Etcd {
+        return drive_etcd(target, config, seed, stop).await;
+    }
     let mut client = Client::connect(target).await?;
     let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits is valid");
     let value = Bytes::from(vec![b'x'; config.value_bytes]);
@@ -205,6 +280,40 @@ async fn drive(
             }
         };
         if failed {
+            errors += 1;
+            continue;
+        }
+        let micros = sent.elapsed().as_micros() as u64;
+        histogram.record(micros.max(1)).map_err(|e| e.to_string())?;
+    }
+    Ok((histogram, errors))
+}
+
+/// [`drive`] against etcd: the same keys, values and mix.
+async fn drive_etcd(
+    target: SocketAddr,
+    config: &LoadConfig,
+    seed: u64,
+    stop: Instant,
+) -> Result<(Histogram<u64>, u64), String> {
+    let mut client = EtcdClient::connect(target).await?;
+    let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+    let value = vec![b'x'; config.value_bytes];
+    let mut random = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut errors = 0;
+    while Instant::now() < stop {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        let key = key_name(random % config.keys.max(1));
+        let write = (random >> 40) % 1000 < u64::from(config.writes_per_mille);
+        let sent = Instant::now();
+        let outcome = if write {
+            client.put(&key, &value).await?
+        } else {
+            client.get(&key).await?
+        };
+        if outcome == Outcome::Failed {
             errors += 1;
             continue;
         }

@@ -1,0 +1,115 @@
+//! The load generator's etcd client against a real etcd (Debian's
+//! `etcd-server`, which `cargo xtask ci` installs): the same preload and
+//! closed-loop mix `cargo xtask bench cluster` puts on etcd, then a check
+//! of what it left there, read back linearizably.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dr_node::loadgen::etcd::{EtcdClient, Outcome};
+use dr_node::loadgen::{self, LoadConfig, Protocol, Workload};
+use support::free_addr;
+
+/// One etcd member in a scratch directory, killed on drop.
+struct Etcd {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_etcd() -> (Etcd, std::net::SocketAddr) {
+    let client = free_addr();
+    let peer = free_addr();
+    let dir = std::env::temp_dir().join(format!("dr-etcd-load-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let child = Command::new("etcd")
+        .args(["--name", "e1", "--data-dir"])
+        .arg(&dir)
+        .args(["--listen-client-urls", &format!("http://{client}")])
+        .args(["--advertise-client-urls", &format!("http://{client}")])
+        .args(["--listen-peer-urls", &format!("http://{peer}")])
+        .args(["--initial-advertise-peer-urls", &format!("http://{peer}")])
+        .args(["--initial-cluster", &format!("e1=http://{peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd runs (cargo xtask ci installs etcd-server)");
+    (Etcd { child, dir }, client)
+}
+
+#[test]
+fn the_etcd_client_puts_and_reads_what_the_bench_measures() {
+    let (_etcd, addr) = start_etcd();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut client = loop {
+            if let Ok(mut client) = EtcdClient::connect(addr).await
+                && client.put(b"ready", b"1").await == Ok(Outcome::Answered)
+            {
+                break client;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd at {addr} took no put in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // etcd refuses an empty key: the client must see the refusal.
+        assert_eq!(client.put(b"", b"v").await, Ok(Outcome::Failed));
+        assert_eq!(client.count(b"key:0000000003").await, Ok(0));
+
+        let config = LoadConfig {
+            targets: vec![addr],
+            connections: 8,
+            duration: Duration::from_millis(1500),
+            writes_per_mille: 500,
+            value_bytes: 256,
+            keys: 300,
+            workload: Workload::Set,
+            protocol: Protocol::Etcd,
+        };
+        loadgen::preload(&config).await.expect("preload");
+        for key in [0u64, 3, 299] {
+            let name = format!("key:{key:010}");
+            assert_eq!(client.count(name.as_bytes()).await, Ok(1), "{name}");
+        }
+        assert_eq!(
+            client.count(b"key:0000000300").await,
+            Ok(0),
+            "past the keys"
+        );
+        let report = loadgen::run(&config).await.expect("the load runs");
+        assert_eq!(report.errors, 0);
+        assert!(report.ops > 100, "{report:?}");
+        // Answers larger than the connection's first window (64 KiB) keep
+        // coming: the client opens its windows.
+        let mut reads = 0;
+        while reads < 1000 {
+            assert_eq!(client.get(b"key:0000000007").await, Ok(Outcome::Answered));
+            reads += 1;
+        }
+
+        let refused = LoadConfig {
+            workload: Workload::MultiIncr { incrs: 10 },
+            ..config
+        };
+        assert!(
+            loadgen::run(&refused).await.is_err(),
+            "transactions are RESP only"
+        );
+    });
+}
