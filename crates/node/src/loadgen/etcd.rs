@@ -94,12 +94,8 @@ struct Frame {
 impl EtcdClient {
     /// Connects to an etcd client URL's address and opens HTTP/2.
     pub async fn connect(addr: SocketAddr) -> Result<Self, String> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("cannot connect to etcd at {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
         let mut client = Self {
-            stream,
+            stream: super::connect(addr).await?,
             input: BytesMut::with_capacity(32 << 10),
             output: BytesMut::with_capacity(4 << 10),
             authority: addr.to_string(),

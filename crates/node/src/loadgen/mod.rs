@@ -235,16 +235,12 @@ async fn drive(
         return drive_etcd(target, config, seed, stop).await;
     }
     let mut client = Client::connect(target).await?;
-    let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+    let mut tally = Tally::new();
     let value = Bytes::from(vec![b'x'; config.value_bytes]);
-    let mut random = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut errors = 0;
+    let mut mix = Mix::new(seed, config);
     while Instant::now() < stop {
-        random ^= random << 13;
-        random ^= random >> 7;
-        random ^= random << 17;
-        let key = key_name(random % config.keys.max(1));
-        let write = (random >> 40) % 1000 < u64::from(config.writes_per_mille);
+        let (key, write) = mix.next();
+        let random = mix.random;
         let sent = Instant::now();
         let failed = if !write {
             let reply = client.call(&[Bytes::from_static(b"GET"), key]).await?;
@@ -279,14 +275,73 @@ async fn drive(
                 }
             }
         };
+        tally.record(sent, failed)?;
+    }
+    Ok((tally.histogram, tally.errors))
+}
+
+/// One connection's keys and read/write mix, from its seed (xorshift).
+struct Mix {
+    random: u64,
+    keys: u64,
+    writes_per_mille: u32,
+}
+
+impl Mix {
+    fn new(seed: u64, config: &LoadConfig) -> Self {
+        Self {
+            random: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            keys: config.keys.max(1),
+            writes_per_mille: config.writes_per_mille,
+        }
+    }
+
+    /// The next command's key, and whether it is a write.
+    fn next(&mut self) -> (Bytes, bool) {
+        let random = &mut self.random;
+        *random ^= *random << 13;
+        *random ^= *random >> 7;
+        *random ^= *random << 17;
+        let write = (*random >> 40) % 1000 < u64::from(self.writes_per_mille);
+        (key_name(*random % self.keys), write)
+    }
+}
+
+/// What one connection measured: latencies of answered commands, and
+/// errors.
+struct Tally {
+    histogram: Histogram<u64>,
+    errors: u64,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            histogram: Histogram::new(3).expect("3 significant digits is valid"),
+            errors: 0,
+        }
+    }
+
+    /// A command sent at `sent` is answered (an error when `failed`).
+    fn record(&mut self, sent: Instant, failed: bool) -> Result<(), String> {
         if failed {
-            errors += 1;
-            continue;
+            self.errors += 1;
+            return Ok(());
         }
         let micros = sent.elapsed().as_micros() as u64;
-        histogram.record(micros.max(1)).map_err(|e| e.to_string())?;
+        self.histogram
+            .record(micros.max(1))
+            .map_err(|e| e.to_string())
     }
-    Ok((histogram, errors))
+}
+
+/// A TCP connection with Nagle off (one small request at a time).
+async fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// [`drive`] against etcd: the same keys, values and mix.
@@ -297,30 +352,20 @@ async fn drive_etcd(
     stop: Instant,
 ) -> Result<(Histogram<u64>, u64), String> {
     let mut client = EtcdClient::connect(target).await?;
-    let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+    let mut tally = Tally::new();
     let value = vec![b'x'; config.value_bytes];
-    let mut random = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut errors = 0;
+    let mut mix = Mix::new(seed, config);
     while Instant::now() < stop {
-        random ^= random << 13;
-        random ^= random >> 7;
-        random ^= random << 17;
-        let key = key_name(random % config.keys.max(1));
-        let write = (random >> 40) % 1000 < u64::from(config.writes_per_mille);
+        let (key, write) = mix.next();
         let sent = Instant::now();
         let outcome = if write {
             client.put(&key, &value).await?
         } else {
             client.get(&key).await?
         };
-        if outcome == Outcome::Failed {
-            errors += 1;
-            continue;
-        }
-        let micros = sent.elapsed().as_micros() as u64;
-        histogram.record(micros.max(1)).map_err(|e| e.to_string())?;
+        tally.record(sent, outcome == Outcome::Failed)?;
     }
-    Ok((histogram, errors))
+    Ok((tally.histogram, tally.errors))
 }
 
 /// A minimal RESP client: one command at a time.
@@ -333,12 +378,8 @@ pub struct Client {
 impl Client {
     /// Connects to a client port.
     pub async fn connect(addr: SocketAddr) -> Result<Self, String> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
         Ok(Self {
-            stream,
+            stream: connect(addr).await?,
             input: BytesMut::with_capacity(16 << 10),
             output: BytesMut::with_capacity(1 << 10),
         })
