@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -332,15 +332,7 @@ impl EtcdClient {
                     return Ok(frame);
                 }
             }
-            if self
-                .stream
-                .read_buf(&mut self.input)
-                .await
-                .map_err(|e| e.to_string())?
-                == 0
-            {
-                return Err("etcd closed the connection".into());
-            }
+            super::read_more(&mut self.stream, &mut self.input, "etcd").await?;
         }
     }
 

@@ -335,6 +335,15 @@ impl Tally {
     }
 }
 
+/// Reads what `stream` has into `input`; an error once `peer` closed it.
+async fn read_more(stream: &mut TcpStream, input: &mut BytesMut, peer: &str) -> Result<(), String> {
+    match stream.read_buf(input).await {
+        Ok(0) => Err(format!("{peer} closed the connection")),
+        Ok(_) => Ok(()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 /// A TCP connection with Nagle off (one small request at a time).
 async fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
     let stream = TcpStream::connect(addr)
@@ -420,15 +429,7 @@ impl Client {
             {
                 return Ok(reply);
             }
-            if self
-                .stream
-                .read_buf(&mut self.input)
-                .await
-                .map_err(|e| e.to_string())?
-                == 0
-            {
-                return Err("the server closed the connection".into());
-            }
+            read_more(&mut self.stream, &mut self.input, "the server").await?;
         }
     }
 }
