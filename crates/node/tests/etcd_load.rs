@@ -113,3 +113,38 @@ fn the_etcd_client_puts_and_reads_what_the_bench_measures() {
         );
     });
 }
+
+/// A target that is not etcd (here: a server answering in RESP, as drkv's
+/// client port would) is a clear error, not a panic or a hang.
+#[test]
+fn a_target_that_is_not_etcd_is_a_clear_error() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut preface = [0u8; 24];
+            socket.read_exact(&mut preface).await.expect("preface");
+            socket
+                .write_all(b"-ERR unknown command 'PRI'\r\n")
+                .await
+                .expect("answer");
+            // Hold the connection open: the client must not wait for more.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let mut client = EtcdClient::connect(addr).await.expect("TCP connects");
+        let answer = tokio::time::timeout(Duration::from_secs(20), client.put(b"k", b"v"))
+            .await
+            .expect("an answer, not a hang");
+        let error = answer.expect_err("RESP is not HTTP/2");
+        assert!(error.contains("etcd client URL"), "{error}");
+        server.abort();
+    });
+}

@@ -323,7 +323,7 @@ impl EtcdClient {
                 };
                 if frame.len > FRAME_BYTES_MAX {
                     return Err(format!(
-                        "an HTTP/2 frame of {} bytes from etcd: at most {FRAME_BYTES_MAX}",
+                        "an HTTP/2 frame of {} bytes from etcd (at most {FRAME_BYTES_MAX}): is the target an etcd client URL?",
                         frame.len
                     ));
                 }
