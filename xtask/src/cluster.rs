@@ -354,6 +354,10 @@ pub(crate) struct Row {
     pub(crate) result: Value,
     /// CPU of the three node processes per answered command.
     pub(crate) cpu_us_per_op: f64,
+    /// The machine's CPU time the hypervisor gave to others during the
+    /// row, in percent of all its CPUs (a row with much of it is slow for
+    /// reasons outside the processes measured).
+    steal_percent: f64,
 }
 
 /// One load: its mix, connections, and whether to write every key first.
@@ -428,14 +432,16 @@ pub(crate) fn run_load(
         bench("0.001", true)?;
     }
     let cpu_before = cpu_seconds(pids)?;
+    let steal_before = MachineTicks::read();
     let stdout = bench(SECONDS_PER_RUN, false)?;
     let cpu = cpu_seconds(pids)? - cpu_before;
+    let steal_percent = MachineTicks::read().steal_percent_since(&steal_before);
     let result: Value =
         serde_json::from_slice(&stdout).map_err(|e| format!("drkv bench output: {e}"))?;
     let ops = result["ops"].as_f64().unwrap_or(0.0);
     let cpu_us_per_op = if ops > 0.0 { cpu * 1e6 / ops } else { 0.0 };
     eprintln!(
-        "{mix:>9} {connections:>4} conns via {targets_name}: {:.0} ops/s, {cpu_us_per_op:.0} µs CPU/op",
+        "{mix:>9} {connections:>4} conns via {targets_name}: {:.0} ops/s, {cpu_us_per_op:.0} µs CPU/op, {steal_percent:.1}% stolen",
         result["ops_per_second"].as_f64().unwrap_or(0.0)
     );
     Ok(Row {
@@ -443,7 +449,52 @@ pub(crate) fn run_load(
         targets: targets_name,
         result,
         cpu_us_per_op,
+        steal_percent,
     })
+}
+
+/// The machine's CPU ticks from the first line of `/proc/stat`: all of
+/// them, and those stolen by the hypervisor.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct MachineTicks {
+    total: u64,
+    steal: u64,
+}
+
+impl MachineTicks {
+    /// Zero when `/proc/stat` cannot be read (the column then shows 0).
+    fn read() -> Self {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| Self::parse(stat.lines().next()?))
+            .unwrap_or_default()
+    }
+
+    /// `cpu  user nice system idle iowait irq softirq steal ...`.
+    fn parse(line: &str) -> Option<Self> {
+        let mut fields = line.split_whitespace();
+        if fields.next()? != "cpu" {
+            return None;
+        }
+        let ticks: Vec<u64> = fields.map(|f| f.parse().ok()).collect::<Option<_>>()?;
+        // guest and guest_nice (9th and 10th) are counted in user and
+        // nice already.
+        let total = ticks.iter().take(8).sum();
+        Some(Self {
+            total,
+            steal: *ticks.get(7)?,
+        })
+    }
+
+    fn steal_percent_since(&self, before: &Self) -> f64 {
+        let total = self.total.saturating_sub(before.total);
+        let steal = self.steal.saturating_sub(before.steal);
+        if total == 0 {
+            0.0
+        } else {
+            steal as f64 * 100.0 / total as f64
+        }
+    }
 }
 
 /// User + system CPU seconds of the processes (`/proc/<pid>/stat`, in
@@ -469,14 +520,23 @@ pub(crate) fn cpu_seconds(pids: &[u32]) -> Result<f64, String> {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n{:<9} {:<7} {:>6} {:>10} {:>9} {:>9} {:>9} {:>10} {:>7}",
-        "mix", "clients", "conns", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/op", "errors"
+        "\n{:<9} {:<7} {:>6} {:>10} {:>9} {:>9} {:>9} {:>10} {:>7} {:>8}",
+        "mix",
+        "clients",
+        "conns",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "CPU µs/op",
+        "errors",
+        "stolen %"
     );
     for row in rows {
         let r = &row.result;
         let ms = |key: &str| r[key].as_f64().unwrap_or(0.0) / 1000.0;
         println!(
-            "{:<9} {:<7} {:>6} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>10.0} {:>7}",
+            "{:<9} {:<7} {:>6} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>10.0} {:>7} {:>8.1}",
             row.mix,
             row.targets,
             r["connections"],
@@ -485,7 +545,8 @@ fn print_table(rows: &[Row]) {
             ms("p99_us"),
             ms("p999_us"),
             row.cpu_us_per_op,
-            r["errors"]
+            r["errors"],
+            row.steal_percent
         );
     }
 }
@@ -524,5 +585,27 @@ fn redis_benchmark(port: u16) {
         Err(_) => println!(
             "\n(redis-benchmark is not installed: apt-get install redis-tools to add its numbers)"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MachineTicks;
+
+    #[test]
+    fn stolen_ticks_are_a_share_of_all_ticks_and_bad_lines_are_none() {
+        let before = MachineTicks::parse("cpu  100 0 50 800 10 0 5 35 0 0").expect("a cpu line");
+        assert_eq!((before.total, before.steal), (1000, 35));
+        let after = MachineTicks::parse("cpu  200 0 100 1500 20 0 10 170 7 0").expect("a cpu line");
+        // 1000 more ticks, 135 of them stolen.
+        assert!((after.steal_percent_since(&before) - 13.5).abs() < 1e-9);
+        assert_eq!(before.steal_percent_since(&before), 0.0, "no time passed");
+        assert_eq!(
+            MachineTicks::parse("cpu0 1 2 3 4 5 6 7 8"),
+            None,
+            "one CPU's line"
+        );
+        assert_eq!(MachineTicks::parse("cpu 1 2 x"), None);
+        assert_eq!(MachineTicks::parse("cpu 1 2 3"), None, "no steal field");
     }
 }
