@@ -148,3 +148,75 @@ fn a_target_that_is_not_etcd_is_a_clear_error() {
         server.abort();
     });
 }
+
+/// A server that closes the window for new streams after the first
+/// answer: the second call waits (a stream's window update opens neither
+/// the connection's nor a new stream's window) and is sent once the
+/// server's settings allow it.
+#[test]
+fn the_client_waits_for_the_servers_window() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut bytes = len.to_be_bytes()[1..].to_vec();
+        bytes.extend([kind, flags]);
+        bytes.extend(stream.to_be_bytes());
+        bytes.extend(payload);
+        bytes
+    }
+    /// A whole answer on `stream`: headers, a message, trailers.
+    fn answer(stream: u32) -> Vec<u8> {
+        let mut bytes = frame(0x1, 0x4, stream, &[0x88]);
+        bytes.extend(frame(0x0, 0, stream, &[0, 0, 0, 0, 2, 0x0a, 0]));
+        bytes.extend(frame(0x1, 0x5, stream, &[0x40, 1, b'x', 1, b'0']));
+        bytes
+    }
+    async fn read_until_put(socket: &mut tokio::net::TcpStream, calls: usize) {
+        let mut seen = Vec::new();
+        let mut buffer = vec![0u8; 4096];
+        while seen.windows(4).filter(|w| *w == b"/Put").count() < calls {
+            let n = socket.read(&mut buffer).await.expect("read");
+            assert!(n > 0, "the client closed");
+            seen.extend_from_slice(&buffer[..n]);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            read_until_put(&mut socket, 1).await;
+            // The first answer, then new streams get no window, and a
+            // window update for stream 3 that must not count.
+            let mut bytes = answer(1);
+            bytes.extend(frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+            bytes.extend(frame(0x8, 0, 3, &1_000u32.to_be_bytes()));
+            socket.write_all(&bytes).await.expect("answer");
+            let early =
+                tokio::time::timeout(Duration::from_millis(500), read_until_put(&mut socket, 1))
+                    .await;
+            assert!(early.is_err(), "the second call left with no window");
+            socket
+                .write_all(&frame(0x4, 0, 0, &[0, 4, 0, 0, 0xFF, 0xFF]))
+                .await
+                .expect("settings");
+            read_until_put(&mut socket, 1).await;
+            socket.write_all(&answer(3)).await.expect("answer");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let mut client = EtcdClient::connect(addr).await.expect("TCP connects");
+        assert_eq!(client.put(b"k", b"v").await, Ok(Outcome::Answered));
+        let second = tokio::time::timeout(Duration::from_secs(5), client.put(b"k", b"w"))
+            .await
+            .expect("an answer once the window opens");
+        assert_eq!(second, Ok(Outcome::Answered));
+        assert!(!server.is_finished(), "the server's checks passed");
+        server.abort();
+    });
+}

@@ -175,13 +175,20 @@ impl EtcdClient {
             .checked_add(2)
             .filter(|&next| next < 1 << 31)
             .ok_or("the HTTP/2 connection ran out of stream ids")?;
+        // Frames that came after the last answer (settings, window
+        // updates, pings) count before anything is sent.
+        while let Some(frame) = self.buffered_frame()? {
+            self.handle_idle_frame(frame)?;
+        }
         let data_len = GRPC_PREFIX_BYTES + message.len();
         while self.connection_window < data_len as i64 || self.stream_window < data_len as i64 {
             // Wait for the server to open its window (its updates and
             // settings are handled as frames arrive).
             let frame = self.next_frame().await?;
-            self.handle_connection_frame(frame)?;
-            self.input.advance(frame.len);
+            self.handle_idle_frame(frame)?;
+            if !self.output.is_empty() {
+                self.flush().await?;
+            }
         }
         self.connection_window -= data_len as i64;
         let mut block = BytesMut::with_capacity(128 + path.len());
@@ -255,6 +262,18 @@ impl EtcdClient {
         }
     }
 
+    /// A frame read while no call waits for its answer: the connection's
+    /// are handled, a late answer's bytes given back; it is consumed.
+    fn handle_idle_frame(&mut self, frame: Frame) -> Result<(), String> {
+        if frame.stream == 0 {
+            self.handle_connection_frame(frame)?;
+        } else if frame.kind == DATA {
+            self.take_back(frame.len);
+        }
+        self.input.advance(frame.len);
+        Ok(())
+    }
+
     /// Settings, pings, window updates and goodbyes (the frame's payload
     /// is at the front of the input).
     fn handle_connection_frame(&mut self, frame: Frame) -> Result<(), String> {
@@ -311,29 +330,36 @@ impl EtcdClient {
     /// the front of the input.
     async fn next_frame(&mut self) -> Result<Frame, String> {
         loop {
-            if self.input.len() >= FRAME_HEADER_BYTES {
-                let head = &self.input[..FRAME_HEADER_BYTES];
-                let frame = Frame {
-                    len: usize::from(head[0]) << 16
-                        | usize::from(head[1]) << 8
-                        | usize::from(head[2]),
-                    kind: head[3],
-                    flags: head[4],
-                    stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7FFF_FFFF,
-                };
-                if frame.len > FRAME_BYTES_MAX {
-                    return Err(format!(
-                        "an HTTP/2 frame of {} bytes from etcd (at most {FRAME_BYTES_MAX}): is the target an etcd client URL?",
-                        frame.len
-                    ));
-                }
-                if self.input.len() >= FRAME_HEADER_BYTES + frame.len {
-                    self.input.advance(FRAME_HEADER_BYTES);
-                    return Ok(frame);
-                }
+            if let Some(frame) = self.buffered_frame()? {
+                return Ok(frame);
             }
             super::read_more(&mut self.stream, &mut self.input, "etcd").await?;
         }
+    }
+
+    /// The next frame if the input holds all of it (its header then
+    /// consumed, its payload at the front of the input).
+    fn buffered_frame(&mut self) -> Result<Option<Frame>, String> {
+        let Some(head) = self.input.get(..FRAME_HEADER_BYTES) else {
+            return Ok(None);
+        };
+        let frame = Frame {
+            len: usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]),
+            kind: head[3],
+            flags: head[4],
+            stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7FFF_FFFF,
+        };
+        if frame.len > FRAME_BYTES_MAX {
+            return Err(format!(
+                "an HTTP/2 frame of {} bytes from etcd (at most {FRAME_BYTES_MAX}): is the target an etcd client URL?",
+                frame.len
+            ));
+        }
+        if self.input.len() < FRAME_HEADER_BYTES + frame.len {
+            return Ok(None);
+        }
+        self.input.advance(FRAME_HEADER_BYTES);
+        Ok(Some(frame))
     }
 
     async fn flush(&mut self) -> Result<(), String> {
