@@ -114,10 +114,16 @@ fn the_etcd_client_puts_and_reads_what_the_bench_measures() {
     });
 }
 
-/// A target that is not etcd (here: a server answering in RESP, as drkv's
-/// client port would) is a clear error, not a panic or a hang.
-#[test]
-fn a_target_that_is_not_etcd_is_a_clear_error() {
+/// Runs `client` against a fake server on a current-thread runtime:
+/// `serve` gets the one connection the client makes. A server whose own
+/// checks failed fails the test.
+fn with_fake_server<S, C>(
+    serve: impl FnOnce(tokio::net::TcpStream) -> S + Send + 'static,
+    client: impl FnOnce(std::net::SocketAddr) -> C,
+) where
+    S: Future<Output = ()> + Send + 'static,
+    C: Future<Output = ()>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -128,24 +134,40 @@ fn a_target_that_is_not_etcd_is_a_clear_error() {
             .expect("bind");
         let addr = listener.local_addr().expect("address");
         let server = tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let (mut socket, _) = listener.accept().await.expect("accept");
-            let mut preface = [0u8; 24];
-            socket.read_exact(&mut preface).await.expect("preface");
-            socket
-                .write_all(b"-ERR unknown command 'PRI'\r\n")
-                .await
-                .expect("answer");
+            let (socket, _) = listener.accept().await.expect("accept");
+            serve(socket).await;
             // Hold the connection open: the client must not wait for more.
             tokio::time::sleep(Duration::from_secs(30)).await;
         });
+        client(addr).await;
+        if server.is_finished() {
+            server.await.expect("the fake server's checks pass");
+        } else {
+            server.abort();
+        }
+    });
+}
+
+/// A target that is not etcd (here: a server answering in RESP, as drkv's
+/// client port would) is a clear error, not a panic or a hang.
+#[test]
+fn a_target_that_is_not_etcd_is_a_clear_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let serve = |mut socket: tokio::net::TcpStream| async move {
+        let mut preface = [0u8; 24];
+        socket.read_exact(&mut preface).await.expect("preface");
+        socket
+            .write_all(b"-ERR unknown command 'PRI'\r\n")
+            .await
+            .expect("answer");
+    };
+    with_fake_server(serve, |addr| async move {
         let mut client = EtcdClient::connect(addr).await.expect("TCP connects");
         let answer = tokio::time::timeout(Duration::from_secs(20), client.put(b"k", b"v"))
             .await
             .expect("an answer, not a hang");
         let error = answer.expect_err("RESP is not HTTP/2");
         assert!(error.contains("etcd client URL"), "{error}");
-        server.abort();
     });
 }
 
@@ -171,52 +193,39 @@ fn the_client_waits_for_the_servers_window() {
         bytes.extend(frame(0x1, 0x5, stream, &[0x40, 1, b'x', 1, b'0']));
         bytes
     }
-    async fn read_until_put(socket: &mut tokio::net::TcpStream, calls: usize) {
+    async fn read_until_put(socket: &mut tokio::net::TcpStream) {
         let mut seen = Vec::new();
         let mut buffer = vec![0u8; 4096];
-        while seen.windows(4).filter(|w| *w == b"/Put").count() < calls {
+        while !seen.windows(4).any(|w| w == b"/Put") {
             let n = socket.read(&mut buffer).await.expect("read");
             assert!(n > 0, "the client closed");
             seen.extend_from_slice(&buffer[..n]);
         }
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let serve = |mut socket: tokio::net::TcpStream| async move {
+        read_until_put(&mut socket).await;
+        // The first answer, then new streams get no window, and a window
+        // update for stream 3 that must not count.
+        let mut bytes = answer(1);
+        bytes.extend(frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+        bytes.extend(frame(0x8, 0, 3, &1_000u32.to_be_bytes()));
+        socket.write_all(&bytes).await.expect("answer");
+        let early =
+            tokio::time::timeout(Duration::from_millis(500), read_until_put(&mut socket)).await;
+        assert!(early.is_err(), "the second call left with no window");
+        socket
+            .write_all(&frame(0x4, 0, 0, &[0, 4, 0, 0, 0xFF, 0xFF]))
             .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let server = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.expect("accept");
-            read_until_put(&mut socket, 1).await;
-            // The first answer, then new streams get no window, and a
-            // window update for stream 3 that must not count.
-            let mut bytes = answer(1);
-            bytes.extend(frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
-            bytes.extend(frame(0x8, 0, 3, &1_000u32.to_be_bytes()));
-            socket.write_all(&bytes).await.expect("answer");
-            let early =
-                tokio::time::timeout(Duration::from_millis(500), read_until_put(&mut socket, 1))
-                    .await;
-            assert!(early.is_err(), "the second call left with no window");
-            socket
-                .write_all(&frame(0x4, 0, 0, &[0, 4, 0, 0, 0xFF, 0xFF]))
-                .await
-                .expect("settings");
-            read_until_put(&mut socket, 1).await;
-            socket.write_all(&answer(3)).await.expect("answer");
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
+            .expect("settings");
+        read_until_put(&mut socket).await;
+        socket.write_all(&answer(3)).await.expect("answer");
+    };
+    with_fake_server(serve, |addr| async move {
         let mut client = EtcdClient::connect(addr).await.expect("TCP connects");
         assert_eq!(client.put(b"k", b"v").await, Ok(Outcome::Answered));
         let second = tokio::time::timeout(Duration::from_secs(5), client.put(b"k", b"w"))
             .await
             .expect("an answer once the window opens");
         assert_eq!(second, Ok(Outcome::Answered));
-        assert!(!server.is_finished(), "the server's checks passed");
-        server.abort();
     });
 }
