@@ -242,13 +242,11 @@ impl EtcdClient {
                     }
                     _ => {}
                 }
-            } else if frame.stream == 0 {
-                self.handle_connection_frame(frame)?;
-            } else if frame.kind == DATA {
-                // A stream this client gave up on: its bytes still count.
-                self.take_back(frame.len);
+                self.input.advance(frame.len);
+            } else {
+                // The connection's, or a stream this client gave up on.
+                self.handle_idle_frame(frame)?;
             }
-            self.input.advance(frame.len);
             if !self.output.is_empty() {
                 self.flush().await?;
             }
@@ -262,8 +260,8 @@ impl EtcdClient {
         }
     }
 
-    /// A frame read while no call waits for its answer: the connection's
-    /// are handled, a late answer's bytes given back; it is consumed.
+    /// A frame that answers no waiting call: the connection's are
+    /// handled, a late answer's bytes given back; it is consumed.
     fn handle_idle_frame(&mut self, frame: Frame) -> Result<(), String> {
         if frame.stream == 0 {
             self.handle_connection_frame(frame)?;

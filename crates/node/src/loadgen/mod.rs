@@ -98,50 +98,25 @@ pub struct LoadReport {
 }
 
 /// Writes every key once (so reads find values; with the `SetEx`
-/// workload, each with its time to live), with up to 16 pipelined
-/// loaders.
+/// workload, each with its time to live): over RESP with up to 16
+/// pipelined loaders, to etcd with up to 64 loaders of one put at a time.
 pub async fn preload(config: &LoadConfig) -> Result<(), String> {
     config.check()?;
-    if config.protocol == Protocol::Etcd {
-        return preload_etcd(config).await;
-    }
-    let loaders = config.connections.clamp(1, 16) as u64;
+    let loaders_max = match config.protocol {
+        Protocol::Resp => 16,
+        Protocol::Etcd => 64,
+    };
+    let loaders = config.connections.clamp(1, loaders_max) as u64;
     let mut tasks = Vec::new();
     for loader in 0..loaders {
         let target = config.targets[loader as usize % config.targets.len()];
         let config = config.clone();
         tasks.push(tokio::spawn(async move {
-            let mut client = Client::connect(target).await?;
-            let value = Bytes::from(vec![b'v'; config.value_bytes]);
-            // Pipelined: a batch of writes per round trip.
-            let mut key = loader;
-            while key < config.keys {
-                let mut batch = Vec::with_capacity(PRELOAD_BATCH);
-                while key < config.keys && batch.len() < PRELOAD_BATCH {
-                    let mut set = vec![Bytes::from_static(b"SET"), key_name(key), value.clone()];
-                    if let Workload::SetEx { seconds } = config.workload {
-                        set.push(Bytes::from_static(b"EX"));
-                        set.push(Bytes::from(seconds.to_string()));
-                    }
-                    batch.push(set);
-                    key += loaders;
-                }
-                let replies = client.pipeline(&batch).await?;
-                for (set, reply) in batch.iter().zip(replies) {
-                    // A SET may be sent again: the same key, value and
-                    // time to live.
-                    let mut reply = reply;
-                    let mut tries = 0;
-                    while let Reply::Error(error) = &reply {
-                        tries += 1;
-                        if tries > PRELOAD_RETRIES {
-                            return Err(format!("preload: {error}"));
-                        }
-                        reply = client.call(set).await?;
-                    }
-                }
+            let keys = (loader..config.keys).step_by(loaders as usize);
+            match config.protocol {
+                Protocol::Resp => preload_resp(target, &config, keys).await,
+                Protocol::Etcd => preload_etcd(target, &config, keys).await,
             }
-            Ok::<(), String>(())
         }));
     }
     for task in tasks {
@@ -150,34 +125,61 @@ pub async fn preload(config: &LoadConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Puts every key once, one put at a time on each of up to 64
-/// connections (the client sends one call per connection at a time).
-async fn preload_etcd(config: &LoadConfig) -> Result<(), String> {
-    let loaders = config.connections.clamp(1, 64) as u64;
-    let mut tasks = Vec::new();
-    for loader in 0..loaders {
-        let target = config.targets[loader as usize % config.targets.len()];
-        let config = config.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut client = EtcdClient::connect(target).await?;
-            let value = vec![b'v'; config.value_bytes];
-            let mut key = loader;
-            while key < config.keys {
-                let name = key_name(key);
-                let mut tries = 0;
-                while client.put(&name, &value).await? == Outcome::Failed {
-                    tries += 1;
-                    if tries > PRELOAD_RETRIES {
-                        return Err(format!("preload: etcd refused to put {name:?}"));
-                    }
-                }
-                key += loaders;
+/// One RESP loader: `keys`, a pipelined batch per round trip.
+async fn preload_resp(
+    target: SocketAddr,
+    config: &LoadConfig,
+    keys: impl Iterator<Item = u64>,
+) -> Result<(), String> {
+    let mut client = Client::connect(target).await?;
+    let value = Bytes::from(vec![b'v'; config.value_bytes]);
+    let mut keys = keys.peekable();
+    while keys.peek().is_some() {
+        let mut batch = Vec::with_capacity(PRELOAD_BATCH);
+        for key in keys.by_ref().take(PRELOAD_BATCH) {
+            let mut set = vec![Bytes::from_static(b"SET"), key_name(key), value.clone()];
+            if let Workload::SetEx { seconds } = config.workload {
+                set.push(Bytes::from_static(b"EX"));
+                set.push(Bytes::from(seconds.to_string()));
             }
-            Ok::<(), String>(())
-        }));
+            batch.push(set);
+        }
+        let replies = client.pipeline(&batch).await?;
+        for (set, reply) in batch.iter().zip(replies) {
+            // A SET may be sent again: the same key, value and time to
+            // live.
+            let mut reply = reply;
+            let mut tries = 0;
+            while let Reply::Error(error) = &reply {
+                tries += 1;
+                if tries > PRELOAD_RETRIES {
+                    return Err(format!("preload: {error}"));
+                }
+                reply = client.call(set).await?;
+            }
+        }
     }
-    for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
+    Ok(())
+}
+
+/// One etcd loader: `keys`, one put at a time (the client has one call
+/// in flight per connection).
+async fn preload_etcd(
+    target: SocketAddr,
+    config: &LoadConfig,
+    keys: impl Iterator<Item = u64>,
+) -> Result<(), String> {
+    let mut client = EtcdClient::connect(target).await?;
+    let value = vec![b'v'; config.value_bytes];
+    for key in keys {
+        let name = key_name(key);
+        let mut tries = 0;
+        while client.put(&name, &value).await? == Outcome::Failed {
+            tries += 1;
+            if tries > PRELOAD_RETRIES {
+                return Err(format!("preload: etcd refused to put {name:?}"));
+            }
+        }
     }
     Ok(())
 }
