@@ -69,6 +69,10 @@ pub fn checks<S: LogStore>() -> Vec<Check<S>> {
             "snapshot chunks read back and stage in order",
             snapshot_chunks_are_checked::<S>,
         ),
+        (
+            "unsynced writes read back at once and a sync keeps them",
+            unsynced_writes_read_back::<S>,
+        ),
     ]
 }
 
@@ -209,6 +213,37 @@ fn overlapping_append_replaces_suffix<S: LogStore>(store: &mut S) {
     );
     assert_eq!(store.term(5), Ok(1));
     assert_eq!(store.entries(6, 9, u64::MAX), Ok(replacement));
+}
+
+fn unsynced_writes_read_back<S: LogStore>(store: &mut S) {
+    let write = |store: &mut S, entries: Vec<Entry>, commit: LogIndex| {
+        let ready = crate::Ready {
+            entries,
+            hard_state: Some(HardState {
+                term: 2,
+                vote: Some(1),
+                commit,
+            }),
+            ..crate::Ready::default()
+        };
+        store.write_ready_unsynced(&ready).expect("unsynced write");
+    };
+    write(store, entries(1, 10, 1), 4);
+    write(store, entries(7, 9, 2), 6);
+    assert_eq!(store.last_index(), 9, "the second write replaced 7..=10");
+    assert_eq!(store.term(6), Ok(1));
+    assert_eq!(store.entries(7, 10, u64::MAX), Ok(entries(7, 9, 2)));
+    assert_eq!(
+        store
+            .initial_state()
+            .expect("initial state")
+            .hard_state
+            .commit,
+        6
+    );
+    store.sync().expect("sync");
+    append_ok(store, &entries(10, 12, 2));
+    assert_eq!(store.entries(1, 13, u64::MAX).map(|e| e.len()), Ok(12));
 }
 
 fn hard_and_conf_state_persist<S: LogStore>(store: &mut S) {

@@ -254,6 +254,26 @@ pub trait LogStore: Storage {
         Ok(())
     }
 
+    /// Writes what a ready without snapshot data says to persist (its
+    /// entries and hard state) so that reads see it at once, but durable
+    /// only once a later [`Self::sync`] or synced write returns: for
+    /// [`Config::async_persist`](crate::Config::async_persist), whose
+    /// runtime settles the ready with
+    /// [`RaftNode::advance_persisting`](crate::RaftNode::advance_persisting)
+    /// and calls `on_persisted` after the sync. A crash before it loses
+    /// such writes from the end of the log only (never one before a write
+    /// that survived). The default writes durably, as
+    /// [`Self::persist_ready`]: a store that cannot defer the sync.
+    fn write_ready_unsynced(&mut self, ready: &crate::Ready) -> Result<(), StorageError> {
+        self.persist_ready(ready)
+    }
+
+    /// Makes every earlier write durable. The default has nothing to do:
+    /// every write of a store without deferred syncs is durable.
+    fn sync(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// Stages a whole snapshot held in memory and applies it (a new
     /// cluster's [`Snapshot::bootstrap`], tests).
     fn restore_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {

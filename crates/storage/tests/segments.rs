@@ -32,6 +32,22 @@ fn write(store: &mut RocksStorage, from: u64, to: u64, term: u64) {
 
 /// [`write`], the commit index never above `commit_max`.
 fn write_committing(store: &mut RocksStorage, from: u64, to: u64, term: u64, commit_max: u64) {
+    write_readies(store, from, to, term, commit_max, true);
+}
+
+/// [`write`] without syncs (`LogStore::write_ready_unsynced`).
+fn write_unsynced(store: &mut RocksStorage, from: u64, to: u64, term: u64) {
+    write_readies(store, from, to, term, u64::MAX, false);
+}
+
+fn write_readies(
+    store: &mut RocksStorage,
+    from: u64,
+    to: u64,
+    term: u64,
+    commit_max: u64,
+    synced: bool,
+) {
     let mut first = from;
     while first <= to {
         let last = (first + 9).min(to);
@@ -39,17 +55,20 @@ fn write_committing(store: &mut RocksStorage, from: u64, to: u64, term: u64, com
         for entry in &mut batch {
             entry.payload = Bytes::from(vec![entry.index as u8; 200]);
         }
-        store
-            .persist_ready(&Ready {
-                entries: batch,
-                hard_state: Some(HardState {
-                    term,
-                    vote: Some(1),
-                    commit: last.min(commit_max),
-                }),
-                ..Ready::default()
-            })
-            .unwrap();
+        let ready = Ready {
+            entries: batch,
+            hard_state: Some(HardState {
+                term,
+                vote: Some(1),
+                commit: last.min(commit_max),
+            }),
+            ..Ready::default()
+        };
+        if synced {
+            store.persist_ready(&ready).unwrap();
+        } else {
+            store.write_ready_unsynced(&ready).unwrap();
+        }
         first = last + 1;
     }
 }
@@ -139,6 +158,102 @@ fn a_torn_tail_is_cut_and_writing_goes_on() {
     assert_eq!(store.last_index(), 40);
     assert_eq!(store.term(21), Ok(2));
     assert_eq!(store.entries(1, 41, u64::MAX).unwrap().len(), 40);
+}
+
+/// Where each batch of a segment starts (batches are 8-byte aligned and
+/// open with the magic "DRLG"; a 200-byte entry payload never holds it).
+fn batch_starts(segment: &Path) -> Vec<usize> {
+    let bytes = std::fs::read(segment).unwrap();
+    (0..bytes.len() - 4)
+        .step_by(8)
+        .filter(|&at| &bytes[at..at + 4] == b"DRLG")
+        .collect()
+}
+
+/// Zeros the `n`th batch from the end of the newest segment, as a power
+/// failure that kept the pages written after it but not its own would.
+fn lose_batch_from_end(dir: &Path, n: usize) {
+    let newest = segments(dir).pop().unwrap();
+    let starts = batch_starts(&newest);
+    let at = starts[starts.len() - n];
+    let end = starts
+        .get(starts.len() - n + 1)
+        .copied()
+        .unwrap_or_else(|| written_end(&newest));
+    let mut bytes = std::fs::read(&newest).unwrap();
+    bytes[at..end].fill(0);
+    std::fs::write(&newest, bytes).unwrap();
+}
+
+#[test]
+fn unsynced_writes_lost_out_of_order_are_cut_and_the_rest_erased() {
+    let dir = TestDir::new();
+    let mut store = open(dir.path());
+    write(&mut store, 1, 20, 1);
+    write_unsynced(&mut store, 21, 50, 1);
+    assert_eq!(store.last_index(), 50, "unsynced writes read back at once");
+    drop(store);
+    // Of the three unsynced readies, the first lost, the two after kept.
+    lose_batch_from_end(dir.path(), 3);
+    let mut store = open(dir.path());
+    assert_eq!(store.last_index(), 20, "cut where the loss is");
+    assert_eq!(store.initial_state().unwrap().hard_state.commit, 20);
+    // The kept later batches were erased: entries written now in their
+    // place are the only ones read back, now and after another reopen.
+    write(&mut store, 21, 30, 2);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.last_index(), 30);
+    assert_eq!(store.term(21), Ok(2));
+    assert_eq!(store.term(30), Ok(2));
+    assert_eq!(store.entries(1, 31, u64::MAX).unwrap().len(), 30);
+}
+
+#[test]
+fn a_loss_before_a_write_that_says_it_was_durable_is_damage() {
+    // An unsynced ready, then a synced one: its sync covered the first.
+    let dir = TestDir::new();
+    let mut store = open(dir.path());
+    write(&mut store, 1, 20, 1);
+    write_unsynced(&mut store, 21, 30, 1);
+    write(&mut store, 31, 40, 1);
+    drop(store);
+    lose_batch_from_end(dir.path(), 2);
+    let error = RocksStorage::open(dir.path(), StateMachine::External)
+        .err()
+        .expect("damage under a synced write is refused");
+    assert!(error.to_string().contains("damage"), "{error}");
+    // An unsynced ready, a sync, another unsynced ready: the last one
+    // was written knowing the first durable.
+    let dir = TestDir::new();
+    let mut store = open(dir.path());
+    write(&mut store, 1, 20, 1);
+    write_unsynced(&mut store, 21, 30, 1);
+    store.sync().unwrap();
+    write_unsynced(&mut store, 31, 40, 1);
+    drop(store);
+    lose_batch_from_end(dir.path(), 2);
+    let error = RocksStorage::open(dir.path(), StateMachine::External)
+        .err()
+        .expect("damage under a sync is refused");
+    assert!(error.to_string().contains("damage"), "{error}");
+}
+
+#[test]
+fn a_sync_makes_unsynced_writes_durable_and_reads_see_them_before() {
+    let dir = TestDir::new();
+    let mut store = open(dir.path());
+    write_unsynced(&mut store, 1, 2000, 1);
+    assert!(
+        store.log_segment_count() >= 5,
+        "unsynced writes roll over too"
+    );
+    assert_eq!(store.entries(1, 2001, u64::MAX).unwrap().len(), 2000);
+    store.sync().unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!((store.first_index(), store.last_index()), (1, 2000));
+    assert_eq!(store.initial_state().unwrap().hard_state.commit, 2000);
 }
 
 /// Flips `mask` into byte `at` of `file`, checks that opening the store

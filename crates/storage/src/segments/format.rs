@@ -8,7 +8,13 @@
 //! record = kind u8 | body length u32 LE | body
 //! kinds  = 1 entry (a dr-codec entry frame) | 2 hard state (a checked record)
 //!          | 3 clear (u64 LE: the index the log starts at next) | 4 seal (u64 LE: the next segment's id)
+//!          | 5 synced (u64 LE: every byte of the segment before this offset was durable when
+//!            the batch was written; for a synced batch, its own end)
 //! ```
+//!
+//! The synced record, which every batch the log writes ends with, tells a
+//! write lost unsynced (a power failure keeps any subset of the pages
+//! written since the last sync) from damage to bytes once durable.
 
 use bytes::{BufMut, BytesMut};
 use dr_codec::frame::{CodecConfig, encode_entry};
@@ -25,12 +31,14 @@ pub(super) const HEADER_BYTES: usize = 12;
 /// damaged one only looks at aligned offsets.
 pub(super) const ALIGN_BYTES: u64 = 8;
 /// The space a seal batch takes, always kept free at a segment's end.
-pub(super) const SEAL_BATCH_BYTES: u64 = 32;
+pub(super) const SEAL_BATCH_BYTES: u64 = 40;
 /// The largest payload a batch may declare: a declared length above it
 /// is damage, not a batch to read.
 pub(super) const PAYLOAD_BYTES_MAX: u32 = 1 << 30;
 /// A record's kind and body length.
 const RECORD_HEADER_BYTES: usize = 5;
+/// The synced record every batch ends with.
+const SYNCED_RECORD_BYTES: usize = RECORD_HEADER_BYTES + 8;
 
 /// What a record says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +53,9 @@ pub(super) enum RecordKind {
     Clear = 3,
     /// The segment ends here; the body names the next segment's id.
     Seal = 4,
+    /// Every byte of the segment before the body's offset was durable
+    /// when the batch was written.
+    Synced = 5,
 }
 
 impl RecordKind {
@@ -54,6 +65,7 @@ impl RecordKind {
             2 => Some(Self::HardState),
             3 => Some(Self::Clear),
             4 => Some(Self::Seal),
+            5 => Some(Self::Synced),
             _ => None,
         }
     }
@@ -76,11 +88,6 @@ impl LogBatch {
     /// Whether the batch holds nothing to write.
     pub(crate) fn is_empty(&self) -> bool {
         self.payload.is_empty()
-    }
-
-    /// The payload's length.
-    pub(crate) fn len(&self) -> usize {
-        self.payload.len()
     }
 
     fn record(&mut self, kind: RecordKind, body_len: usize) {
@@ -131,16 +138,28 @@ impl LogBatch {
         self.payload.put_u64_le(next_segment);
     }
 
-    /// The batch as written into segment `segment_id`: header, payload,
-    /// padding.
-    pub(super) fn frame(&self, segment_id: u64, out: &mut Vec<u8>) {
+    /// The bytes [`Self::frame`] writes.
+    pub(super) fn framed_len(&self) -> u64 {
+        padded((HEADER_BYTES + self.payload.len() + SYNCED_RECORD_BYTES) as u64)
+    }
+
+    /// The batch as written into segment `segment_id`: header, payload
+    /// ending with the synced record (`synced_through`), padding.
+    pub(super) fn frame(&self, segment_id: u64, synced_through: u64, out: &mut Vec<u8>) {
         out.clear();
-        let len = u32::try_from(self.payload.len()).expect("a batch is under 4 GiB");
+        let len = u32::try_from(self.payload.len() + SYNCED_RECORD_BYTES)
+            .expect("a batch is under 4 GiB");
         out.extend_from_slice(&BATCH_MAGIC.to_le_bytes());
         out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&batch_crc(segment_id, len, &self.payload).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&self.payload);
+        out.push(RecordKind::Synced as u8);
+        out.extend_from_slice(&8u32.to_le_bytes());
+        out.extend_from_slice(&synced_through.to_le_bytes());
+        let crc = batch_crc(segment_id, len, &out[HEADER_BYTES..]);
+        out[8..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
         out.resize(padded(out.len() as u64) as usize, 0);
+        debug_assert_eq!(out.len() as u64, self.framed_len());
     }
 }
 
@@ -190,6 +209,16 @@ pub(super) fn records(payload: &[u8]) -> Result<Vec<RawRecord<'_>>, String> {
     Ok(out)
 }
 
+/// What a batch's synced record says, if it has one (batches written
+/// before the record existed have none).
+pub(super) fn synced_through(records: &[RawRecord<'_>]) -> Option<u64> {
+    records
+        .iter()
+        .rev()
+        .find(|record| record.kind == RecordKind::Synced)
+        .and_then(|record| body_u64(record).ok())
+}
+
 /// A u64 record body.
 pub(super) fn body_u64(record: &RawRecord<'_>) -> Result<u64, String> {
     <[u8; 8]>::try_from(record.body)
@@ -215,7 +244,8 @@ mod tests {
         });
         batch.push_seal(9);
         let mut framed = Vec::new();
-        batch.frame(3, &mut framed);
+        batch.frame(3, 4096, &mut framed);
+        assert_eq!(framed.len() as u64, batch.framed_len());
         assert_eq!(framed.len() as u64 % ALIGN_BYTES, 0);
         let len = u32::from_le_bytes(framed[4..8].try_into().unwrap());
         let payload = &framed[HEADER_BYTES..HEADER_BYTES + len as usize];
@@ -231,10 +261,12 @@ mod tests {
                 RecordKind::Entry,
                 RecordKind::Entry,
                 RecordKind::HardState,
-                RecordKind::Seal
+                RecordKind::Seal,
+                RecordKind::Synced
             ]
         );
         assert_eq!(body_u64(&split[4]).unwrap(), 9);
+        assert_eq!(synced_through(&split), Some(4096));
         for (record, (index, term, at, len)) in split.iter().zip(&batch.entries) {
             assert_eq!((record.body_at, record.body.len()), (*at, *len as usize));
             let (entry, _) = dr_codec::frame::decode_entry(

@@ -4,7 +4,9 @@
 //!
 //! - One `pwrite` and (when the ready makes promises) one `fdatasync` per
 //!   persisted ready: the batch of its entries and hard state, checksummed
-//!   with CRC32C over the segment's id and the bytes.
+//!   with CRC32C over the segment's id and the bytes. A caller may also
+//!   write unsynced and make everything written durable later with one
+//!   [`SegmentLog::sync`].
 //! - Segments have a fixed size and are written only over blocks written
 //!   before (zero-filled ahead of time on a thread of their own, or a
 //!   segment the log no longer needs, recycled): a sync never grows a file,
@@ -16,9 +18,12 @@
 //! - Compaction drops whole segments whose entries are all compacted (or
 //!   were all replaced by a snapshot's `clear`).
 //! - On open every batch is checked. A damaged batch ends the newest
-//!   segment only when nothing valid follows it (a write torn by a crash:
-//!   never synced, so never promised); anywhere else it is damage, and the
-//!   log refuses to open.
+//!   segment when nothing valid follows it (a write torn by a crash:
+//!   never synced, so never promised), or when every valid batch after it
+//!   says (its synced record) that the damaged bytes were not yet durable
+//!   when it was written (unsynced writes, of which a power failure kept
+//!   some pages and lost others); those later batches are erased.
+//!   Anywhere else it is damage, and the log refuses to open.
 //!
 //! The caller (the store) keeps the compaction point and the snapshot in
 //! RocksDB, writes them before the log's own changes, and reconciles the
@@ -92,6 +97,9 @@ pub(crate) struct SegmentLog {
     live: VecDeque<Segment>,
     /// Where the next batch goes in the newest segment.
     offset: u64,
+    /// The newest segment's bytes before this offset are durable (older
+    /// segments are, whole: sealed with a synced write).
+    durable: u64,
     /// Where the newest segment's batches start after its opening hard
     /// state: a batch too big for a segment is written anyway after it.
     opening_offset: u64,
@@ -181,25 +189,48 @@ impl SegmentLog {
     /// state on disk: the caller must stop.
     pub(crate) fn write(&mut self, batch: &LogBatch, sync: bool) -> io::Result<()> {
         debug_assert!(!batch.is_empty(), "an empty batch is never written");
-        let mut framed_len = format::padded((HEADER_BYTES + batch.len()) as u64);
+        let framed_len = batch.framed_len();
         if self.offset + framed_len + SEAL_BATCH_BYTES > self.segment_bytes
             && self.offset > self.opening_offset
         {
             self.roll_over()?;
         }
         let segment_id = self.active_id();
-        let mut frame = std::mem::take(&mut self.frame);
-        batch.frame(segment_id, &mut frame);
-        framed_len = frame.len() as u64;
         let at = self.offset;
+        let synced_through = if sync { at + framed_len } else { self.durable };
+        let mut frame = std::mem::take(&mut self.frame);
+        batch.frame(segment_id, synced_through, &mut frame);
         let written = self.write_at(&frame, at, sync);
         self.frame = frame;
         written?;
         self.offset += framed_len;
+        self.durable = synced_through;
         self.take_in(batch, segment_id, at + HEADER_BYTES as u64);
         if self.offset * 2 > self.segment_bytes {
             self.prepare_spare();
         }
+        Ok(())
+    }
+
+    /// Makes every batch written so far durable: one `fdatasync` of the
+    /// newest segment (the older ones were synced as they were sealed).
+    /// Nothing to do when the last write was synced. An error leaves the
+    /// log in an unknown state on disk: the caller must stop.
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        if self.durable == self.offset {
+            return Ok(());
+        }
+        #[cfg(feature = "failpoints")]
+        match crate::failpoints::before_synced_write() {
+            crate::failpoints::Injected::Proceed => {}
+            crate::failpoints::Injected::Fail(error) => return Err(io::Error::other(error)),
+            crate::failpoints::Injected::Tear => {
+                eprintln!("dr-storage: raft log: crash before a sync injected; ending the process");
+                std::process::abort();
+            }
+        }
+        self.newest().file.sync_data()?;
+        self.durable = self.offset;
         Ok(())
     }
 
@@ -305,7 +336,7 @@ impl SegmentLog {
         let mut seal = LogBatch::default();
         seal.push_seal(id + 1);
         let mut frame = Vec::new();
-        seal.frame(id, &mut frame);
+        seal.frame(id, self.offset + seal.framed_len(), &mut frame);
         self.write_at(&frame, self.offset, true)?;
         self.start_segment(id + 1)
     }
@@ -328,6 +359,7 @@ impl SegmentLog {
             holds_hard_state: false,
         });
         self.offset = 0;
+        self.durable = 0;
         self.opening_offset = 0;
         self.open_with_hard_state()
     }
@@ -346,10 +378,11 @@ impl SegmentLog {
         let mut opening = LogBatch::default();
         opening.push_hard_state(hard_state);
         let mut frame = Vec::new();
-        opening.frame(newest.id, &mut frame);
         let at = self.offset;
+        opening.frame(newest.id, at + opening.framed_len(), &mut frame);
         self.write_at(&frame, at, true)?;
         self.offset += frame.len() as u64;
+        self.durable = self.offset;
         self.opening_offset = self.offset;
         self.newest_mut().holds_hard_state = true;
         Ok(())

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -14,6 +14,13 @@ use super::format::{
 };
 use super::{Location, Segment, SegmentLog, check_segment_bytes};
 use crate::records;
+
+/// Writes zeros over `from..to` of `file`, synced.
+fn erase(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; (to - from) as usize];
+    file.write_all_at(&zeros, from)?;
+    file.sync_data()
+}
 
 /// What is at an offset of a segment.
 enum Scanned {
@@ -45,35 +52,79 @@ fn scan_at(file: &File, file_len: u64, segment_id: u64, at: u64) -> std::io::Res
     Ok(Scanned::Batch(payload, format::padded(end)))
 }
 
-/// The first offset after `from` where a valid batch of the segment
-/// starts, if any: after a damaged batch, a valid one means damage in the
-/// middle, not a torn tail.
-fn valid_batch_after(
+/// The valid batches of the segment after offset `from` (which is not
+/// one): where each starts and ends, and what its synced record says.
+fn valid_batches_after(
     file: &File,
     file_len: u64,
     segment_id: u64,
     from: u64,
-) -> std::io::Result<Option<u64>> {
+) -> std::io::Result<Vec<LaterBatch>> {
     const WINDOW_BYTES: u64 = 1 << 20;
     let magic = BATCH_MAGIC.to_le_bytes();
+    let mut found = Vec::new();
     let mut window_at = from;
     let mut window = vec![0u8; WINDOW_BYTES as usize];
+    // A valid batch's bytes are skipped whole: a later one starts after.
+    let mut skip_to = from;
     while window_at < file_len {
         let n = (file_len - window_at).min(WINDOW_BYTES) as usize;
         file.read_exact_at(&mut window[..n], window_at)?;
         let mut i = 0;
         while i + 4 <= n {
-            if window[i..i + 4] == magic {
-                let at = window_at + i as u64;
-                if matches!(scan_at(file, file_len, segment_id, at)?, Scanned::Batch(..)) {
-                    return Ok(Some(at));
-                }
+            let at = window_at + i as u64;
+            if at >= skip_to
+                && window[i..i + 4] == magic
+                && let Scanned::Batch(payload, end) = scan_at(file, file_len, segment_id, at)?
+            {
+                // A payload whose checksum matched but whose records do
+                // not parse claims nothing: counted as unknown.
+                let synced_through = format::records(&payload)
+                    .ok()
+                    .and_then(|records| format::synced_through(&records));
+                found.push(LaterBatch {
+                    at,
+                    end,
+                    synced_through,
+                });
+                skip_to = end;
             }
             i += ALIGN_BYTES as usize;
         }
         window_at += n as u64;
     }
-    Ok(None)
+    Ok(found)
+}
+
+/// A valid batch found after a damaged one.
+struct LaterBatch {
+    at: u64,
+    end: u64,
+    /// Its synced record (none in batches written before the record
+    /// existed: unknown, so it may have been synced).
+    synced_through: Option<u64>,
+}
+
+/// What to do about the newest segment's first damaged batch at `at`,
+/// given the valid batches after it: cut the segment there (erasing them)
+/// when none of them says the bytes at `at` were durable, or refuse.
+fn cut_or_refuse(at: u64, later: &[LaterBatch]) -> Result<Option<u64>, String> {
+    match later
+        .iter()
+        .find(|batch| batch.synced_through.is_none_or(|synced| synced > at))
+    {
+        Some(batch) => Err(format!(
+            "the batch at offset {at} is damaged, but the valid batch at {} was written after \
+             it was durable{}: damage, not a lost write",
+            batch.at,
+            if batch.synced_through.is_none() {
+                " (or says nothing about it)"
+            } else {
+                ""
+            }
+        )),
+        None => Ok(later.last().map(|batch| batch.end)),
+    }
 }
 
 impl SegmentLog {
@@ -115,6 +166,7 @@ impl SegmentLog {
             segment_bytes,
             live: VecDeque::new(),
             offset: 0,
+            durable: 0,
             opening_offset: 0,
             spares,
             spare_counter,
@@ -167,6 +219,14 @@ impl SegmentLog {
                 }
             }
         }
+        // What was read back may be only in the page cache (a process
+        // ended before its sync): durable from here on, so the synced
+        // records of later batches are true.
+        log.newest()
+            .file
+            .sync_data()
+            .map_err(|e| io("syncing the newest segment", e))?;
+        log.durable = log.offset;
         log.open_with_hard_state()
             .map_err(|e| io("writing the hard state into the newest segment", e))?;
         if log.offset * 2 > log.segment_bytes {
@@ -214,15 +274,14 @@ impl SegmentLog {
                 "ends at offset {at} without its seal, and later segments exist: damage"
             ));
         }
-        if newest
-            && !sealed
-            && let Some(valid) = valid_batch_after(file, file_len, id, at + ALIGN_BYTES)
-                .map_err(|e| e.to_string())?
-        {
-            return Err(format!(
-                "the batch at offset {at} is damaged, but a valid batch follows at {valid}: \
-                 damage, not a torn write"
-            ));
+        if newest && !sealed {
+            let later = valid_batches_after(file, file_len, id, at + ALIGN_BYTES)
+                .map_err(|e| e.to_string())?;
+            if let Some(end) = cut_or_refuse(at, &later)? {
+                // Written unsynced after the lost bytes: never promised,
+                // and erased so they are never read as the log's again.
+                erase(file, at, end).map_err(|e| format!("erasing lost unsynced writes: {e}"))?;
+            }
         }
         for (batch_at, payload) in batches {
             self.replay_batch(id, batch_at, &payload, started)
@@ -274,7 +333,7 @@ impl SegmentLog {
                     self.cleared_below = id;
                     *started = true;
                 }
-                RecordKind::Seal => {}
+                RecordKind::Seal | RecordKind::Synced => {}
             }
         }
         Ok(())

@@ -486,6 +486,41 @@ impl LogStore for RocksStorage {
         Ok(())
     }
 
+    /// With the segmented log: the ready's batch written with one `pwrite`
+    /// and no sync (the log cuts a crash's losses from its end on open).
+    /// With the RocksDB log, durably (its write-ahead log refuses a lost
+    /// record before a surviving one).
+    fn write_ready_unsynced(&mut self, ready: &Ready) -> Result<(), StorageError> {
+        if self.segments.is_none() {
+            return self.persist_ready(ready);
+        }
+        if ready.has_snapshot_data() {
+            return Err(StorageError::Invalid(
+                "a ready with snapshot data is persisted with a sync".into(),
+            ));
+        }
+        let batch = self.try_batch(|store, batch| store.add_ready(batch, ready, false))?;
+        debug_assert!(
+            batch.is_empty(),
+            "entries and hard state go to the segmented log"
+        );
+        if !batch.is_empty() {
+            self.db
+                .write(batch)
+                .unwrap_or_else(|error| fatal("writing a ready", error));
+        }
+        self.write_log(false, "writing a ready unsynced");
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        if let Some(log) = self.segments.as_mut() {
+            log.sync()
+                .unwrap_or_else(|error| fatal("syncing the raft log", error));
+        }
+        Ok(())
+    }
+
     fn compact(&mut self, index: LogIndex) -> Result<(), StorageError> {
         if index <= self.cached.compacted_index {
             return Err(StorageError::Compacted {
