@@ -101,6 +101,30 @@ pub(crate) fn decode_u64(what: &str, record: &[u8]) -> Result<u64, RecordError> 
     Ok(value)
 }
 
+/// The applied index, with its entry's term when the store knew it.
+pub(crate) fn encode_applied(index: LogIndex, term: Option<Term>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20);
+    out.extend_from_slice(&index.to_le_bytes());
+    if let Some(term) = term {
+        out.extend_from_slice(&term.to_le_bytes());
+    }
+    seal(out)
+}
+
+/// An applied index record; one of the index alone (as older versions
+/// wrote) has no term.
+pub(crate) fn decode_applied(record: &[u8]) -> Result<(LogIndex, Option<Term>), RecordError> {
+    let mut reader = Reader::new("applied index", open("applied index", record)?);
+    let index = reader.u64()?;
+    let term = if reader.rest.is_empty() {
+        None
+    } else {
+        Some(reader.u64()?)
+    };
+    reader.finish()?;
+    Ok((index, term))
+}
+
 /// An index and its term (the compaction point).
 pub(crate) fn encode_index_term(index: LogIndex, term: Term) -> Vec<u8> {
     let mut out = Vec::with_capacity(20);

@@ -12,16 +12,32 @@ use bytes::Bytes;
 use dr_codec::message::ConfState;
 use dr_raft::conformance::entries;
 use dr_raft::{HardState, LogStore, Ready, Storage};
-use dr_storage::{LogKind, RocksStorage, SEGMENT_BYTES_MIN, StateMachine, StoreOptions};
+use dr_storage::{DataWrite, LogKind, RocksStorage, SEGMENT_BYTES_MIN, StateMachine, StoreOptions};
 use support::TestDir;
 
 fn open(path: &Path) -> RocksStorage {
+    open_as(path, StateMachine::External).expect("opens")
+}
+
+fn open_as(
+    path: &Path,
+    state_machine: StateMachine,
+) -> Result<RocksStorage, dr_storage::OpenError> {
     let options = StoreOptions {
         log: LogKind::Segments,
         segment_bytes: SEGMENT_BYTES_MIN,
         ..StoreOptions::default()
     };
-    RocksStorage::open_with(path, StateMachine::External, options).expect("opens")
+    RocksStorage::open_with(path, state_machine, options)
+}
+
+/// Applies entries up to `to`: each sets `key-<index>`.
+fn apply_keys(store: &mut RocksStorage, from: u64, to: u64) {
+    let keys: Vec<Vec<u8>> = (from..=to)
+        .map(|i| format!("key-{i}").into_bytes())
+        .collect();
+    let writes: Vec<DataWrite<'_>> = keys.iter().map(|k| DataWrite::Put(k, k)).collect();
+    store.apply(&writes, to, None).unwrap();
 }
 
 /// Appends entries `from..=to` of `term` with a 200-byte payload each,
@@ -237,6 +253,60 @@ fn a_loss_before_a_write_that_says_it_was_durable_is_damage() {
         .err()
         .expect("damage under a sync is refused");
     assert!(error.to_string().contains("damage"), "{error}");
+}
+
+#[test]
+fn a_state_flushed_ahead_of_a_lost_log_tail_becomes_a_snapshot() {
+    let dir = TestDir::new();
+    let mut store = open_as(dir.path(), StateMachine::DataFamily).unwrap();
+    write(&mut store, 1, 20, 1);
+    // A leader's lazily synced entries, committed on its followers'
+    // disks and applied; then its state reaches the disk (closing
+    // flushes the memtables) but its log tail does not.
+    write_unsynced(&mut store, 21, 40, 2);
+    apply_keys(&mut store, 1, 35);
+    drop(store);
+    lose_batch_from_end(dir.path(), 2);
+    let mut store = open_as(dir.path(), StateMachine::DataFamily).unwrap();
+    assert_eq!(store.applied_index(), 35, "the flushed state survived");
+    assert_eq!((store.first_index(), store.last_index()), (36, 35));
+    let meta = store.snapshot_meta().unwrap();
+    assert_eq!((meta.index, meta.term), (35, 2));
+    assert_eq!(store.term(35), Ok(2));
+    assert_eq!(store.get(b"key-35").unwrap(), Some(b"key-35".to_vec()));
+    let chunk = store.snapshot_chunk(&meta, 0, u64::MAX).unwrap();
+    assert!(chunk.done);
+    let mut copy = open_as(&dir.path().join("copy"), StateMachine::DataFamily).unwrap();
+    copy.stage_snapshot_chunk(&meta, 0, &chunk.data).unwrap();
+    copy.apply_snapshot(&meta).unwrap();
+    assert_eq!(
+        copy.get(b"key-1").unwrap(),
+        Some(b"key-1".to_vec()),
+        "the snapshot holds the state"
+    );
+    // The log goes on after it, and so after another reopen.
+    write(&mut store, 36, 50, 3);
+    drop(store);
+    let store = open_as(dir.path(), StateMachine::DataFamily).unwrap();
+    assert_eq!((store.first_index(), store.last_index()), (36, 50));
+    assert_eq!(store.term(36), Ok(3));
+    assert_eq!(store.applied_index(), 35);
+}
+
+#[test]
+fn a_state_ahead_of_the_log_without_its_term_is_refused() {
+    let dir = TestDir::new();
+    let mut store = open_as(dir.path(), StateMachine::DataFamily).unwrap();
+    write(&mut store, 1, 10, 1);
+    apply_keys(&mut store, 1, 12);
+    drop(store);
+    let error = open_as(dir.path(), StateMachine::DataFamily)
+        .err()
+        .expect("no term for the applied index");
+    assert!(
+        error.to_string().contains("term was not recorded"),
+        "{error}"
+    );
 }
 
 #[test]

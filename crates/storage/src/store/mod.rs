@@ -244,6 +244,8 @@ struct Cached {
     /// A snapshot being staged in the other slot, and its bytes so far.
     staged: Option<(SnapshotMeta, u64)>,
     applied: LogIndex,
+    /// The term of the entry at `applied`, when it was known.
+    applied_term: Option<Term>,
 }
 
 /// A node's durable state in RocksDB: see the crate documentation.
@@ -435,6 +437,7 @@ impl RocksStorage {
                 slot: 0,
                 staged: None,
                 applied: 0,
+                applied_term: None,
             },
             codec: CodecConfig::default(),
             state_machine,
@@ -454,6 +457,9 @@ impl RocksStorage {
                 .finish_data_install()
                 .map_err(|e| OpenError::Corrupt(e.to_string()))?;
         }
+        store
+            .adopt_state_ahead_of_log()
+            .map_err(|e| OpenError::Corrupt(e.to_string()))?;
         store
             .catch_up_with_snapshot()
             .map_err(|e| OpenError::Corrupt(e.to_string()))?;
@@ -482,7 +488,11 @@ impl RocksStorage {
             KEY_DATA_INSTALL,
             records::encode_u64(snapshot.index),
         );
-        batch.put_cf(meta_cf, KEY_APPLIED, records::encode_u64(snapshot.index));
+        batch.put_cf(
+            meta_cf,
+            KEY_APPLIED,
+            records::encode_applied(snapshot.index, Some(snapshot.term)),
+        );
         batch.put_cf(
             cf(&self.db, CF_RAFT_STATE),
             KEY_CONF_STATE,
@@ -490,8 +500,40 @@ impl RocksStorage {
         );
         self.commit(batch, "rebuilding the state machine from the snapshot");
         self.cached.applied = snapshot.index;
+        self.cached.applied_term = Some(snapshot.term);
         self.cached.conf_state = snapshot.conf_state;
         self.finish_data_install()
+    }
+
+    /// After a crash the state machine may be ahead of the log: applies
+    /// skip RocksDB's WAL, and a memtable flush can make durable the
+    /// effects of committed entries whose log write had not been synced
+    /// yet (a leader syncing its own log lazily: the entries were on its
+    /// followers' disks). The state is kept as a snapshot at the applied
+    /// index, as if received: copied into the snapshot slot, with the
+    /// compaction point there and the log cleared to start after it.
+    fn adopt_state_ahead_of_log(&mut self) -> Result<(), StorageError> {
+        let (applied, last) = (self.cached.applied, self.cached.last_index);
+        if !self.skips_wal() || applied <= last {
+            return Ok(());
+        }
+        let term = self.cached.applied_term.ok_or_else(|| {
+            StorageError::Invalid(format!(
+                "the state machine is applied to {applied}, past the log's last index {last}, \
+                 and the applied entry's term was not recorded"
+            ))
+        })?;
+        let meta = SnapshotMeta {
+            index: applied,
+            term,
+            conf_state: self.cached.conf_state.clone(),
+        };
+        let len = self.copy_data_family(&meta);
+        let mut batch = WriteBatch::default();
+        self.add_slot_switch(&mut batch, meta.clone(), len);
+        self.add_log_replacement(&mut batch, &meta);
+        self.commit(batch, "keeping a state ahead of the log as a snapshot");
+        Ok(())
     }
 
     /// The directory the store lives in.
@@ -637,10 +679,14 @@ impl RocksStorage {
                 DataWrite::DeleteRange(from, to) => batch.delete_range_cf(data, from, to),
             }
         }
+        // With its term when the log holds it (always, in a running node):
+        // a state machine found ahead of the log on open becomes a
+        // snapshot at the applied index, which needs it.
+        let applied_term = self.term(applied).ok();
         batch.put_cf(
             cf(&self.db, CF_META),
             KEY_APPLIED,
-            records::encode_u64(applied),
+            records::encode_applied(applied, applied_term),
         );
         if let Some(conf) = conf_state {
             batch.put_cf(
@@ -664,6 +710,7 @@ impl RocksStorage {
         // After RocksDB took them, before the caller publishes `applied`.
         self.mirror.record(writes);
         self.cached.applied = applied;
+        self.cached.applied_term = applied_term;
         Ok(())
     }
 }

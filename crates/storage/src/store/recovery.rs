@@ -102,7 +102,7 @@ impl RocksStorage {
             self.cached.conf_state = records::decode_conf_state(&record)?;
         }
         if let Some(record) = self.read(CF_META, KEY_APPLIED)? {
-            self.cached.applied = records::decode_u64("applied index", &record)?;
+            (self.cached.applied, self.cached.applied_term) = records::decode_applied(&record)?;
         }
         if let Some(record) = self.read(CF_META, KEY_COMPACTION_POINT)? {
             let (index, term) = records::decode_index_term(&record)?;

@@ -182,9 +182,29 @@ impl RocksStorage {
             )));
         };
         self.add_slot_switch(batch, staged_meta, staged_len);
-        let meta_cf = cf(&self.db, CF_META);
+        self.add_log_replacement(batch, meta);
+        if self.state_machine == StateMachine::DataFamily {
+            // The data family is rebuilt from the new slot right after this
+            // batch; the marker makes a crash in between finish it on open.
+            let meta_cf = cf(&self.db, CF_META);
+            batch.put_cf(meta_cf, KEY_DATA_INSTALL, records::encode_u64(meta.index));
+            batch.put_cf(
+                meta_cf,
+                KEY_APPLIED,
+                records::encode_applied(meta.index, Some(meta.term)),
+            );
+            self.cached.applied = meta.index;
+            self.cached.applied_term = Some(meta.term);
+        }
+        Ok(())
+    }
+
+    /// Makes the snapshot `meta` replace the log: the compaction point at
+    /// it, the log cleared to go on after it, its configuration the
+    /// store's.
+    pub(super) fn add_log_replacement(&mut self, batch: &mut WriteBatch, meta: &SnapshotMeta) {
         batch.put_cf(
-            meta_cf,
+            cf(&self.db, CF_META),
             KEY_COMPACTION_POINT,
             records::encode_index_term(meta.index, meta.term),
         );
@@ -199,20 +219,12 @@ impl RocksStorage {
             KEY_CONF_STATE,
             records::encode_conf_state(&meta.conf_state),
         );
-        if self.state_machine == StateMachine::DataFamily {
-            // The data family is rebuilt from the new slot right after this
-            // batch; the marker makes a crash in between finish it on open.
-            batch.put_cf(meta_cf, KEY_DATA_INSTALL, records::encode_u64(meta.index));
-            batch.put_cf(meta_cf, KEY_APPLIED, records::encode_u64(meta.index));
-            self.cached.applied = meta.index;
-        }
         let cached = &mut self.cached;
         cached.compacted_index = meta.index;
         cached.compacted_term = meta.term;
         cached.last_index = meta.index;
         cached.term_runs.clear();
         cached.conf_state = meta.conf_state.clone();
-        Ok(())
     }
 
     /// Persists the chunks of a ready that also switches to the snapshot
