@@ -52,8 +52,17 @@ pub struct Config {
     /// ([`crate::RaftNode::advance_persisting`], then
     /// [`crate::RaftNode::on_persisted`]), so its turn never waits for a
     /// sync. Committed entries are then handed out only once this node has
-    /// persisted them.
+    /// persisted them (unless `apply_unpersisted`).
     pub async_persist: bool,
+    /// With `async_persist`: committed entries are handed out for applying
+    /// as soon as they are committed, before this node's own copy is
+    /// durable. They are durable on a quorum (a node counts its own copy
+    /// only once persisted), so applying them is safe for the cluster; the
+    /// node's store must then cope with a state machine that a crash
+    /// leaves ahead of its log (dr-storage keeps such a state as a
+    /// snapshot at its applied index). Lets a leader sync its own log off
+    /// the path of its answers.
+    pub apply_unpersisted: bool,
     /// Payload bytes of recently persisted entries kept in memory, so
     /// that applying them and sending them to a follower a little behind
     /// need not read them back from the store (0: keep none).
@@ -89,6 +98,7 @@ impl Config {
             ready_committed_bytes_max: 64 << 20,
             entry_cache_bytes_max: 8 << 20,
             async_persist: false,
+            apply_unpersisted: false,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_chunks_inflight_max: 4,
             pending_reads_max: 1 << 16,
@@ -119,6 +129,9 @@ impl Config {
         }
         if self.uncommitted_bytes_max == 0 || self.ready_committed_bytes_max == 0 {
             return fail("uncommitted_bytes_max and ready_committed_bytes_max must be at least 1");
+        }
+        if self.apply_unpersisted && !self.async_persist {
+            return fail("apply_unpersisted needs async_persist");
         }
         if self.lease_reads && !self.check_quorum {
             return fail("lease_reads needs check_quorum");

@@ -181,9 +181,10 @@ impl<S: Storage> RaftNode<S> {
 
     /// The entries up to here may be applied: the committed ones, and
     /// with asynchronous persistence only those this node has persisted
-    /// (so the applied index never reaches the store ahead of them).
+    /// (so the applied index never reaches the store ahead of them),
+    /// unless the store copes with that (`apply_unpersisted`).
     fn apply_ceiling(&self) -> LogIndex {
-        if self.config.async_persist {
+        if self.config.async_persist && !self.config.apply_unpersisted {
             self.log.committed.min(self.log.stable_last_index())
         } else {
             self.log.committed

@@ -664,6 +664,70 @@ fn an_async_follower_applies_only_what_it_has_persisted() {
     follower.advance();
 }
 
+/// With `apply_unpersisted`, a leader whose own write has not ended
+/// applies an entry as soon as both followers' durable copies commit it,
+/// and its late own copy changes nothing.
+#[test]
+fn a_leader_applying_unpersisted_applies_on_its_followers_copies() {
+    let mut cluster = Cluster::with(&[1, 2, 3], &[], |id| Config {
+        apply_unpersisted: true,
+        ..async_config(id)
+    });
+    cluster.elect(1);
+    let proposal = cluster
+        .node(1)
+        .propose(Bytes::from_static(b"ahead"))
+        .expect("leader");
+    let leader = cluster.node(1);
+    let ready = leader.ready();
+    let mut early = ready.clone();
+    let appends = early.take_messages_before_persist();
+    leader
+        .storage_mut()
+        .write_ready_unsynced(&ready)
+        .expect("write");
+    leader.advance_persisting();
+    let mut acks = Vec::new();
+    for append in appends.into_iter().filter(|m| m.to != 1) {
+        acks.extend(step_and_persist(&mut cluster, append));
+    }
+    let leader = cluster.node(1);
+    let mut acks = acks.into_iter().filter(|m| m.to == 1);
+    leader
+        .step(acks.next().expect("an ack"))
+        .expect("valid ack");
+    assert!(
+        leader.commit_index() < proposal.index,
+        "one durable follower copy and an unsynced leader are not a quorum"
+    );
+    for ack in acks {
+        leader.step(ack).expect("valid ack");
+    }
+    assert_eq!(leader.commit_index(), proposal.index, "two durable copies");
+    let first = ready.number;
+    let ready = leader.ready();
+    assert_eq!(
+        ready.committed_entries.last().map(|e| e.index),
+        Some(proposal.index),
+        "applied before its own copy is durable"
+    );
+    leader.advance_persisting();
+    assert_eq!(leader.applied_index(), proposal.index);
+    leader.storage_mut().sync().expect("sync");
+    leader.on_persisted(first);
+    assert_eq!(leader.commit_index(), proposal.index);
+    assert!(!leader.has_ready() || leader.ready().committed_entries.is_empty());
+}
+
+#[test]
+fn apply_unpersisted_needs_async_persist() {
+    let config = Config {
+        apply_unpersisted: true,
+        ..config(1)
+    };
+    assert!(config.validate().is_err());
+}
+
 /// A ready with snapshot data is never settled before it is durable.
 #[test]
 #[should_panic(expected = "snapshot data is settled with advance()")]
