@@ -70,6 +70,7 @@ use dr_raft::{ConfChangeOp, LogStore, RaftNode, Role};
 mod error;
 mod forwards;
 mod host;
+mod lazy_sync;
 mod lease;
 mod machine;
 pub mod metrics;
@@ -132,6 +133,12 @@ pub struct EngineConfig {
     /// Forwarded request ids the leader remembers, to serve each once
     /// even when the network delivers it twice.
     pub served_ids_max: usize,
+    /// As leader, write the log without a sync and sync at the latest
+    /// this long after the oldest unsynced write (see the `lazy_sync`
+    /// module): the followers' durable copies commit entries meanwhile.
+    /// Needs dr-raft's `async_persist` and `apply_unpersisted`. Zero: the
+    /// leader syncs every write, as followers do.
+    pub leader_sync_delay_max: Duration,
 }
 
 impl EngineConfig {
@@ -144,6 +151,8 @@ impl EngineConfig {
     pub const DEFAULT_SNAPSHOT_LOG_FACTOR: u64 = 4;
     /// `snapshot_every_max_factor` unless set otherwise.
     pub const DEFAULT_SNAPSHOT_EVERY_MAX_FACTOR: u64 = 10;
+    /// `leader_sync_delay_max` unless set otherwise (zero: off).
+    pub const DEFAULT_LEADER_SYNC_DELAY_MAX: Duration = Duration::ZERO;
 
     /// The defaults around a consensus configuration.
     pub fn new(raft: dr_raft::Config) -> Self {
@@ -162,6 +171,7 @@ impl EngineConfig {
             forwards_max: 16 << 10,
             incarnation: 0,
             served_ids_max: 64 << 10,
+            leader_sync_delay_max: Self::DEFAULT_LEADER_SYNC_DELAY_MAX,
         }
     }
 }
@@ -234,6 +244,8 @@ pub enum Event<M: StateMachine, A> {
     Message(Message),
     /// A request arrived.
     Request(Request<M, A>),
+    /// The time [`Engine::wake_in`] named passed.
+    Wake,
 }
 
 /// Whatever else is waiting when a turn starts: drained without blocking.
@@ -322,6 +334,8 @@ pub struct Engine<M: StateMachine, A> {
     lease: dr_raft::LeaseTracker<Duration, Duration>,
     /// The index of the machine's housekeeping command not yet applied.
     housekeeping_index: Option<LogIndex>,
+    /// Writes made without a sync (a leader syncing lazily).
+    unsynced: lazy_sync::UnsyncedWrites,
 }
 
 /// The parts an engine is built from besides its consensus core.
@@ -344,6 +358,12 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
         let snapshot_index = dr_raft::Storage::snapshot_meta(raft.storage()).map_or(0, |m| m.index);
         let lease =
             dr_raft::LeaseTracker::new(lease_duration(config.raft.election_ticks, config.tick));
+        assert!(
+            config.leader_sync_delay_max.is_zero()
+                || (config.raft.async_persist && config.raft.apply_unpersisted),
+            "leader_sync_delay_max needs dr-raft's async_persist and apply_unpersisted"
+        );
+        let unsynced = lazy_sync::UnsyncedWrites::new(raft.hard_state());
         let desk = Arc::new(ForwardDesk::new(
             raft.id(),
             &config,
@@ -374,6 +394,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             snapshot_retry_at: None,
             lease,
             housekeeping_index: None,
+            unsynced,
             config,
         };
         let conf = engine.raft.conf_state().clone();
@@ -391,6 +412,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             Event::Tick => self.tick(),
             Event::Message(message) => self.step(message),
             Event::Request(request) => first_request = Some(request),
+            Event::Wake => {}
         }
         // A follower forwards its requests (writes to the leader, reads
         // for a read index) before its own synced write: they join no
@@ -423,6 +445,10 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             .is_some_and(|index| index <= self.applied_index())
         {
             self.housekeep(self.clock.now());
+            self.drive();
+        }
+        if self.sync_due(self.clock.now()) {
+            self.sync_deferred();
             self.drive();
         }
     }
@@ -544,18 +570,28 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             for message in ready.take_messages_before_persist() {
                 self.transport.send(message);
             }
-            self.persist(&ready);
+            let deferred = self.defers_sync(&ready);
+            if deferred {
+                self.write_deferred(&mut ready);
+            } else {
+                self.persist(&ready);
+                self.after_persist(&ready);
+            }
             if let Some(snapshot) = &ready.snapshot {
                 self.after_snapshot_install(snapshot);
             }
-            for message in ready.messages {
+            for message in std::mem::take(&mut ready.messages) {
                 self.transport.send(message);
             }
             self.apply(&ready.committed_entries, ready.conf_state.as_ref());
             let applied = self.applied_index();
             self.observer.applied(applied);
             self.confirm_reads(ready.read_states);
-            self.raft.advance();
+            if deferred {
+                self.raft.advance_persisting();
+            } else {
+                self.raft.advance();
+            }
             self.serve_applied_reads();
             if ready.soft_state.is_some() {
                 self.on_role_change();
@@ -644,6 +680,9 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     /// Answers every request still waiting (writes as uncertain, reads as
     /// "try again"): the engine stops.
     pub fn shut_down(&mut self) {
+        // What was acknowledged rests on the followers' copies; the
+        // leader's own goes to its disk before it stops.
+        self.sync_deferred();
         for (_, pending) in std::mem::take(&mut self.writes) {
             self.answer(
                 pending.waiter,

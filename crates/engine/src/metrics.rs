@@ -110,6 +110,8 @@ pub struct EngineMetrics {
     pub snapshots_created: AtomicU64,
     /// Snapshots received and installed.
     pub snapshots_installed: AtomicU64,
+    /// Syncs of writes a leader made without one (its lazily synced log).
+    pub leader_lazy_syncs: AtomicU64,
     /// Duration of each synced write of the log.
     pub fsync_seconds: Histogram,
     /// New log entries per synced write (group commit).
@@ -135,6 +137,7 @@ impl Default for EngineMetrics {
             entries_applied: AtomicU64::new(0),
             snapshots_created: AtomicU64::new(0),
             snapshots_installed: AtomicU64::new(0),
+            leader_lazy_syncs: AtomicU64::new(0),
             fsync_seconds: Histogram::new(SECONDS),
             entries_per_write: Histogram::new(SIZES),
             entries_per_apply: Histogram::new(SIZES),
@@ -144,7 +147,7 @@ impl Default for EngineMetrics {
 
 impl EngineMetrics {
     /// The counters as (name after `prefix_`, help, value).
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 14] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 15] {
         let v = |c: &AtomicU64| c.load(Relaxed);
         [
             (
@@ -191,6 +194,11 @@ impl EngineMetrics {
                 "housekeeping_proposals_total",
                 "Commands the leader proposed on its own (removing expired keys).",
                 v(&self.housekeeping_proposals),
+            ),
+            (
+                "leader_lazy_syncs_total",
+                "Syncs of log writes this node made without one as leader.",
+                v(&self.leader_lazy_syncs),
             ),
             (
                 "read_index_fetches_total",

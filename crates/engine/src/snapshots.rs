@@ -47,6 +47,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
         let conf = self.raft.conf_state().clone();
         let started = (self.clock.now(), self.log_bytes_applied);
         self.snapshot_started = None;
+        self.sync_deferred();
         let index = match self
             .machine
             .snapshot(self.raft.storage_mut(), conf, false)
@@ -97,6 +98,9 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
         }
         let conf = self.raft.conf_state().clone();
         let started = (now, self.log_bytes_applied);
+        // A snapshot (and the compaction behind it) never passes the
+        // durable log: unsynced writes are synced first.
+        self.sync_deferred();
         match self.machine.snapshot(self.raft.storage_mut(), conf, true) {
             Ok(SnapshotStarted::Copying(_)) => {
                 self.snapshot_started = Some(started);

@@ -67,6 +67,11 @@ pub struct NodeConfig {
     /// written, up to this.
     #[serde(default = "default_read_mirror_bytes")]
     pub read_mirror_bytes: usize,
+    /// As leader, sync the log at the latest this many microseconds
+    /// after the oldest write made without a sync; the followers' durable
+    /// copies commit entries meanwhile (0: sync every write).
+    #[serde(default = "default_leader_sync_delay_us")]
+    pub leader_sync_delay_us: u64,
     /// Serve reads on the leader's lease, without a heartbeat round per
     /// batch of reads, while a quorum confirmed the leader within the last
     /// three quarters of a follower's election timeout. Linearizable as
@@ -161,6 +166,15 @@ fn default_snapshot_log_factor() -> u64 {
 fn default_keys_max() -> usize {
     crate::machine::KEYS_MAX_DEFAULT
 }
+/// drkv's leaders sync their own log at the latest 2 ms after a write
+/// (measured: `docs/BENCHMARKS.md`, "A leader syncing its own log
+/// lazily"); the engine's own default is off, as its library users'
+/// stores may not write unsynced.
+pub const LEADER_SYNC_DELAY_US_DEFAULT: u64 = 2_000;
+
+fn default_leader_sync_delay_us() -> u64 {
+    LEADER_SYNC_DELAY_US_DEFAULT
+}
 fn default_read_mirror_bytes() -> usize {
     dr_storage::READ_MIRROR_BYTES_DEFAULT
 }
@@ -230,6 +244,7 @@ impl NodeConfig {
             partial_request_timeout_ms: default_partial_request_timeout_ms(),
             keys_max: default_keys_max(),
             read_mirror_bytes: default_read_mirror_bytes(),
+            leader_sync_delay_us: default_leader_sync_delay_us(),
             requirepass: None,
             users: Vec::new(),
             protected_mode: default_protected_mode(),
@@ -447,6 +462,9 @@ impl NodeConfig {
         if let Some(bytes) = args.read_mirror_bytes {
             config.read_mirror_bytes = bytes;
         }
+        if let Some(delay) = args.leader_sync_delay_us {
+            config.leader_sync_delay_us = delay;
+        }
         config.read_lease |= args.read_lease;
         if let Some(raft_log) = args.raft_log {
             config.raft_log = raft_log;
@@ -537,6 +555,10 @@ pub struct NodeFlags {
     /// (0: none).
     #[arg(long)]
     pub read_mirror_bytes: Option<usize>,
+    /// As leader, sync the log at the latest this many microseconds after
+    /// the oldest unsynced write (0: sync every write).
+    #[arg(long)]
+    pub leader_sync_delay_us: Option<u64>,
     /// Milliseconds a client may take to finish a request it started.
     #[arg(long)]
     pub partial_request_timeout_ms: Option<u64>,

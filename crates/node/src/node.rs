@@ -82,6 +82,10 @@ impl RunningNode {
         // whether or not it serves lease reads itself, so that any node of
         // the cluster may turn `read_lease` on.
         raft_config.lease_reads = true;
+        // A leader syncing lazily settles readies before their sync and
+        // applies what its followers' copies commit.
+        raft_config.async_persist = config.leader_sync_delay_us > 0;
+        raft_config.apply_unpersisted = raft_config.async_persist;
         raft_config.election_jitter_seed = config.id ^ seed_from_clock();
         let raft = RaftNode::new(raft_config.clone(), store)
             .map_err(|e| StartError(format!("the store cannot start a node: {e:?}")))?;
@@ -120,6 +124,7 @@ impl RunningNode {
         // Enough log behind a snapshot for a briefly slow follower.
         engine_config.log_kept = (config.snapshot_every / 2).min(10_000);
         engine_config.read_lease = config.read_lease;
+        engine_config.leader_sync_delay_max = Duration::from_micros(config.leader_sync_delay_us);
         engine_config.forward_timeout = limits.request_timeout;
         engine_config.incarnation = seed_from_clock();
         let engine_config = RuntimeConfig {

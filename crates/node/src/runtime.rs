@@ -363,11 +363,31 @@ async fn run(
     let mut ticks = Ticks::new(NodeClock, tick);
     let mut ticker = tokio::time::interval(tick / 2);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The engine's own deadline (a leader's lazy sync): one timer, moved
+    // only when the deadline changes.
+    let wake = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(wake);
+    let mut wake_at: Option<tokio::time::Instant> = None;
     publisher.publish(&engine);
     loop {
+        let due = engine
+            .wake_in()
+            .map(|after| tokio::time::Instant::now() + after);
+        match due {
+            Some(at) if wake_at.is_none_or(|armed| at < armed) => {
+                wake.as_mut().reset(at);
+                wake_at = Some(at);
+            }
+            None => wake_at = None,
+            Some(_) => {}
+        }
         let event = tokio::select! {
             biased;
             _ = shutdown.changed() => break,
+            () = &mut wake, if wake_at.is_some() => {
+                wake_at = None;
+                Event::Wake
+            }
             _ = ticker.tick() => {
                 let due = ticks.due();
                 for _ in 0..due {

@@ -233,7 +233,9 @@ impl<S: Storage> RaftNode<S> {
         &mut self.log.storage
     }
 
-    pub(crate) fn hard_state(&self) -> HardState {
+    /// The term, vote and commit index as the next ready would persist
+    /// them.
+    pub fn hard_state(&self) -> HardState {
         HardState {
             term: self.term,
             vote: self.vote,

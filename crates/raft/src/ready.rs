@@ -83,9 +83,14 @@ impl Ready {
         !self.entries.is_empty()
             || self.snapshot.is_some()
             || !self.snapshot_chunks.is_empty()
-            || self
-                .hard_state
-                .is_some_and(|h| h.term != stored.term || h.vote != stored.vote)
+            || self.changes_term_or_vote(stored)
+    }
+
+    /// Whether it carries a term or vote other than `stored`'s: a change
+    /// that must be durable before anything else the node does.
+    pub fn changes_term_or_vote(&self, stored: &HardState) -> bool {
+        self.hard_state
+            .is_some_and(|h| h.term != stored.term || h.vote != stored.vote)
     }
 
     /// Whether it carries snapshot data (chunks or a whole snapshot to

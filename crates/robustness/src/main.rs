@@ -104,6 +104,10 @@ struct Args {
     /// `--read-mode lease` the check should then catch stale reads.
     #[arg(long)]
     clock_beyond_bound: bool,
+    /// Nodes' `--leader-sync-delay-us` (leaders syncing their own log
+    /// lazily) [default: by seed: 2000 for odd seeds, 0 for even].
+    #[arg(long)]
+    leader_sync_delay_us: Option<u64>,
 }
 
 fn parse_read_mode(text: &str) -> Result<ReadMode, String> {
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
         namespaces,
         keep: args.keep,
         clock_beyond_bound: args.clock_beyond_bound,
+        leader_sync_delay_us: args.leader_sync_delay_us,
     };
     let first = args.seed.unwrap_or_else(|| {
         SystemTime::now()

@@ -41,6 +41,8 @@ pub(crate) struct Plan {
     /// Slow the leader's clock past the lease's bound (expected to fail
     /// in lease mode: the check's own test).
     pub(crate) clock_beyond_bound: bool,
+    /// The nodes' `--leader-sync-delay-us` (`None`: by seed).
+    pub(crate) leader_sync_delay_us: Option<u64>,
 }
 
 /// How reads are served.
@@ -70,17 +72,25 @@ impl ReadMode {
 }
 
 impl Plan {
+    /// The nodes' `--leader-sync-delay-us` in run `seed`: as given, or
+    /// 2000 for odd seeds and 0 (every write synced) for even ones.
+    fn leader_sync_delay_us(&self, seed: u64) -> u64 {
+        self.leader_sync_delay_us
+            .unwrap_or(if seed % 2 == 1 { 2_000 } else { 0 })
+    }
+
     /// The command that runs `seed`'s schedule again with this plan's
     /// settings (which decide the schedule too).
     fn replay(&self, seed: u64) -> String {
         let faults: Vec<&str> = self.faults.iter().map(|k| k.name()).collect();
         let mut command = format!(
-            "cargo xtask robustness --seed {seed} --runs 1 --nodes {} --secs {} --clients {} --read-mode {} --faults {}",
+            "cargo xtask robustness --seed {seed} --runs 1 --nodes {} --secs {} --clients {} --read-mode {} --faults {} --leader-sync-delay-us {}",
             self.nodes,
             self.secs,
             self.clients,
             self.read_mode.name(),
-            faults.join(",")
+            faults.join(","),
+            self.leader_sync_delay_us(seed)
         );
         if !self.namespaces {
             command.push_str(" --loopback");
@@ -111,11 +121,12 @@ pub(crate) fn run(seed: u64, plan: &Plan) -> Result<String, String> {
         .collect();
     let steps = nemesis::schedule(seed, &kinds, plan.secs, plan.clock_beyond_bound);
     let mut header = format!(
-        "seed {seed}: {} nodes, {} s, {} clients, reads: {:?}, network: {}, clock and disk faults: {}\n",
+        "seed {seed}: {} nodes, {} s, {} clients, reads: {:?}, leader sync delay: {} us, network: {}, clock and disk faults: {}\n",
         plan.nodes,
         plan.secs,
         plan.clients,
         plan.read_mode,
+        plan.leader_sync_delay_us(seed),
         if plan.namespaces {
             "namespaces"
         } else {
@@ -179,10 +190,12 @@ impl RunState {
     fn start(seed: u64, plan: &Plan, dir: &Path) -> Result<Self, String> {
         let ids: Vec<u64> = (1..=plan.nodes).collect();
         let network = Network::new(&ids, plan.namespaces)?;
-        let extra = match plan.read_mode {
+        let mut extra = match plan.read_mode {
             ReadMode::Lease => vec!["--read-lease".to_owned()],
             _ => Vec::new(),
         };
+        let delay_us = plan.leader_sync_delay_us(seed);
+        extra.extend(["--leader-sync-delay-us".to_owned(), delay_us.to_string()]);
         let cluster = Cluster::start(&plan.drkv, dir, &network, &ids, extra)?;
         let state = Self {
             seed,
@@ -477,8 +490,11 @@ mod tests {
             namespaces: false,
             keep: false,
             clock_beyond_bound: true,
+            leader_sync_delay_us: None,
         };
         let replay = plan.replay(42);
+        assert!(replay.contains("--leader-sync-delay-us 0"), "{replay}");
+        assert!(plan.replay(43).contains("--leader-sync-delay-us 2000"));
         for part in [
             "--seed 42 --runs 1",
             "--nodes 5",

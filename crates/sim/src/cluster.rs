@@ -93,6 +93,10 @@ pub struct Settings {
     /// The engine's `snapshot_every_max_factor` (its `snapshot_every` is
     /// 40 here).
     pub snapshot_every_max_factor: u64,
+    /// The engine's `leader_sync_delay_max` in microseconds (0: leaders
+    /// sync every write). With it, half the crashes also find the state
+    /// machine flushed as it was, ahead of the synced log.
+    pub leader_sync_delay_us: u64,
 }
 
 impl Settings {
@@ -109,6 +113,8 @@ impl Settings {
             // bytes per byte of the last snapshot.
             snapshot_log_factor: (seed / 3) % 3,
             snapshot_every_max_factor: 4,
+            // Leaders syncing every write, and lazily within 0.7 or 3 ms.
+            leader_sync_delay_us: [0, 700, 3_000][((seed / 9) % 3) as usize],
         }
     }
 }
@@ -140,6 +146,11 @@ pub struct Report {
     pub snapshots_installed: u64,
     /// Snapshots the nodes took of their own state.
     pub snapshots_created: u64,
+    /// Syncs of writes leaders made without one.
+    pub leader_lazy_syncs: u64,
+    /// Restarts that found the state machine ahead of the synced log and
+    /// kept it as a snapshot.
+    pub states_ahead_kept: u64,
     /// Reads a leader served on its lease.
     pub lease_reads: u64,
     /// Steps during which an old leader still held its lease while a
@@ -290,6 +301,8 @@ impl SimCluster {
         raft.election_ticks = 10;
         raft.heartbeat_ticks = 1;
         raft.lease_reads = true;
+        raft.async_persist = settings.leader_sync_delay_us > 0;
+        raft.apply_unpersisted = raft.async_persist;
         let mut config = EngineConfig::new(raft);
         config.tick = TICK;
         config.read_lease = settings.read_lease;
@@ -299,11 +312,12 @@ impl SimCluster {
         config.log_kept = 8;
         config.forward_timeout = Duration::from_millis(1_500);
         config.read_fetch_timeout = Duration::from_millis(500);
+        config.leader_sync_delay_max = Duration::from_micros(settings.leader_sync_delay_us);
         let nodes = ids
             .iter()
             .map(|&id| {
                 let disk = Disk::default();
-                let mut store = MemKvStore::open(&disk);
+                let (mut store, _) = MemKvStore::open(&disk);
                 store
                     .restore_snapshot(&Snapshot::bootstrap(conf.clone()))
                     .expect("a new store takes the bootstrap snapshot");
@@ -405,6 +419,11 @@ impl SimCluster {
             .iter()
             .map(|n| n.metrics.lease_reads.load(Relaxed))
             .sum();
+        self.report.leader_lazy_syncs = self
+            .nodes
+            .iter()
+            .map(|n| n.metrics.leader_lazy_syncs.load(Relaxed))
+            .sum();
         self.report.history = self.history.iter().map(Done::line).collect();
         Ok(self.report)
     }
@@ -428,7 +447,10 @@ impl SimCluster {
                 continue;
             }
             node.restart_at_us = None;
-            let store = MemKvStore::open(&node.disk);
+            let (store, ahead) = MemKvStore::open(&node.disk);
+            if ahead {
+                self.report.states_ahead_kept += 1;
+            }
             let mut raft_config = self.config.raft.clone();
             raft_config.id = node.id;
             raft_config.applied = dr_node::machine::KvStore::applied_index(&store);
@@ -475,6 +497,9 @@ impl SimCluster {
             if tick {
                 engine.turn(Event::Tick, queues);
             }
+            if engine.wake_in().is_some_and(|after| after.is_zero()) {
+                engine.turn(Event::Wake, queues);
+            }
             // Bounded: a turn takes at most its limits, so loop until empty.
             for _ in 0..64 {
                 let event = if let Some(message) = queues.messages.pop_front() {
@@ -503,8 +528,11 @@ impl SimCluster {
     fn crash(&mut self, index: usize) {
         self.trace(format_args!("node {} crashes", self.nodes[index].id));
         let restart_at = self.now_us + self.rng.range(20_000, 400_000);
+        let flush = self.settings.leader_sync_delay_us > 0 && self.rng.chance(500_000);
         let node = &mut self.nodes[index];
-        node.engine = None;
+        if let Some(engine) = node.engine.take().filter(|_| flush) {
+            node.disk.flush_state_machine(engine.raft().storage());
+        }
         node.queues = Queues::default();
         node.restart_at_us = Some(restart_at);
         node.paused_until_us = 0;

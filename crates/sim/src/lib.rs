@@ -36,9 +36,7 @@
 //!
 //! No real IO or threads (that is what the node's end-to-end tests are
 //! for), no TLS or authentication, no connection-side lease reads, three
-//! members at most. dr-raft's `async_persist`, which the engine does not
-//! use, is tested by dr-raft's scenario tests. See
-//! `docs/design/testing.md`.
+//! members at most. See `docs/design/testing.md`.
 //!
 //! ## Example
 //!

@@ -52,6 +52,8 @@ fn add(totals: &mut Report, report: &Report) {
     totals.snapshots_created += report.snapshots_created;
     totals.lease_reads += report.lease_reads;
     totals.expiry_reads += report.expiry_reads;
+    totals.leader_lazy_syncs += report.leader_lazy_syncs;
+    totals.states_ahead_kept += report.states_ahead_kept;
 }
 
 fn main() -> ExitCode {
@@ -89,7 +91,8 @@ fn main() -> ExitCode {
          ({} commands answered, {} uncertain, {} refused as not done, {} lease reads, \
          {} reads of expiring keys checked against the serving node's clock; \
          {} crashes, {} inside a synced write; {} pauses, {} partitions, {} leader transfers, \
-         {} members removed and added back ({} of them leaders), {} snapshots taken, {} installed)",
+         {} members removed and added back ({} of them leaders), {} snapshots taken, {} installed; \
+         {} lazy leader syncs, {} restarts with the state machine ahead of the log)",
         count - failures,
         began.elapsed().as_secs_f64(),
         totals.answered,
@@ -105,7 +108,9 @@ fn main() -> ExitCode {
         totals.removals,
         totals.leader_removals,
         totals.snapshots_created,
-        totals.snapshots_installed
+        totals.snapshots_installed,
+        totals.leader_lazy_syncs,
+        totals.states_ahead_kept
     );
     if failures == 0 {
         ExitCode::SUCCESS

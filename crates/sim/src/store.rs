@@ -2,8 +2,13 @@
 //! log in memory, with the crash behaviour of `RocksStorage` — what a
 //! synced write covers survives a crash (with everything written before
 //! it, as RocksDB's write-ahead log replays a prefix), and nothing else
-//! does: entries, votes and snapshots are synced when persisted, applies
-//! and commit-index updates only ride along with the next sync.
+//! does: entries, votes and snapshots are synced when persisted, applies,
+//! commit-index updates and a lazily syncing leader's writes only ride
+//! along with the next sync. A crash may also find the state machine
+//! flushed on its own ([`Disk::flush_state_machine`]: RocksDB's memtable
+//! flush of applies that skip its WAL), ahead of the synced log; opening
+//! then keeps that state as a snapshot at its applied index, as
+//! `RocksStorage` does.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +28,8 @@ struct State {
     log: MemStorage,
     data: BTreeMap<Vec<u8>, Vec<u8>>,
     applied: LogIndex,
+    /// The term of the entry at `applied`, when the log held it.
+    applied_term: Option<Term>,
 }
 
 /// Where the next synced write of a node crashes it.
@@ -66,6 +73,25 @@ impl Disk {
         if point == Some(CrashPoint::AfterSync) {
             std::panic::panic_any(Crashed);
         }
+    }
+
+    /// Makes `store`'s state machine durable as it is now — its data,
+    /// applied index and configuration — and nothing of its log: a
+    /// memtable flush, which may run ahead of the synced log.
+    pub fn flush_state_machine(&self, store: &MemKvStore) {
+        let mut disk = self.state.lock().expect("not poisoned");
+        disk.data = store.state.data.clone();
+        disk.applied = store.state.applied;
+        disk.applied_term = store.state.applied_term;
+        let conf = store
+            .state
+            .log
+            .initial_state()
+            .expect("memory storage answers")
+            .conf_state;
+        disk.log
+            .set_conf_state(conf)
+            .expect("memory storage takes a configuration");
     }
 }
 
@@ -122,12 +148,43 @@ fn decode_data(mut input: Bytes) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StorageEr
 }
 
 impl MemKvStore {
-    /// The store as `disk` holds it (a new node: empty).
-    pub fn open(disk: &Disk) -> Self {
-        Self {
+    /// The store as `disk` holds it (a new node: empty). A state machine
+    /// ahead of the log (flushed past the synced log) is kept as a
+    /// snapshot at its applied index, as `RocksStorage` keeps it; the
+    /// answer says whether that happened.
+    pub fn open(disk: &Disk) -> (Self, bool) {
+        let mut store = Self {
             state: disk.state.lock().expect("not poisoned").clone(),
             disk: disk.clone(),
+        };
+        let ahead = store.state.applied > store.state.log.last_index();
+        if ahead {
+            let term = store
+                .state
+                .applied_term
+                .expect("a state machine ahead of the log recorded its applied term");
+            let conf_state = store
+                .state
+                .log
+                .initial_state()
+                .expect("memory storage answers")
+                .conf_state;
+            let snapshot = dr_raft::Snapshot {
+                meta: SnapshotMeta {
+                    index: store.state.applied,
+                    term,
+                    conf_state,
+                },
+                data: encode_data(&store.state.data),
+            };
+            store
+                .state
+                .log
+                .restore_snapshot(&snapshot)
+                .expect("a snapshot past the log applies");
+            *disk.state.lock().expect("not poisoned") = store.state.clone();
         }
+        (store, ahead)
     }
 
     /// The key-value data now.
@@ -146,6 +203,7 @@ impl MemKvStore {
         self.state.log.apply_snapshot(meta)?;
         self.state.data = decode_data(self.state.log.snapshot().data.clone())?;
         self.state.applied = meta.index;
+        self.state.applied_term = Some(meta.term);
         Ok(())
     }
 
@@ -343,6 +401,7 @@ impl KvStore for MemKvStore {
             }
         }
         self.state.applied = applied;
+        self.state.applied_term = self.state.log.term(applied).ok();
         if let Some(conf) = conf_state {
             // Recorded with the apply, unsynced, as RocksStorage does.
             self.state.log.set_conf_state(conf.clone())?;
@@ -401,7 +460,7 @@ mod tests {
     #[test]
     fn a_crash_keeps_only_what_was_synced() {
         let disk = Disk::default();
-        let mut store = MemKvStore::open(&disk);
+        let mut store = MemKvStore::open(&disk).0;
         store
             .restore_snapshot(&dr_raft::Snapshot::bootstrap(ConfState {
                 voters: vec![1],
@@ -410,7 +469,7 @@ mod tests {
             .unwrap();
         KvStore::apply(&mut store, &[DataWrite::Put(b"k", b"v")], 1, None).unwrap();
         assert_eq!(store.get(b"k").unwrap(), Some(b"v".to_vec()));
-        let reopened = MemKvStore::open(&disk);
+        let reopened = MemKvStore::open(&disk).0;
         assert_eq!(
             reopened.get(b"k").unwrap(),
             None,

@@ -44,10 +44,12 @@ fn run(seeds: std::ops::Range<u64>) {
 }
 
 /// A regression seed's settings: the seed's own, with snapshots by
-/// entries only, the rule they were found under (replays stay exact).
+/// entries only and leaders syncing every write, the rules they were
+/// found under (replays stay exact).
 fn as_found(seed: u64, fault_us: u64) -> dr_sim::cluster::Settings {
     dr_sim::cluster::Settings {
         snapshot_log_factor: 0,
+        leader_sync_delay_us: 0,
         ..dr_sim::cluster::Settings::for_seed(seed, fault_us)
     }
 }
