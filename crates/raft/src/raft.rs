@@ -520,11 +520,14 @@ impl<S: Storage> RaftNode<S> {
     /// Adopts a higher term when the message warrants it; false when the
     /// message is to be ignored.
     fn accept_higher_term(&mut self, message: &Message) -> bool {
+        // A follower that heard from its leader within an election timeout
+        // (or just started) promised it not to help elect another before
+        // the timeout passes: the leader's lease rests on that promise.
+        let in_lease = self.config.check_quorum
+            && (self.leader.is_some() || self.starting)
+            && self.election_elapsed < self.config.election_ticks;
         match &message.body {
             MessageBody::Vote(request) => {
-                let in_lease = self.config.check_quorum
-                    && (self.leader.is_some() || self.starting)
-                    && self.election_elapsed < self.config.election_ticks;
                 if in_lease && !request.leader_transfer {
                     // Leader stickiness: a live leader is known.
                     return false;
@@ -541,6 +544,12 @@ impl<S: Storage> RaftNode<S> {
             | MessageBody::InstallSnapshot(_) => {
                 self.become_follower(message.term, Some(message.from));
             }
+            // Anything else of a higher term comes from a node that is no
+            // leader of it (a refused pre-vote answered from a rival's
+            // campaign, a stale answer): a follower in lease ignores it.
+            // Adopting the term would forget the leader and let the next
+            // vote request of that term through, inside the lease.
+            _ if in_lease && self.role == Role::Follower => return false,
             _ => self.become_follower(message.term, None),
         }
         true

@@ -864,6 +864,75 @@ fn a_restarted_node_grants_no_vote_until_an_election_timeout_passes() {
     );
 }
 
+/// A follower that just acknowledged its leader promised not to help
+/// elect another for an election timeout. A rival's refusal of a pre-vote
+/// (carrying the rival's higher term) must not move it into that term,
+/// where the rival's vote request would then find it free to vote. Found
+/// by dr-sim (seed 101500, short): the follower had pre-campaigned, heard
+/// the leader again, and got the rival's refusal after.
+#[test]
+fn a_follower_in_lease_ignores_a_higher_term_from_a_non_leader() {
+    use dr_codec::message::{Message, VoteRequest, VoteResponse};
+    let (mut cluster, leader, follower, rival) = lease_cluster();
+    cluster.settle();
+    let term = cluster.node(follower).term();
+    assert_eq!(cluster.node(follower).leader(), Some(leader));
+    let refusal = Message {
+        from: rival,
+        to: follower,
+        term: term + 1,
+        body: MessageBody::VoteResponse(VoteResponse {
+            pre_vote: true,
+            granted: false,
+        }),
+    };
+    cluster
+        .node(follower)
+        .step(refusal)
+        .expect("a valid message");
+    assert_eq!(cluster.node(follower).term(), term, "the term stays");
+    assert_eq!(cluster.node(follower).leader(), Some(leader));
+    let last_index = cluster.node(rival).last_index() + 10;
+    let vote = Message {
+        from: rival,
+        to: follower,
+        term: term + 1,
+        body: MessageBody::Vote(VoteRequest {
+            pre_vote: false,
+            last_log_index: last_index,
+            last_log_term: term + 1,
+            leader_transfer: false,
+        }),
+    };
+    cluster.node(follower).step(vote).expect("a valid message");
+    assert_eq!(
+        cluster.node(follower).term(),
+        term,
+        "no vote inside the lease"
+    );
+    // Once an election timeout passes without the leader, the follower
+    // (or pre-candidate, by then) moves on as usual.
+    cluster.isolate(leader);
+    for _ in 0..10 {
+        cluster.node(follower).tick();
+    }
+    let late = Message {
+        from: rival,
+        to: follower,
+        term: term + 1,
+        body: MessageBody::VoteResponse(VoteResponse {
+            pre_vote: false,
+            granted: false,
+        }),
+    };
+    cluster.node(follower).step(late).expect("a valid message");
+    assert_eq!(
+        cluster.node(follower).term(),
+        term + 1,
+        "outside the lease it follows"
+    );
+}
+
 #[test]
 fn a_leader_refuses_acknowledgements_of_indexes_it_never_sent() {
     use dr_codec::message::{AppendEntriesResponse, Message, RejectHint};

@@ -21,6 +21,17 @@ const REGRESSION_SEEDS: &[u64] = &[0, 75, 105, 210];
 ///   a client key).
 const SHORT_REGRESSION_SEEDS: &[u64] = &[29_942_575_137];
 
+/// Seeds found under `Settings::for_seed` as it was on 2026-12-07,
+/// replayed with those settings spelled out (short fault phase).
+///
+/// - 101500 (lease reads, snapshots by log bytes at factor 2, leaders
+///   syncing every write): a follower that had just acknowledged its
+///   leader's heartbeat took a rival's higher term from the rival's
+///   refusal of its own earlier pre-vote, then voted for the rival while
+///   the old leader still held its lease (dr-raft now ignores a higher
+///   term from a non-leader while in lease).
+const SPELLED_OUT_SEEDS: &[(u64, bool, u64, u64)] = &[(101_500, true, 2, 0)];
+
 fn fresh_start() -> u64 {
     let start = std::env::var("DR_SIM_START_SEED")
         .ok()
@@ -64,6 +75,17 @@ fn regression_seeds_pass() {
     }
     for &seed in SHORT_REGRESSION_SEEDS {
         let settings = as_found(seed, dr_sim::FAULT_PHASE_SHORT_US);
+        if let Err(failure) = dr_sim::run_cluster_with(seed, settings) {
+            panic!("{failure}");
+        }
+    }
+    for &(seed, read_lease, snapshot_log_factor, leader_sync_delay_us) in SPELLED_OUT_SEEDS {
+        let settings = dr_sim::cluster::Settings {
+            read_lease,
+            snapshot_log_factor,
+            leader_sync_delay_us,
+            ..dr_sim::cluster::Settings::for_seed(seed, dr_sim::FAULT_PHASE_SHORT_US)
+        };
         if let Err(failure) = dr_sim::run_cluster_with(seed, settings) {
             panic!("{failure}");
         }
