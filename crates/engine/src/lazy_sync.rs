@@ -10,9 +10,12 @@
 //! oldest unsynced write is `leader_sync_delay_max` old, before anything
 //! that must be durable (a ready changing the term or vote, snapshot data,
 //! a role change), before taking a snapshot, and when the engine stops.
-//! Only then does dr-raft count those entries as the leader's own (so
-//! with a follower down, a commit waits up to the delay), and only then
-//! do the ready's messages that promise durable state leave.
+//! Only then does dr-raft count those entries as the leader's own, and
+//! only then do the ready's messages that promise durable state leave.
+//! A leader whose followers heard from lately do not make a quorum
+//! without it (a single node; a follower of three silent for an election
+//! timeout) syncs every write as before; until it notices a follower
+//! gone, a commit may wait up to the delay.
 //!
 //! Safety rests on three rules, each enforced here or below: the leader
 //! never counts an unsynced entry towards a quorum (dr-raft's
@@ -54,12 +57,15 @@ impl UnsyncedWrites {
 
 impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     /// Whether `ready` is settled before its write is durable: on a
-    /// leader that syncs lazily, a ready with no snapshot data and no new
-    /// term or vote (and something to write, or earlier writes still
-    /// unsynced).
+    /// leader that syncs lazily and whose followers heard from lately make
+    /// a quorum without it (a single node, or one whose followers are
+    /// down, needs its own copy for every commit), a ready with no
+    /// snapshot data and no new term or vote (and something to write, or
+    /// earlier writes still unsynced).
     pub(crate) fn defers_sync(&self, ready: &Ready) -> bool {
         let lazy = !self.config.leader_sync_delay_max.is_zero()
             && self.raft.role() == Role::Leader
+            && self.raft.others_make_quorum()
             && !ready.has_snapshot_data()
             && !ready.changes_term_or_vote(&self.unsynced.written);
         let writes = !ready.entries.is_empty() || ready.hard_state.is_some();

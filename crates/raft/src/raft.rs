@@ -337,6 +337,17 @@ impl<S: Storage> RaftNode<S> {
         }
     }
 
+    /// Whether the voters other than this node that were heard from
+    /// lately make a quorum of the configuration (of both halves of a
+    /// joint one): if not, a commit needs this node's own durable copy
+    /// (a leader syncing lazily syncs at once then).
+    pub fn others_make_quorum(&self) -> bool {
+        let others = |id: NodeId| {
+            Some(id != self.id && self.progress.get(&id).is_some_and(|p| p.recent_active))
+        };
+        self.quorum.vote_result(others) == VoteResult::Won
+    }
+
     fn quorum_recently_active(&self) -> bool {
         let active = |id: NodeId| {
             Some(id == self.id || self.progress.get(&id).is_some_and(|p| p.recent_active))

@@ -728,6 +728,33 @@ fn apply_unpersisted_needs_async_persist() {
     assert!(config.validate().is_err());
 }
 
+/// The followers heard from lately make a quorum without the leader in a
+/// healthy cluster of three, not in a cluster of one, and not once a
+/// follower has been silent for an election timeout.
+#[test]
+fn others_make_a_quorum_only_with_enough_live_followers() {
+    let mut single = Cluster::new(&[1]);
+    single.elect(1);
+    assert!(!single.node(1).others_make_quorum(), "a single node");
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.propose(1, "x");
+    assert!(cluster.node(1).others_make_quorum());
+    cluster.isolate(3);
+    for _ in 0..12 {
+        cluster.node(1).tick();
+        cluster.settle();
+    }
+    assert_eq!(cluster.leaders(), vec![1], "still leading with node 2");
+    assert!(
+        !cluster.node(1).others_make_quorum(),
+        "node 3 silent for an election timeout"
+    );
+    cluster.heal();
+    cluster.propose(1, "y");
+    assert!(cluster.node(1).others_make_quorum());
+}
+
 /// A ready with snapshot data is never settled before it is durable.
 #[test]
 #[should_panic(expected = "snapshot data is settled with advance()")]
