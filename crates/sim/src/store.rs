@@ -477,4 +477,78 @@ mod tests {
         );
         assert_eq!(reopened.last_index(), 1, "the bootstrap was");
     }
+
+    fn bootstrapped(disk: &Disk) -> MemKvStore {
+        let mut store = MemKvStore::open(disk).0;
+        store
+            .restore_snapshot(&dr_raft::Snapshot::bootstrap(ConfState {
+                voters: vec![1, 2, 3],
+                ..ConfState::default()
+            }))
+            .unwrap();
+        store
+    }
+
+    fn ready(from: LogIndex, to: LogIndex, term: Term) -> Ready {
+        Ready {
+            entries: dr_raft::conformance::entries(from, to, term),
+            hard_state: Some(HardState {
+                term,
+                vote: Some(1),
+                commit: to,
+            }),
+            ..Ready::default()
+        }
+    }
+
+    #[test]
+    fn unsynced_writes_are_lost_at_a_crash_until_a_sync() {
+        let disk = Disk::default();
+        let mut store = bootstrapped(&disk);
+        store.persist_ready(&ready(2, 5, 2)).unwrap();
+        store.write_ready_unsynced(&ready(6, 9, 2)).unwrap();
+        assert_eq!(store.last_index(), 9, "read back at once");
+        assert_eq!(MemKvStore::open(&disk).0.last_index(), 5, "lost at a crash");
+        LogStore::sync(&mut store).unwrap();
+        assert_eq!(
+            MemKvStore::open(&disk).0.last_index(),
+            9,
+            "kept once synced"
+        );
+    }
+
+    #[test]
+    fn a_state_machine_flushed_ahead_of_the_log_opens_as_a_snapshot() {
+        let disk = Disk::default();
+        let mut store = bootstrapped(&disk);
+        store.persist_ready(&ready(2, 5, 2)).unwrap();
+        store.write_ready_unsynced(&ready(6, 9, 3)).unwrap();
+        KvStore::apply(&mut store, &[DataWrite::Put(b"k", b"v")], 8, None).unwrap();
+        disk.flush_state_machine(&store);
+        let (reopened, ahead) = MemKvStore::open(&disk);
+        assert!(ahead);
+        assert_eq!(reopened.applied_index(), 8);
+        assert_eq!((reopened.first_index(), reopened.last_index()), (9, 8));
+        let meta = reopened.snapshot_meta().unwrap();
+        assert_eq!((meta.index, meta.term), (8, 3));
+        assert_eq!(meta.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(reopened.get(b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            decode_data(reopened.state.log.snapshot().data.clone()).unwrap(),
+            reopened.state.data,
+            "the snapshot holds the state"
+        );
+        let (again, ahead) = MemKvStore::open(&disk);
+        assert!(!ahead, "kept on the disk as it was adopted");
+        assert_eq!(again.snapshot_meta().unwrap().index, 8);
+        // Flushed but not ahead: the log replays the rest.
+        let disk = Disk::default();
+        let mut store = bootstrapped(&disk);
+        store.persist_ready(&ready(2, 5, 2)).unwrap();
+        KvStore::apply(&mut store, &[DataWrite::Put(b"k", b"v")], 4, None).unwrap();
+        disk.flush_state_machine(&store);
+        let (reopened, ahead) = MemKvStore::open(&disk);
+        assert!(!ahead);
+        assert_eq!((reopened.applied_index(), reopened.last_index()), (4, 5));
+    }
 }

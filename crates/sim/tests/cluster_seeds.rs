@@ -129,6 +129,20 @@ fn clocks_beyond_the_bound_are_caught_holding_a_stale_lease() {
     panic!("200 seeds with clocks beyond the bound never showed a stale lease");
 }
 
+/// Seeds with leaders syncing their own log lazily do sync lazily (the
+/// path the fresh seeds check is really taken), and pass.
+#[test]
+fn lazily_syncing_leaders_are_exercised() {
+    let mut lazy_syncs = 0;
+    for seed in 0..12 {
+        let mut settings = dr_sim::cluster::Settings::for_seed(seed, dr_sim::FAULT_PHASE_SHORT_US);
+        settings.leader_sync_delay_us = 700;
+        let report = dr_sim::run_cluster_with(seed, settings).unwrap_or_else(|f| panic!("{f}"));
+        lazy_syncs += report.leader_lazy_syncs;
+    }
+    assert!(lazy_syncs > 100, "{lazy_syncs} lazy syncs in 12 seeds");
+}
+
 #[test]
 fn a_cluster_run_is_a_function_of_its_seed() {
     let first = dr_sim::run_cluster_seed(42, dr_sim::FAULT_PHASE_SHORT_US).unwrap();
