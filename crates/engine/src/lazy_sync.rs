@@ -32,6 +32,10 @@ use dr_raft::{HardState, LogStore, Ready, Role};
 
 use crate::{Engine, Responder, StateMachine, metrics};
 
+/// Held messages past which the unsynced writes are synced at once (a
+/// leader holds few: refusals of votes, mostly).
+const HELD_MESSAGES_MAX: usize = 1024;
+
 /// Readies written without a sync and what waits for their sync.
 #[derive(Debug, Default)]
 pub(crate) struct UnsyncedWrites {
@@ -123,11 +127,13 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
         }
     }
 
-    /// Whether the oldest unsynced write is due for its sync at `now`.
+    /// Whether the unsynced writes are due for their sync at `now`: the
+    /// oldest is `leader_sync_delay_max` old, or too many messages wait.
     pub(crate) fn sync_due(&self, now: Duration) -> bool {
-        self.unsynced
-            .pending
-            .is_some_and(|(_, since)| now >= since + self.config.leader_sync_delay_max)
+        self.unsynced.pending.is_some_and(|(_, since)| {
+            now >= since + self.config.leader_sync_delay_max
+                || self.unsynced.held.len() >= HELD_MESSAGES_MAX
+        })
     }
 
     /// How long from now until the unsynced writes are due for their sync
@@ -135,6 +141,9 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     /// [`Event::Wake`](crate::Event::Wake).
     pub fn wake_in(&self) -> Option<Duration> {
         let (_, since) = self.unsynced.pending?;
+        if self.unsynced.held.len() >= HELD_MESSAGES_MAX {
+            return Some(Duration::ZERO);
+        }
         let due = since + self.config.leader_sync_delay_max;
         Some(due.saturating_sub(self.clock.now()))
     }
