@@ -35,7 +35,7 @@ mod recovery;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -66,9 +66,6 @@ pub(crate) fn check_segment_bytes(bytes: u64) -> Result<(), String> {
 const SPARES_MAX: usize = 2;
 /// Zeros written per call while a segment is prepared.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
-/// The alignment of direct writes' addresses, offsets and lengths (the
-/// largest logical block size in use).
-const DIRECT_ALIGN_BYTES: usize = 4096;
 
 /// A segment file in the log.
 #[derive(Debug)]
@@ -136,47 +133,8 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Writes a file of `bytes` zeros and syncs it: blocks written once, so
-/// writing over them later changes no file-system metadata. The zeros go
-/// to the disk directly (`O_DIRECT`) where the file system takes it: a
-/// fill through the page cache copied each 32 MiB segment into memory
-/// first, 4% of a node's CPU under write load (2026-12-07), and pushed
-/// other pages out.
+/// writing over them later changes no file-system metadata.
 fn zero_filled(path: &Path, bytes: u64) -> io::Result<()> {
-    let create = || {
-        let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        options
-    };
-    let direct = bytes
-        .is_multiple_of(DIRECT_ALIGN_BYTES as u64)
-        .then(|| create().custom_flags(libc::O_DIRECT).open(path).ok())
-        .flatten();
-    let (file, direct) = match direct {
-        Some(file) => (file, true),
-        None => (create().open(path)?, false),
-    };
-    // A chunk of zeros at an address O_DIRECT accepts.
-    let zeros = vec![0u8; ZERO_CHUNK_BYTES + DIRECT_ALIGN_BYTES];
-    let start = zeros.as_ptr().align_offset(DIRECT_ALIGN_BYTES);
-    let chunk = &zeros[start..start + ZERO_CHUNK_BYTES];
-    let mut written = 0u64;
-    while written < bytes {
-        let n = (bytes - written).min(ZERO_CHUNK_BYTES as u64) as usize;
-        match file.write_all_at(&chunk[..n], written) {
-            Ok(()) => written += n as u64,
-            Err(error) if direct && error.raw_os_error() == Some(libc::EINVAL) => {
-                // Opened, but refused direct writes: through the page cache.
-                drop(file);
-                return zero_filled_buffered(path, bytes);
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    file.sync_all()
-}
-
-/// [`zero_filled`] through the page cache.
-fn zero_filled_buffered(path: &Path, bytes: u64) -> io::Result<()> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -564,26 +522,5 @@ impl SegmentLog {
 impl Drop for SegmentLog {
     fn drop(&mut self) {
         self.settle();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_prepared_segment_is_zeros_of_its_size_direct_or_not() {
-        let dir = std::env::temp_dir().join(format!("dr-zero-fill-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        // 4 MiB + 8: the aligned part and a tail direct writes refuse.
-        for bytes in [4 << 20, (4 << 20) + 8, SEGMENT_BYTES_MIN] {
-            let path = dir.join(format!("spare-{bytes}"));
-            fs::write(&path, vec![7u8; 100]).unwrap();
-            zero_filled(&path, bytes).unwrap();
-            let read = fs::read(&path).unwrap();
-            assert_eq!(read.len() as u64, bytes);
-            assert!(read.iter().all(|b| *b == 0), "{bytes} bytes");
-        }
-        fs::remove_dir_all(&dir).unwrap();
     }
 }
