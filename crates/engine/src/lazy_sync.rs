@@ -104,27 +104,27 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
         if let Some(hard_state) = ready.hard_state {
             self.unsynced.written = hard_state;
         }
-        if self.unsynced.pending.take().is_none() {
-            return;
-        }
-        self.sync_store();
-        for message in std::mem::take(&mut self.unsynced.held) {
-            self.transport.send(message);
-        }
+        self.end_unsynced();
     }
 
     /// Syncs every write made without one, counts them as this node's
     /// (towards a quorum too) and sends the messages that waited. Call it
     /// between readies, then `drive`.
     pub(crate) fn sync_deferred(&mut self) {
-        let Some((number, _)) = self.unsynced.pending.take() else {
-            return;
-        };
+        if let Some(number) = self.end_unsynced() {
+            self.raft.on_persisted(number);
+        }
+    }
+
+    /// Syncs the unsynced writes, if any, and sends the messages that
+    /// waited for them; returns the newest ready they belong to.
+    fn end_unsynced(&mut self) -> Option<u64> {
+        let (number, _) = self.unsynced.pending.take()?;
         self.sync_store();
-        self.raft.on_persisted(number);
         for message in std::mem::take(&mut self.unsynced.held) {
             self.transport.send(message);
         }
+        Some(number)
     }
 
     /// Whether the unsynced writes are due for their sync at `now`: the

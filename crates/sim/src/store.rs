@@ -83,14 +83,8 @@ impl Disk {
         disk.data = store.state.data.clone();
         disk.applied = store.state.applied;
         disk.applied_term = store.state.applied_term;
-        let conf = store
-            .state
-            .log
-            .initial_state()
-            .expect("memory storage answers")
-            .conf_state;
         disk.log
-            .set_conf_state(conf)
+            .set_conf_state(store.conf_state())
             .expect("memory storage takes a configuration");
     }
 }
@@ -163,17 +157,11 @@ impl MemKvStore {
                 .state
                 .applied_term
                 .expect("a state machine ahead of the log recorded its applied term");
-            let conf_state = store
-                .state
-                .log
-                .initial_state()
-                .expect("memory storage answers")
-                .conf_state;
             let snapshot = dr_raft::Snapshot {
                 meta: SnapshotMeta {
                     index: store.state.applied,
                     term,
-                    conf_state,
+                    conf_state: store.conf_state(),
                 },
                 data: encode_data(&store.state.data),
             };
@@ -204,6 +192,25 @@ impl MemKvStore {
         self.state.data = decode_data(self.state.log.snapshot().data.clone())?;
         self.state.applied = meta.index;
         self.state.applied_term = Some(meta.term);
+        Ok(())
+    }
+
+    /// The configuration as of the applied index.
+    fn conf_state(&self) -> ConfState {
+        self.state
+            .log
+            .initial_state()
+            .expect("memory storage answers")
+            .conf_state
+    }
+
+    /// Appends a ready's entries and writes its hard state, unsynced.
+    fn write_entries(&mut self, ready: &Ready) -> Result<(), StorageError> {
+        let log = &mut self.state.log;
+        log.append(&ready.entries)?;
+        if let Some(hard_state) = ready.hard_state {
+            log.set_hard_state(hard_state)?;
+        }
         Ok(())
     }
 
@@ -314,11 +321,7 @@ impl LogStore for MemKvStore {
         if let Some(meta) = &ready.snapshot {
             self.install(meta)?;
         }
-        let log = &mut self.state.log;
-        log.append(&ready.entries)?;
-        if let Some(hard_state) = ready.hard_state {
-            log.set_hard_state(hard_state)?;
-        }
+        self.write_entries(ready)?;
         if syncs {
             self.save();
         }
@@ -334,12 +337,7 @@ impl LogStore for MemKvStore {
                 "a ready with snapshot data is persisted with a sync".into(),
             ));
         }
-        let log = &mut self.state.log;
-        log.append(&ready.entries)?;
-        if let Some(hard_state) = ready.hard_state {
-            log.set_hard_state(hard_state)?;
-        }
-        Ok(())
+        self.write_entries(ready)
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {

@@ -51,6 +51,17 @@ impl RocksStorage {
         self.write_log(true, what);
     }
 
+    /// Writes `batch` and the segmented log's part of the write without a
+    /// sync: durable with the next synced write or sync.
+    pub(super) fn write_unsynced(&mut self, batch: WriteBatch, what: &str) {
+        if !batch.is_empty() {
+            self.db
+                .write(batch)
+                .unwrap_or_else(|error| fatal(what, error));
+        }
+        self.write_log(false, what);
+    }
+
     /// Writes the segmented log's part of the write, if any.
     pub(super) fn write_log(&mut self, sync: bool, what: &str) {
         let batch = std::mem::take(&mut self.log_batch);
@@ -473,12 +484,7 @@ impl LogStore for RocksStorage {
             // after it in the same WAL, can never survive it; with the
             // segmented log it can, and the consensus core takes the
             // applied index as committed on restart.)
-            if !batch.is_empty() {
-                self.db
-                    .write(batch)
-                    .unwrap_or_else(|error| fatal("persisting the commit index", error));
-            }
-            self.write_log(false, "persisting the commit index");
+            self.write_unsynced(batch, "persisting the commit index");
         }
         if installs_data {
             self.finish_data_install()?;
@@ -504,12 +510,7 @@ impl LogStore for RocksStorage {
             batch.is_empty(),
             "entries and hard state go to the segmented log"
         );
-        if !batch.is_empty() {
-            self.db
-                .write(batch)
-                .unwrap_or_else(|error| fatal("writing a ready", error));
-        }
-        self.write_log(false, "writing a ready unsynced");
+        self.write_unsynced(batch, "writing a ready unsynced");
         Ok(())
     }
 
