@@ -153,6 +153,46 @@ fn compaction_drops_whole_segments_and_reuses_them() {
     assert_eq!(store.entries(9951, 10001, u64::MAX).unwrap().len(), 50);
 }
 
+/// The log's files by inode: a recycled segment keeps its inode, a
+/// zero-filled one is new.
+fn log_inodes(path: &Path) -> std::collections::BTreeSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(path.join("raft-log"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().ino())
+        .collect()
+}
+
+#[test]
+fn a_log_that_grows_back_after_compaction_reuses_its_segments() {
+    let dir = TestDir::new();
+    let mut store = open(dir.path());
+    write(&mut store, 1, 2000, 1);
+    let grown_to = store.log_segment_count();
+    assert!(grown_to >= 5, "{grown_to} segments");
+    store
+        .create_snapshot(2000, ConfState::default(), Bytes::from_static(b"s"))
+        .unwrap();
+    store.compact(1990).unwrap();
+    assert!(store.log_segment_count() <= 2);
+    drop(store);
+    // Every dropped segment was kept: the files stay as many as the log
+    // took at its largest.
+    let kept = log_inodes(dir.path());
+    assert!(kept.len() >= grown_to, "{} files of {grown_to}", kept.len());
+    // The log grows as far again (less a segment's worth): no file is
+    // zero-filled anew, and the files do not grow in number.
+    let mut store = open(dir.path());
+    write(&mut store, 2001, 3600, 1);
+    assert!(store.log_segment_count() >= grown_to - 1);
+    drop(store);
+    let after = log_inodes(dir.path());
+    assert!(after.is_subset(&kept), "{after:?} beside {kept:?}");
+    assert_eq!(after.len(), kept.len());
+    let store = open(dir.path());
+    assert_eq!(store.entries(1991, 3601, u64::MAX).unwrap().len(), 1610);
+}
+
 #[test]
 fn a_torn_tail_is_cut_and_writing_goes_on() {
     let dir = TestDir::new();

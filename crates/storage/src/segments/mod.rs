@@ -62,8 +62,12 @@ pub(crate) fn check_segment_bytes(bytes: u64) -> Result<(), String> {
     }
     Ok(())
 }
-/// Segments kept for reuse once compacted away; more are deleted.
-const SPARES_MAX: usize = 2;
+/// Segments kept for reuse once compacted away, at most; more are
+/// deleted. Within it, the log keeps as many as take its files (live and
+/// spare) back to the most it has held: a log that compacts every few
+/// segments grows that far again, and each segment it would otherwise
+/// zero-fill anew costs a 32 MiB write through the page cache.
+const SPARES_MAX: usize = 16;
 /// Zeros written per call while a segment is prepared.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
@@ -105,6 +109,10 @@ pub(crate) struct SegmentLog {
     opening_offset: u64,
     /// Zero-filled or recycled files ready to become segments.
     spares: Vec<PathBuf>,
+    /// The most files (live segments and spares) the log has held since
+    /// it was opened, counting those it found: spares kept stay within
+    /// it, so recycling never takes more disk than the log took.
+    files_peak: usize,
     spare_counter: u64,
     /// A spare being zero-filled on its own thread.
     preparing: Option<JoinHandle<io::Result<PathBuf>>>,
@@ -358,6 +366,7 @@ impl SegmentLog {
             max_index: 0,
             holds_hard_state: false,
         });
+        self.files_peak = self.files_peak.max(self.live.len() + self.spares.len());
         self.offset = 0;
         self.durable = 0;
         self.opening_offset = 0;
@@ -451,7 +460,8 @@ impl SegmentLog {
             let oldest = self.live.pop_front().expect("checked above");
             let path = segment_path(&self.dir, oldest.id);
             drop(oldest.file);
-            if self.spares.len() < SPARES_MAX {
+            let files_after = self.live.len() + self.spares.len() + 1;
+            if self.spares.len() < SPARES_MAX && files_after <= self.files_peak {
                 let spare = self.next_spare_path();
                 fs::rename(&path, &spare)?;
                 self.spares.push(spare);

@@ -168,6 +168,7 @@ impl SegmentLog {
             offset: 0,
             durable: 0,
             opening_offset: 0,
+            files_peak: segments.len() + spares.len(),
             spares,
             spare_counter,
             preparing: None,
