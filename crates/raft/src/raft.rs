@@ -342,15 +342,23 @@ impl<S: Storage> RaftNode<S> {
     /// joint one): if not, a commit needs this node's own durable copy
     /// (a leader syncing lazily syncs at once then).
     pub fn others_make_quorum(&self) -> bool {
-        let others = |id: NodeId| {
-            Some(id != self.id && self.progress.get(&id).is_some_and(|p| p.recent_active))
-        };
-        self.quorum.vote_result(others) == VoteResult::Won
+        self.recently_active_quorum(false)
     }
 
+    /// Whether this node and the voters heard from lately make a quorum.
     fn quorum_recently_active(&self) -> bool {
+        self.recently_active_quorum(true)
+    }
+
+    /// Whether the voters heard from lately, with this node counted as
+    /// `self_counts`, make a quorum of the configuration.
+    fn recently_active_quorum(&self, self_counts: bool) -> bool {
         let active = |id: NodeId| {
-            Some(id == self.id || self.progress.get(&id).is_some_and(|p| p.recent_active))
+            Some(if id == self.id {
+                self_counts
+            } else {
+                self.progress.get(&id).is_some_and(|p| p.recent_active)
+            })
         };
         self.quorum.vote_result(active) == VoteResult::Won
     }

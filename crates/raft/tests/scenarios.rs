@@ -904,15 +904,17 @@ fn a_follower_in_lease_ignores_a_higher_term_from_a_non_leader() {
     cluster.settle();
     let term = cluster.node(follower).term();
     assert_eq!(cluster.node(follower).leader(), Some(leader));
-    let refusal = Message {
+    // Everything the rival sends carries its higher term.
+    let from_rival = |body| Message {
         from: rival,
         to: follower,
         term: term + 1,
-        body: MessageBody::VoteResponse(VoteResponse {
-            pre_vote: true,
-            granted: false,
-        }),
+        body,
     };
+    let refusal = from_rival(MessageBody::VoteResponse(VoteResponse {
+        pre_vote: true,
+        granted: false,
+    }));
     cluster
         .node(follower)
         .step(refusal)
@@ -920,17 +922,12 @@ fn a_follower_in_lease_ignores_a_higher_term_from_a_non_leader() {
     assert_eq!(cluster.node(follower).term(), term, "the term stays");
     assert_eq!(cluster.node(follower).leader(), Some(leader));
     let last_index = cluster.node(rival).last_index() + 10;
-    let vote = Message {
-        from: rival,
-        to: follower,
-        term: term + 1,
-        body: MessageBody::Vote(VoteRequest {
-            pre_vote: false,
-            last_log_index: last_index,
-            last_log_term: term + 1,
-            leader_transfer: false,
-        }),
-    };
+    let vote = from_rival(MessageBody::Vote(VoteRequest {
+        pre_vote: false,
+        last_log_index: last_index,
+        last_log_term: term + 1,
+        leader_transfer: false,
+    }));
     cluster.node(follower).step(vote).expect("a valid message");
     assert_eq!(
         cluster.node(follower).term(),
@@ -943,15 +940,10 @@ fn a_follower_in_lease_ignores_a_higher_term_from_a_non_leader() {
     for _ in 0..10 {
         cluster.node(follower).tick();
     }
-    let late = Message {
-        from: rival,
-        to: follower,
-        term: term + 1,
-        body: MessageBody::VoteResponse(VoteResponse {
-            pre_vote: false,
-            granted: false,
-        }),
-    };
+    let late = from_rival(MessageBody::VoteResponse(VoteResponse {
+        pre_vote: false,
+        granted: false,
+    }));
     cluster.node(follower).step(late).expect("a valid message");
     assert_eq!(
         cluster.node(follower).term(),
