@@ -130,22 +130,26 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     /// Whether the unsynced writes are due for their sync at `now`: the
     /// oldest is `leader_sync_delay_max` old, or too many messages wait.
     pub(crate) fn sync_due(&self, now: Duration) -> bool {
-        self.unsynced.pending.is_some_and(|(_, since)| {
-            now >= since + self.config.leader_sync_delay_max
-                || self.unsynced.held.len() >= HELD_MESSAGES_MAX
-        })
+        self.sync_deadline().is_some_and(|due| now >= due)
     }
 
     /// How long from now until the unsynced writes are due for their sync
     /// (zero: due now), if any wait: the host wakes the engine then with
     /// [`Event::Wake`](crate::Event::Wake).
     pub fn wake_in(&self) -> Option<Duration> {
+        let due = self.sync_deadline()?;
+        Some(due.saturating_sub(self.clock.now()))
+    }
+
+    /// When (engine clock) the unsynced writes, if any, are due for their
+    /// sync: `leader_sync_delay_max` after the oldest, or at once when too
+    /// many messages wait.
+    fn sync_deadline(&self) -> Option<Duration> {
         let (_, since) = self.unsynced.pending?;
         if self.unsynced.held.len() >= HELD_MESSAGES_MAX {
             return Some(Duration::ZERO);
         }
-        let due = since + self.config.leader_sync_delay_max;
-        Some(due.saturating_sub(self.clock.now()))
+        Some(since + self.config.leader_sync_delay_max)
     }
 
     fn sync_store(&mut self) {
