@@ -661,6 +661,13 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
         self.raft.storage()
     }
 
+    /// The store, between turns, for upkeep that leaves the log and the
+    /// state it holds as they are (a backup, which first writes out
+    /// what the store kept in memory).
+    pub fn store_mut(&mut self) -> &mut M::Store {
+        self.raft.storage_mut()
+    }
+
     /// The state machine.
     pub fn machine(&self) -> &M {
         &self.machine

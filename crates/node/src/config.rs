@@ -67,6 +67,12 @@ pub struct NodeConfig {
     /// written, up to this.
     #[serde(default = "default_read_mirror_bytes")]
     pub read_mirror_bytes: usize,
+    /// Bytes of applied writes kept in memory only (beside the read
+    /// mirror) before a checkpoint writes them to RocksDB in one sorted
+    /// batch; the Raft log replays what a crash loses. 0: every apply
+    /// writes RocksDB. (Used with the segmented log only.)
+    #[serde(default = "default_write_behind_bytes")]
+    pub write_behind_bytes: usize,
     /// As leader, sync the log at the latest this many microseconds
     /// after the oldest write made without a sync; the followers' durable
     /// copies commit entries meanwhile (0: sync every write).
@@ -178,6 +184,13 @@ fn default_leader_sync_delay_us() -> u64 {
 fn default_read_mirror_bytes() -> usize {
     dr_storage::READ_MIRROR_BYTES_DEFAULT
 }
+/// drkv's `--write-behind-bytes` unless configured otherwise (the
+/// store's own default).
+pub const WRITE_BEHIND_BYTES_DEFAULT: usize = dr_storage::WRITE_BEHIND_BYTES_DEFAULT;
+
+fn default_write_behind_bytes() -> usize {
+    WRITE_BEHIND_BYTES_DEFAULT
+}
 /// The machine's cores (1 when they cannot be counted).
 pub fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -244,6 +257,7 @@ impl NodeConfig {
             partial_request_timeout_ms: default_partial_request_timeout_ms(),
             keys_max: default_keys_max(),
             read_mirror_bytes: default_read_mirror_bytes(),
+            write_behind_bytes: default_write_behind_bytes(),
             leader_sync_delay_us: default_leader_sync_delay_us(),
             requirepass: None,
             users: Vec::new(),
@@ -462,6 +476,9 @@ impl NodeConfig {
         if let Some(bytes) = args.read_mirror_bytes {
             config.read_mirror_bytes = bytes;
         }
+        if let Some(bytes) = args.write_behind_bytes {
+            config.write_behind_bytes = bytes;
+        }
         if let Some(delay) = args.leader_sync_delay_us {
             config.leader_sync_delay_us = delay;
         }
@@ -555,6 +572,10 @@ pub struct NodeFlags {
     /// (0: none).
     #[arg(long)]
     pub read_mirror_bytes: Option<usize>,
+    /// Bytes of applied writes kept in memory before a checkpoint writes
+    /// them to RocksDB (0: every apply writes RocksDB).
+    #[arg(long)]
+    pub write_behind_bytes: Option<usize>,
     /// As leader, sync the log at the latest this many microseconds after
     /// the oldest unsynced write (0: sync every write).
     #[arg(long)]

@@ -246,6 +246,7 @@ fn open_store(config: &NodeConfig) -> Result<RocksStorage, StartError> {
     let options = dr_storage::StoreOptions {
         log: config.raft_log.into(),
         read_mirror_bytes: config.read_mirror_bytes,
+        write_behind_bytes: config.write_behind_bytes,
         ..dr_storage::StoreOptions::default()
     };
     let mut store =

@@ -407,7 +407,7 @@ async fn run(
                 None => break,
             },
             Some(backup) = backups.recv() => {
-                let result = engine.store().backup(&backup.dir, backup.keep);
+                let result = engine.store_mut().backup(&backup.dir, backup.keep);
                 let _ = backup.answer.send(result.map_err(|e| e.to_string()));
                 continue;
             }

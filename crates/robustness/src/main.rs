@@ -108,6 +108,10 @@ struct Args {
     /// lazily) [default: by seed: 2000 for odd seeds, 0 for even].
     #[arg(long)]
     leader_sync_delay_us: Option<u64>,
+    /// Nodes' `--write-behind-bytes` [default: by seed: drkv's default,
+    /// 4096 or 0 for `seed / 2 % 3` = 0, 1, 2].
+    #[arg(long)]
+    write_behind_bytes: Option<usize>,
 }
 
 fn parse_read_mode(text: &str) -> Result<ReadMode, String> {
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         keep: args.keep,
         clock_beyond_bound: args.clock_beyond_bound,
         leader_sync_delay_us: args.leader_sync_delay_us,
+        write_behind_bytes: args.write_behind_bytes,
     };
     let first = args.seed.unwrap_or_else(|| {
         SystemTime::now()

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dr_node::config::WRITE_BEHIND_BYTES_DEFAULT;
 use dr_node::resp::Reply;
 use dr_sim::history::{Done, check_linearizable, describe};
 use serde_json::{Value, json};
@@ -43,6 +44,8 @@ pub(crate) struct Plan {
     pub(crate) clock_beyond_bound: bool,
     /// The nodes' `--leader-sync-delay-us` (`None`: by seed).
     pub(crate) leader_sync_delay_us: Option<u64>,
+    /// The nodes' `--write-behind-bytes` (`None`: by seed).
+    pub(crate) write_behind_bytes: Option<usize>,
 }
 
 /// How reads are served.
@@ -79,18 +82,32 @@ impl Plan {
             .unwrap_or(if seed % 2 == 1 { 2_000 } else { 0 })
     }
 
+    /// The nodes' `--write-behind-bytes` in run `seed`: as given, or by
+    /// `seed / 2 % 3`: drkv's default (checkpoints at snapshots, changes
+    /// of configuration and shutdown), 4 KiB (a checkpoint every few
+    /// applies), or 0 (every apply writes RocksDB). With the leader's
+    /// sync delay chosen by `seed % 2`, the six pairs take turns.
+    fn write_behind_bytes(&self, seed: u64) -> usize {
+        self.write_behind_bytes.unwrap_or(match seed / 2 % 3 {
+            0 => WRITE_BEHIND_BYTES_DEFAULT,
+            1 => 4 << 10,
+            _ => 0,
+        })
+    }
+
     /// The command that runs `seed`'s schedule again with this plan's
     /// settings (which decide the schedule too).
     fn replay(&self, seed: u64) -> String {
         let faults: Vec<&str> = self.faults.iter().map(|k| k.name()).collect();
         let mut command = format!(
-            "cargo xtask robustness --seed {seed} --runs 1 --nodes {} --secs {} --clients {} --read-mode {} --faults {} --leader-sync-delay-us {}",
+            "cargo xtask robustness --seed {seed} --runs 1 --nodes {} --secs {} --clients {} --read-mode {} --faults {} --leader-sync-delay-us {} --write-behind-bytes {}",
             self.nodes,
             self.secs,
             self.clients,
             self.read_mode.name(),
             faults.join(","),
-            self.leader_sync_delay_us(seed)
+            self.leader_sync_delay_us(seed),
+            self.write_behind_bytes(seed)
         );
         if !self.namespaces {
             command.push_str(" --loopback");
@@ -121,12 +138,13 @@ pub(crate) fn run(seed: u64, plan: &Plan) -> Result<String, String> {
         .collect();
     let steps = nemesis::schedule(seed, &kinds, plan.secs, plan.clock_beyond_bound);
     let mut header = format!(
-        "seed {seed}: {} nodes, {} s, {} clients, reads: {:?}, leader sync delay: {} us, network: {}, clock and disk faults: {}\n",
+        "seed {seed}: {} nodes, {} s, {} clients, reads: {:?}, leader sync delay: {} us, write-behind: {} bytes, network: {}, clock and disk faults: {}\n",
         plan.nodes,
         plan.secs,
         plan.clients,
         plan.read_mode,
         plan.leader_sync_delay_us(seed),
+        plan.write_behind_bytes(seed),
         if plan.namespaces {
             "namespaces"
         } else {
@@ -196,6 +214,8 @@ impl RunState {
         };
         let delay_us = plan.leader_sync_delay_us(seed);
         extra.extend(["--leader-sync-delay-us".to_owned(), delay_us.to_string()]);
+        let behind = plan.write_behind_bytes(seed);
+        extra.extend(["--write-behind-bytes".to_owned(), behind.to_string()]);
         let cluster = Cluster::start(&plan.drkv, dir, &network, &ids, extra)?;
         let state = Self {
             seed,
@@ -491,10 +511,16 @@ mod tests {
             keep: false,
             clock_beyond_bound: true,
             leader_sync_delay_us: None,
+            write_behind_bytes: None,
         };
         let replay = plan.replay(42);
         assert!(replay.contains("--leader-sync-delay-us 0"), "{replay}");
         assert!(plan.replay(43).contains("--leader-sync-delay-us 2000"));
+        // 42 / 2 % 3 == 0: drkv's default; 44: 4 KiB; 46: through.
+        let default = format!("--write-behind-bytes {WRITE_BEHIND_BYTES_DEFAULT}");
+        assert!(replay.contains(&default), "{replay}");
+        assert!(plan.replay(44).contains("--write-behind-bytes 4096"));
+        assert!(plan.replay(46).contains("--write-behind-bytes 0"));
         for part in [
             "--seed 42 --runs 1",
             "--nodes 5",

@@ -119,12 +119,14 @@ impl RocksStorage {
     /// Takes a consistent backup of the whole store into `backup_dir`
     /// (created if missing), copying only files earlier backups there do
     /// not have, checks it, and keeps the newest `keep` backups (at least
-    /// this one).
+    /// this one). The applied writes kept in memory are written out first,
+    /// so a restored store holds the state applied now.
     pub fn backup(
-        &self,
+        &mut self,
         backup_dir: impl AsRef<Path>,
         keep: usize,
     ) -> Result<BackupInfo, BackupError> {
+        self.checkpoint();
         let mut engine = open_engine(backup_dir.as_ref())?;
         engine
             .create_new_backup_flush(self.db(), true)

@@ -24,6 +24,13 @@
 //!   entry twice or skips one (with the segmented log it skips RocksDB's
 //!   WAL: a crash loses applies only with their applied index, and the
 //!   entries are applied again from the log);
+//! - with the segmented log, applies are **kept behind** in memory (up to
+//!   [`StoreOptions::write_behind_bytes`]), where reads and scans see them
+//!   at once, and a checkpoint writes them to RocksDB in one sorted batch
+//!   with the applied index: when they pass the bound, before a snapshot
+//!   copy, a write that goes through (a range delete, a configuration
+//!   change), a backup and a close; a crash loses them with their applied
+//!   index, and the log applies them again;
 //! - snapshots are stored and read in bounded records, staged in a second
 //!   slot while received, and switched to atomically: an interrupted
 //!   install leaves the old state whole;
@@ -34,11 +41,11 @@
 //!   crash cut it short; [`RocksStorage::begin_snapshot`] copies it on a
 //!   thread of its own while the owner goes on applying, and
 //!   [`StoreReader`] serves point reads of it to other threads;
-//! - point reads are answered from a write-through mirror of recently
-//!   written records when it holds the key
-//!   ([`StoreOptions::read_mirror_bytes`]): filled only by applies, after
-//!   RocksDB took them, cleared by range deletes and snapshot installs, so
-//!   it never answers a value RocksDB no longer holds;
+//! - point reads are answered from a mirror of recently written records
+//!   when it holds the key ([`StoreOptions::read_mirror_bytes`]): filled
+//!   only by applies (kept behind, or after RocksDB took them), cleared
+//!   by range deletes and snapshot installs, so it never answers a value
+//!   the state no longer holds;
 //! - [`RocksStorage::backup`] and [`RocksStorage::restore`] take
 //!   incremental backups with RocksDB's backup engine and restore them
 //!   into empty directories.
@@ -103,4 +110,5 @@ pub use segments::{SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN};
 pub use store::{
     DataWrite, FORMAT_VERSION, LogKind, OpenError, READ_MIRROR_BYTES_DEFAULT, ReadRefused,
     RocksStorage, SNAPSHOT_RECORD_BYTES, StateMachine, StoreOptions, StoreReader,
+    WRITE_BEHIND_BYTES_DEFAULT,
 };

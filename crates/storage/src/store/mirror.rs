@@ -1,5 +1,6 @@
-//! A write-through mirror of recently written state-machine records, in
-//! front of RocksDB for point reads.
+//! A mirror of recently written state-machine records, in front of
+//! RocksDB for point reads; with write-behind, also the home of the
+//! applied writes RocksDB does not hold yet.
 //!
 //! A point read of the `data` family searches the memtable's skiplist
 //! first, and with a 64 MiB memtable that search is a score of cache
@@ -8,12 +9,24 @@
 //! does not help there (it caches what SST files answer, after the
 //! memtable was searched). The mirror answers from a hash map instead.
 //!
+//! ## Write-behind
+//!
+//! A store that writes its applies behind ([`ReadMirror::stage`]) keeps
+//! them here, in each shard's `dirty` map, until a checkpoint writes them
+//! to RocksDB in one batch and [`ReadMirror::settle`] turns them into
+//! ordinary (clean) mirrored records. A dirty record is the truth for its
+//! key: it is never aged out or dropped, only settled (after RocksDB took
+//! it) or cleared (when a snapshot install replaces the state).
+//!
 //! ## Invariants
 //!
-//! - It is filled only by the store's own writes, after RocksDB took them
-//!   ([`ReadMirror::record`] after each apply's write, in order): never
-//!   by a read, so a reader can never put a value there that a later
-//!   write has already replaced.
+//! - It is filled only by the store's own writes: staged as dirty, or
+//!   recorded after RocksDB took them ([`ReadMirror::record`] after each
+//!   apply's write, in order); never by a read, so a reader can never put
+//!   a value there that a later write has already replaced.
+//! - A key is dirty, or clean (young or old), or absent: never two of
+//!   these. A clean record is never recorded over a dirty one (asserted):
+//!   a store writes through to RocksDB only with nothing dirty.
 //! - A key it holds maps to the newest value RocksDB holds (or to
 //!   `None`: deleted), except between an apply's RocksDB write and its
 //!   [`record`](ReadMirror::record), when it still holds the value before
@@ -24,10 +37,12 @@
 //!   RocksDB, which holds that value or a newer one.
 //! - A range delete and a snapshot install clear it (before the install
 //!   rewrites RocksDB's family, inside its guard).
-//! - Bounded: at most about its budget in bytes (keys, values and a
-//!   per-entry overhead, give or take one entry per shard); each shard keeps two generations, and when the
-//!   young one fills, the old one is dropped and the young one ages. A
-//!   zero budget turns it off.
+//! - Bounded: the clean records take at most about its budget in bytes
+//!   (keys, values and a per-entry overhead, give or take one entry per
+//!   shard); each shard keeps two generations, and when the young one
+//!   fills, the old one is dropped and the young one ages. A zero budget
+//!   keeps no clean record. The dirty records are bounded by the store
+//!   (it checkpoints when [`ReadMirror::dirty_bytes`] passes its bound).
 //!
 //! ## Non-goals
 //!
@@ -35,6 +50,8 @@
 //! reads (scans go to RocksDB).
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -55,18 +72,25 @@ type Mirrored = Option<Box<[u8]>>;
 #[derive(Debug)]
 pub(crate) struct ReadMirror {
     shards: Box<[RwLock<Shard>]>,
-    /// Bytes a shard's young generation holds before it ages.
+    /// Bytes a shard's young generation holds before it ages (0: no
+    /// clean records are kept).
     young_bytes_max: usize,
+    /// The dirty records' bytes over all shards.
+    dirty_bytes: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
+    /// Staged writes RocksDB does not hold yet (write-behind).
+    dirty: HashMap<Box<[u8]>, Mirrored>,
     young: HashMap<Box<[u8]>, Mirrored>,
     old: HashMap<Box<[u8]>, Mirrored>,
     /// The young generation's bytes (as [`entry_bytes`] counts them).
     young_bytes: usize,
     /// The old generation's.
     old_bytes: usize,
+    /// The dirty records'.
+    dirty_bytes: usize,
 }
 
 fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
@@ -90,19 +114,19 @@ pub(crate) enum Mirror {
 }
 
 impl ReadMirror {
-    /// A mirror of at most about `bytes_max` bytes (0: off).
-    pub(crate) fn new(bytes_max: usize) -> Self {
-        if bytes_max == 0 {
-            return Self {
-                shards: Box::new([]),
-                young_bytes_max: 0,
-            };
-        }
-        let count = (bytes_max / SHARD_BYTES_MIN).clamp(1, SHARDS_MAX);
+    /// A mirror of at most about `bytes_max` bytes of clean records (0:
+    /// none); `write_behind`: it will also hold staged writes.
+    pub(crate) fn new(bytes_max: usize, write_behind: bool) -> Self {
+        let count = match (bytes_max, write_behind) {
+            (0, false) => 0,
+            (0, true) => SHARDS_MAX,
+            (bytes, _) => (bytes / SHARD_BYTES_MIN).clamp(1, SHARDS_MAX),
+        };
         Self {
             shards: (0..count).map(|_| RwLock::default()).collect(),
             // Two generations per shard share the shard's part.
-            young_bytes_max: bytes_max / count / 2,
+            young_bytes_max: bytes_max.checked_div(count).unwrap_or(0) / 2,
+            dirty_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -127,7 +151,8 @@ impl ReadMirror {
             return Mirror::Unknown;
         };
         let shard = self.read(index);
-        match shard.young.get(key).or_else(|| shard.old.get(key)) {
+        let held = shard.dirty.get(key);
+        match held.or_else(|| shard.young.get(key).or_else(|| shard.old.get(key))) {
             Some(value) => Mirror::Held(value.as_deref().map(<[u8]>::to_vec)),
             None => Mirror::Unknown,
         }
@@ -155,6 +180,13 @@ impl ReadMirror {
         let aged = {
             let mut shard = self.write(index);
             let shard = &mut *shard;
+            assert!(
+                !shard.dirty.contains_key(key),
+                "a write went through to RocksDB past a staged one"
+            );
+            if self.young_bytes_max == 0 {
+                return;
+            }
             if let Some(slot) = shard.young.get_mut(key) {
                 shard.young_bytes = uncount(shard.young_bytes, entry_bytes(key, slot.as_deref()));
                 match (slot.as_deref_mut(), value) {
@@ -175,41 +207,134 @@ impl ReadMirror {
                 shard.young.insert(key, value.map(Box::from));
             }
             shard.young_bytes += added;
-            if shard.young_bytes > self.young_bytes_max {
-                shard.old_bytes = std::mem::take(&mut shard.young_bytes);
-                let young = std::mem::take(&mut shard.young);
-                Some(std::mem::replace(&mut shard.old, young))
-            } else {
-                None
-            }
+            self.age_if_full(shard)
         };
         // The dropped generation is freed outside the lock.
         drop(aged);
     }
 
-    /// Forgets everything (RocksDB's family changed in a way the mirror
-    /// does not follow key by key).
+    /// Ages a full young generation: returns the old one, to be dropped
+    /// (outside the lock).
+    fn age_if_full(&self, shard: &mut Shard) -> Option<HashMap<Box<[u8]>, Mirrored>> {
+        if shard.young_bytes <= self.young_bytes_max {
+            return None;
+        }
+        shard.old_bytes = std::mem::take(&mut shard.young_bytes);
+        let young = std::mem::take(&mut shard.young);
+        Some(std::mem::replace(&mut shard.old, young))
+    }
+
+    /// Stages a write RocksDB does not take yet (a put, or with `None` a
+    /// delete): from now on the key reads so until the write is settled
+    /// or cleared. Returns whether the key was not dirty before.
+    pub(crate) fn stage(&self, key: &[u8], value: Option<&[u8]>) -> bool {
+        let index = self
+            .shard_index(key)
+            .expect("a write-behind mirror has shards");
+        let added = entry_bytes(key, value);
+        let mut shard = self.write(index);
+        let shard = &mut *shard;
+        let removed = if let Some(slot) = shard.dirty.get_mut(key) {
+            let removed = entry_bytes(key, slot.as_deref());
+            match (slot.as_deref_mut(), value) {
+                (Some(held), Some(new)) if held.len() == new.len() => held.copy_from_slice(new),
+                (_, value) => *slot = value.map(Box::from),
+            }
+            Some(removed)
+        } else {
+            // Out of the clean generations: a key lives in one place.
+            let key = if let Some((key, old)) = shard.young.remove_entry(key) {
+                shard.young_bytes = uncount(shard.young_bytes, entry_bytes(&key, old.as_deref()));
+                key
+            } else if let Some((key, old)) = shard.old.remove_entry(key) {
+                shard.old_bytes = uncount(shard.old_bytes, entry_bytes(&key, old.as_deref()));
+                key
+            } else {
+                key.into()
+            };
+            shard.dirty.insert(key, value.map(Box::from));
+            None
+        };
+        shard.dirty_bytes += added;
+        self.dirty_bytes.fetch_add(added, Relaxed);
+        if let Some(removed) = removed {
+            shard.dirty_bytes = uncount(shard.dirty_bytes, removed);
+            self.dirty_bytes.fetch_sub(removed, Relaxed);
+        }
+        removed.is_none()
+    }
+
+    /// Calls `read` with the staged value of `key` (`None`: deleted), if
+    /// `key` is dirty.
+    pub(crate) fn dirty_with<R>(
+        &self,
+        key: &[u8],
+        read: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Option<R> {
+        let index = self.shard_index(key)?;
+        let shard = self.read(index);
+        shard.dirty.get(key).map(|value| read(value.as_deref()))
+    }
+
+    /// Makes every dirty record clean: call it once RocksDB holds them
+    /// all. They join the young generations (a zero budget drops them).
+    pub(crate) fn settle(&self) {
+        for index in 0..self.shards.len() {
+            let mut aged = Vec::new();
+            let settled = {
+                let mut shard = self.write(index);
+                let shard = &mut *shard;
+                let dirty = std::mem::take(&mut shard.dirty);
+                self.dirty_bytes
+                    .fetch_sub(std::mem::take(&mut shard.dirty_bytes), Relaxed);
+                if self.young_bytes_max == 0 {
+                    Some(dirty)
+                } else {
+                    for (key, value) in dirty {
+                        let bytes = entry_bytes(&key, value.as_deref());
+                        shard.young.insert(key, value);
+                        shard.young_bytes += bytes;
+                        aged.extend(self.age_if_full(shard));
+                    }
+                    None
+                }
+            };
+            drop((settled, aged));
+        }
+    }
+
+    /// Bytes of the dirty records (as the budget counts them).
+    pub(crate) fn dirty_bytes(&self) -> usize {
+        self.dirty_bytes.load(Relaxed)
+    }
+
+    /// Forgets everything, dirty records too (RocksDB's family changed in
+    /// a way the mirror does not follow key by key, or the state staged
+    /// writes changed was replaced).
     pub(crate) fn clear(&self) {
         for index in 0..self.shards.len() {
             let dropped = {
                 let mut shard = self.write(index);
                 shard.young_bytes = 0;
                 shard.old_bytes = 0;
+                self.dirty_bytes
+                    .fetch_sub(std::mem::take(&mut shard.dirty_bytes), Relaxed);
                 (
                     std::mem::take(&mut shard.young),
                     std::mem::take(&mut shard.old),
+                    std::mem::take(&mut shard.dirty),
                 )
             };
             drop(dropped);
         }
     }
 
-    /// Bytes held now (as the budget counts them).
+    /// Bytes held now, clean and dirty (as the budget counts them).
     pub(crate) fn bytes(&self) -> usize {
         (0..self.shards.len())
             .map(|index| {
                 let shard = self.read(index);
-                shard.young_bytes + shard.old_bytes
+                shard.young_bytes + shard.old_bytes + shard.dirty_bytes
             })
             .sum()
     }
@@ -232,6 +357,7 @@ mod tests {
                     .young
                     .iter()
                     .chain(shard.old.iter())
+                    .chain(shard.dirty.iter())
                     .map(|(key, value)| entry_bytes(key, value.as_deref()))
                     .sum::<usize>()
             })
@@ -240,7 +366,7 @@ mod tests {
 
     #[test]
     fn it_answers_what_was_written_last() {
-        let mirror = ReadMirror::new(1 << 20);
+        let mirror = ReadMirror::new(1 << 20, false);
         assert_eq!(mirror.get(b"k"), Mirror::Unknown);
         mirror.record(&[DataWrite::Put(b"k", b"1"), DataWrite::Put(b"k", b"2")]);
         assert_eq!(mirror.get(b"k"), Mirror::Held(Some(b"2".to_vec())));
@@ -256,7 +382,7 @@ mod tests {
 
     #[test]
     fn a_zero_budget_holds_nothing() {
-        let mirror = ReadMirror::new(0);
+        let mirror = ReadMirror::new(0, false);
         mirror.record(&[DataWrite::Put(b"k", b"1")]);
         assert_eq!(mirror.get(b"k"), Mirror::Unknown);
         assert_eq!(mirror.bytes(), 0);
@@ -265,7 +391,7 @@ mod tests {
     #[test]
     fn it_stays_within_its_budget() {
         let budget = 1 << 20;
-        let mirror = ReadMirror::new(budget);
+        let mirror = ReadMirror::new(budget, false);
         let value = [7u8; 200];
         // Each shard may pass its part by the one entry that made it age.
         let bound = budget + SHARDS_MAX * (ENTRY_OVERHEAD_BYTES + 4 + value.len());
@@ -299,12 +425,30 @@ mod tests {
         ]
     }
 
+    #[derive(Clone, Debug)]
+    enum Step {
+        Stage(u8, Option<u8>),
+        /// Settle, then write through.
+        Record(u8, u8),
+        Settle,
+        Clear,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            8 => (0u8..40, prop::option::of(any::<u8>())).prop_map(|(k, v)| Step::Stage(k, v)),
+            3 => (0u8..40, any::<u8>()).prop_map(|(k, v)| Step::Record(k, v)),
+            1 => Just(Step::Settle),
+            1 => Just(Step::Clear),
+        ]
+    }
+
     proptest! {
         /// Whatever it holds is the model's current value; with a tiny
         /// budget most keys age out (and are then unknown, never stale).
         #[test]
         fn it_never_answers_a_stale_value(ops in prop::collection::vec(op(), 1..300), budget in 0usize..4096) {
-            let mirror = ReadMirror::new(budget);
+            let mirror = ReadMirror::new(budget, false);
             let mut model: BTreeMap<u8, Option<u8>> = BTreeMap::new();
             for op in ops {
                 match op {
@@ -329,6 +473,57 @@ mod tests {
                 }
                 prop_assert!(mirror.bytes() <= budget.max(1) + 200);
                 prop_assert_eq!(mirror.bytes(), counted_bytes(&mirror));
+            }
+        }
+
+        /// With write-behind: a dirty key always answers its staged value,
+        /// whatever the budget (aging never drops it); anything else held
+        /// is the current value; the dirty bytes are counted exactly.
+        #[test]
+        fn staged_writes_answer_until_settled(steps in prop::collection::vec(step(), 1..300), budget in 0usize..4096) {
+            let mirror = ReadMirror::new(budget, true);
+            let mut model: BTreeMap<u8, Option<u8>> = BTreeMap::new();
+            let mut dirty = std::collections::BTreeSet::new();
+            for step in steps {
+                match step {
+                    Step::Stage(k, v) => {
+                        let value = v.map(|v| [v; 30]);
+                        let new = mirror.stage(&[k], value.as_ref().map(|v| &v[..]));
+                        prop_assert_eq!(new, dirty.insert(k), "newly dirty {}", k);
+                        model.insert(k, v);
+                    }
+                    Step::Record(k, v) => {
+                        mirror.settle();
+                        dirty.clear();
+                        mirror.record(&[DataWrite::Put(&[k], &[v; 30])]);
+                        model.insert(k, Some(v));
+                    }
+                    Step::Settle => {
+                        mirror.settle();
+                        dirty.clear();
+                    }
+                    Step::Clear => {
+                        mirror.clear();
+                        dirty.clear();
+                        model.clear();
+                    }
+                }
+                let mut dirty_bytes = 0;
+                for k in 0u8..40 {
+                    let expected = model.get(&k).copied().flatten().map(|v| vec![v; 30]);
+                    let held = mirror.get(&[k]);
+                    if dirty.contains(&k) {
+                        prop_assert_eq!(&held, &Mirror::Held(expected.clone()), "dirty key {}", k);
+                        let staged = mirror.dirty_with(&[k], |v| v.map(<[u8]>::to_vec));
+                        prop_assert_eq!(staged, Some(expected.clone()));
+                        dirty_bytes += entry_bytes(&[k], expected.as_deref());
+                    } else if let Mirror::Held(held) = held {
+                        prop_assert_eq!(held, expected, "key {}", k);
+                    }
+                }
+                prop_assert_eq!(mirror.dirty_bytes(), dirty_bytes);
+                prop_assert_eq!(mirror.bytes(), counted_bytes(&mirror));
+                prop_assert!(mirror.bytes() <= budget.max(1) + 200 + dirty_bytes);
             }
         }
     }

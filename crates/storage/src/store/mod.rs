@@ -2,7 +2,7 @@
 //! implementing dr-raft's [`Storage`] and [`LogStore`], the atomic
 //! persistence of a ready, and the key-value state machine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -131,7 +131,17 @@ pub struct StoreOptions {
     /// memory for point reads ([`READ_MIRROR_BYTES_DEFAULT`]; 0: none,
     /// every point read searches RocksDB).
     pub read_mirror_bytes: usize,
+    /// With the segmented log, the most bytes of applied writes kept in
+    /// memory only (in the read mirror) before a checkpoint writes them
+    /// to RocksDB in one sorted batch ([`WRITE_BEHIND_BYTES_DEFAULT`];
+    /// 0: every apply writes RocksDB). The log replays what a crash
+    /// loses. A store with its log in RocksDB always writes through.
+    pub write_behind_bytes: usize,
 }
+
+/// How many bytes of applied writes a store keeps behind unless told
+/// otherwise.
+pub const WRITE_BEHIND_BYTES_DEFAULT: usize = 32 << 20;
 
 /// How many bytes of recently written records a store mirrors for point
 /// reads unless told otherwise: a state of up to about 150k records of
@@ -144,6 +154,7 @@ impl Default for StoreOptions {
             log: LogKind::default(),
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             read_mirror_bytes: READ_MIRROR_BYTES_DEFAULT,
+            write_behind_bytes: WRITE_BEHIND_BYTES_DEFAULT,
         }
     }
 }
@@ -264,9 +275,14 @@ pub struct RocksStorage {
     options: StoreOptions,
     /// Shared with every [`StoreReader`].
     installs: Arc<InstallCounter>,
-    /// Recently written records, for point reads; shared with every
-    /// [`StoreReader`].
+    /// Recently written records, for point reads, and the writes kept
+    /// behind; shared with every [`StoreReader`].
     mirror: Arc<ReadMirror>,
+    /// The keys the mirror holds dirty (written behind), in key order:
+    /// what scans merge with RocksDB's and a checkpoint writes.
+    dirty_keys: BTreeSet<Box<[u8]>>,
+    /// The applied index RocksDB's state machine was last written at.
+    checkpointed: LogIndex,
     _block_cache: Cache,
 }
 
@@ -446,11 +462,17 @@ impl RocksStorage {
             log_batch: LogBatch::default(),
             options,
             installs: Arc::default(),
-            mirror: Arc::new(ReadMirror::new(options.read_mirror_bytes)),
+            mirror: Arc::new(ReadMirror::new(
+                options.read_mirror_bytes,
+                options.write_behind_bytes > 0 && state_machine == StateMachine::DataFamily,
+            )),
+            dirty_keys: BTreeSet::new(),
+            checkpointed: 0,
             _block_cache: block_cache,
         };
         store.check_format_version()?;
         store.load_records()?;
+        store.checkpointed = store.cached.applied;
         store.verify_log()?;
         if store.read(CF_META, KEY_DATA_INSTALL)?.is_some() {
             store
@@ -463,7 +485,15 @@ impl RocksStorage {
         store
             .catch_up_with_snapshot()
             .map_err(|e| OpenError::Corrupt(e.to_string()))?;
+        store.checkpointed = store.cached.applied;
         Ok(store)
+    }
+
+    /// Whether applies are kept behind (in the mirror) and written to
+    /// RocksDB by checkpoints: with write-behind configured, when a crash
+    /// loses nothing the log cannot replay.
+    fn writes_behind(&self) -> bool {
+        self.skips_wal() && self.options.write_behind_bytes > 0
     }
 
     /// Whether applies skip RocksDB's WAL: when the store is its own
@@ -588,6 +618,13 @@ impl RocksStorage {
         self.mirror.bytes()
     }
 
+    /// Bytes of applied writes kept behind now, not yet in RocksDB (see
+    /// [`StoreOptions::write_behind_bytes`]; part of
+    /// [`read_mirror_bytes`](Self::read_mirror_bytes)).
+    pub fn write_behind_bytes(&self) -> usize {
+        self.mirror.dirty_bytes()
+    }
+
     /// A handle for point reads of the state machine from other threads.
     pub fn reader(&self) -> StoreReader {
         StoreReader {
@@ -598,17 +635,40 @@ impl RocksStorage {
     }
 
     /// Up to `limit` pairs of the state machine whose keys are at or after
-    /// `start`, in key order: one page of a scan.
+    /// `start`, in key order: one page of a scan. RocksDB's pairs merged
+    /// with the writes kept behind (which win, and hide deleted keys).
     pub fn scan(&self, start: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         let mut pairs = Vec::new();
         let mut iterator = self.db.raw_iterator_cf(cf(&self.db, CF_DATA));
         iterator.seek(start);
+        let mut dirty = self
+            .dirty_keys
+            .range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+            .peekable();
         while pairs.len() < limit {
-            let (Some(key), Some(value)) = (iterator.key(), iterator.value()) else {
-                break;
-            };
-            pairs.push((key.to_vec(), value.to_vec()));
-            iterator.next();
+            let stored = iterator.key();
+            match (dirty.peek(), stored) {
+                (None, None) => break,
+                (Some(key), stored) if stored.is_none_or(|stored| key[..] <= *stored) => {
+                    if stored == Some(&key[..]) {
+                        iterator.next();
+                    }
+                    let staged = self
+                        .mirror
+                        .dirty_with(key, |value| value.map(<[u8]>::to_vec))
+                        .expect("every key of the dirty index is dirty in the mirror");
+                    if let Some(value) = staged {
+                        pairs.push((key.to_vec(), value));
+                    }
+                    dirty.next();
+                }
+                (_, Some(key)) => {
+                    let value = iterator.value().expect("a valid iterator has a value");
+                    pairs.push((key.to_vec(), value.to_vec()));
+                    iterator.next();
+                }
+                (_, None) => unreachable!("matched by the arm before"),
+            }
         }
         iterator
             .status()
@@ -670,6 +730,17 @@ impl RocksStorage {
                 kv_stream::KEY_BYTES_MAX
             )));
         }
+        let through = !self.writes_behind()
+            || conf_state.is_some()
+            || writes
+                .iter()
+                .any(|write| matches!(write, DataWrite::DeleteRange(..)));
+        if !through {
+            self.apply_behind(writes, applied);
+            return Ok(());
+        }
+        // Nothing kept behind may stay behind a write that goes through.
+        self.checkpoint();
         let mut batch = WriteBatch::default();
         let data = cf(&self.db, CF_DATA);
         for write in writes {
@@ -711,14 +782,83 @@ impl RocksStorage {
         self.mirror.record(writes);
         self.cached.applied = applied;
         self.cached.applied_term = applied_term;
+        self.checkpointed = applied;
         Ok(())
+    }
+
+    /// Applies puts and deletes by staging them in the mirror, where
+    /// reads find them at once; RocksDB takes them with the next
+    /// checkpoint, which runs once they pass `write_behind_bytes`.
+    fn apply_behind(&mut self, writes: &[DataWrite<'_>], applied: LogIndex) {
+        for write in writes {
+            let (key, value) = match *write {
+                DataWrite::Put(key, value) => (key, Some(value)),
+                DataWrite::Delete(key) => (key, None),
+                DataWrite::DeleteRange(..) => unreachable!("range deletes go through"),
+            };
+            if self.mirror.stage(key, value) {
+                self.dirty_keys.insert(key.into());
+            }
+        }
+        self.cached.applied = applied;
+        self.cached.applied_term = self.term(applied).ok();
+        if self.mirror.dirty_bytes() > self.options.write_behind_bytes {
+            self.checkpoint();
+        }
+    }
+
+    /// Writes the writes kept behind to RocksDB, in key order, with the
+    /// applied index, in one batch (so a crash keeps all or none of them,
+    /// and the log replays from the applied index RocksDB holds); the
+    /// mirror then holds them as clean records. Without the WAL, as
+    /// applies: the log holds what a crash loses.
+    pub(super) fn checkpoint(&mut self) {
+        if self.checkpointed == self.cached.applied && self.dirty_keys.is_empty() {
+            return;
+        }
+        let data = cf(&self.db, CF_DATA);
+        let mut batch = WriteBatch::default();
+        for key in &self.dirty_keys {
+            self.mirror
+                .dirty_with(key, |value| match value {
+                    Some(value) => batch.put_cf(data, key, value),
+                    None => batch.delete_cf(data, key),
+                })
+                .expect("every key of the dirty index is dirty in the mirror");
+        }
+        batch.put_cf(
+            cf(&self.db, CF_META),
+            KEY_APPLIED,
+            records::encode_applied(self.cached.applied, self.cached.applied_term),
+        );
+        let mut options = WriteOptions::default();
+        options.disable_wal(self.skips_wal());
+        self.db
+            .write_opt(batch, &options)
+            .unwrap_or_else(|error| fatal("writing applied writes kept behind", error));
+        self.mirror.settle();
+        self.dirty_keys.clear();
+        self.checkpointed = self.cached.applied;
+    }
+
+    /// Forgets the writes kept behind: the state they changed is being
+    /// replaced (a snapshot install).
+    pub(super) fn drop_writes_behind(&mut self) {
+        self.mirror.clear();
+        self.dirty_keys.clear();
     }
 }
 
 impl Drop for RocksStorage {
     /// A copy thread holds the database open: it stops with the store, so
-    /// the directory can be opened again at once.
+    /// the directory can be opened again at once. The writes kept behind
+    /// are written out.
     fn drop(&mut self) {
         self.cancel_snapshot_copy();
+        // A store closed in order keeps what it applied (RocksDB flushes
+        // its memtables on close): no replay on the next open.
+        if !std::thread::panicking() {
+            self.checkpoint();
+        }
     }
 }

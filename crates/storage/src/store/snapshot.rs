@@ -37,6 +37,8 @@ impl RocksStorage {
             term: self.term(index)?,
             conf_state,
         };
+        // RocksDB's state machine at the applied index is what is copied.
+        self.checkpoint();
         let copy = SnapshotCopy::start(Arc::clone(&self.db), meta, 1 - self.cached.slot)
             .map_err(StorageError::Io)?;
         self.copy = Some(copy);
@@ -273,8 +275,9 @@ impl RocksStorage {
         let installs = Arc::clone(&self.installs);
         let _installing = installs.begin();
         // Before the family changes: no reader may take a mirrored value
-        // of the state being replaced for the new one's.
-        self.mirror.clear();
+        // of the state being replaced for the new one's (nor a write
+        // kept behind).
+        self.drop_writes_behind();
         let data = cf(&self.db, CF_DATA);
         let mut batch = WriteBatch::default();
         let everything_after: &[u8] = &[];
@@ -295,6 +298,7 @@ impl RocksStorage {
     /// goes out in batches of stored records.
     pub(super) fn copy_data_family(&mut self, meta: &SnapshotMeta) -> u64 {
         self.cancel_snapshot_copy();
+        self.checkpoint();
         let staging_slot = 1 - self.cached.slot;
         let source = self.db.raw_iterator_cf(cf(&self.db, CF_DATA));
         let never = AtomicBool::new(false);
