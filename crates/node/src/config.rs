@@ -69,8 +69,9 @@ pub struct NodeConfig {
     pub read_mirror_bytes: usize,
     /// Bytes of applied writes kept in memory only (beside the read
     /// mirror) before a checkpoint writes them to RocksDB in one sorted
-    /// batch; the Raft log replays what a crash loses. 0: every apply
-    /// writes RocksDB. (Used with the segmented log only.)
+    /// batch; the Raft log replays what a crash loses. 0 (the default):
+    /// every apply writes RocksDB. (Used with the segmented log only;
+    /// a checkpoint runs on the engine thread, so large bounds stall it.)
     #[serde(default = "default_write_behind_bytes")]
     pub write_behind_bytes: usize,
     /// As leader, sync the log at the latest this many microseconds
@@ -184,12 +185,8 @@ fn default_leader_sync_delay_us() -> u64 {
 fn default_read_mirror_bytes() -> usize {
     dr_storage::READ_MIRROR_BYTES_DEFAULT
 }
-/// drkv's `--write-behind-bytes` unless configured otherwise (the
-/// store's own default).
-pub const WRITE_BEHIND_BYTES_DEFAULT: usize = dr_storage::WRITE_BEHIND_BYTES_DEFAULT;
-
 fn default_write_behind_bytes() -> usize {
-    WRITE_BEHIND_BYTES_DEFAULT
+    dr_storage::WRITE_BEHIND_BYTES_DEFAULT
 }
 /// The machine's cores (1 when they cannot be counted).
 pub fn default_worker_threads() -> usize {

@@ -455,8 +455,11 @@ impl Publisher {
         if self.rss_read_at.elapsed() >= Duration::from_secs(1) {
             self.rss_read_at = Instant::now();
             let store = engine.store();
-            self.status
-                .publish_memory(resident_bytes(), store.read_mirror_bytes() as u64);
+            self.status.publish_memory(
+                resident_bytes(),
+                store.read_mirror_bytes() as u64,
+                store.write_behind_bytes() as u64,
+            );
             self.status
                 .publish_raft_log(store.log_kind(), store.log_segment_count());
         }

@@ -116,6 +116,8 @@ pub struct Status {
     pub rss_bytes: u64,
     /// Bytes of recently written records held for point reads.
     pub read_mirror_bytes: u64,
+    /// Of those, bytes of applied writes not yet checkpointed to RocksDB.
+    pub write_behind_bytes: u64,
     /// Where the node keeps its Raft log.
     pub raft_log: RaftLog,
     /// The segment files of the log (0 for RocksDB's).
@@ -144,6 +146,7 @@ pub struct StatusBoard {
     keys: AtomicU64,
     rss_bytes: AtomicU64,
     read_mirror_bytes: AtomicU64,
+    write_behind_bytes: AtomicU64,
     /// True: segments; false: RocksDB's column family.
     raft_log_segmented: AtomicBool,
     raft_log_segments: AtomicU64,
@@ -206,6 +209,7 @@ impl StatusBoard {
             keys: self.keys.load(Relaxed),
             rss_bytes: self.rss_bytes.load(Relaxed),
             read_mirror_bytes: self.read_mirror_bytes.load(Relaxed),
+            write_behind_bytes: self.write_behind_bytes.load(Relaxed),
             raft_log: if self.raft_log_segmented.load(Relaxed) {
                 RaftLog::Segments
             } else {
@@ -229,11 +233,12 @@ impl StatusBoard {
         self.keys.store(keys, Relaxed);
     }
 
-    /// The process's resident memory, and what of it the store's read
-    /// mirror holds.
-    pub fn publish_memory(&self, rss_bytes: u64, read_mirror_bytes: u64) {
+    /// The process's resident memory, what of it the store's read mirror
+    /// holds, and what of that are writes kept behind.
+    pub fn publish_memory(&self, rss_bytes: u64, read_mirror_bytes: u64, write_behind_bytes: u64) {
         self.rss_bytes.store(rss_bytes, Relaxed);
         self.read_mirror_bytes.store(read_mirror_bytes, Relaxed);
+        self.write_behind_bytes.store(write_behind_bytes, Relaxed);
     }
 
     /// Where the log is kept and how many segment files it has.

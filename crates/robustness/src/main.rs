@@ -108,8 +108,8 @@ struct Args {
     /// lazily) [default: by seed: 2000 for odd seeds, 0 for even].
     #[arg(long)]
     leader_sync_delay_us: Option<u64>,
-    /// Nodes' `--write-behind-bytes` [default: by seed: drkv's default,
-    /// 4096 or 0 for `seed / 2 % 3` = 0, 1, 2].
+    /// Nodes' `--write-behind-bytes` [default: by seed: 32 MiB, 4096 or
+    /// 0 for `seed / 2 % 3` = 0, 1, 2].
     #[arg(long)]
     write_behind_bytes: Option<usize>,
 }

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dr_node::config::WRITE_BEHIND_BYTES_DEFAULT;
 use dr_node::resp::Reply;
 use dr_sim::history::{Done, check_linearizable, describe};
 use serde_json::{Value, json};
@@ -83,13 +82,14 @@ impl Plan {
     }
 
     /// The nodes' `--write-behind-bytes` in run `seed`: as given, or by
-    /// `seed / 2 % 3`: drkv's default (checkpoints at snapshots, changes
-    /// of configuration and shutdown), 4 KiB (a checkpoint every few
-    /// applies), or 0 (every apply writes RocksDB). With the leader's
-    /// sync delay chosen by `seed % 2`, the six pairs take turns.
+    /// `seed / 2 % 3`: 32 MiB (checkpoints at snapshots, changes of
+    /// configuration and shutdown), 4 KiB (a checkpoint every few
+    /// applies), or 0 (every apply writes RocksDB, drkv's default). With
+    /// the leader's sync delay chosen by `seed % 2`, the six pairs take
+    /// turns.
     fn write_behind_bytes(&self, seed: u64) -> usize {
         self.write_behind_bytes.unwrap_or(match seed / 2 % 3 {
-            0 => WRITE_BEHIND_BYTES_DEFAULT,
+            0 => 32 << 20,
             1 => 4 << 10,
             _ => 0,
         })
@@ -516,9 +516,8 @@ mod tests {
         let replay = plan.replay(42);
         assert!(replay.contains("--leader-sync-delay-us 0"), "{replay}");
         assert!(plan.replay(43).contains("--leader-sync-delay-us 2000"));
-        // 42 / 2 % 3 == 0: drkv's default; 44: 4 KiB; 46: through.
-        let default = format!("--write-behind-bytes {WRITE_BEHIND_BYTES_DEFAULT}");
-        assert!(replay.contains(&default), "{replay}");
+        // 42 / 2 % 3 == 0: 32 MiB; 44: 4 KiB; 46: through.
+        assert!(replay.contains("--write-behind-bytes 33554432"), "{replay}");
         assert!(plan.replay(44).contains("--write-behind-bytes 4096"));
         assert!(plan.replay(46).contains("--write-behind-bytes 0"));
         for part in [

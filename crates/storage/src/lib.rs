@@ -24,8 +24,8 @@
 //!   entry twice or skips one (with the segmented log it skips RocksDB's
 //!   WAL: a crash loses applies only with their applied index, and the
 //!   entries are applied again from the log);
-//! - with the segmented log, applies are **kept behind** in memory (up to
-//!   [`StoreOptions::write_behind_bytes`]), where reads and scans see them
+//! - with the segmented log and [`StoreOptions::write_behind_bytes`] set,
+//!   applies are **kept behind** in memory, where reads and scans see them
 //!   at once, and a checkpoint writes them to RocksDB in one sorted batch
 //!   with the applied index: when they pass the bound, before a snapshot
 //!   copy, a write that goes through (a range delete, a configuration

@@ -57,9 +57,12 @@ fn apply_up_to(store: &mut RocksStorage, to: u64) {
 fn write_forever(path: &Path, log: LogKind) -> ! {
     // Tiny segments: the writer crosses seals, new and recycled segments
     // and compactions that drop them many times per round.
+    // Applies kept behind (with the segmented log) up to 1 MiB: a
+    // checkpoint every ten applies or so, besides the snapshots'.
     let options = StoreOptions {
         log,
         segment_bytes: SEGMENT_BYTES_MIN,
+        write_behind_bytes: 1 << 20,
         ..StoreOptions::default()
     };
     let mut store =

@@ -193,6 +193,11 @@ async fn metrics(State(state): Shared) -> Response {
             status.read_mirror_bytes,
         ),
         (
+            "drkv_write_behind_bytes",
+            "Of those, bytes of applied writes not yet checkpointed to RocksDB.",
+            status.write_behind_bytes,
+        ),
+        (
             "drkv_raft_log_segments",
             "Segment files of the Raft log (0: the log is in RocksDB).",
             status.raft_log_segments,
