@@ -5,10 +5,13 @@
 use std::time::Duration;
 
 use dr_codec::message::{LogIndex, SnapshotMeta};
-use dr_raft::{LogStore, Storage};
+use dr_raft::{LogStore, Storage, StorageError};
 
 use crate::metrics::bump;
 use crate::{Engine, EngineError, Responder, SnapshotStarted, StateMachine, Uncertain};
+
+/// How soon a snapshot the store was not ready for is asked for again.
+const SNAPSHOT_NOT_READY_RETRY: Duration = Duration::from_millis(100);
 
 impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     pub(crate) fn after_snapshot_install(&mut self, snapshot: &SnapshotMeta) {
@@ -111,6 +114,12 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
                 if let Err(error) = self.snapshot_taken(index, started) {
                     tracing::warn!(%error, "log not compacted after a snapshot");
                 }
+            }
+            Err(StorageError::SnapshotTemporarilyUnavailable) => {
+                // The store is getting ready (say, writing out what it
+                // keeps in memory first): ask again shortly.
+                tracing::debug!("snapshot postponed by the store");
+                self.snapshot_retry_at = Some(now + SNAPSHOT_NOT_READY_RETRY);
             }
             Err(error) => {
                 // Typically a snapshot from the leader being received:

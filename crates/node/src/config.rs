@@ -69,9 +69,9 @@ pub struct NodeConfig {
     pub read_mirror_bytes: usize,
     /// Bytes of applied writes kept in memory only (beside the read
     /// mirror) before a checkpoint writes them to RocksDB in one sorted
-    /// batch; the Raft log replays what a crash loses. 0 (the default):
-    /// every apply writes RocksDB. (Used with the segmented log only;
-    /// a checkpoint runs on the engine thread, so large bounds stall it.)
+    /// batch, on a thread of its own; the Raft log replays what a crash
+    /// loses. 0: every apply writes RocksDB. (Used with the segmented log
+    /// only.)
     #[serde(default = "default_write_behind_bytes")]
     pub write_behind_bytes: usize,
     /// As leader, sync the log at the latest this many microseconds

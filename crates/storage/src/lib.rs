@@ -24,13 +24,15 @@
 //!   entry twice or skips one (with the segmented log it skips RocksDB's
 //!   WAL: a crash loses applies only with their applied index, and the
 //!   entries are applied again from the log);
-//! - with the segmented log and [`StoreOptions::write_behind_bytes`] set,
-//!   applies are **kept behind** in memory, where reads and scans see them
+//! - with the segmented log, applies are **kept behind** in memory (up to
+//!   [`StoreOptions::write_behind_bytes`]), where reads and scans see them
 //!   at once, and a checkpoint writes them to RocksDB in one sorted batch
-//!   with the applied index: when they pass the bound, before a snapshot
-//!   copy, a write that goes through (a range delete, a configuration
-//!   change), a backup and a close; a crash loses them with their applied
-//!   index, and the log applies them again;
+//!   with the applied index, on a thread of its own when they pass the
+//!   bound (background snapshots copy the state at the last checkpoint),
+//!   and on the owner's thread before a write that goes through (a range
+//!   delete, a configuration change), a synchronous snapshot, a backup
+//!   and a close; a crash loses them with their applied index, and the
+//!   log applies them again;
 //! - snapshots are stored and read in bounded records, staged in a second
 //!   slot while received, and switched to atomically: an interrupted
 //!   install leaves the old state whole;

@@ -17,9 +17,10 @@ use support::{TestDir, transfer};
 
 const KEYS: u64 = 300;
 
-fn open(dir: &TestDir, read_mirror_bytes: usize) -> RocksStorage {
+fn open(dir: &TestDir, read_mirror_bytes: usize, write_behind_bytes: usize) -> RocksStorage {
     let options = StoreOptions {
         read_mirror_bytes,
+        write_behind_bytes,
         ..StoreOptions::default()
     };
     RocksStorage::open_with(dir.path(), StateMachine::DataFamily, options).expect("store opens")
@@ -75,9 +76,18 @@ fn install(source: &mut RocksStorage, target: &mut RocksStorage) {
 fn point_reads_agree_with_rocksdb_through_every_kind_of_write() {
     // A budget far below the state (300 keys of up to 600 bytes, about
     // 200 KiB): keys age out of the mirror all the time.
-    for (seed, budget) in [(1u64, 16 << 10), (7, 64 << 10), (42, 1 << 20)] {
+    // Applies written through, or kept behind (4 KiB: a checkpoint on its
+    // own thread every few rounds) with configuration changes (which go
+    // through) now and then.
+    for (seed, budget, behind) in [
+        (1u64, 16 << 10, 0),
+        (7, 64 << 10, 0),
+        (42, 1 << 20, 0),
+        (3, 16 << 10, 4 << 10),
+        (9, 1 << 20, 4 << 10),
+    ] {
         let dir = TestDir::new();
-        let mut store = open(&dir, budget);
+        let mut store = open(&dir, budget, behind);
         store.append(&entries(1, 2000, 1)).unwrap();
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut index = 0;
@@ -107,12 +117,13 @@ fn point_reads_agree_with_rocksdb_through_every_kind_of_write() {
                 );
             }
             index += 1;
-            store.apply(&writes, index, Some(&conf())).unwrap();
+            let conf_change = (behind == 0 || rng.below(10) == 0).then(conf);
+            store.apply(&writes, index, conf_change.as_ref()).unwrap();
             assert_reads_agree(&store, &format!("after round {round} (seed {seed})"));
             if rng.below(100) == 0 {
                 // Another state, further along, replaces this one whole.
                 let source_dir = TestDir::new();
-                let mut source = open(&source_dir, budget);
+                let mut source = open(&source_dir, budget, behind);
                 let at = store.last_index() + 10;
                 source.append(&entries(1, at, 1)).unwrap();
                 let (put, other) = (key(rng.below(KEYS)), key(rng.below(KEYS)));
@@ -149,9 +160,16 @@ fn round_of(read: &Result<Option<Vec<u8>>, ReadRefused>) -> u64 {
 fn readers_on_other_threads_see_each_key_move_forward_only() {
     // A budget that ages keys out while the readers read (each round
     // writes about 40 KiB).
-    for budget in [8 << 10, 64 << 20] {
+    // Applies written through, and kept behind with checkpoints on their
+    // own thread every few rounds (256 KiB).
+    for (budget, behind) in [
+        (8 << 10, 0),
+        (64 << 20, 0),
+        (8 << 10, 256 << 10),
+        (64 << 20, 256 << 10),
+    ] {
         let dir = TestDir::new();
-        let mut store = open(&dir, budget);
+        let mut store = open(&dir, budget, behind);
         const ROUNDS: u64 = 1500;
         store.append(&entries(1, ROUNDS, 1)).unwrap();
         // The round a reader may count on: published after each apply,
@@ -182,7 +200,7 @@ fn readers_on_other_threads_see_each_key_move_forward_only() {
                             let again = round_of(&reader.get(&key(k)));
                             let published_now = published.load(SeqCst);
                             panic!(
-                                "key {k} (budget {budget}): round {seen} read with round {floor} \
+                                "key {k} (budget {budget}, behind {behind}): round {seen} read with round {floor} \
                                  published and round {last} seen before; read again: {again:?} \
                                  with round {published_now} published"
                             );

@@ -9,7 +9,7 @@ use dr_codec::message::{ConfState, SnapshotMeta};
 use dr_raft::conformance::entries;
 use dr_raft::{LogStore, Ready, StagedChunk, Storage, StorageError};
 use dr_storage::options::{CF_DATA, CF_META, CF_RAFT_LOG, CF_RAFT_STATE};
-use dr_storage::{DataWrite, OpenError, ReadRefused, RocksStorage, StateMachine};
+use dr_storage::{DataWrite, OpenError, ReadRefused, RocksStorage, StateMachine, StoreOptions};
 use support::{CHUNK_BYTES, TestDir, transfer};
 
 fn conf() -> ConfState {
@@ -19,8 +19,15 @@ fn conf() -> ConfState {
     }
 }
 
+/// Applies written through: a background snapshot copies the state at
+/// the applied index. (Kept behind, it copies the state at the last
+/// checkpoint: `write_behind.rs`.)
 fn open(dir: &TestDir) -> RocksStorage {
-    RocksStorage::open(dir.path(), StateMachine::DataFamily).expect("store opens")
+    let options = StoreOptions {
+        write_behind_bytes: 0,
+        ..StoreOptions::default()
+    };
+    RocksStorage::open_with(dir.path(), StateMachine::DataFamily, options).expect("store opens")
 }
 
 fn key(i: usize) -> Vec<u8> {

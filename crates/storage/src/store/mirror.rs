@@ -14,9 +14,14 @@
 //! A store that writes its applies behind ([`ReadMirror::stage`]) keeps
 //! them here, in each shard's `dirty` map, until a checkpoint writes them
 //! to RocksDB in one batch and [`ReadMirror::settle`] turns them into
-//! ordinary (clean) mirrored records. A dirty record is the truth for its
-//! key: it is never aged out or dropped, only settled (after RocksDB took
-//! it) or cleared (when a snapshot install replaces the state).
+//! ordinary (clean) mirrored records. A checkpoint on another thread
+//! first [`freeze`](ReadMirror::freeze)s them: the dirty maps become the
+//! `frozen` ones (one swap per shard), which the thread reads while new
+//! writes fill new dirty maps, and [`settle_frozen`](ReadMirror::settle_frozen)
+//! turns them clean once RocksDB took them. A dirty or frozen record is
+//! the truth for its key (dirty before frozen): it is never aged out or
+//! dropped, only settled (after RocksDB took it) or cleared (when a
+//! snapshot install replaces the state).
 //!
 //! ## Invariants
 //!
@@ -24,9 +29,11 @@
 //!   recorded after RocksDB took them ([`ReadMirror::record`] after each
 //!   apply's write, in order); never by a read, so a reader can never put
 //!   a value there that a later write has already replaced.
-//! - A key is dirty, or clean (young or old), or absent: never two of
-//!   these. A clean record is never recorded over a dirty one (asserted):
-//!   a store writes through to RocksDB only with nothing dirty.
+//! - A key is staged (dirty, frozen, or both: the dirty value is the
+//!   newer), or clean (young or old), or absent: never staged and clean
+//!   at once. A clean record is never recorded over a staged one
+//!   (asserted): a store writes through to RocksDB only with nothing
+//!   staged.
 //! - A key it holds maps to the newest value RocksDB holds (or to
 //!   `None`: deleted), except between an apply's RocksDB write and its
 //!   [`record`](ReadMirror::record), when it still holds the value before
@@ -77,12 +84,16 @@ pub(crate) struct ReadMirror {
     young_bytes_max: usize,
     /// The dirty records' bytes over all shards.
     dirty_bytes: AtomicUsize,
+    /// The frozen records' bytes over all shards.
+    frozen_bytes: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
     /// Staged writes RocksDB does not hold yet (write-behind).
     dirty: HashMap<Box<[u8]>, Mirrored>,
+    /// Staged writes a checkpoint is writing to RocksDB now.
+    frozen: HashMap<Box<[u8]>, Mirrored>,
     young: HashMap<Box<[u8]>, Mirrored>,
     old: HashMap<Box<[u8]>, Mirrored>,
     /// The young generation's bytes (as [`entry_bytes`] counts them).
@@ -91,6 +102,8 @@ struct Shard {
     old_bytes: usize,
     /// The dirty records'.
     dirty_bytes: usize,
+    /// The frozen records'.
+    frozen_bytes: usize,
 }
 
 fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
@@ -102,6 +115,16 @@ fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
 fn uncount(held: usize, entry: usize) -> usize {
     held.checked_sub(entry)
         .expect("a read mirror generation counts every entry it holds")
+}
+
+/// Which staged records: those applies write now, or those a checkpoint
+/// on another thread is writing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Staging {
+    /// Staged since the last freeze.
+    Dirty,
+    /// Frozen for the checkpoint in flight.
+    Frozen,
 }
 
 /// How a lookup went.
@@ -127,6 +150,7 @@ impl ReadMirror {
             // Two generations per shard share the shard's part.
             young_bytes_max: bytes_max.checked_div(count).unwrap_or(0) / 2,
             dirty_bytes: AtomicUsize::new(0),
+            frozen_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -151,8 +175,11 @@ impl ReadMirror {
             return Mirror::Unknown;
         };
         let shard = self.read(index);
-        let held = shard.dirty.get(key);
-        match held.or_else(|| shard.young.get(key).or_else(|| shard.old.get(key))) {
+        let held = (shard.dirty.get(key))
+            .or_else(|| shard.frozen.get(key))
+            .or_else(|| shard.young.get(key))
+            .or_else(|| shard.old.get(key));
+        match held {
             Some(value) => Mirror::Held(value.as_deref().map(<[u8]>::to_vec)),
             None => Mirror::Unknown,
         }
@@ -181,7 +208,7 @@ impl ReadMirror {
             let mut shard = self.write(index);
             let shard = &mut *shard;
             assert!(
-                !shard.dirty.contains_key(key),
+                !shard.dirty.contains_key(key) && !shard.frozen.contains_key(key),
                 "a write went through to RocksDB past a staged one"
             );
             if self.young_bytes_max == 0 {
@@ -264,16 +291,75 @@ impl ReadMirror {
         removed.is_none()
     }
 
-    /// Calls `read` with the staged value of `key` (`None`: deleted), if
-    /// `key` is dirty.
-    pub(crate) fn dirty_with<R>(
+    /// Calls `read` with the value of `key` (`None`: deleted) among the
+    /// `which` records, if it is one of them.
+    pub(crate) fn staged_in<R>(
         &self,
+        which: Staging,
         key: &[u8],
         read: impl FnOnce(Option<&[u8]>) -> R,
     ) -> Option<R> {
         let index = self.shard_index(key)?;
         let shard = self.read(index);
-        shard.dirty.get(key).map(|value| read(value.as_deref()))
+        let records = match which {
+            Staging::Dirty => &shard.dirty,
+            Staging::Frozen => &shard.frozen,
+        };
+        records.get(key).map(|value| read(value.as_deref()))
+    }
+
+    /// The newest staged value of `key` (dirty, else frozen), if staged.
+    pub(crate) fn staged(&self, key: &[u8]) -> Option<Mirrored> {
+        let index = self.shard_index(key)?;
+        let shard = self.read(index);
+        let staged = shard.dirty.get(key).or_else(|| shard.frozen.get(key));
+        staged.map(|value| value.as_deref().map(Box::from))
+    }
+
+    /// Turns every dirty record frozen, for a checkpoint on another
+    /// thread; nothing may be frozen already (asserted).
+    pub(crate) fn freeze(&self) {
+        for index in 0..self.shards.len() {
+            let mut shard = self.write(index);
+            let shard = &mut *shard;
+            assert!(
+                shard.frozen.is_empty(),
+                "one checkpoint at a time: the last one's records are settled first"
+            );
+            shard.frozen = std::mem::take(&mut shard.dirty);
+            let bytes = std::mem::take(&mut shard.dirty_bytes);
+            shard.frozen_bytes = bytes;
+            self.dirty_bytes.fetch_sub(bytes, Relaxed);
+            self.frozen_bytes.fetch_add(bytes, Relaxed);
+        }
+    }
+
+    /// Makes every frozen record clean (a newer dirty one for the same key
+    /// stays and the frozen one goes): call it once RocksDB holds them.
+    pub(crate) fn settle_frozen(&self) {
+        for index in 0..self.shards.len() {
+            let mut aged = Vec::new();
+            let dropped = {
+                let mut shard = self.write(index);
+                let shard = &mut *shard;
+                let frozen = std::mem::take(&mut shard.frozen);
+                self.frozen_bytes
+                    .fetch_sub(std::mem::take(&mut shard.frozen_bytes), Relaxed);
+                let mut dropped = Vec::new();
+                for (key, value) in frozen {
+                    if self.young_bytes_max == 0 || shard.dirty.contains_key(&key) {
+                        dropped.push((key, value));
+                        continue;
+                    }
+                    let bytes = entry_bytes(&key, value.as_deref());
+                    shard.young.insert(key, value);
+                    shard.young_bytes += bytes;
+                    aged.extend(self.age_if_full(shard));
+                }
+                dropped
+            };
+            drop((dropped, aged));
+        }
     }
 
     /// Makes every dirty record clean: call it once RocksDB holds them
@@ -284,6 +370,10 @@ impl ReadMirror {
             let settled = {
                 let mut shard = self.write(index);
                 let shard = &mut *shard;
+                assert!(
+                    shard.frozen.is_empty(),
+                    "a checkpoint settles after the one in flight"
+                );
                 let dirty = std::mem::take(&mut shard.dirty);
                 self.dirty_bytes
                     .fetch_sub(std::mem::take(&mut shard.dirty_bytes), Relaxed);
@@ -308,6 +398,11 @@ impl ReadMirror {
         self.dirty_bytes.load(Relaxed)
     }
 
+    /// Bytes of the frozen records.
+    pub(crate) fn frozen_bytes(&self) -> usize {
+        self.frozen_bytes.load(Relaxed)
+    }
+
     /// Forgets everything, dirty records too (RocksDB's family changed in
     /// a way the mirror does not follow key by key, or the state staged
     /// writes changed was replaced).
@@ -319,10 +414,13 @@ impl ReadMirror {
                 shard.old_bytes = 0;
                 self.dirty_bytes
                     .fetch_sub(std::mem::take(&mut shard.dirty_bytes), Relaxed);
+                self.frozen_bytes
+                    .fetch_sub(std::mem::take(&mut shard.frozen_bytes), Relaxed);
                 (
                     std::mem::take(&mut shard.young),
                     std::mem::take(&mut shard.old),
                     std::mem::take(&mut shard.dirty),
+                    std::mem::take(&mut shard.frozen),
                 )
             };
             drop(dropped);
@@ -334,7 +432,7 @@ impl ReadMirror {
         (0..self.shards.len())
             .map(|index| {
                 let shard = self.read(index);
-                shard.young_bytes + shard.old_bytes + shard.dirty_bytes
+                shard.young_bytes + shard.old_bytes + shard.dirty_bytes + shard.frozen_bytes
             })
             .sum()
     }
@@ -358,6 +456,7 @@ mod tests {
                     .iter()
                     .chain(shard.old.iter())
                     .chain(shard.dirty.iter())
+                    .chain(shard.frozen.iter())
                     .map(|(key, value)| entry_bytes(key, value.as_deref()))
                     .sum::<usize>()
             })
@@ -430,6 +529,10 @@ mod tests {
         Stage(u8, Option<u8>),
         /// Settle, then write through.
         Record(u8, u8),
+        /// Freeze (when nothing is frozen).
+        Freeze,
+        SettleFrozen,
+        /// Settle the frozen records, then the dirty ones.
         Settle,
         Clear,
     }
@@ -437,7 +540,9 @@ mod tests {
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             8 => (0u8..40, prop::option::of(any::<u8>())).prop_map(|(k, v)| Step::Stage(k, v)),
-            3 => (0u8..40, any::<u8>()).prop_map(|(k, v)| Step::Record(k, v)),
+            2 => (0u8..40, any::<u8>()).prop_map(|(k, v)| Step::Record(k, v)),
+            1 => Just(Step::Freeze),
+            1 => Just(Step::SettleFrozen),
             1 => Just(Step::Settle),
             1 => Just(Step::Clear),
         ]
@@ -476,54 +581,78 @@ mod tests {
             }
         }
 
-        /// With write-behind: a dirty key always answers its staged value,
-        /// whatever the budget (aging never drops it); anything else held
-        /// is the current value; the dirty bytes are counted exactly.
+        /// With write-behind: a staged key (dirty or frozen) always
+        /// answers its newest value, whatever the budget (aging never
+        /// drops it); anything else held is the current value; the dirty
+        /// and frozen bytes are counted exactly.
         #[test]
         fn staged_writes_answer_until_settled(steps in prop::collection::vec(step(), 1..300), budget in 0usize..4096) {
             let mirror = ReadMirror::new(budget, true);
             let mut model: BTreeMap<u8, Option<u8>> = BTreeMap::new();
-            let mut dirty = std::collections::BTreeSet::new();
+            let mut dirty: BTreeMap<u8, Option<u8>> = BTreeMap::new();
+            let mut frozen: BTreeMap<u8, Option<u8>> = BTreeMap::new();
+            let bytes_of = |staged: &BTreeMap<u8, Option<u8>>| -> usize {
+                staged
+                    .iter()
+                    .map(|(k, v)| entry_bytes(&[*k], v.map(|v| [v; 30]).as_ref().map(|v| &v[..])))
+                    .sum()
+            };
             for step in steps {
                 match step {
                     Step::Stage(k, v) => {
                         let value = v.map(|v| [v; 30]);
                         let new = mirror.stage(&[k], value.as_ref().map(|v| &v[..]));
-                        prop_assert_eq!(new, dirty.insert(k), "newly dirty {}", k);
+                        prop_assert_eq!(new, dirty.insert(k, v).is_none(), "newly dirty {}", k);
                         model.insert(k, v);
                     }
                     Step::Record(k, v) => {
+                        mirror.settle_frozen();
                         mirror.settle();
                         dirty.clear();
+                        frozen.clear();
                         mirror.record(&[DataWrite::Put(&[k], &[v; 30])]);
                         model.insert(k, Some(v));
                     }
+                    Step::Freeze => {
+                        if frozen.is_empty() {
+                            mirror.freeze();
+                            frozen = std::mem::take(&mut dirty);
+                        }
+                    }
+                    Step::SettleFrozen => {
+                        mirror.settle_frozen();
+                        frozen.clear();
+                    }
                     Step::Settle => {
+                        mirror.settle_frozen();
                         mirror.settle();
                         dirty.clear();
+                        frozen.clear();
                     }
                     Step::Clear => {
                         mirror.clear();
                         dirty.clear();
+                        frozen.clear();
                         model.clear();
                     }
                 }
-                let mut dirty_bytes = 0;
                 for k in 0u8..40 {
                     let expected = model.get(&k).copied().flatten().map(|v| vec![v; 30]);
                     let held = mirror.get(&[k]);
-                    if dirty.contains(&k) {
-                        prop_assert_eq!(&held, &Mirror::Held(expected.clone()), "dirty key {}", k);
-                        let staged = mirror.dirty_with(&[k], |v| v.map(<[u8]>::to_vec));
-                        prop_assert_eq!(staged, Some(expected.clone()));
-                        dirty_bytes += entry_bytes(&[k], expected.as_deref());
+                    let staged = dirty.get(&k).or_else(|| frozen.get(&k)).copied();
+                    let found = mirror.staged(&[k]).map(|v| v.map(Vec::from));
+                    prop_assert_eq!(found, staged.map(|v| v.map(|v| vec![v; 30])), "staged {}", k);
+                    if staged.is_some() {
+                        prop_assert_eq!(&held, &Mirror::Held(expected.clone()), "staged key {}", k);
                     } else if let Mirror::Held(held) = held {
                         prop_assert_eq!(held, expected, "key {}", k);
                     }
                 }
-                prop_assert_eq!(mirror.dirty_bytes(), dirty_bytes);
+                prop_assert_eq!(mirror.dirty_bytes(), bytes_of(&dirty));
+                prop_assert_eq!(mirror.frozen_bytes(), bytes_of(&frozen));
                 prop_assert_eq!(mirror.bytes(), counted_bytes(&mirror));
-                prop_assert!(mirror.bytes() <= budget.max(1) + 200 + dirty_bytes);
+                let staged_bytes = bytes_of(&dirty) + bytes_of(&frozen);
+                prop_assert!(mirror.bytes() <= budget.max(1) + 200 + staged_bytes);
             }
         }
     }

@@ -29,6 +29,7 @@ mod log;
 mod mirror;
 mod recovery;
 mod snapshot;
+mod write_behind;
 
 use log::decode_stored_entry;
 use mirror::{Mirror, ReadMirror};
@@ -137,17 +138,15 @@ pub struct StoreOptions {
     /// 0: every apply writes RocksDB). The log replays what a crash
     /// loses. A store with its log in RocksDB always writes through.
     ///
-    /// The checkpoint runs on the caller's thread: a bound of tens of
-    /// megabytes saves a fifth to a quarter of a replicated write's CPU,
-    /// but its checkpoints stall the caller for as long as RocksDB takes
-    /// the batch (in a loaded 3-node cluster, long enough for elections).
+    /// Checkpoints run on a thread of their own while applies go on
+    /// (new writes are staged beside the ones being written); the staged
+    /// writes take up to four times the bound while one is in flight.
     pub write_behind_bytes: usize,
 }
 
 /// How many bytes of applied writes a store keeps behind unless told
-/// otherwise: none, until checkpoints leave the caller's thread (see
-/// [`StoreOptions::write_behind_bytes`]).
-pub const WRITE_BEHIND_BYTES_DEFAULT: usize = 0;
+/// otherwise (measured: `docs/BENCHMARKS.md`, "Applies kept behind").
+pub const WRITE_BEHIND_BYTES_DEFAULT: usize = 32 << 20;
 
 /// How many bytes of recently written records a store mirrors for point
 /// reads unless told otherwise: a state of up to about 150k records of
@@ -287,6 +286,8 @@ pub struct RocksStorage {
     /// The keys the mirror holds dirty (written behind), in key order:
     /// what scans merge with RocksDB's and a checkpoint writes.
     dirty_keys: BTreeSet<Box<[u8]>>,
+    /// The checkpoint being written on its own thread, if one is.
+    in_flight: Option<write_behind::InFlight>,
     /// The applied index RocksDB's state machine was last written at.
     checkpointed: LogIndex,
     _block_cache: Cache,
@@ -473,6 +474,7 @@ impl RocksStorage {
                 options.write_behind_bytes > 0 && state_machine == StateMachine::DataFamily,
             )),
             dirty_keys: BTreeSet::new(),
+            in_flight: None,
             checkpointed: 0,
             _block_cache: block_cache,
         };
@@ -628,7 +630,7 @@ impl RocksStorage {
     /// [`StoreOptions::write_behind_bytes`]; part of
     /// [`read_mirror_bytes`](Self::read_mirror_bytes)).
     pub fn write_behind_bytes(&self) -> usize {
-        self.mirror.dirty_bytes()
+        self.mirror.dirty_bytes() + self.mirror.frozen_bytes()
     }
 
     /// A handle for point reads of the state machine from other threads.
@@ -647,26 +649,23 @@ impl RocksStorage {
         let mut pairs = Vec::new();
         let mut iterator = self.db.raw_iterator_cf(cf(&self.db, CF_DATA));
         iterator.seek(start);
-        let mut dirty = self
-            .dirty_keys
-            .range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
-            .peekable();
+        let mut staged = self.staged_keys(start).peekable();
         while pairs.len() < limit {
             let stored = iterator.key();
-            match (dirty.peek(), stored) {
+            match (staged.peek(), stored) {
                 (None, None) => break,
                 (Some(key), stored) if stored.is_none_or(|stored| key[..] <= *stored) => {
                     if stored == Some(&key[..]) {
                         iterator.next();
                     }
-                    let staged = self
+                    let value = self
                         .mirror
-                        .dirty_with(key, |value| value.map(<[u8]>::to_vec))
-                        .expect("every key of the dirty index is dirty in the mirror");
-                    if let Some(value) = staged {
-                        pairs.push((key.to_vec(), value));
+                        .staged(key)
+                        .expect("every key of the staged indexes is staged in the mirror");
+                    if let Some(value) = value {
+                        pairs.push((key.to_vec(), value.into_vec()));
                     }
-                    dirty.next();
+                    staged.next();
                 }
                 (_, Some(key)) => {
                     let value = iterator.value().expect("a valid iterator has a value");
@@ -790,68 +789,6 @@ impl RocksStorage {
         self.cached.applied_term = applied_term;
         self.checkpointed = applied;
         Ok(())
-    }
-
-    /// Applies puts and deletes by staging them in the mirror, where
-    /// reads find them at once; RocksDB takes them with the next
-    /// checkpoint, which runs once they pass `write_behind_bytes`.
-    fn apply_behind(&mut self, writes: &[DataWrite<'_>], applied: LogIndex) {
-        for write in writes {
-            let (key, value) = match *write {
-                DataWrite::Put(key, value) => (key, Some(value)),
-                DataWrite::Delete(key) => (key, None),
-                DataWrite::DeleteRange(..) => unreachable!("range deletes go through"),
-            };
-            if self.mirror.stage(key, value) {
-                self.dirty_keys.insert(key.into());
-            }
-        }
-        self.cached.applied = applied;
-        self.cached.applied_term = self.term(applied).ok();
-        if self.mirror.dirty_bytes() > self.options.write_behind_bytes {
-            self.checkpoint();
-        }
-    }
-
-    /// Writes the writes kept behind to RocksDB, in key order, with the
-    /// applied index, in one batch (so a crash keeps all or none of them,
-    /// and the log replays from the applied index RocksDB holds); the
-    /// mirror then holds them as clean records. Without the WAL, as
-    /// applies: the log holds what a crash loses.
-    pub(super) fn checkpoint(&mut self) {
-        if self.checkpointed == self.cached.applied && self.dirty_keys.is_empty() {
-            return;
-        }
-        let data = cf(&self.db, CF_DATA);
-        let mut batch = WriteBatch::default();
-        for key in &self.dirty_keys {
-            self.mirror
-                .dirty_with(key, |value| match value {
-                    Some(value) => batch.put_cf(data, key, value),
-                    None => batch.delete_cf(data, key),
-                })
-                .expect("every key of the dirty index is dirty in the mirror");
-        }
-        batch.put_cf(
-            cf(&self.db, CF_META),
-            KEY_APPLIED,
-            records::encode_applied(self.cached.applied, self.cached.applied_term),
-        );
-        let mut options = WriteOptions::default();
-        options.disable_wal(self.skips_wal());
-        self.db
-            .write_opt(batch, &options)
-            .unwrap_or_else(|error| fatal("writing applied writes kept behind", error));
-        self.mirror.settle();
-        self.dirty_keys.clear();
-        self.checkpointed = self.cached.applied;
-    }
-
-    /// Forgets the writes kept behind: the state they changed is being
-    /// replaced (a snapshot install).
-    pub(super) fn drop_writes_behind(&mut self) {
-        self.mirror.clear();
-        self.dirty_keys.clear();
     }
 }
 

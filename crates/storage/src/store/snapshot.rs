@@ -30,18 +30,39 @@ impl RocksStorage {
             )));
         }
         self.refuse_while_receiving()?;
-        let index = self.cached.applied;
+        let index = if self.writes_behind() {
+            self.checkpointed_index()?
+        } else {
+            self.cached.applied
+        };
         self.refuse_out_of_date(index)?;
         let meta = SnapshotMeta {
             index,
             term: self.term(index)?,
             conf_state,
         };
-        // RocksDB's state machine at the applied index is what is copied.
-        self.checkpoint();
         let copy = SnapshotCopy::start(Arc::clone(&self.db), meta, 1 - self.cached.slot)
             .map_err(StorageError::Io)?;
         self.copy = Some(copy);
+        Ok(index)
+    }
+
+    /// With applies kept behind, a background snapshot copies RocksDB's
+    /// state machine, which is the state at the last checkpoint's index
+    /// (never stalling the caller for a checkpoint): that index, once no
+    /// checkpoint is in flight ([`StorageError::SnapshotTemporarilyUnavailable`]
+    /// meanwhile). When it is not newer than the current snapshot, a
+    /// checkpoint is started and the snapshot postponed the same way.
+    fn checkpointed_index(&mut self) -> Result<LogIndex, StorageError> {
+        self.poll_checkpoint();
+        if self.checkpoint_in_flight().is_some() {
+            return Err(StorageError::SnapshotTemporarilyUnavailable);
+        }
+        let index = self.checkpointed;
+        if index <= self.cached.snapshot.index && self.checkpointed < self.cached.applied {
+            self.start_checkpoint();
+            return Err(StorageError::SnapshotTemporarilyUnavailable);
+        }
         Ok(index)
     }
 
@@ -183,6 +204,9 @@ impl RocksStorage {
                 meta.index
             )));
         };
+        // A checkpoint in flight writes the applied index too: it lands
+        // before the switch's, never after.
+        self.wait_checkpoint();
         self.add_slot_switch(batch, staged_meta, staged_len);
         self.add_log_replacement(batch, meta);
         if self.state_machine == StateMachine::DataFamily {
@@ -290,6 +314,9 @@ impl RocksStorage {
         drop(pairs);
         batch.delete_cf(cf(&self.db, CF_META), KEY_DATA_INSTALL);
         self.commit(batch, "finishing a snapshot install");
+        // RocksDB holds the state at the snapshot's index, recorded with
+        // the switch.
+        self.checkpointed = self.cached.applied;
         Ok(())
     }
 

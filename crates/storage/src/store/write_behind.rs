@@ -1,0 +1,229 @@
+//! Applies kept behind: staged in the read mirror, written to RocksDB by
+//! checkpoints, on a thread of their own while applies go on.
+//!
+//! ## Invariants
+//!
+//! - RocksDB's state machine is always the state at one applied index,
+//!   `checkpointed` (the applied index is written in the same batch as
+//!   the data), and the log holds every entry after it: log compaction
+//!   follows snapshots, and a snapshot is taken at `checkpointed`.
+//! - Every staged key is in exactly one ordered index: `dirty_keys`
+//!   (staged since the last freeze) or the in-flight checkpoint's keys
+//!   (frozen), or both when written again after the freeze; the mirror
+//!   holds its value (dirty before frozen).
+//! - At most one checkpoint is in flight; anything that writes RocksDB's
+//!   state machine on the owner's thread (a write that goes through, an
+//!   install, a synchronous checkpoint) waits for it first.
+//! - Bounded: a checkpoint starts once the dirty records pass
+//!   `write_behind_bytes`; while one is in flight the dirty records may
+//!   grow to twice that, then the owner waits for it.
+
+use std::thread::{self, JoinHandle};
+
+use super::mirror::Staging;
+use super::*;
+
+/// A checkpoint being written on its own thread.
+pub(super) struct InFlight {
+    /// The frozen keys, in key order (scans merge them).
+    keys: Arc<BTreeSet<Box<[u8]>>>,
+    /// The applied index whose state it writes.
+    applied: LogIndex,
+    thread: JoinHandle<()>,
+}
+
+/// Writes the `which` records of `keys` with `applied` (and its term) in
+/// one batch: the state machine at that index. Without the WAL when
+/// `skip_wal`: a crash loses it whole, and the log replays it.
+fn write_checkpoint(
+    db: &DB,
+    mirror: &ReadMirror,
+    which: Staging,
+    keys: &BTreeSet<Box<[u8]>>,
+    applied: (LogIndex, Option<Term>),
+    skip_wal: bool,
+) {
+    let data = cf(db, CF_DATA);
+    let mut batch = WriteBatch::default();
+    for key in keys {
+        mirror
+            .staged_in(which, key, |value| match value {
+                Some(value) => batch.put_cf(data, key, value),
+                None => batch.delete_cf(data, key),
+            })
+            .expect("every key of a staged index is staged in the mirror");
+    }
+    batch.put_cf(
+        cf(db, CF_META),
+        KEY_APPLIED,
+        records::encode_applied(applied.0, applied.1),
+    );
+    let mut options = WriteOptions::default();
+    options.disable_wal(skip_wal);
+    db.write_opt(batch, &options)
+        .unwrap_or_else(|error| fatal("writing applied writes kept behind", error));
+}
+
+impl RocksStorage {
+    /// Applies puts and deletes by staging them in the mirror, where
+    /// reads find them at once; RocksDB takes them with a checkpoint,
+    /// started once they pass `write_behind_bytes`.
+    pub(super) fn apply_behind(&mut self, writes: &[DataWrite<'_>], applied: LogIndex) {
+        for write in writes {
+            let (key, value) = match *write {
+                DataWrite::Put(key, value) => (key, Some(value)),
+                DataWrite::Delete(key) => (key, None),
+                DataWrite::DeleteRange(..) => unreachable!("range deletes go through"),
+            };
+            if self.mirror.stage(key, value) {
+                self.dirty_keys.insert(key.into());
+            }
+        }
+        self.cached.applied = applied;
+        self.cached.applied_term = self.term(applied).ok();
+        self.poll_checkpoint();
+        let (dirty, bound) = (self.mirror.dirty_bytes(), self.options.write_behind_bytes);
+        if dirty <= bound {
+            return;
+        }
+        if self.in_flight.is_some() {
+            if dirty <= bound.saturating_mul(2) {
+                return;
+            }
+            self.wait_checkpoint();
+        }
+        self.start_checkpoint();
+    }
+
+    /// Freezes the dirty records and starts writing them on a thread.
+    pub(super) fn start_checkpoint(&mut self) {
+        assert!(self.in_flight.is_none(), "one checkpoint at a time");
+        let keys = Arc::new(std::mem::take(&mut self.dirty_keys));
+        self.mirror.freeze();
+        let applied = (self.cached.applied, self.cached.applied_term);
+        let (db, mirror, frozen) = (
+            Arc::clone(&self.db),
+            Arc::clone(&self.mirror),
+            Arc::clone(&keys),
+        );
+        let skip_wal = self.skips_wal();
+        let thread = thread::Builder::new()
+            .name("dr-checkpoint".into())
+            .spawn(move || {
+                write_checkpoint(&db, &mirror, Staging::Frozen, &frozen, applied, skip_wal);
+            })
+            .unwrap_or_else(|error| fatal("starting a checkpoint thread", error));
+        self.in_flight = Some(InFlight {
+            keys,
+            applied: applied.0,
+            thread,
+        });
+    }
+
+    /// Settles the checkpoint in flight if its write is done.
+    pub(super) fn poll_checkpoint(&mut self) {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|in_flight| in_flight.thread.is_finished())
+        {
+            self.wait_checkpoint();
+        }
+    }
+
+    /// Waits for the checkpoint in flight, if any, and settles it: its
+    /// records become clean and RocksDB's state is at its index.
+    pub(super) fn wait_checkpoint(&mut self) {
+        let Some(in_flight) = self.in_flight.take() else {
+            return;
+        };
+        if let Err(panic) = in_flight.thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+        self.mirror.settle_frozen();
+        self.checkpointed = in_flight.applied;
+    }
+
+    /// Whether a checkpoint is being written.
+    pub(super) fn checkpoint_in_flight(&self) -> Option<LogIndex> {
+        self.in_flight.as_ref().map(|in_flight| in_flight.applied)
+    }
+
+    /// Writes every write kept behind to RocksDB on this thread, with the
+    /// applied index, after the checkpoint in flight: RocksDB then holds
+    /// the state at the applied index. Used where that must hold before
+    /// going on (a write that goes through, a synchronous snapshot, a
+    /// backup, a close); the running store checkpoints in the background.
+    pub(crate) fn checkpoint(&mut self) {
+        self.wait_checkpoint();
+        if self.checkpointed == self.cached.applied && self.dirty_keys.is_empty() {
+            return;
+        }
+        let applied = (self.cached.applied, self.cached.applied_term);
+        write_checkpoint(
+            &self.db,
+            &self.mirror,
+            Staging::Dirty,
+            &self.dirty_keys,
+            applied,
+            self.skips_wal(),
+        );
+        self.mirror.settle();
+        self.dirty_keys.clear();
+        self.checkpointed = self.cached.applied;
+    }
+
+    /// The staged keys from `start` on, in key order, each once: the
+    /// dirty ones merged with the in-flight checkpoint's.
+    pub(super) fn staged_keys<'a>(
+        &'a self,
+        start: &'a [u8],
+    ) -> impl Iterator<Item = &'a Box<[u8]>> + 'a {
+        let from = (std::ops::Bound::Included(start), std::ops::Bound::Unbounded);
+        let dirty = self.dirty_keys.range::<[u8], _>(from).peekable();
+        let frozen = self
+            .in_flight
+            .iter()
+            .flat_map(move |in_flight| in_flight.keys.range::<[u8], _>(from))
+            .peekable();
+        MergedKeys { dirty, frozen }
+    }
+
+    /// Forgets the writes kept behind: the state they changed is being
+    /// replaced (a snapshot install). A checkpoint in flight finishes
+    /// first, so it cannot write the old state over the new one.
+    pub(super) fn drop_writes_behind(&mut self) {
+        self.wait_checkpoint();
+        self.mirror.clear();
+        self.dirty_keys.clear();
+    }
+}
+
+/// Two ordered key sequences merged, each key once.
+struct MergedKeys<A: Iterator, B: Iterator> {
+    dirty: std::iter::Peekable<A>,
+    frozen: std::iter::Peekable<B>,
+}
+
+impl<'a, A, B> Iterator for MergedKeys<A, B>
+where
+    A: Iterator<Item = &'a Box<[u8]>>,
+    B: Iterator<Item = &'a Box<[u8]>>,
+{
+    type Item = &'a Box<[u8]>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match (self.dirty.peek(), self.frozen.peek()) {
+            (Some(dirty), Some(frozen)) => match dirty.cmp(frozen) {
+                std::cmp::Ordering::Less => self.dirty.next(),
+                std::cmp::Ordering::Greater => self.frozen.next(),
+                std::cmp::Ordering::Equal => {
+                    self.frozen.next();
+                    self.dirty.next()
+                }
+            },
+            (Some(_), None) => self.dirty.next(),
+            (None, _) => self.frozen.next(),
+        }
+    }
+}
