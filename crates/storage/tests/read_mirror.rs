@@ -9,29 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
 use bytes::Bytes;
-use dr_codec::message::ConfState;
 use dr_raft::conformance::entries;
 use dr_raft::{LogStore, Storage};
-use dr_storage::{DataWrite, ReadRefused, RocksStorage, StateMachine, StoreOptions};
+use dr_storage::{DataWrite, ReadRefused, RocksStorage};
 use support::{TestDir, transfer};
 
 const KEYS: u64 = 300;
 
-fn open(dir: &TestDir, read_mirror_bytes: usize, write_behind_bytes: usize) -> RocksStorage {
-    let options = StoreOptions {
-        read_mirror_bytes,
-        write_behind_bytes,
-        ..StoreOptions::default()
-    };
-    RocksStorage::open_with(dir.path(), StateMachine::DataFamily, options).expect("store opens")
-}
-
-fn conf() -> ConfState {
-    ConfState {
-        voters: vec![1],
-        ..ConfState::default()
-    }
-}
+use support::{open_state_machine as open, single_voter as conf};
 
 fn key(k: u64) -> Vec<u8> {
     format!("key-{k:04}").into_bytes()

@@ -10,27 +10,16 @@ mod support;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use dr_codec::message::ConfState;
 use dr_raft::conformance::entries;
 use dr_raft::{LogStore, Storage, StorageError};
 use dr_storage::{DataWrite, RocksStorage, StateMachine, StoreOptions};
 use proptest::prelude::*;
 use support::{TestDir, transfer};
 
-fn open(dir: &TestDir, write_behind_bytes: usize, read_mirror_bytes: usize) -> RocksStorage {
-    let options = StoreOptions {
-        write_behind_bytes,
-        read_mirror_bytes,
-        ..StoreOptions::default()
-    };
-    RocksStorage::open_with(dir.path(), StateMachine::DataFamily, options).expect("store opens")
-}
+use support::single_voter as conf;
 
-fn conf() -> ConfState {
-    ConfState {
-        voters: vec![1],
-        ..ConfState::default()
-    }
+fn open(dir: &TestDir, write_behind_bytes: usize, read_mirror_bytes: usize) -> RocksStorage {
+    support::open_state_machine(dir, read_mirror_bytes, write_behind_bytes)
 }
 
 fn key(k: u8) -> Vec<u8> {

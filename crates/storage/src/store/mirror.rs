@@ -75,6 +75,9 @@ const SHARD_BYTES_MIN: usize = 64 << 10;
 /// A stored value, or `None` for a key known deleted.
 type Mirrored = Option<Box<[u8]>>;
 
+/// A generation of records.
+type Records = HashMap<Box<[u8]>, Mirrored>;
+
 /// See the module documentation.
 #[derive(Debug)]
 pub(crate) struct ReadMirror {
@@ -338,27 +341,13 @@ impl ReadMirror {
     /// stays and the frozen one goes): call it once RocksDB holds them.
     pub(crate) fn settle_frozen(&self) {
         for index in 0..self.shards.len() {
-            let mut aged = Vec::new();
-            let dropped = {
-                let mut shard = self.write(index);
-                let shard = &mut *shard;
-                let frozen = std::mem::take(&mut shard.frozen);
-                self.frozen_bytes
-                    .fetch_sub(std::mem::take(&mut shard.frozen_bytes), Relaxed);
-                let mut dropped = Vec::new();
-                for (key, value) in frozen {
-                    if self.young_bytes_max == 0 || shard.dirty.contains_key(&key) {
-                        dropped.push((key, value));
-                        continue;
-                    }
-                    let bytes = entry_bytes(&key, value.as_deref());
-                    shard.young.insert(key, value);
-                    shard.young_bytes += bytes;
-                    aged.extend(self.age_if_full(shard));
-                }
-                dropped
-            };
-            drop((dropped, aged));
+            let mut shard = self.write(index);
+            let frozen = std::mem::take(&mut shard.frozen);
+            self.frozen_bytes
+                .fetch_sub(std::mem::take(&mut shard.frozen_bytes), Relaxed);
+            let dropped = self.make_clean(&mut shard, frozen);
+            drop(shard);
+            drop(dropped);
         }
     }
 
@@ -366,31 +355,40 @@ impl ReadMirror {
     /// all. They join the young generations (a zero budget drops them).
     pub(crate) fn settle(&self) {
         for index in 0..self.shards.len() {
-            let mut aged = Vec::new();
-            let settled = {
-                let mut shard = self.write(index);
-                let shard = &mut *shard;
-                assert!(
-                    shard.frozen.is_empty(),
-                    "a checkpoint settles after the one in flight"
-                );
-                let dirty = std::mem::take(&mut shard.dirty);
-                self.dirty_bytes
-                    .fetch_sub(std::mem::take(&mut shard.dirty_bytes), Relaxed);
-                if self.young_bytes_max == 0 {
-                    Some(dirty)
-                } else {
-                    for (key, value) in dirty {
-                        let bytes = entry_bytes(&key, value.as_deref());
-                        shard.young.insert(key, value);
-                        shard.young_bytes += bytes;
-                        aged.extend(self.age_if_full(shard));
-                    }
-                    None
-                }
-            };
-            drop((settled, aged));
+            let mut shard = self.write(index);
+            assert!(
+                shard.frozen.is_empty(),
+                "a checkpoint settles after the one in flight"
+            );
+            let dirty = std::mem::take(&mut shard.dirty);
+            self.dirty_bytes
+                .fetch_sub(std::mem::take(&mut shard.dirty_bytes), Relaxed);
+            let dropped = self.make_clean(&mut shard, dirty);
+            drop(shard);
+            drop(dropped);
         }
+    }
+
+    /// Puts `records` RocksDB now holds into `shard`'s young generation,
+    /// except those a dirty record supersedes (or all, with a zero
+    /// budget): what is dropped (the superseded records and any aged-out
+    /// generation) is returned, to be freed outside the lock.
+    fn make_clean(&self, shard: &mut Shard, records: HashMap<Box<[u8]>, Mirrored>) -> Vec<Records> {
+        if self.young_bytes_max == 0 {
+            return vec![records];
+        }
+        let mut dropped = vec![HashMap::new()];
+        for (key, value) in records {
+            if shard.dirty.contains_key(&key) {
+                dropped[0].insert(key, value);
+                continue;
+            }
+            let bytes = entry_bytes(&key, value.as_deref());
+            shard.young.insert(key, value);
+            shard.young_bytes += bytes;
+            dropped.extend(self.age_if_full(shard));
+        }
+        dropped
     }
 
     /// Bytes of the dirty records (as the budget counts them).

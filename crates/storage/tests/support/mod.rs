@@ -9,9 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use dr_codec::message::ConfState;
 use dr_codec::message::SnapshotMeta;
 use dr_raft::{LogStore, Ready, StagedChunk, Storage, StorageError};
-use dr_storage::RocksStorage;
+use dr_storage::{RocksStorage, StateMachine, StoreOptions};
 
 /// The chunk size [`transfer`] sends.
 pub const CHUNK_BYTES: u64 = 64 << 10;
@@ -68,5 +69,28 @@ pub fn transfer(
         if chunk.done {
             return Ok(());
         }
+    }
+}
+
+/// A store that is its own state machine, with a read mirror of
+/// `read_mirror_bytes` and applies kept behind up to `write_behind_bytes`.
+pub fn open_state_machine(
+    dir: &TestDir,
+    read_mirror_bytes: usize,
+    write_behind_bytes: usize,
+) -> RocksStorage {
+    let options = StoreOptions {
+        read_mirror_bytes,
+        write_behind_bytes,
+        ..StoreOptions::default()
+    };
+    RocksStorage::open_with(dir.path(), StateMachine::DataFamily, options).expect("store opens")
+}
+
+/// A one-voter configuration.
+pub fn single_voter() -> ConfState {
+    ConfState {
+        voters: vec![1],
+        ..ConfState::default()
     }
 }
