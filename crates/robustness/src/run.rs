@@ -82,9 +82,10 @@ impl Plan {
     }
 
     /// The nodes' `--write-behind-bytes` in run `seed`: as given, or by
-    /// `seed / 2 % 3`: 32 MiB (drkv's default: checkpoints at that bound,
-    /// changes of configuration and shutdown), 4 KiB (a checkpoint on its
-    /// thread every few applies), or 0 (every apply writes RocksDB). With
+    /// `seed / 2 % 3`: 32 MiB (checkpoints at that bound, changes of
+    /// configuration and shutdown), 4 KiB (a checkpoint on its thread
+    /// every few applies), or 0 (every apply writes RocksDB, drkv's
+    /// default for now). With
     /// the leader's sync delay chosen by `seed % 2`, the six pairs take
     /// turns.
     fn write_behind_bytes(&self, seed: u64) -> usize {

@@ -145,8 +145,13 @@ pub struct StoreOptions {
 }
 
 /// How many bytes of applied writes a store keeps behind unless told
-/// otherwise (measured: `docs/BENCHMARKS.md`, "Applies kept behind").
-pub const WRITE_BEHIND_BYTES_DEFAULT: usize = 32 << 20;
+/// otherwise: none yet. 32 MiB saves a sixth of a replicated write's CPU
+/// (`docs/BENCHMARKS.md`, "Applies kept behind"), but scans that walk
+/// many staged deletes (drkv's expiry index under `SET EX` overwrites)
+/// cost more than over RocksDB's tombstones, enough to stall a loaded
+/// leader into elections; the default changes once those scans do not
+/// walk them.
+pub const WRITE_BEHIND_BYTES_DEFAULT: usize = 0;
 
 /// How many bytes of recently written records a store mirrors for point
 /// reads unless told otherwise: a state of up to about 150k records of
