@@ -261,13 +261,16 @@ pub struct KvMachine<S> {
     /// `RANDOMKEY`'s generator (xorshift; not part of the state).
     random: u64,
     /// Where the next look at the expiry index starts: past what earlier
-    /// removals took (their entries are gone, but RocksDB still walks
-    /// their tombstones until compaction; starting from the index's head
-    /// after removing a million keys cost a scan of them all per tick).
+    /// removals took, or at the first entry not yet due that the last
+    /// look found (everything before it is gone: removed or replaced, and
+    /// walking their tombstones, in RocksDB or staged, on every look cost
+    /// a scan of every expiry ever replaced). An entry written before it
+    /// (a shorter time to live) sends the next look to the index's head
+    /// (`Tally::earliest_expiry_written_ms`).
     reap_from: Vec<u8>,
     /// Looks since the last one from the index's head (every so often
-    /// one is, for an entry written behind `reap_from` by a command
-    /// stamped earlier).
+    /// one is anyway: for due entries a reap that did not commit left
+    /// behind `reap_from`).
     looks_since_head: u32,
     /// Which client keys exist, as far as applies have seen.
     presence: PresenceCache,
@@ -335,13 +338,15 @@ pub const KEYS_MAX_DEFAULT: usize = 100_000;
 /// stream of bounded entries, one in flight at a time.
 pub const REAP_BATCH_MAX: usize = 256;
 
-/// Housekeeping looks that start from where the last removal ended,
-/// per look from the expiry index's head.
-const LOOKS_PER_HEAD_LOOK: u32 = 16;
+/// Housekeeping looks per look from the expiry index's head at least
+/// (each walks what was removed or replaced since the last compaction or
+/// checkpoint).
+const LOOKS_PER_HEAD_LOOK: u32 = 256;
 
 /// The keys of the expiry index from `from` whose time is at or before
 /// `now_ms` (at most [`REAP_BATCH_MAX`]), with their times; and where the
-/// next look may start (past the last key found).
+/// next look may start (past the last key found, or at the first entry
+/// not yet due).
 type Due = (Vec<(Bytes, u64)>, Option<Vec<u8>>);
 
 fn expired_keys(store: &impl KvStore, from: &[u8], now_ms: u64) -> Result<Due, StorageError> {
@@ -353,6 +358,7 @@ fn expired_keys(store: &impl KvStore, from: &[u8], now_ms: u64) -> Result<Due, S
             break;
         };
         if at > now_ms {
+            next = Some(stored.clone());
             break;
         }
         due.push((Bytes::copy_from_slice(key), at));
@@ -471,8 +477,14 @@ impl<S: KvStore> StateMachine for KvMachine<S> {
 
     fn housekeeping(&mut self, store: &S, now: Duration) -> Option<KvWrite> {
         let now_ms = self.wall.unix_ms(now);
+        // An entry written before where the looks start: look from the
+        // head once.
+        let start_ms = record::parse_expiry_key(&self.reap_from).map(|(at, _)| at);
+        let written = self.tally.earliest_expiry_written_ms.take();
         self.looks_since_head += 1;
-        if self.looks_since_head >= LOOKS_PER_HEAD_LOOK {
+        if self.looks_since_head >= LOOKS_PER_HEAD_LOOK
+            || written.is_some_and(|written| start_ms.is_some_and(|start| written <= start))
+        {
             self.reap_from = vec![EXPIRY];
             self.looks_since_head = 0;
         }

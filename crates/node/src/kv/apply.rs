@@ -32,6 +32,10 @@ pub struct Tally {
     pub keys: u64,
     /// The state's clock: the latest leader time applied (Unix ms).
     pub clock_ms: u64,
+    /// The earliest time written into the expiry index since the
+    /// housekeeping last looked from the index's head (not part of the
+    /// state: `None` on open, when the housekeeping starts at the head).
+    pub earliest_expiry_written_ms: Option<u64>,
 }
 
 /// One applied entry's result.
@@ -298,6 +302,8 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
         if let Some(at) = expire_at_ms.filter(|&at| old.and_then(|m| m.expire_at_ms) != Some(at)) {
             self.pending
                 .insert(record::expiry_key(at, key), Some(Bytes::new()));
+            let earliest = &mut self.tally.earliest_expiry_written_ms;
+            *earliest = Some(earliest.map_or(at, |earliest| earliest.min(at)));
         }
         let meta = Meta {
             kind,

@@ -119,6 +119,7 @@ pub fn tally(store: &impl KvStore) -> Result<Tally, StorageError> {
     Ok(Tally {
         keys: stored_u64(store, KEY_COUNT)?,
         clock_ms: stored_u64(store, CLOCK)?,
+        earliest_expiry_written_ms: None,
     })
 }
 
