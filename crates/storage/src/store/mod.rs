@@ -146,11 +146,10 @@ pub struct StoreOptions {
 
 /// How many bytes of applied writes a store keeps behind unless told
 /// otherwise: none yet. 32 MiB saves a sixth of a replicated write's CPU
-/// (`docs/BENCHMARKS.md`, "Applies kept behind"), but scans that walk
-/// many staged deletes (drkv's expiry index under `SET EX` overwrites)
-/// cost more than over RocksDB's tombstones, enough to stall a loaded
-/// leader into elections; the default changes once those scans do not
-/// walk them.
+/// (`docs/BENCHMARKS.md`, "Applies kept behind"), but under sustained
+/// writes that never coalesce (drkv's expiry index under `SET EX`) the
+/// owner's wait for the checkpoint in flight can stall a loaded leader
+/// into elections; the default changes once that wait cannot.
 pub const WRITE_BEHIND_BYTES_DEFAULT: usize = 0;
 
 /// How many bytes of recently written records a store mirrors for point
@@ -498,7 +497,6 @@ impl RocksStorage {
         store
             .catch_up_with_snapshot()
             .map_err(|e| OpenError::Corrupt(e.to_string()))?;
-        store.checkpointed = store.cached.applied;
         Ok(store)
     }
 

@@ -59,7 +59,7 @@ impl RocksStorage {
             return Err(StorageError::SnapshotTemporarilyUnavailable);
         }
         let index = self.checkpointed;
-        if index <= self.cached.snapshot.index && self.checkpointed < self.cached.applied {
+        if index <= self.cached.snapshot.index && index < self.cached.applied {
             self.start_checkpoint();
             return Err(StorageError::SnapshotTemporarilyUnavailable);
         }
