@@ -30,8 +30,8 @@
 //!   apply's write, in order); never by a read, so a reader can never put
 //!   a value there that a later write has already replaced.
 //! - A key is staged (dirty, frozen, or both: the dirty value is the
-//!   newer), or clean (young or old), or absent: never staged and clean
-//!   at once. A clean record is never recorded over a staged one
+//!   newer), or clean (young, old, or both: the young value is the
+//!   newer), or absent: never staged and clean at once. A clean record is never recorded over a staged one
 //!   (asserted): a store writes through to RocksDB only with nothing
 //!   staged.
 //! - A key it holds maps to the newest value RocksDB holds (or to
@@ -48,7 +48,12 @@
 //!   (keys, values and a per-entry overhead, give or take one entry per
 //!   shard); each shard keeps two generations, and when the young one
 //!   fills, the old one is dropped and the young one ages. A zero budget
-//!   keeps no clean record. The dirty records are bounded by the store
+//!   keeps no clean record. A checkpoint's records settle into a shard
+//!   whole when there are more than a few: they become its young
+//!   generation, whatever its size (they were staged memory until then),
+//!   so a generation holds at most its share of the budget or one
+//!   checkpoint's records; a key may then be in both generations, the
+//!   young one holding its newest value (reads look there first). The dirty records are bounded by the store
 //!   (it checkpoints when [`ReadMirror::dirty_bytes`] passes its bound).
 //!
 //! ## Non-goals
@@ -71,6 +76,13 @@ const ENTRY_OVERHEAD_BYTES: usize = 96;
 const SHARDS_MAX: usize = 64;
 /// Bytes of budget per shard at least (a small budget gets fewer shards).
 const SHARD_BYTES_MIN: usize = 64 << 10;
+/// A shard's settled records that join its young generation one by one
+/// at most; more become the young generation whole.
+#[cfg(not(test))]
+const SETTLE_INSERT_RECORDS_MAX: usize = 256;
+/// (Small in tests, so they settle both ways.)
+#[cfg(test)]
+const SETTLE_INSERT_RECORDS_MAX: usize = 4;
 
 /// A stored value, or `None` for a key known deleted.
 type Mirrored = Option<Box<[u8]>>;
@@ -272,16 +284,17 @@ impl ReadMirror {
             }
             Some(removed)
         } else {
-            // Out of the clean generations: a key lives in one place.
-            let key = if let Some((key, old)) = shard.young.remove_entry(key) {
-                shard.young_bytes = uncount(shard.young_bytes, entry_bytes(&key, old.as_deref()));
+            // Out of the clean generations (both: a settle may have left
+            // an older copy in the old one): a staged key is never clean.
+            let young = shard.young.remove_entry(key).map(|(key, young)| {
+                shard.young_bytes = uncount(shard.young_bytes, entry_bytes(&key, young.as_deref()));
                 key
-            } else if let Some((key, old)) = shard.old.remove_entry(key) {
+            });
+            let old = shard.old.remove_entry(key).map(|(key, old)| {
                 shard.old_bytes = uncount(shard.old_bytes, entry_bytes(&key, old.as_deref()));
                 key
-            } else {
-                key.into()
-            };
+            });
+            let key = young.or(old).unwrap_or_else(|| key.into());
             shard.dirty.insert(key, value.map(Box::from));
             None
         };
@@ -339,44 +352,69 @@ impl ReadMirror {
 
     /// Makes every frozen record clean (a newer dirty one for the same key
     /// stays and the frozen one goes): call it once RocksDB holds them.
+    /// Runs beside the owner's staging and other threads' reads.
     pub(crate) fn settle_frozen(&self) {
-        for index in 0..self.shards.len() {
-            let mut shard = self.write(index);
-            let frozen = std::mem::take(&mut shard.frozen);
-            self.frozen_bytes
-                .fetch_sub(std::mem::take(&mut shard.frozen_bytes), Relaxed);
-            let dropped = self.make_clean(&mut shard, frozen);
-            drop(shard);
-            drop(dropped);
-        }
+        self.settle_staged(Staging::Frozen);
     }
 
     /// Makes every dirty record clean: call it once RocksDB holds them
-    /// all. They join the young generations (a zero budget drops them).
+    /// all, with nothing frozen (asserted). They join the young
+    /// generations (a zero budget drops them).
     pub(crate) fn settle(&self) {
+        self.settle_staged(Staging::Dirty);
+    }
+
+    /// Settles `which` records shard by shard. A shard's few records join
+    /// its young generation one by one; more than
+    /// [`SETTLE_INSERT_RECORDS_MAX`] become the young generation whole
+    /// (the young one ages, the old one goes), so the lock is held for a
+    /// bounded time whatever the checkpoint's size: a hundred thousand
+    /// records inserted under the locks held the owner's staging (and
+    /// readers) for tens of milliseconds. Dropped records are freed
+    /// outside the lock.
+    fn settle_staged(&self, which: Staging) {
         for index in 0..self.shards.len() {
-            let mut shard = self.write(index);
-            assert!(
-                shard.frozen.is_empty(),
-                "a checkpoint settles after the one in flight"
-            );
-            let dirty = std::mem::take(&mut shard.dirty);
-            self.dirty_bytes
-                .fetch_sub(std::mem::take(&mut shard.dirty_bytes), Relaxed);
-            let dropped = self.make_clean(&mut shard, dirty);
-            drop(shard);
+            let dropped = {
+                let mut shard = self.write(index);
+                let (records, bytes) = self.take_staged(&mut shard, which);
+                if self.young_bytes_max == 0 {
+                    vec![records]
+                } else if records.len() <= SETTLE_INSERT_RECORDS_MAX {
+                    self.make_clean(&mut shard, records)
+                } else {
+                    self.make_young(&mut shard, records, bytes)
+                }
+            };
             drop(dropped);
         }
     }
 
+    /// Takes `shard`'s `which` records out, with their bytes.
+    fn take_staged(&self, shard: &mut Shard, which: Staging) -> (Records, usize) {
+        let (records, bytes, total) = match which {
+            Staging::Dirty => {
+                assert!(
+                    shard.frozen.is_empty(),
+                    "a checkpoint settles after the one in flight"
+                );
+                (&mut shard.dirty, &mut shard.dirty_bytes, &self.dirty_bytes)
+            }
+            Staging::Frozen => (
+                &mut shard.frozen,
+                &mut shard.frozen_bytes,
+                &self.frozen_bytes,
+            ),
+        };
+        let bytes = std::mem::take(bytes);
+        total.fetch_sub(bytes, Relaxed);
+        (std::mem::take(records), bytes)
+    }
+
     /// Puts `records` RocksDB now holds into `shard`'s young generation,
-    /// except those a dirty record supersedes (or all, with a zero
-    /// budget): what is dropped (the superseded records and any aged-out
-    /// generation) is returned, to be freed outside the lock.
-    fn make_clean(&self, shard: &mut Shard, records: HashMap<Box<[u8]>, Mirrored>) -> Vec<Records> {
-        if self.young_bytes_max == 0 {
-            return vec![records];
-        }
+    /// except those a dirty record supersedes: what is dropped (the
+    /// superseded records and any aged-out generation) is returned, to be
+    /// freed outside the lock.
+    fn make_clean(&self, shard: &mut Shard, records: Records) -> Vec<Records> {
         let mut dropped = vec![HashMap::new()];
         for (key, value) in records {
             if shard.dirty.contains_key(&key) {
@@ -389,6 +427,32 @@ impl ReadMirror {
             dropped.extend(self.age_if_full(shard));
         }
         dropped
+    }
+
+    /// Makes `records` RocksDB now holds `shard`'s young generation, less
+    /// those a dirty record supersedes; the young generation ages and the
+    /// old one is returned, to be freed outside the lock. The new young
+    /// generation may be larger than a generation's share of the budget
+    /// (by the checkpoint's records, which were staged until now); the
+    /// next write ages it. A key may now be in both generations: the
+    /// young one, read first, holds its newest value.
+    fn make_young(
+        &self,
+        shard: &mut Shard,
+        mut records: Records,
+        mut bytes: usize,
+    ) -> Vec<Records> {
+        let mut superseded = HashMap::new();
+        for key in shard.dirty.keys() {
+            if let Some((key, value)) = records.remove_entry(key) {
+                bytes = uncount(bytes, entry_bytes(&key, value.as_deref()));
+                superseded.insert(key, value);
+            }
+        }
+        let young = std::mem::replace(&mut shard.young, records);
+        let old = std::mem::replace(&mut shard.old, young);
+        shard.old_bytes = std::mem::replace(&mut shard.young_bytes, bytes);
+        vec![old, superseded]
     }
 
     /// Bytes of the dirty records (as the budget counts them).
@@ -581,14 +645,17 @@ mod tests {
 
         /// With write-behind: a staged key (dirty or frozen) always
         /// answers its newest value, whatever the budget (aging never
-        /// drops it); anything else held is the current value; the dirty
-        /// and frozen bytes are counted exactly.
+        /// drops it); anything else held is the current value (also a
+        /// key a whole settle left in both generations); the dirty and
+        /// frozen bytes are counted exactly.
         #[test]
         fn staged_writes_answer_until_settled(steps in prop::collection::vec(step(), 1..300), budget in 0usize..4096) {
             let mirror = ReadMirror::new(budget, true);
             let mut model: BTreeMap<u8, Option<u8>> = BTreeMap::new();
             let mut dirty: BTreeMap<u8, Option<u8>> = BTreeMap::new();
             let mut frozen: BTreeMap<u8, Option<u8>> = BTreeMap::new();
+            // The most bytes settled at once.
+            let mut settled_max = 0;
             let bytes_of = |staged: &BTreeMap<u8, Option<u8>>| -> usize {
                 staged
                     .iter()
@@ -604,6 +671,7 @@ mod tests {
                         model.insert(k, v);
                     }
                     Step::Record(k, v) => {
+                        settled_max = settled_max.max(bytes_of(&frozen)).max(bytes_of(&dirty));
                         mirror.settle_frozen();
                         mirror.settle();
                         dirty.clear();
@@ -618,10 +686,12 @@ mod tests {
                         }
                     }
                     Step::SettleFrozen => {
+                        settled_max = settled_max.max(bytes_of(&frozen));
                         mirror.settle_frozen();
                         frozen.clear();
                     }
                     Step::Settle => {
+                        settled_max = settled_max.max(bytes_of(&frozen)).max(bytes_of(&dirty));
                         mirror.settle_frozen();
                         mirror.settle();
                         dirty.clear();
@@ -649,8 +719,9 @@ mod tests {
                 prop_assert_eq!(mirror.dirty_bytes(), bytes_of(&dirty));
                 prop_assert_eq!(mirror.frozen_bytes(), bytes_of(&frozen));
                 prop_assert_eq!(mirror.bytes(), counted_bytes(&mirror));
+                // Two generations may each be one checkpoint's records.
                 let staged_bytes = bytes_of(&dirty) + bytes_of(&frozen);
-                prop_assert!(mirror.bytes() <= budget.max(1) + 200 + staged_bytes);
+                prop_assert!(mirror.bytes() <= budget.max(1) + 200 + staged_bytes + 2 * settled_max);
             }
         }
     }

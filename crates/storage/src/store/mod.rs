@@ -292,6 +292,9 @@ pub struct RocksStorage {
     dirty_keys: BTreeSet<Box<[u8]>>,
     /// The checkpoint being written on its own thread, if one is.
     in_flight: Option<write_behind::InFlight>,
+    /// The last checkpoint's keys, for the next checkpoint's thread to
+    /// free.
+    retired_keys: Option<Arc<BTreeSet<Box<[u8]>>>>,
     /// The applied index RocksDB's state machine was last written at.
     checkpointed: LogIndex,
     _block_cache: Cache,
@@ -479,6 +482,7 @@ impl RocksStorage {
             )),
             dirty_keys: BTreeSet::new(),
             in_flight: None,
+            retired_keys: None,
             checkpointed: 0,
             _block_cache: block_cache,
         };
@@ -661,12 +665,14 @@ impl RocksStorage {
                     if stored == Some(&key[..]) {
                         iterator.next();
                     }
-                    let value = self
-                        .mirror
-                        .staged(key)
-                        .expect("every key of the staged indexes is staged in the mirror");
+                    // Staged, or settled since the scan began by the
+                    // checkpoint in flight: then RocksDB holds it now.
+                    let value = match self.mirror.staged(key) {
+                        Some(value) => value.map(Vec::from),
+                        None => get_data(&self.db, &self.mirror, key)?,
+                    };
                     if let Some(value) = value {
-                        pairs.push((key.to_vec(), value.into_vec()));
+                        pairs.push((key.to_vec(), value));
                     }
                     staged.next();
                 }
