@@ -627,4 +627,59 @@ mod tests {
             );
         }
     }
+
+    /// A look that finds nothing due leaves the next one at the first
+    /// entry not yet due (not at the index's head, where every replaced
+    /// entry's tombstone would be walked again); an expiry written before
+    /// it sends the next look back to the head.
+    #[test]
+    fn housekeeping_looks_start_at_the_first_entry_not_yet_due() {
+        use crate::kv::record::expiry_key;
+        use crate::kv::tests::{TempStore, entry};
+
+        const T0: u64 = 1_700_000_000_000;
+        let mut temp = TempStore::new("housekeeping-jump");
+        let store = temp.store();
+        let wall = WallClock::new(T0);
+        let mut machine = Machine::new(store, Arc::new(StatusBoard::new(1, 7)), wall).unwrap();
+        let set = |key: &str, at: u64| WriteOp::Set {
+            key: Bytes::from(key.to_string()),
+            value: Bytes::from_static(b"v"),
+            condition: SetCondition::Always,
+            ttl: Ttl::At(at as i64),
+            get: false,
+        };
+        let mut index = 0;
+        let mut apply = |machine: &mut Machine, store: &mut RocksStorage, op| {
+            index += 1;
+            machine
+                .apply(store, &[entry(index, T0, op)], None, &|_| None)
+                .unwrap();
+        };
+        for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
+            apply(&mut machine, store, set(key, T0 + 1000 + 10 * i as u64));
+        }
+        // Nothing due: the look ends at a's entry.
+        assert_eq!(machine.housekeeping(store, Duration::ZERO), None);
+        assert_eq!(machine.reap_from, expiry_key(T0 + 1000, b"a"));
+        // a moves later: the next look steps over its old entry to b's.
+        apply(&mut machine, store, set("a", T0 + 5000));
+        assert_eq!(machine.housekeeping(store, Duration::ZERO), None);
+        assert_eq!(machine.reap_from, expiry_key(T0 + 1010, b"b"));
+        // z expires before b: the next look starts at the head.
+        apply(&mut machine, store, set("z", T0 + 500));
+        assert_eq!(machine.housekeeping(store, Duration::ZERO), None);
+        assert_eq!(machine.reap_from, expiry_key(T0 + 500, b"z"));
+        // Past z's and b's times: both found, from where the look starts.
+        let due = machine.housekeeping(store, Duration::from_millis(1015));
+        let Some(KvWrite {
+            op: WriteOp::Reap(keys),
+            ..
+        }) = due
+        else {
+            panic!("a reap: {due:?}");
+        };
+        let names: Vec<_> = keys.iter().map(|(key, _)| key.clone()).collect();
+        assert_eq!(names, [Bytes::from_static(b"z"), Bytes::from_static(b"b")]);
+    }
 }

@@ -152,4 +152,4 @@ pub fn parse_integer(bytes: &[u8]) -> Option<i64> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,13 +9,13 @@ use super::record::{self, EXPIRY, Record};
 use super::*;
 
 /// A store in a fresh directory, removed on drop.
-struct TempStore {
+pub(crate) struct TempStore {
     store: Option<RocksStorage>,
     dir: std::path::PathBuf,
 }
 
 impl TempStore {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "drkv-kv-{name}-{}-{:?}",
             std::process::id(),
@@ -30,7 +30,7 @@ impl TempStore {
         }
     }
 
-    fn store(&mut self) -> &mut RocksStorage {
+    pub(crate) fn store(&mut self) -> &mut RocksStorage {
         self.store.as_mut().expect("open until dropped")
     }
 
@@ -205,7 +205,7 @@ fn random_op(state: &mut u64, now: u64) -> WriteOp {
     }
 }
 
-fn entry(index: LogIndex, now_ms: u64, op: WriteOp) -> Entry {
+pub(crate) fn entry(index: LogIndex, now_ms: u64, op: WriteOp) -> Entry {
     Entry {
         term: 1,
         index,
