@@ -70,8 +70,8 @@ pub struct NodeConfig {
     /// Bytes of applied writes kept in memory only (beside the read
     /// mirror) before a checkpoint writes them to RocksDB in one sorted
     /// batch, on a thread of its own; the Raft log replays what a crash
-    /// loses. 0 (the default, for now: see `dr_storage::WRITE_BEHIND_BYTES_DEFAULT`):
-    /// every apply writes RocksDB. (Used with the segmented log only.)
+    /// loses (`dr_storage::WRITE_BEHIND_BYTES_DEFAULT` by default, 32 MiB;
+    /// 0: every apply writes RocksDB). Used with the segmented log only.
     #[serde(default = "default_write_behind_bytes")]
     pub write_behind_bytes: usize,
     /// As leader, sync the log at the latest this many microseconds

@@ -145,12 +145,11 @@ pub struct StoreOptions {
 }
 
 /// How many bytes of applied writes a store keeps behind unless told
-/// otherwise: none yet. 32 MiB saves a sixth of a replicated write's CPU
-/// (`docs/BENCHMARKS.md`, "Applies kept behind"), but under sustained
-/// writes that never coalesce (drkv's expiry index under `SET EX`) the
-/// owner's wait for the checkpoint in flight can stall a loaded leader
-/// into elections; the default changes once that wait cannot.
-pub const WRITE_BEHIND_BYTES_DEFAULT: usize = 0;
+/// otherwise: 32 MiB saves about a sixth of a replicated write's CPU
+/// (`docs/BENCHMARKS.md`, "Applies kept behind"), and a checkpoint of
+/// that much (~170k records under drkv's sustained `SET EX`) is written
+/// and settled on its own thread without stalling applies.
+pub const WRITE_BEHIND_BYTES_DEFAULT: usize = 32 << 20;
 
 /// How many bytes of recently written records a store mirrors for point
 /// reads unless told otherwise: a state of up to about 150k records of
