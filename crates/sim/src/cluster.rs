@@ -54,7 +54,7 @@ const SIM_UNIX_ORIGIN_MS: u64 = 1_700_000_000_000;
 use crate::expiry::{self, ExpiryCheck};
 use crate::history::{Done, Values, check_linearizable, random_command};
 use crate::rng::Rng;
-use crate::store::{CrashPoint, Crashed, Disk, MemKvStore};
+use crate::store::{CrashPoint, Crashed, Disk, MemKvStore, Opened};
 
 type Machine = KvMachine<MemKvStore>;
 type SimEngine = Engine<Machine, ReplyTo>;
@@ -62,6 +62,9 @@ type EngineRequest = dr_engine::Request<Machine, ReplyTo>;
 
 /// One step of virtual time.
 const STEP_US: u64 = 1_000;
+/// A node's chance per step, in millionths, that its state machine is
+/// flushed when it keeps applies behind.
+const FLUSH_PPM: u64 = 5_000;
 const TICK: Duration = Duration::from_millis(10);
 const KEYS: &[&str] = &["a", "b", "c", "d"];
 /// The largest clock drift (either way, in millionths) within which the
@@ -97,9 +100,23 @@ pub struct Settings {
     /// sync every write). With it, half the crashes also find the state
     /// machine flushed as it was, ahead of the synced log.
     pub leader_sync_delay_us: u64,
+    /// The nodes keep their applies behind (`RocksStorage`'s
+    /// write-behind): a sync makes the log durable, not the state
+    /// machine, which reaches the disk only when flushed (now and then,
+    /// and at half the crashes) or replaced by an install.
+    pub applies_behind: bool,
 }
 
 impl Settings {
+    /// A new node's disk.
+    fn disk(&self) -> Disk {
+        if self.applies_behind {
+            Disk::applies_behind()
+        } else {
+            Disk::default()
+        }
+    }
+
     /// The settings a seed picks: lease reads on a third of the seeds.
     pub fn for_seed(seed: u64, fault_us: u64) -> Self {
         Self {
@@ -115,6 +132,7 @@ impl Settings {
             snapshot_every_max_factor: 4,
             // Leaders syncing every write, and lazily within 0.7 or 3 ms.
             leader_sync_delay_us: [0, 700, 3_000][((seed / 9) % 3) as usize],
+            applies_behind: (seed / 27).is_multiple_of(2),
         }
     }
 }
@@ -151,6 +169,13 @@ pub struct Report {
     /// Restarts that found the state machine ahead of the synced log and
     /// kept it as a snapshot.
     pub states_ahead_kept: u64,
+    /// Restarts that found the state machine behind the log's snapshot
+    /// (applies kept behind, lost at the crash, the log compacted past
+    /// them) and rebuilt it from the snapshot.
+    pub states_rebuilt: u64,
+    /// Restarts that found applies lost (the state machine behind what
+    /// the node had applied): the log applies them again.
+    pub applies_lost: u64,
     /// Reads a leader served on its lease.
     pub lease_reads: u64,
     /// Steps during which an old leader still held its lease while a
@@ -216,6 +241,8 @@ struct Node {
     queues: Queues,
     /// The commit index last seen in this incarnation.
     commit_seen: LogIndex,
+    /// The applied index when it last crashed.
+    applied_at_crash: LogIndex,
     metrics: Arc<dr_engine::EngineMetrics>,
 }
 
@@ -316,7 +343,7 @@ impl SimCluster {
         let nodes = ids
             .iter()
             .map(|&id| {
-                let disk = Disk::default();
+                let disk = settings.disk();
                 let (mut store, _) = MemKvStore::open(&disk);
                 store
                     .restore_snapshot(&Snapshot::bootstrap(conf.clone()))
@@ -335,6 +362,7 @@ impl SimCluster {
                     outbox: Outbox::default(),
                     queues: Queues::default(),
                     commit_seen: 0,
+                    applied_at_crash: 0,
                     metrics: Arc::default(),
                 }
             })
@@ -447,9 +475,14 @@ impl SimCluster {
                 continue;
             }
             node.restart_at_us = None;
-            let (store, ahead) = MemKvStore::open(&node.disk);
-            if ahead {
-                self.report.states_ahead_kept += 1;
+            let (store, opened) = MemKvStore::open(&node.disk);
+            match opened {
+                Opened::AsStored => {}
+                Opened::AheadOfLog => self.report.states_ahead_kept += 1,
+                Opened::BehindSnapshot => self.report.states_rebuilt += 1,
+            }
+            if dr_node::machine::KvStore::applied_index(&store) < node.applied_at_crash {
+                self.report.applies_lost += 1;
             }
             let mut raft_config = self.config.raft.clone();
             raft_config.id = node.id;
@@ -520,6 +553,15 @@ impl SimCluster {
             // sent, nothing after it happens.
             self.report.crashes_in_writes += 1;
             self.crash(index);
+            return;
+        }
+        // With applies kept behind, a checkpoint reaches the disk now and
+        // then (about every 200 ms of virtual time).
+        if self.settings.applies_behind && self.rng.chance(FLUSH_PPM) {
+            let node = &self.nodes[index];
+            if let Some(engine) = &node.engine {
+                node.disk.flush_state_machine(engine.raft().storage());
+            }
         }
     }
 
@@ -528,8 +570,13 @@ impl SimCluster {
     fn crash(&mut self, index: usize) {
         self.trace(format_args!("node {} crashes", self.nodes[index].id));
         let restart_at = self.now_us + self.rng.range(20_000, 400_000);
-        let flush = self.settings.leader_sync_delay_us > 0 && self.rng.chance(500_000);
+        let flush = (self.settings.leader_sync_delay_us > 0 || self.settings.applies_behind)
+            && self.rng.chance(500_000);
         let node = &mut self.nodes[index];
+        node.applied_at_crash = node
+            .engine
+            .as_ref()
+            .map_or(0, |engine| engine.applied_index());
         if let Some(engine) = node.engine.take().filter(|_| flush) {
             node.disk.flush_state_machine(engine.raft().storage());
         }
@@ -764,7 +811,7 @@ impl SimCluster {
                 let index = self.node_index(id);
                 self.crash(index);
                 let node = &mut self.nodes[index];
-                node.disk = Disk::default();
+                node.disk = self.settings.disk();
                 node.restart_at_us = Some(self.now_us);
                 self.membership = Membership::Adding(id);
                 self.trace(format_args!("wiped {id}, adding it back; conf {conf:?}"));

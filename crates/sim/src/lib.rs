@@ -3,7 +3,9 @@
 //! Runs the code that ships — dr-engine's replica engine with drkv's
 //! key-value state machine and command parser — as a 3-node cluster in one
 //! thread on virtual time ([`cluster`]). Storage is in memory and loses what
-//! was not synced at a crash ([`store`]), the network drops, duplicates,
+//! was not synced at a crash ([`store`]; on half the seeds also the applies
+//! since the state machine was last flushed, as `RocksStorage` loses the
+//! applies it keeps behind), the network drops, duplicates,
 //! delays and partitions, and every node has its own clock whose rate
 //! drifts. Everything random comes from one seed, so a run is a pure
 //! function of its seed and a failure replays exactly with

@@ -54,6 +54,8 @@ fn add(totals: &mut Report, report: &Report) {
     totals.expiry_reads += report.expiry_reads;
     totals.leader_lazy_syncs += report.leader_lazy_syncs;
     totals.states_ahead_kept += report.states_ahead_kept;
+    totals.states_rebuilt += report.states_rebuilt;
+    totals.applies_lost += report.applies_lost;
 }
 
 fn main() -> ExitCode {
@@ -92,7 +94,8 @@ fn main() -> ExitCode {
          {} reads of expiring keys checked against the serving node's clock; \
          {} crashes, {} inside a synced write; {} pauses, {} partitions, {} leader transfers, \
          {} members removed and added back ({} of them leaders), {} snapshots taken, {} installed; \
-         {} lazy leader syncs, {} restarts with the state machine ahead of the log)",
+         {} lazy leader syncs, {} restarts with the state machine ahead of the log, \
+         {} with applies lost, {} of them rebuilt from a snapshot)",
         count - failures,
         began.elapsed().as_secs_f64(),
         totals.answered,
@@ -110,7 +113,9 @@ fn main() -> ExitCode {
         totals.snapshots_created,
         totals.snapshots_installed,
         totals.leader_lazy_syncs,
-        totals.states_ahead_kept
+        totals.states_ahead_kept,
+        totals.applies_lost,
+        totals.states_rebuilt
     );
     if failures == 0 {
         ExitCode::SUCCESS

@@ -9,6 +9,14 @@
 //! flush of applies that skip its WAL), ahead of the synced log; opening
 //! then keeps that state as a snapshot at its applied index, as
 //! `RocksStorage` does.
+//!
+//! A disk made with [`Disk::applies_behind`] models `RocksStorage`'s
+//! applies kept behind: syncs make the log durable but not the state
+//! machine, which reaches the disk only by flushes (a checkpoint RocksDB
+//! flushed) and snapshot installs; a crash loses the applies since, and
+//! the engine applies them again from the log. A state machine left
+//! behind the snapshot the log was compacted to is rebuilt from that
+//! snapshot on open, as `RocksStorage` catches up with one.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -52,9 +60,33 @@ pub struct Crashed;
 pub struct Disk {
     state: Arc<Mutex<State>>,
     crash_point: Arc<Mutex<Option<CrashPoint>>>,
+    /// The state machine reaches the disk only by flushes and installs.
+    applies_behind: bool,
+}
+
+/// How [`MemKvStore::open`] found the state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// Where the disk held it.
+    AsStored,
+    /// Ahead of the synced log: kept as a snapshot at its applied index.
+    AheadOfLog,
+    /// Behind the log's snapshot (its applies lost, the log compacted
+    /// past them): rebuilt from the snapshot.
+    BehindSnapshot,
 }
 
 impl Disk {
+    /// A disk whose state machine is made durable only by flushes
+    /// ([`Disk::flush_state_machine`]) and snapshot installs, not by the
+    /// log's syncs (`RocksStorage` with applies kept behind).
+    pub fn applies_behind() -> Self {
+        Self {
+            applies_behind: true,
+            ..Self::default()
+        }
+    }
+
     /// Makes the node's next synced write crash it at `point`.
     pub fn crash_at(&self, point: Option<CrashPoint>) {
         *self.crash_point.lock().expect("not poisoned") = point;
@@ -64,12 +96,31 @@ impl Disk {
         self.crash_point.lock().expect("not poisoned").take()
     }
 
-    fn save(&self, state: &State) {
+    /// Makes `state` durable; with applies kept behind, its log only,
+    /// unless `state_machine_replaced` (an install, written through).
+    fn save(&self, state: &State, state_machine_replaced: bool) {
         let point = self.take_crash_point();
         if point == Some(CrashPoint::BeforeSync) {
             std::panic::panic_any(Crashed);
         }
-        *self.state.lock().expect("not poisoned") = state.clone();
+        let mut saved = state.clone();
+        let mut disk = self.state.lock().expect("not poisoned");
+        if self.applies_behind && !state_machine_replaced {
+            saved.data = std::mem::take(&mut disk.data);
+            saved.applied = disk.applied;
+            saved.applied_term = disk.applied_term;
+            let conf_state = disk
+                .log
+                .initial_state()
+                .expect("memory storage answers")
+                .conf_state;
+            saved
+                .log
+                .set_conf_state(conf_state)
+                .expect("memory storage takes a configuration");
+        }
+        *disk = saved;
+        drop(disk);
         if point == Some(CrashPoint::AfterSync) {
             std::panic::panic_any(Crashed);
         }
@@ -94,6 +145,9 @@ impl Disk {
 pub struct MemKvStore {
     state: State,
     disk: Disk,
+    /// A snapshot install replaced the state machine since the last save
+    /// (the next one writes it whole).
+    replaced: bool,
 }
 
 /// A snapshot's data: the pair count (u64 LE), then each key and value as
@@ -144,15 +198,17 @@ fn decode_data(mut input: Bytes) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StorageEr
 impl MemKvStore {
     /// The store as `disk` holds it (a new node: empty). A state machine
     /// ahead of the log (flushed past the synced log) is kept as a
-    /// snapshot at its applied index, as `RocksStorage` keeps it; the
-    /// answer says whether that happened.
-    pub fn open(disk: &Disk) -> (Self, bool) {
+    /// snapshot at its applied index, as `RocksStorage` keeps it; one
+    /// behind the log's snapshot is rebuilt from it. Either is written
+    /// back to the disk at once.
+    pub fn open(disk: &Disk) -> (Self, Opened) {
         let mut store = Self {
             state: disk.state.lock().expect("not poisoned").clone(),
             disk: disk.clone(),
+            replaced: false,
         };
-        let ahead = store.state.applied > store.state.log.last_index();
-        if ahead {
+        let snapshot = store.state.log.snapshot().clone();
+        let opened = if store.state.applied > store.state.log.last_index() {
             let term = store
                 .state
                 .applied_term
@@ -170,9 +226,25 @@ impl MemKvStore {
                 .log
                 .restore_snapshot(&snapshot)
                 .expect("a snapshot past the log applies");
+            Opened::AheadOfLog
+        } else if store.state.applied < snapshot.meta.index {
+            store.state.data =
+                decode_data(snapshot.data.clone()).expect("the log's snapshot decodes");
+            store.state.applied = snapshot.meta.index;
+            store.state.applied_term = Some(snapshot.meta.term);
+            store
+                .state
+                .log
+                .set_conf_state(snapshot.meta.conf_state.clone())
+                .expect("memory storage takes a configuration");
+            Opened::BehindSnapshot
+        } else {
+            Opened::AsStored
+        };
+        if opened != Opened::AsStored {
             *disk.state.lock().expect("not poisoned") = store.state.clone();
         }
-        (store, ahead)
+        (store, opened)
     }
 
     /// The key-value data now.
@@ -180,9 +252,11 @@ impl MemKvStore {
         &self.state.data
     }
 
-    /// Makes everything written so far durable (a synced write).
-    fn save(&self) {
-        self.disk.save(&self.state);
+    /// Makes everything written so far durable (a synced write); with
+    /// applies kept behind, the log and any install, not the applies.
+    fn save(&mut self) {
+        self.disk
+            .save(&self.state, std::mem::take(&mut self.replaced));
     }
 
     /// Switches the log to the staged snapshot `meta` and the data to its
@@ -192,6 +266,7 @@ impl MemKvStore {
         self.state.data = decode_data(self.state.log.snapshot().data.clone())?;
         self.state.applied = meta.index;
         self.state.applied_term = Some(meta.term);
+        self.replaced = true;
         Ok(())
     }
 
@@ -523,8 +598,8 @@ mod tests {
         store.write_ready_unsynced(&ready(6, 9, 3)).unwrap();
         KvStore::apply(&mut store, &[DataWrite::Put(b"k", b"v")], 8, None).unwrap();
         disk.flush_state_machine(&store);
-        let (reopened, ahead) = MemKvStore::open(&disk);
-        assert!(ahead);
+        let (reopened, opened) = MemKvStore::open(&disk);
+        assert_eq!(opened, Opened::AheadOfLog);
         assert_eq!(reopened.applied_index(), 8);
         assert_eq!((reopened.first_index(), reopened.last_index()), (9, 8));
         let meta = reopened.snapshot_meta().unwrap();
@@ -536,8 +611,12 @@ mod tests {
             reopened.state.data,
             "the snapshot holds the state"
         );
-        let (again, ahead) = MemKvStore::open(&disk);
-        assert!(!ahead, "kept on the disk as it was adopted");
+        let (again, opened) = MemKvStore::open(&disk);
+        assert_eq!(
+            opened,
+            Opened::AsStored,
+            "kept on the disk as it was adopted"
+        );
         assert_eq!(again.snapshot_meta().unwrap().index, 8);
         // Flushed but not ahead: the log replays the rest.
         let disk = Disk::default();
@@ -545,8 +624,57 @@ mod tests {
         store.persist_ready(&ready(2, 5, 2)).unwrap();
         KvStore::apply(&mut store, &[DataWrite::Put(b"k", b"v")], 4, None).unwrap();
         disk.flush_state_machine(&store);
-        let (reopened, ahead) = MemKvStore::open(&disk);
-        assert!(!ahead);
+        let (reopened, opened) = MemKvStore::open(&disk);
+        assert_eq!(opened, Opened::AsStored);
         assert_eq!((reopened.applied_index(), reopened.last_index()), (4, 5));
+    }
+
+    #[test]
+    fn applies_kept_behind_reach_the_disk_only_when_flushed_or_installed() {
+        let disk = Disk::applies_behind();
+        let mut store = bootstrapped(&disk);
+        store.persist_ready(&ready(2, 5, 2)).unwrap();
+        KvStore::apply(&mut store, &[DataWrite::Put(b"k", b"1")], 3, None).unwrap();
+        store.persist_ready(&ready(6, 7, 2)).unwrap();
+        // The sync after the apply kept the log, not the apply.
+        let (reopened, opened) = MemKvStore::open(&disk);
+        assert_eq!(opened, Opened::AsStored);
+        assert_eq!((reopened.applied_index(), reopened.last_index()), (1, 7));
+        assert_eq!(reopened.get(b"k").unwrap(), None, "the apply is lost");
+        assert_eq!(reopened.conf_state().voters, vec![1, 2, 3]);
+        // Flushed: kept, with later syncs too.
+        disk.flush_state_machine(&store);
+        KvStore::apply(&mut store, &[DataWrite::Put(b"k", b"2")], 5, None).unwrap();
+        LogStore::sync(&mut store).unwrap();
+        let reopened = MemKvStore::open(&disk).0;
+        assert_eq!(reopened.applied_index(), 3);
+        assert_eq!(reopened.get(b"k").unwrap(), Some(b"1".to_vec()));
+        // A snapshot at 5 and the log compacted past the flushed state:
+        // rebuilt from the snapshot.
+        KvStore::snapshot(&mut store, reopened.conf_state(), false).unwrap();
+        LogStore::compact(&mut store, 5).unwrap();
+        LogStore::sync(&mut store).unwrap();
+        let (reopened, opened) = MemKvStore::open(&disk);
+        assert_eq!(opened, Opened::BehindSnapshot);
+        assert_eq!((reopened.applied_index(), reopened.first_index()), (5, 6));
+        assert_eq!(reopened.get(b"k").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(MemKvStore::open(&disk).1, Opened::AsStored, "written back");
+        // An install is written whole by its sync.
+        let mut other = bootstrapped(&Disk::default());
+        KvStore::apply(&mut other, &[DataWrite::Put(b"i", b"x")], 1, None).unwrap();
+        other.persist_ready(&ready(2, 9, 3)).unwrap();
+        KvStore::apply(&mut other, &[DataWrite::Put(b"i", b"y")], 9, None).unwrap();
+        let conf = other.conf_state();
+        KvStore::snapshot(&mut other, conf, false).unwrap();
+        let snapshot = dr_raft::Snapshot {
+            meta: other.snapshot_meta().unwrap(),
+            data: other.state.log.snapshot().data.clone(),
+        };
+        let disk = Disk::applies_behind();
+        let mut store = bootstrapped(&disk);
+        store.restore_snapshot(&snapshot).unwrap();
+        let reopened = MemKvStore::open(&disk).0;
+        assert_eq!(reopened.applied_index(), 9);
+        assert_eq!(reopened.get(b"i").unwrap(), Some(b"y".to_vec()));
     }
 }
