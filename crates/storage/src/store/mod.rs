@@ -2,7 +2,7 @@
 //! implementing dr-raft's [`Storage`] and [`LogStore`], the atomic
 //! persistence of a ready, and the key-value state machine.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -29,6 +29,7 @@ mod log;
 mod mirror;
 mod recovery;
 mod snapshot;
+mod staged_keys;
 mod write_behind;
 
 use log::decode_stored_entry;
@@ -288,12 +289,12 @@ pub struct RocksStorage {
     mirror: Arc<ReadMirror>,
     /// The keys the mirror holds dirty (written behind), in key order:
     /// what scans merge with RocksDB's and a checkpoint writes.
-    dirty_keys: BTreeSet<Box<[u8]>>,
+    dirty_keys: staged_keys::StagedKeys,
     /// The checkpoint being written on its own thread, if one is.
     in_flight: Option<write_behind::InFlight>,
     /// The last checkpoint's keys, for the next checkpoint's thread to
     /// free.
-    retired_keys: Option<Arc<BTreeSet<Box<[u8]>>>>,
+    retired_keys: Option<Arc<staged_keys::StagedKeys>>,
     /// The applied index RocksDB's state machine was last written at.
     checkpointed: LogIndex,
     _block_cache: Cache,
@@ -479,7 +480,7 @@ impl RocksStorage {
                 options.read_mirror_bytes,
                 options.write_behind_bytes > 0 && state_machine == StateMachine::DataFamily,
             )),
-            dirty_keys: BTreeSet::new(),
+            dirty_keys: staged_keys::StagedKeys::default(),
             in_flight: None,
             retired_keys: None,
             checkpointed: 0,

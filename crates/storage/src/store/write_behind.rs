@@ -23,12 +23,13 @@
 use std::thread::{self, JoinHandle};
 
 use super::mirror::Staging;
+use super::staged_keys::StagedKeys;
 use super::*;
 
 /// A checkpoint being written on its own thread.
 pub(super) struct InFlight {
     /// The frozen keys, in key order (scans merge them).
-    keys: Arc<BTreeSet<Box<[u8]>>>,
+    keys: Arc<StagedKeys>,
     /// The applied index whose state it writes.
     applied: LogIndex,
     thread: JoinHandle<()>,
@@ -41,13 +42,13 @@ fn write_checkpoint(
     db: &DB,
     mirror: &ReadMirror,
     which: Staging,
-    keys: &BTreeSet<Box<[u8]>>,
+    keys: &StagedKeys,
     applied: (LogIndex, Option<Term>),
     skip_wal: bool,
 ) {
     let data = cf(db, CF_DATA);
     let mut batch = WriteBatch::default();
-    for key in keys {
+    for key in keys.iter() {
         mirror
             .staged_in(which, key, |value| match value {
                 Some(value) => batch.put_cf(data, key, value),
@@ -78,7 +79,7 @@ impl RocksStorage {
                 DataWrite::DeleteRange(..) => unreachable!("range deletes go through"),
             };
             if self.mirror.stage(key, value) {
-                self.dirty_keys.insert(key.into());
+                self.dirty_keys.insert(key);
             }
         }
         self.cached.applied = applied;
@@ -187,13 +188,12 @@ impl RocksStorage {
     pub(super) fn staged_keys<'a>(
         &'a self,
         start: &'a [u8],
-    ) -> impl Iterator<Item = &'a Box<[u8]>> + 'a {
-        let from = (std::ops::Bound::Included(start), std::ops::Bound::Unbounded);
-        let dirty = self.dirty_keys.range::<[u8], _>(from).peekable();
+    ) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let dirty = self.dirty_keys.range_from(start).peekable();
         let frozen = self
             .in_flight
             .iter()
-            .flat_map(move |in_flight| in_flight.keys.range::<[u8], _>(from))
+            .flat_map(move |in_flight| in_flight.keys.range_from(start))
             .peekable();
         MergedKeys { dirty, frozen }
     }
@@ -216,10 +216,10 @@ struct MergedKeys<A: Iterator, B: Iterator> {
 
 impl<'a, A, B> Iterator for MergedKeys<A, B>
 where
-    A: Iterator<Item = &'a Box<[u8]>>,
-    B: Iterator<Item = &'a Box<[u8]>>,
+    A: Iterator<Item = &'a [u8]>,
+    B: Iterator<Item = &'a [u8]>,
 {
-    type Item = &'a Box<[u8]>;
+    type Item = &'a [u8];
 
     fn next(&mut self) -> Option<Self::Item> {
         match (self.dirty.peek(), self.frozen.peek()) {
