@@ -483,6 +483,10 @@ async fn write_loop(
         batch.clear();
         if !peer.queue.take_batch(&mut batch, batch_bytes) {
             peer.queue.wait().await;
+            // Woken by the first message: let the tasks already runnable
+            // (other clients' forwarded requests) queue theirs too, so
+            // they leave in one frame.
+            tokio::task::yield_now().await;
             continue;
         }
         let mut buffer = shared.pool.get(READ_CHUNK);
