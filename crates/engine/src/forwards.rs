@@ -11,7 +11,8 @@
 //! it (the transport's). The engine keeps the rest: it tells the desk
 //! where the leader is ([`ForwardDesk::route`] forwards only to a leader
 //! the engine published), answers as uncertain what a leader that
-//! stopped leading or timed out never answered, and forwards itself
+//! stopped leading (another leader became known) or timed out never
+//! answered, and forwards itself
 //! whatever reached its turn (a request that arrived while no leader was
 //! known, a host that routes nothing around it).
 //!
@@ -51,6 +52,9 @@ struct Desk<A> {
     /// Where requests go: the leader, when this node is a follower that
     /// knows it (published by the engine).
     leader: Option<NodeId>,
+    /// The last leader the engine knew of (itself included): requests
+    /// pending for another node were orphaned when it became known.
+    known_leader: Option<NodeId>,
     pending: HashMap<u64, PendingForward<A>>,
     /// Request ids in the order they were sent, with their deadlines (one
     /// timeout for all, so the oldest is always first).
@@ -88,6 +92,7 @@ impl<M: StateMachine, A: Responder<M>> ForwardDesk<M, A> {
             metrics,
             desk: Mutex::new(Desk {
                 leader: None,
+                known_leader: None,
                 pending: HashMap::new(),
                 deadlines: VecDeque::new(),
                 // The high half is the incarnation's, the low half counts.
@@ -222,23 +227,33 @@ impl<M: StateMachine, A: Responder<M>> ForwardDesk<M, A> {
         answer.respond(result);
     }
 
-    /// The engine's view of where requests go changed: `leader` is the
-    /// leader when this node follows one, else `None`. Requests sent to
-    /// any other node may never be answered (it may be dead): they are
-    /// answered now, as uncertain (they may have been appended).
-    pub(crate) fn set_leader(&self, leader: Option<NodeId>) {
+    /// The engine's view of the leader: `route_to` is where requests go
+    /// (the leader when this node follows one, else `None`), `known` the
+    /// leader this node knows (itself when it leads; `None` during a
+    /// pre-vote or an election). Requests sent to a node other than a
+    /// known leader may never be answered (it may be dead): they are
+    /// answered now, as uncertain (they may have been appended). While no
+    /// leader is known they wait: a follower's pre-vote (it missed the
+    /// heartbeats of a loaded leader for an election timeout) often ends
+    /// with the same leader, whose answers then arrive; the deadline
+    /// bounds the wait otherwise.
+    pub(crate) fn set_leader(&self, route_to: Option<NodeId>, known: Option<NodeId>) {
         let orphaned: Vec<PendingForward<A>> = {
             let mut desk = self.desk.lock();
-            // Every pending request went to the published leader: with
-            // no change, none is orphaned.
-            if desk.leader == leader {
+            desk.leader = route_to;
+            // Every pending request went to a node published as leader:
+            // with no other leader known, none is orphaned.
+            let Some(known) = known else {
+                return;
+            };
+            if desk.known_leader == Some(known) {
                 return;
             }
-            desk.leader = leader;
+            desk.known_leader = Some(known);
             let ids: Vec<u64> = desk
                 .pending
                 .iter()
-                .filter(|(_, pending)| Some(pending.leader) != leader)
+                .filter(|(_, pending)| pending.leader != known)
                 .map(|(&id, _)| id)
                 .collect();
             ids.iter()
@@ -437,7 +452,7 @@ mod tests {
         let (_rx, taken) = write(&desk, 1, Duration::ZERO, &mut sent, true);
         assert!(!taken);
         assert!(sent.is_empty());
-        desk.set_leader(Some(LEADER));
+        desk.set_leader(Some(LEADER), Some(LEADER));
         let (tx, _rx) = mpsc::channel();
         let read = Request::Read {
             query: (),
@@ -453,7 +468,7 @@ mod tests {
     #[test]
     fn the_leaders_answer_reaches_the_writer_once() {
         let desk = desk(8);
-        desk.set_leader(Some(LEADER));
+        desk.set_leader(Some(LEADER), Some(LEADER));
         let mut sent = Vec::new();
         let (rx, taken) = write(&desk, 5, Duration::ZERO, &mut sent, true);
         assert!(taken);
@@ -477,7 +492,7 @@ mod tests {
     #[test]
     fn statuses_become_the_engines_errors() {
         let desk = desk(8);
-        desk.set_leader(Some(LEADER));
+        desk.set_leader(Some(LEADER), Some(LEADER));
         let cases = [
             (ForwardStatus::NotDone, "try again"),
             (ForwardStatus::Uncertain, "uncertain"),
@@ -509,13 +524,13 @@ mod tests {
     #[test]
     fn a_leader_change_answers_what_the_old_leader_holds_as_uncertain() {
         let desk = desk(8);
-        desk.set_leader(Some(LEADER));
+        desk.set_leader(Some(LEADER), Some(LEADER));
         let mut sent = Vec::new();
         let (rx, _) = write(&desk, 1, Duration::ZERO, &mut sent, true);
         // The same leader published again orphans nothing.
-        desk.set_leader(Some(LEADER));
+        desk.set_leader(Some(LEADER), Some(LEADER));
         assert!(rx.try_recv().is_err());
-        desk.set_leader(Some(3));
+        desk.set_leader(Some(3), Some(3));
         assert!(matches!(
             rx.try_recv(),
             Ok(Err(EngineError::Uncertain(Uncertain::LeaderChanged(
@@ -526,18 +541,31 @@ mod tests {
         desk.answered(LEADER, done(request_id(&sent[0]), 1));
         let (_rx, _) = write(&desk, 2, Duration::ZERO, &mut sent, true);
         assert_eq!(sent[1].to, 3);
-        // This node leads (or knows no leader): all is orphaned, and
-        // requests go to the engine again.
-        desk.set_leader(None);
-        assert_eq!(desk.pending(), 0);
+        // No leader known (a pre-vote, an election): requests go to the
+        // engine, and what is pending waits for its leader's answer.
+        desk.set_leader(None, None);
         let (_rx, taken) = write(&desk, 3, Duration::ZERO, &mut sent, true);
         assert!(!taken);
+        assert_eq!(desk.pending(), 1);
+        desk.set_leader(Some(3), Some(3));
+        desk.answered(3, done(request_id(&sent[1]), 4));
+        assert_eq!(desk.pending(), 0, "answered by the leader it went to");
+        let (rx, _) = write(&desk, 4, Duration::ZERO, &mut sent, true);
+        desk.set_leader(None, None);
+        assert!(rx.try_recv().is_err(), "waits while no leader is known");
+        // This node leads: what waits for another node is orphaned.
+        desk.set_leader(None, Some(ME));
+        assert_eq!(desk.pending(), 0);
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Err(EngineError::Uncertain(Uncertain::LeaderChanged(3))))
+        ));
     }
 
     #[test]
     fn unanswered_requests_expire_as_uncertain() {
         let desk = desk(8);
-        desk.set_leader(Some(LEADER));
+        desk.set_leader(Some(LEADER), Some(LEADER));
         let mut sent = Vec::new();
         let (first, _) = write(&desk, 1, Duration::ZERO, &mut sent, true);
         let (second, _) = write(&desk, 2, Duration::from_secs(1), &mut sent, true);
@@ -559,7 +587,7 @@ mod tests {
     #[test]
     fn a_request_never_sent_is_certainly_not_done() {
         let desk = desk(8);
-        desk.set_leader(Some(LEADER));
+        desk.set_leader(Some(LEADER), Some(LEADER));
         let mut sent = Vec::new();
         let (rx, taken) = write(&desk, 1, Duration::ZERO, &mut sent, false);
         assert!(taken);
@@ -573,7 +601,7 @@ mod tests {
     #[test]
     fn pending_requests_and_their_deadlines_are_bounded() {
         let desk = desk(4);
-        desk.set_leader(Some(LEADER));
+        desk.set_leader(Some(LEADER), Some(LEADER));
         let mut sent = Vec::new();
         let waiting: Vec<_> = (0..4)
             .map(|i| write(&desk, i, Duration::ZERO, &mut sent, true).0)

@@ -227,7 +227,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
         let me = self.raft.id();
         let leader = self.raft.leader();
         let follows = leader.filter(|&leader| leader != me && self.raft.role() != Role::Leader);
-        self.desk.set_leader(follows);
+        self.desk.set_leader(follows, leader);
     }
 
     /// Hands a proposal's outcome to whoever waits for it.
