@@ -31,9 +31,9 @@
 //!   a value there that a later write has already replaced.
 //! - A key is staged (dirty, frozen, or both: the dirty value is the
 //!   newer), or clean (young, old, or both: the young value is the
-//!   newer), or absent: never staged and clean at once. A clean record is never recorded over a staged one
-//!   (asserted): a store writes through to RocksDB only with nothing
-//!   staged.
+//!   newer), or absent: never staged and clean at once. A clean record
+//!   is never recorded over a staged one (asserted): a store writes
+//!   through to RocksDB only with nothing staged.
 //! - A key it holds maps to the newest value RocksDB holds (or to
 //!   `None`: deleted), except between an apply's RocksDB write and its
 //!   [`record`](ReadMirror::record), when it still holds the value before
@@ -53,8 +53,9 @@
 //!   generation, whatever its size (they were staged memory until then),
 //!   so a generation holds at most its share of the budget or one
 //!   checkpoint's records; a key may then be in both generations, the
-//!   young one holding its newest value (reads look there first). The dirty records are bounded by the store
-//!   (it checkpoints when [`ReadMirror::dirty_bytes`] passes its bound).
+//!   young one holding its newest value (reads look there first). The
+//!   dirty records are bounded by the store (it checkpoints when
+//!   [`ReadMirror::dirty_bytes`] passes its bound).
 //!
 //! ## Non-goals
 //!
