@@ -79,11 +79,7 @@ const SHARDS_MAX: usize = 64;
 const SHARD_BYTES_MIN: usize = 64 << 10;
 /// A shard's settled records that join its young generation one by one
 /// at most; more become the young generation whole.
-#[cfg(not(test))]
 const SETTLE_INSERT_RECORDS_MAX: usize = 256;
-/// (Small in tests, so they settle both ways.)
-#[cfg(test)]
-const SETTLE_INSERT_RECORDS_MAX: usize = 4;
 
 /// A stored value, or `None` for a key known deleted.
 type Mirrored = Option<Box<[u8]>>;
@@ -98,6 +94,9 @@ pub(crate) struct ReadMirror {
     /// Bytes a shard's young generation holds before it ages (0: no
     /// clean records are kept).
     young_bytes_max: usize,
+    /// A shard's settled records that join its young generation one by
+    /// one at most ([`SETTLE_INSERT_RECORDS_MAX`] outside tests).
+    settle_insert_records_max: usize,
     /// The dirty records' bytes over all shards.
     dirty_bytes: AtomicUsize,
     /// The frozen records' bytes over all shards.
@@ -156,6 +155,17 @@ impl ReadMirror {
     /// A mirror of at most about `bytes_max` bytes of clean records (0:
     /// none); `write_behind`: it will also hold staged writes.
     pub(crate) fn new(bytes_max: usize, write_behind: bool) -> Self {
+        Self::with_settle_insert_records_max(bytes_max, write_behind, SETTLE_INSERT_RECORDS_MAX)
+    }
+
+    /// [`ReadMirror::new`], settling at most `settle_insert_records_max`
+    /// records per shard one by one (tests choose a few, so that they
+    /// settle both ways).
+    fn with_settle_insert_records_max(
+        bytes_max: usize,
+        write_behind: bool,
+        settle_insert_records_max: usize,
+    ) -> Self {
         let count = match (bytes_max, write_behind) {
             (0, false) => 0,
             (0, true) => SHARDS_MAX,
@@ -165,6 +175,7 @@ impl ReadMirror {
             shards: (0..count).map(|_| RwLock::default()).collect(),
             // Two generations per shard share the shard's part.
             young_bytes_max: bytes_max.checked_div(count).unwrap_or(0) / 2,
+            settle_insert_records_max,
             dirty_bytes: AtomicUsize::new(0),
             frozen_bytes: AtomicUsize::new(0),
         }
@@ -367,7 +378,7 @@ impl ReadMirror {
 
     /// Settles `which` records shard by shard. A shard's few records join
     /// its young generation one by one; more than
-    /// [`SETTLE_INSERT_RECORDS_MAX`] become the young generation whole
+    /// `settle_insert_records_max` become the young generation whole
     /// (the young one ages, the old one goes), so the lock is held for a
     /// bounded time whatever the checkpoint's size: a hundred thousand
     /// records inserted under the locks held the owner's staging (and
@@ -380,7 +391,7 @@ impl ReadMirror {
                 let (records, bytes) = self.take_staged(&mut shard, which);
                 if self.young_bytes_max == 0 {
                     vec![records]
-                } else if records.len() <= SETTLE_INSERT_RECORDS_MAX {
+                } else if records.len() <= self.settle_insert_records_max {
                     self.make_clean(&mut shard, records)
                 } else {
                     self.make_young(&mut shard, records, bytes)
@@ -651,7 +662,8 @@ mod tests {
         /// frozen bytes are counted exactly.
         #[test]
         fn staged_writes_answer_until_settled(steps in prop::collection::vec(step(), 1..300), budget in 0usize..4096) {
-            let mirror = ReadMirror::new(budget, true);
+            // Four records settle one by one at most: both ways.
+            let mirror = ReadMirror::with_settle_insert_records_max(budget, true, 4);
             let mut model: BTreeMap<u8, Option<u8>> = BTreeMap::new();
             let mut dirty: BTreeMap<u8, Option<u8>> = BTreeMap::new();
             let mut frozen: BTreeMap<u8, Option<u8>> = BTreeMap::new();

@@ -7,12 +7,12 @@
 //!   `checkpointed` (the applied index is written in the same batch as
 //!   the data), and the log holds every entry after it: log compaction
 //!   follows snapshots, and a snapshot is taken at `checkpointed`.
-//! - Every staged key is in exactly one ordered index: `dirty_keys`
-//!   (staged since the last freeze) or the in-flight checkpoint's keys
-//!   (frozen), or both when written again after the freeze; the mirror
-//!   holds its value (dirty before frozen). The checkpoint's thread
-//!   settles its keys before the owner joins it: a frozen key the mirror
-//!   no longer stages is in RocksDB already (scans read it there).
+//! - Every staged key is in `dirty_keys` (staged since the last
+//!   freeze), in the in-flight checkpoint's keys (frozen), or in both
+//!   (written again after the freeze); the mirror holds its value (dirty
+//!   before frozen). The checkpoint's thread settles its keys before the
+//!   owner joins it: a frozen key the mirror no longer stages is in
+//!   RocksDB already (scans read it there).
 //! - At most one checkpoint is in flight; anything that writes RocksDB's
 //!   state machine on the owner's thread (a write that goes through, an
 //!   install, a synchronous checkpoint) waits for it first.
