@@ -140,7 +140,6 @@ impl<M: StateMachine, A: Responder<M>> ForwardDesk<M, A> {
         now: Duration,
         send: &mut dyn FnMut(Message) -> bool,
     ) -> Result<(), A> {
-        let payload = request.encode();
         let (leader, request_id) = {
             let mut desk = self.desk.lock();
             let Some(leader) = desk.leader else {
@@ -174,6 +173,9 @@ impl<M: StateMachine, A: Responder<M>> ForwardDesk<M, A> {
             }
             (leader, request_id)
         };
+        // Encoded only once it goes: on the leader (no leader published
+        // there) every write passes this way on to the engine.
+        let payload = request.encode();
         let message = Message {
             from: self.me,
             to: leader,

@@ -64,22 +64,18 @@ impl<M: StateMachine> Forwarded<M> {
     /// The payload of a [`ForwardRequest`]: a version byte, a tag, then
     /// the request.
     pub(crate) fn encode(&self) -> Bytes {
-        let mut out = BytesMut::new();
-        out.put_u8(FORMAT_VERSION);
-        match self {
-            Self::Write(command) => {
-                out.put_u8(TAG_WRITE);
-                out.extend_from_slice(&M::encode_command(command));
-            }
-            Self::ConfChange(op) => {
-                out.put_u8(TAG_CONF_CHANGE);
-                out.extend_from_slice(&ConfChange { ops: vec![*op] }.encode());
-            }
+        let (tag, body) = match self {
+            Self::Write(command) => (TAG_WRITE, M::encode_command(command)),
+            Self::ConfChange(op) => (TAG_CONF_CHANGE, ConfChange { ops: vec![*op] }.encode()),
             Self::TransferLeader(target) => {
-                out.put_u8(TAG_TRANSFER);
-                out.put_u64_le(*target);
+                (TAG_TRANSFER, Bytes::copy_from_slice(&target.to_le_bytes()))
             }
-        }
+        };
+        // One allocation the size of the payload.
+        let mut out = BytesMut::with_capacity(2 + body.len());
+        out.put_u8(FORMAT_VERSION);
+        out.put_u8(tag);
+        out.extend_from_slice(&body);
         out.freeze()
     }
 

@@ -390,9 +390,9 @@ impl<S: KvStore> StateMachine for KvMachine<S> {
     }
 
     fn encode_command(command: &KvWrite) -> Bytes {
-        let mut out = BytesMut::new();
+        let mut out = BytesMut::with_capacity(1 + command.op.encoded_len_hint());
         out.put_u8(shape_code(command.shape));
-        out.extend_from_slice(&command.op.encode());
+        command.op.encode_into(&mut out);
         out.freeze()
     }
 

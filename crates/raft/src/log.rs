@@ -15,6 +15,10 @@ use dr_codec::message::{Entry, LogIndex, SnapshotMeta, Term};
 
 use crate::storage::{Storage, StorageError};
 
+/// The most entries [`RaftLog::slice`] makes room for before it knows
+/// how many fit its byte limit.
+const SLICE_RESERVE_MAX: usize = 256;
+
 /// What an entry costs the cache beyond its payload (its fields and the
 /// `Bytes` handle), so that empty entries count too.
 const CACHED_ENTRY_OVERHEAD: u64 = 64;
@@ -158,6 +162,11 @@ impl<S: Storage> RaftLog<S> {
             }
         }
         let from = low.max(cached_from);
+        // Room for the usual slice at once (a few hundred entries at
+        // most; a longer one grows as it goes).
+        entries.reserve(
+            usize::try_from(high.saturating_sub(from)).map_or(0, |n| n.min(SLICE_RESERVE_MAX)),
+        );
         for index in from..high {
             let Some(entry) = self.in_memory(index) else {
                 break;

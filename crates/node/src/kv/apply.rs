@@ -71,7 +71,7 @@ pub fn apply_entries<S: KvStore>(
     let Some(last) = entries.last() else {
         return Ok(Vec::new());
     };
-    let mut batch = ApplyBatch::new(store, *tally, &mut *presence);
+    let mut batch = ApplyBatch::new(store, *tally, &mut *presence, entries.len());
     batch.keys_max = keys_max;
     let mut applied = Vec::with_capacity(entries.len());
     for entry in entries {
@@ -166,16 +166,22 @@ struct ApplyBatch<'a, S> {
     keys_max: usize,
 }
 
+/// The most keys an apply batch makes room for before it starts.
+const PENDING_RESERVE_MAX: usize = 4096;
+
 fn wrong_type() -> Outcome {
     Outcome::Error(WRONGTYPE.into())
 }
 
 impl<'a, S: KvStore> ApplyBatch<'a, S> {
-    fn new(store: &'a S, tally: Tally, presence: &'a mut PresenceCache) -> Self {
+    /// A batch for `entries` entries: room for a key written by each and
+    /// the count and clock, so that the usual batch never rehashes (the
+    /// keys an entry writes beyond one grow the map as usual).
+    fn new(store: &'a S, tally: Tally, presence: &'a mut PresenceCache, entries: usize) -> Self {
         Self {
             store,
             presence,
-            pending: HashMap::new(),
+            pending: HashMap::with_capacity(entries.min(PENDING_RESERVE_MAX) + 2),
             tally,
             index: 0,
             wrote_client_key: false,

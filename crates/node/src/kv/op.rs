@@ -245,7 +245,7 @@ pub struct Stamped {
 impl Stamped {
     /// The entry payload.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(64);
+        let mut out = BytesMut::with_capacity(9 + self.op.encoded_len_hint());
         out.put_u8(FORMAT_VERSION);
         out.put_u64_le(self.now_ms);
         self.op.encode_into(&mut out);
@@ -270,9 +270,29 @@ impl Stamped {
 impl WriteOp {
     /// The command alone (as a follower forwards it).
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(64);
+        let mut out = BytesMut::with_capacity(self.encoded_len_hint());
         self.encode_into(&mut out);
         out.freeze()
+    }
+
+    /// About the bytes [`Self::encode`] writes: exact for the commands a
+    /// write path takes most (one key and a value), so that encoding
+    /// them allocates once; a start for the others.
+    pub(crate) fn encoded_len_hint(&self) -> usize {
+        // Tag, flags and a TTL, and each byte string's length.
+        const FIXED_BYTES: usize = 3 + 9;
+        const LEN_BYTES: usize = 4;
+        match self {
+            Self::Set { key, value, .. }
+            | Self::Append { key, value }
+            | Self::SetRange { key, value, .. } => {
+                FIXED_BYTES + 2 * LEN_BYTES + key.len() + value.len()
+            }
+            Self::CompareAndSet { key, expected, new } => {
+                FIXED_BYTES + 3 * LEN_BYTES + key.len() + expected.len() + new.len()
+            }
+            _ => 64,
+        }
     }
 
     /// Parses what [`Self::encode`] wrote; byte strings are slices of
@@ -286,7 +306,8 @@ impl WriteOp {
         Ok(op)
     }
 
-    fn encode_into(&self, out: &mut BytesMut) {
+    /// Appends what [`Self::encode`] returns to `out`.
+    pub(crate) fn encode_into(&self, out: &mut BytesMut) {
         match self {
             Self::Set {
                 key,

@@ -84,7 +84,25 @@ pub(crate) struct LogBatch {
     pub(super) hard_state: Option<HardState>,
 }
 
+/// The most payload capacity a cleared batch keeps for the next write
+/// (one large catch-up batch does not pin its buffer).
+const KEPT_PAYLOAD_BYTES_MAX: usize = 1 << 20;
+
 impl LogBatch {
+    /// Empties the batch for the next write, keeping its buffers (up to
+    /// [`KEPT_PAYLOAD_BYTES_MAX`]) so that a write does not grow a new
+    /// one from nothing.
+    pub(crate) fn clear(&mut self) {
+        if self.payload.capacity() > KEPT_PAYLOAD_BYTES_MAX {
+            *self = Self::default();
+            return;
+        }
+        self.payload.clear();
+        self.entries.clear();
+        self.clear = None;
+        self.hard_state = None;
+    }
+
     /// Whether the batch holds nothing to write.
     pub(crate) fn is_empty(&self) -> bool {
         self.payload.is_empty()

@@ -27,7 +27,7 @@ impl RocksStorage {
             Ok(()) => Ok(batch),
             Err(error) => {
                 self.cached = saved;
-                self.log_batch = LogBatch::default();
+                self.log_batch.clear();
                 Err(error)
             }
         }
@@ -64,13 +64,15 @@ impl RocksStorage {
 
     /// Writes the segmented log's part of the write, if any.
     pub(super) fn write_log(&mut self, sync: bool, what: &str) {
-        let batch = std::mem::take(&mut self.log_batch);
+        let mut batch = std::mem::take(&mut self.log_batch);
         if let Some(log) = self.segments.as_mut()
             && !batch.is_empty()
         {
             log.write(&batch, sync)
                 .unwrap_or_else(|error| fatal(what, error));
         }
+        batch.clear();
+        self.log_batch = batch;
     }
 
     fn commit_rocks(&self, batch: WriteBatch, what: &str) {
