@@ -103,6 +103,7 @@ mod kv_stream;
 pub mod options;
 mod records;
 mod segments;
+pub mod short_key;
 mod snapshot_copy;
 mod store;
 

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use dr_storage::short_key::ShortKey;
+
 use super::record::Meta;
 
 /// Which client keys exist (with their headers), for the keys the apply
@@ -18,7 +20,8 @@ use super::record::Meta;
 /// past its budget it starts over.
 #[derive(Debug)]
 pub struct PresenceCache {
-    known: HashMap<Vec<u8>, Option<Meta>>,
+    /// Keyed inline when short: a lookup compares the key in its bucket.
+    known: HashMap<ShortKey, Option<Meta>>,
     bytes: usize,
     bytes_max: usize,
 }
@@ -81,7 +84,7 @@ impl PresenceCache {
             self.clear();
         }
         self.bytes += cost;
-        self.known.insert(stored_key.to_vec(), meta);
+        self.known.insert(ShortKey::new(stored_key), meta);
     }
 }
 

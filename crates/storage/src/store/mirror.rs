@@ -69,6 +69,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::DataWrite;
+use crate::short_key::ShortKey;
 
 /// What one mirrored record costs beyond its key's and value's bytes
 /// (the map's slot, two boxes' allocation headers).
@@ -85,7 +86,7 @@ const SETTLE_INSERT_RECORDS_MAX: usize = 256;
 type Mirrored = Option<Box<[u8]>>;
 
 /// A generation of records.
-type Records = HashMap<Box<[u8]>, Mirrored>;
+type Records = HashMap<ShortKey, Mirrored>;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -106,11 +107,11 @@ pub(crate) struct ReadMirror {
 #[derive(Debug, Default)]
 struct Shard {
     /// Staged writes RocksDB does not hold yet (write-behind).
-    dirty: HashMap<Box<[u8]>, Mirrored>,
+    dirty: HashMap<ShortKey, Mirrored>,
     /// Staged writes a checkpoint is writing to RocksDB now.
-    frozen: HashMap<Box<[u8]>, Mirrored>,
-    young: HashMap<Box<[u8]>, Mirrored>,
-    old: HashMap<Box<[u8]>, Mirrored>,
+    frozen: HashMap<ShortKey, Mirrored>,
+    young: HashMap<ShortKey, Mirrored>,
+    old: HashMap<ShortKey, Mirrored>,
     /// The young generation's bytes (as [`entry_bytes`] counts them).
     young_bytes: usize,
     /// The old generation's.
@@ -269,7 +270,7 @@ impl ReadMirror {
 
     /// Ages a full young generation: returns the old one, to be dropped
     /// (outside the lock).
-    fn age_if_full(&self, shard: &mut Shard) -> Option<HashMap<Box<[u8]>, Mirrored>> {
+    fn age_if_full(&self, shard: &mut Shard) -> Option<HashMap<ShortKey, Mirrored>> {
         if shard.young_bytes <= self.young_bytes_max {
             return None;
         }
