@@ -275,9 +275,9 @@ impl WriteOp {
         out.freeze()
     }
 
-    /// About the bytes [`Self::encode`] writes: exact for the commands a
-    /// write path takes most (one key and a value), so that encoding
-    /// them allocates once; a start for the others.
+    /// Room for the bytes [`Self::encode`] writes: enough for the
+    /// commands of one key and a value (exact for `SET`), so that
+    /// encoding them allocates once; a start for the others.
     pub(crate) fn encoded_len_hint(&self) -> usize {
         // Tag, flags and a TTL, and each byte string's length.
         const FIXED_BYTES: usize = 3 + 9;
@@ -824,6 +824,22 @@ mod tests {
                 flipped[position] ^= 0xff;
                 // Never a panic; whatever decodes is a well-formed op.
                 let _ = Stamped::decode(&Bytes::from(flipped));
+            }
+        }
+    }
+
+    /// The hint covers the commands of one key and a value whole (exact
+    /// for `SET`), so encoding them allocates once.
+    #[test]
+    fn the_encoded_length_hint_covers_one_key_and_a_value() {
+        for op in every_op() {
+            let (len, hint) = (op.encode().len(), op.encoded_len_hint());
+            match op {
+                WriteOp::Set { .. } => assert_eq!(len, hint, "{op:?}"),
+                WriteOp::Append { .. }
+                | WriteOp::SetRange { .. }
+                | WriteOp::CompareAndSet { .. } => assert!(len <= hint, "{op:?}: {len} > {hint}"),
+                _ => {}
             }
         }
     }

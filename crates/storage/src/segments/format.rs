@@ -296,4 +296,41 @@ mod tests {
         }
         assert!(records(&payload[..payload.len() - 1]).is_err());
     }
+
+    /// A batch cleared for reuse frames its next records exactly as a
+    /// new batch would (the log keeps one batch across writes).
+    #[test]
+    fn a_cleared_batch_frames_as_a_new_one() {
+        let codec = CodecConfig::default();
+        let fill = |batch: &mut LogBatch, first: u64| {
+            for entry in &dr_raft::conformance::entries(first, first + 3, 2) {
+                batch.push_entry(entry, &codec).unwrap();
+            }
+            batch.push_hard_state(HardState {
+                term: 2,
+                vote: None,
+                commit: first,
+            });
+        };
+        let mut reused = LogBatch::default();
+        fill(&mut reused, 1);
+        reused.push_clear(9);
+        reused.clear();
+        assert!(reused.is_empty());
+        assert_eq!((reused.clear, reused.hard_state), (None, None));
+        fill(&mut reused, 9);
+        let mut fresh = LogBatch::default();
+        fill(&mut fresh, 9);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        reused.frame(1, 0, &mut a);
+        fresh.frame(1, 0, &mut b);
+        assert_eq!(a, b);
+        assert_eq!(reused.entries, fresh.entries);
+        assert_eq!(reused.hard_state, fresh.hard_state);
+        // A buffer grown past the kept limit is let go.
+        let mut big = LogBatch::default();
+        big.payload.reserve(KEPT_PAYLOAD_BYTES_MAX + 1);
+        big.clear();
+        assert!(big.payload.capacity() <= KEPT_PAYLOAD_BYTES_MAX);
+    }
 }
