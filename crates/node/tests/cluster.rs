@@ -443,6 +443,10 @@ fn lease_reads_see_every_acknowledged_write_across_a_failover() {
     let leader = cluster.wait_for_leader(SETTLE);
     let stop = Arc::new(AtomicBool::new(false));
     let checked_total = Arc::new(AtomicU64::new(0));
+    // Checkers connected to both their nodes: the leader is killed only
+    // after all are (on a busy machine a thread may start late, and its
+    // first connection must not be to the dead leader).
+    let connected = Arc::new(AtomicU64::new(0));
     let checkers: Vec<_> = (1..=3u64)
         .map(|id| {
             // Write through one node, read back through the next one.
@@ -450,6 +454,7 @@ fn lease_reads_see_every_acknowledged_write_across_a_failover() {
             let read_addr = cluster.node(id % 3 + 1).client;
             let stop = Arc::clone(&stop);
             let checked_total = Arc::clone(&checked_total);
+            let connected = Arc::clone(&connected);
             std::thread::spawn(move || {
                 let reconnect = |addr: std::net::SocketAddr| {
                     redis::Client::open(format!("redis://{addr}/"))
@@ -457,6 +462,7 @@ fn lease_reads_see_every_acknowledged_write_across_a_failover() {
                         .ok()
                 };
                 let (mut writer, mut reader) = (connect(write_addr), connect(read_addr));
+                connected.fetch_add(1, Ordering::Relaxed);
                 let (mut checked, mut i) = (0u64, 0u64);
                 let key = format!("lease-{id}");
                 while !stop.load(Ordering::Relaxed) {
@@ -486,6 +492,9 @@ fn lease_reads_see_every_acknowledged_write_across_a_failover() {
         })
         .collect();
     let leader_admin = cluster.node(leader).admin;
+    wait_until(LOAD_BOUND, "every checker connected", || {
+        connected.load(Ordering::Relaxed) == 3
+    });
     wait_until(LOAD_BOUND, "the leader answers reads on its lease", || {
         metric(leader_admin, "drkv_lease_reads_total") > 0
     });
