@@ -299,6 +299,7 @@ impl<S: KvStore> KvMachine<S> {
             store: std::marker::PhantomData,
         };
         machine.reload_members(store);
+        machine.learn_presence(store)?;
         Ok(machine)
     }
 
@@ -318,6 +319,15 @@ impl<S: KvStore> KvMachine<S> {
     /// never sees a key that a write already found expired).
     fn read_time_ms(&self, now: Duration) -> u64 {
         self.wall.unix_ms(now).max(self.tally.clock_ms)
+    }
+
+    /// On an empty keyspace the presence cache knows every key from the
+    /// start, so that new keys are written without a store read.
+    fn learn_presence(&mut self, store: &S) -> Result<(), StorageError> {
+        if self.presence.is_empty() && !kv::holds_client_keys(store)? {
+            self.presence.knows_every_key();
+        }
+        Ok(())
     }
 
     fn reload_members(&mut self, store: &S) {
@@ -509,7 +519,7 @@ impl<S: KvStore> StateMachine for KvMachine<S> {
         self.presence.clear();
         self.tally = kv::tally(store)?;
         self.reload_members(store);
-        Ok(())
+        self.learn_presence(store)
     }
 
     fn snapshot(

@@ -112,7 +112,10 @@ pub fn apply_entries<S: KvStore>(
     store.apply(&data_writes, last.index, conf_state)?;
     // Stored: from now on the cache may say so.
     if flushed {
+        // The keyspace is now the batch's keys after the flush, which the
+        // loop below records: the cache will know every key.
         presence.clear();
+        presence.knows_every_key();
     }
     for (key, value) in writes.iter().filter(|(key, _)| key.first() == Some(&USER)) {
         let meta = value

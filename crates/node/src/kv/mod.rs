@@ -123,6 +123,14 @@ pub fn tally(store: &impl KvStore) -> Result<Tally, StorageError> {
     })
 }
 
+/// Whether the store holds any client key (one step of a scan).
+pub fn holds_client_keys(store: &impl KvStore) -> Result<bool, StorageError> {
+    Ok(store
+        .scan(&[USER], 1)?
+        .first()
+        .is_some_and(|(key, _)| key.first() == Some(&USER)))
+}
+
 /// Every member's recorded addresses.
 pub fn members(store: &impl KvStore) -> Result<Vec<(NodeId, MemberAddrs)>, StorageError> {
     let records = store.scan(MEMBER_PREFIX, 4096)?;

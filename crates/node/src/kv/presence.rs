@@ -18,10 +18,17 @@ use super::record::Meta;
 /// other writers, a snapshot install and a flush, are followed by
 /// [`clear`](Self::clear). Bounded in bytes (keys may be up to 64 KiB):
 /// past its budget it starts over.
+///
+/// Started on a keyspace known empty ([`knows_every_key`](Self::knows_every_key)),
+/// it knows every key until it forgets one (its budget, a clear): then a
+/// key it does not hold is absent, and a write of a new key reads
+/// nothing from the store.
 #[derive(Debug)]
 pub struct PresenceCache {
     /// Keyed inline when short: a lookup compares the key in its bucket.
     known: HashMap<ShortKey, Option<Meta>>,
+    /// Every client key the store holds is in `known`.
+    complete: bool,
     bytes: usize,
     bytes_max: usize,
 }
@@ -45,6 +52,7 @@ impl PresenceCache {
     pub fn with_limit(bytes_max: usize) -> Self {
         Self {
             known: HashMap::new(),
+            complete: false,
             bytes: 0,
             bytes_max,
         }
@@ -53,7 +61,21 @@ impl PresenceCache {
     /// Forgets everything (after the store changed behind the apply path).
     pub fn clear(&mut self) {
         self.known = HashMap::new();
+        self.complete = false;
         self.bytes = 0;
+    }
+
+    /// Says that the store holds no client key besides those it knows
+    /// (call it when the keyspace is empty and the cache too, or just
+    /// cleared after the keyspace was emptied): from now on, until it
+    /// forgets a key, a key it does not know is absent.
+    pub fn knows_every_key(&mut self) {
+        self.complete = true;
+    }
+
+    /// Whether a key it does not know is absent.
+    pub fn is_complete(&self) -> bool {
+        self.complete
     }
 
     /// Whether it remembers none.
@@ -68,7 +90,10 @@ impl PresenceCache {
 
     /// What it knows of a stored key: `Some(None)` absent, `None` unknown.
     pub(super) fn get(&self, stored_key: &[u8]) -> Option<Option<Meta>> {
-        self.known.get(stored_key).copied()
+        match self.known.get(stored_key) {
+            Some(known) => Some(*known),
+            None => self.complete.then_some(None),
+        }
     }
 
     pub(super) fn record(&mut self, stored_key: &[u8], meta: Option<Meta>) {
@@ -78,6 +103,8 @@ impl PresenceCache {
         }
         let cost = stored_key.len() + PRESENCE_ENTRY_OVERHEAD;
         if cost > self.bytes_max {
+            // Not remembered: it no longer knows every key.
+            self.complete = false;
             return;
         }
         if self.bytes + cost > self.bytes_max {
@@ -117,5 +144,38 @@ mod tests {
         );
         cache.clear();
         assert!(cache.is_empty() && cache.bytes() == 0);
+    }
+
+    #[test]
+    fn it_knows_every_key_until_it_forgets_one() {
+        let meta = Meta {
+            kind: Kind::String,
+            version: 1,
+            expire_at_ms: None,
+        };
+        let mut cache = PresenceCache::with_limit(3 * (2 + PRESENCE_ENTRY_OVERHEAD));
+        assert_eq!(cache.get(b"never"), None, "unknown by default");
+        cache.knows_every_key();
+        assert_eq!(
+            cache.get(b"never"),
+            Some(None),
+            "absent once it knows every key"
+        );
+        cache.record(b"k1", Some(meta));
+        assert_eq!(cache.get(b"k1"), Some(Some(meta)));
+        // A key too large to remember: it no longer knows every key.
+        cache.record(&[7; 1000], Some(meta));
+        assert!(!cache.is_complete());
+        assert_eq!(cache.get(b"never"), None);
+        // Past its budget it starts over and no longer knows every key.
+        cache.knows_every_key();
+        for key in [b"k2", b"k3", b"k4"] {
+            cache.record(key, Some(meta));
+        }
+        assert!(!cache.is_complete());
+        assert_eq!(cache.get(b"never"), None);
+        cache.knows_every_key();
+        cache.clear();
+        assert!(!cache.is_complete(), "a clear forgets it");
     }
 }

@@ -323,6 +323,45 @@ fn applying_with_a_warm_presence_cache_matches_reading_the_store() {
     assert_eq!(warm.stored(), cold.stored());
 }
 
+/// A cache that knows every key of a keyspace that started empty (it
+/// answers "absent" for keys it never saw, without a store read) applies
+/// as reading the store does, through flushes (after which it knows
+/// every key again) and past its budget (after which it no longer does).
+#[test]
+fn a_presence_cache_that_knows_every_key_matches_reading_the_store() {
+    for (seed, budget) in [
+        (0x51_7CC1_B727_220Au64, 1 << 20),
+        (
+            0xD1B5_4A32_D192_ED03,
+            40 * (6 + presence::PRESENCE_ENTRY_OVERHEAD),
+        ),
+    ] {
+        let (mut known, mut cold) = (TempStore::new("known"), TempStore::new("read"));
+        let mut cache = PresenceCache::with_limit(budget);
+        cache.knows_every_key();
+        let (mut known_tally, mut cold_tally) = (Tally::default(), Tally::default());
+        let mut state = seed;
+        let entries = random_entries(&mut state, 1500);
+        let mut at = 0;
+        while at < entries.len() {
+            let end = (at + 1 + next(&mut state, 5) as usize).min(entries.len());
+            let batch = &entries[at..end];
+            let got = apply(known.store(), batch, &mut known_tally, &mut cache);
+            let expected = apply(
+                cold.store(),
+                batch,
+                &mut cold_tally,
+                &mut PresenceCache::default(),
+            );
+            assert_eq!(got, expected, "seed {seed:#x}, entries {at}..{end}");
+            assert_eq!(known_tally, cold_tally);
+            at = end;
+        }
+        check_consistent(&mut known, known_tally);
+        assert_eq!(known.stored(), cold.stored());
+    }
+}
+
 #[test]
 fn the_stored_state_depends_on_the_entries_not_on_their_batching() {
     let mut state = 0x2545_F491_4F6C_DD1Du64;
