@@ -210,6 +210,12 @@ impl<'a, S: KvStore> ApplyBatch<'a, S> {
         if self.flushed && is_client(stored_key) {
             return Ok(None);
         }
+        // A client key the presence cache knows absent (or, knowing every
+        // key, does not hold) needs no store read either.
+        if stored_key.first() == Some(&USER) && matches!(self.presence.get(stored_key), Some(None))
+        {
+            return Ok(None);
+        }
         Ok(self.store.get(stored_key)?.map(Bytes::from))
     }
 
