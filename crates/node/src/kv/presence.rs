@@ -43,8 +43,9 @@ impl Default for PresenceCache {
 /// 64 bytes.
 pub const PRESENCE_BYTES_MAX: usize = 32 << 20;
 
-/// What a remembered key costs beyond its bytes (the map's slot, the
-/// header, the key's allocation).
+/// What a remembered key costs beyond its bytes (the map's slot with
+/// the header and the key inline, or the key's allocation when it is
+/// longer; an upper bound for keys kept inline).
 pub(super) const PRESENCE_ENTRY_OVERHEAD: usize = 96;
 
 impl PresenceCache {

@@ -64,15 +64,13 @@ impl RocksStorage {
 
     /// Writes the segmented log's part of the write, if any.
     pub(super) fn write_log(&mut self, sync: bool, what: &str) {
-        let mut batch = std::mem::take(&mut self.log_batch);
         if let Some(log) = self.segments.as_mut()
-            && !batch.is_empty()
+            && !self.log_batch.is_empty()
         {
-            log.write(&batch, sync)
+            log.write(&self.log_batch, sync)
                 .unwrap_or_else(|error| fatal(what, error));
         }
-        batch.clear();
-        self.log_batch = batch;
+        self.log_batch.clear();
     }
 
     fn commit_rocks(&self, batch: WriteBatch, what: &str) {

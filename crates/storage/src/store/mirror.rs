@@ -72,7 +72,8 @@ use super::DataWrite;
 use crate::short_key::ShortKey;
 
 /// What one mirrored record costs beyond its key's and value's bytes
-/// (the map's slot, two boxes' allocation headers).
+/// (the map's slot with the key inline or boxed, the value's allocation
+/// header; an upper bound for keys kept inline).
 const ENTRY_OVERHEAD_BYTES: usize = 96;
 /// The most shards (each behind its own lock).
 const SHARDS_MAX: usize = 64;
