@@ -9,10 +9,21 @@ use crate::{EngineError, Response, StateMachine};
 
 /// The engine's way to its peers. Delivery is best effort: Raft
 /// retransmits, and the engine's own requests carry deadlines.
+///
+/// A transport may hold what the engine sends until [`Transport::flush`]
+/// (drkv's writes it to the sockets then, on the engine's thread, in one
+/// write per peer rather than one wake-up of a writer per message). The
+/// engine flushes before it writes its log (so a leader's appends and a
+/// follower's forwarded requests leave before its disk write), after it
+/// sends a ready's messages, and before a turn ends: nothing it sent
+/// waits past the turn that sent it.
 pub trait Transport: Send {
     /// Queues `message` for `message.to`; false when it was dropped
     /// (unknown peer, full queue).
     fn send(&mut self, message: Message) -> bool;
+
+    /// Starts sending everything queued since the last flush.
+    fn flush(&mut self) {}
 
     /// The members, or where they are reached, changed: connect to the
     /// members of `conf` (this node aside) and forget the others.

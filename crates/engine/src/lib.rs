@@ -451,6 +451,9 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             self.sync_deferred();
             self.drive();
         }
+        // Answers to peers, and whatever else this turn sent since the
+        // last flush.
+        self.transport.flush();
     }
 
     /// Handles `first` and what else is waiting, up to
@@ -570,6 +573,9 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             for message in ready.take_messages_before_persist() {
                 self.transport.send(message);
             }
+            // Before the disk write: appends, and what a follower
+            // forwarded this turn.
+            self.transport.flush();
             let deferred = self.defers_sync(&ready);
             if deferred {
                 self.write_deferred(&mut ready);
@@ -583,6 +589,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             for message in std::mem::take(&mut ready.messages) {
                 self.transport.send(message);
             }
+            self.transport.flush();
             self.apply(&ready.committed_entries, ready.conf_state.as_ref());
             let applied = self.applied_index();
             self.observer.applied(applied);
@@ -716,6 +723,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             read.answer
                 .respond(Err(EngineError::TryAgain(Retry::ShuttingDown)));
         }
+        self.transport.flush();
         tracing::info!(id = self.raft.id(), "engine stopped");
     }
 }

@@ -485,8 +485,14 @@ struct PeerLinks {
 }
 
 impl dr_engine::Transport for PeerLinks {
+    /// Held until the engine flushes: then written on the engine's
+    /// thread, one frame per peer, with no writer task to wake.
     fn send(&mut self, message: Message) -> bool {
-        dr_transport::Transport::send(&*self.transport, message)
+        self.transport.hold(message)
+    }
+
+    fn flush(&mut self) {
+        self.transport.flush();
     }
 
     /// Connects to every member of `conf` whose address is known, and

@@ -210,6 +210,25 @@ impl Transport for Outbox {
     }
 }
 
+/// The engine's way out: what it sends waits in `held` until it flushes
+/// (as drkv's transport holds the engine's messages until then), and a
+/// node killed in between never sent it.
+struct EngineOutbox {
+    held: Outbox,
+    out: Outbox,
+}
+
+impl Transport for EngineOutbox {
+    fn send(&mut self, message: Message) -> bool {
+        self.held.send(message)
+    }
+
+    fn flush(&mut self) {
+        let held = std::mem::take(&mut *self.held.0.lock().expect("not poisoned"));
+        self.out.0.lock().expect("not poisoned").extend(held);
+    }
+}
+
 /// What arrived at a node and waits for its next turn.
 #[derive(Default)]
 struct Queues {
@@ -238,6 +257,8 @@ struct Node {
     paused_until_us: u64,
     restart_at_us: Option<u64>,
     outbox: Outbox,
+    /// What the engine sent and has not flushed yet.
+    held: Outbox,
     queues: Queues,
     /// The commit index last seen in this incarnation.
     commit_seen: LogIndex,
@@ -360,6 +381,7 @@ impl SimCluster {
                     paused_until_us: 0,
                     restart_at_us: Some(0),
                     outbox: Outbox::default(),
+                    held: Outbox::default(),
                     queues: Queues::default(),
                     commit_seen: 0,
                     applied_at_crash: 0,
@@ -497,7 +519,10 @@ impl SimCluster {
             config.incarnation = self.rng.next_u64();
             let parts = Parts {
                 machine,
-                transport: Box::new(node.outbox.clone()),
+                transport: Box::new(EngineOutbox {
+                    held: node.held.clone(),
+                    out: node.outbox.clone(),
+                }),
                 clock: Box::new(node.clock.clone()),
                 observer: Box::new(NoObserver),
                 metrics: Arc::clone(&node.metrics),
@@ -555,6 +580,12 @@ impl SimCluster {
             self.crash(index);
             return;
         }
+        let node = &self.nodes[index];
+        assert!(
+            node.held.0.lock().expect("not poisoned").is_empty(),
+            "node {} ended a turn with messages it never flushed",
+            node.id
+        );
         // With applies kept behind, a checkpoint reaches the disk now and
         // then (about every 200 ms of virtual time).
         if self.settings.applies_behind && self.rng.chance(FLUSH_PPM) {
@@ -581,6 +612,8 @@ impl SimCluster {
             node.disk.flush_state_machine(engine.raft().storage());
         }
         node.queues = Queues::default();
+        // Never flushed: never sent.
+        node.held.0.lock().expect("not poisoned").clear();
         node.restart_at_us = Some(restart_at);
         node.paused_until_us = 0;
         node.disk.crash_at(None);

@@ -5,7 +5,9 @@
 //! per pair of nodes (the lower id dials), a 32-byte handshake that
 //! refuses strangers and other clusters ([`handshake`]), a bounded queue
 //! per peer whose writer sends everything queued as one frame in one
-//! write, snapshot chunks kept behind heartbeats, reconnection with
+//! write (or that the sender flushes itself, on its own thread:
+//! [`TcpTransport::hold`], [`TcpTransport::flush`]), snapshot chunks kept
+//! behind heartbeats, reconnection with
 //! capped jittered backoff, and readers that decode frames in place.
 //! [`MemoryNetwork`] gives the same [`Transport`] over channels.
 //!
@@ -55,6 +57,7 @@
 pub mod handshake;
 
 mod config;
+mod link;
 mod memory;
 mod queue;
 mod stats;

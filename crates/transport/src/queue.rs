@@ -58,9 +58,19 @@ impl PeerQueue {
         }
     }
 
-    /// Queues `message`; false (and the message dropped) when the queue
-    /// is full.
+    /// Queues `message` and wakes the writer; false (and the message
+    /// dropped) when the queue is full.
     pub(crate) fn push(&self, message: Message) -> bool {
+        let queued = self.push_quietly(message);
+        if queued {
+            self.wake();
+        }
+        queued
+    }
+
+    /// Queues `message` without waking the writer: whoever queues it
+    /// writes it out or wakes the writer later.
+    pub(crate) fn push_quietly(&self, message: Message) -> bool {
         let bytes = message_bytes(&message);
         {
             let mut queues = self.queues.lock();
@@ -75,8 +85,13 @@ impl PeerQueue {
                 queues.urgent.push_back(message);
             }
         }
-        self.ready.notify_one();
         true
+    }
+
+    /// Wakes the writer (or, when it is busy, makes its next wait return
+    /// at once).
+    pub(crate) fn wake(&self) {
+        self.ready.notify_one();
     }
 
     /// Moves the next batch into `batch`: every urgent message (up to

@@ -7,23 +7,31 @@
 //! acceptor takes a new connection from a peer as replacing the old one.
 //!
 //! Each connection has a writer (takes everything queued for the peer,
-//! encodes it as one frame into a pooled buffer, one write) and a reader
+//! encodes it as one frame, one write: see `link.rs`) and a reader
 //! (frames decoded in place from the receive buffer: payloads are slices
 //! of it). Anything malformed closes that connection only.
+//!
+//! A sender may also write itself: [`TcpTransport::hold`] queues without
+//! waking the writer, and [`TcpTransport::flush`] then writes what was
+//! held on the caller's thread, one frame per peer, when the socket takes
+//! it without blocking (plain TCP, no write in progress); the writer task
+//! is woken only for what is left. A node's engine thread sends this way:
+//! a wake-up of a writer on another thread costs more than the write.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use dr_codec::frame::{decode_messages, encode_messages, peek_header};
+use dr_codec::frame::{decode_messages, peek_header};
 use dr_codec::message::{Message, NodeId};
 use dr_pool::{BufferPool, BufferPoolConfig};
 use parking_lot::{Mutex, RwLock};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
@@ -31,19 +39,26 @@ use tokio::task::JoinSet;
 use crate::Transport;
 use crate::config::{ConfigError, TransportConfig};
 use crate::handshake::{HELLO_LEN, HandshakeError, Hello};
+use crate::link::{DirectLink, Written, write_loop_direct, write_loop_tls};
 use crate::queue::PeerQueue;
 use crate::stats::{Counters, TransportStats, add};
 use crate::tls::{PEER_NAME, Tls, TlsError};
 
 /// Bytes read from a socket at a time (at least).
-const READ_CHUNK: usize = 64 << 10;
+pub(crate) const READ_CHUNK: usize = 64 << 10;
 /// A connection that lasted this long resets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 
-/// A connection to a peer: plain TCP or TLS over it.
-trait PeerIo: AsyncRead + AsyncWrite + Send + Unpin {}
+/// A TLS session over TCP.
+pub(crate) trait PeerIo: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> PeerIo for T {}
-type PeerStream = Box<dyn PeerIo>;
+
+/// A connection to a peer: plain TCP (which senders may write to
+/// directly) or TLS over it (written by its writer task only).
+enum PeerStream {
+    Plain(TcpStream),
+    Tls(Box<dyn PeerIo>),
+}
 
 /// Why an endpoint could not start.
 #[derive(Debug)]
@@ -75,7 +90,7 @@ impl std::error::Error for StartError {}
 
 /// Why a connection ended.
 #[derive(Debug)]
-enum ConnectionEnd {
+pub(crate) enum ConnectionEnd {
     Io(io::Error),
     Closed,
     BadFrame(String),
@@ -99,22 +114,28 @@ impl fmt::Display for ConnectionEnd {
 /// returns the messages it leaves for the inbound channel.
 pub type Intercept = Box<dyn Fn(Message) -> Option<Message> + Send + Sync>;
 
-struct Peer {
-    id: NodeId,
+pub(crate) struct Peer {
+    pub(crate) id: NodeId,
     addr: Mutex<SocketAddr>,
-    queue: PeerQueue,
+    pub(crate) queue: PeerQueue,
+    /// Messages were held (queued without waking the writer) since the
+    /// last flush.
+    held: AtomicBool,
+    /// The plain connection being served, for writes on a sender's
+    /// thread.
+    link: Mutex<Option<Arc<DirectLink>>>,
     /// Wakes the connection being served when a newer one arrives.
     superseded: Notify,
 }
 
-struct Shared {
-    config: TransportConfig,
+pub(crate) struct Shared {
+    pub(crate) config: TransportConfig,
     peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
-    counters: Counters,
+    pub(crate) counters: Counters,
     inbound: mpsc::Sender<Message>,
     /// Sees every received message before the inbound channel does.
     intercept: OnceLock<Intercept>,
-    pool: BufferPool,
+    pub(crate) pool: BufferPool,
     tasks: Mutex<JoinSet<()>>,
     runtime: tokio::runtime::Handle,
     tls: Option<Tls>,
@@ -221,6 +242,8 @@ impl TcpTransport {
             id,
             addr: Mutex::new(addr),
             queue: PeerQueue::new(config.queue_messages_max, config.queue_bytes_max),
+            held: AtomicBool::new(false),
+            link: Mutex::new(None),
             superseded: Notify::new(),
         });
         self.shared.peers.write().insert(id, Arc::clone(&peer));
@@ -249,13 +272,55 @@ impl TcpTransport {
         self.shared.intercept.set(hook).is_ok()
     }
 
+    /// Queues `message` like [`Transport::send`], but leaves it for the
+    /// next [`TcpTransport::flush`] (the writer is not woken).
+    pub fn hold(&self, message: Message) -> bool {
+        let counters = &self.shared.counters;
+        let Some(peer) = self.shared.peer(message.to) else {
+            add(&counters.messages_dropped, 1);
+            return false;
+        };
+        let queued = peer.queue.push_quietly(message);
+        if queued {
+            add(&counters.messages_queued, 1);
+            peer.held.store(true, Ordering::Release);
+        } else {
+            add(&counters.messages_dropped, 1);
+        }
+        queued
+    }
+
+    /// Sends what was held for each peer: written here, one frame per
+    /// peer, when the connection is plain TCP, no one else is writing it
+    /// and the socket takes it without blocking; otherwise (and for what
+    /// the socket did not take) the peer's writer is woken.
+    pub fn flush(&self) {
+        let peers = self.shared.peers.read();
+        for peer in peers.values() {
+            if !peer.held.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            let link = peer.link.lock().clone();
+            let written = link
+                .as_ref()
+                .and_then(|link| link.try_write_queued(&self.shared, peer));
+            if !matches!(written, Some(Written::Idle)) {
+                // TLS, no connection, a write in progress, a full socket
+                // or an error: the writer takes over (and ends the
+                // connection on an error).
+                peer.queue.wake();
+            }
+        }
+    }
+
     /// Messages and payload bytes queued for `peer` now.
     pub fn queued(&self, peer: NodeId) -> Option<(usize, usize)> {
         self.shared.peer(peer).map(|peer| peer.queue.len())
     }
 
-    /// The counters of the buffer pool that frames are encoded into and
-    /// received in (for a metrics endpoint).
+    /// The counters of the buffer pool that TLS connections encode their
+    /// frames into (for a metrics endpoint; a plain connection keeps one
+    /// buffer of its own).
     pub fn pool_stats(&self) -> dr_pool::BufferPoolStats {
         self.shared.pool.stats()
     }
@@ -340,14 +405,16 @@ async fn dial(
     let handshake = async {
         let tcp = TcpStream::connect(addr).await.map_err(io)?;
         tcp.set_nodelay(true).map_err(io)?;
-        let mut stream: PeerStream = match &shared.tls {
+        let mut stream = match &shared.tls {
             Some(tls) => {
                 let name = rustls::pki_types::ServerName::try_from(PEER_NAME)
                     .expect("PEER_NAME is a valid DNS name");
                 let session = tls.connector.connect(name, tcp).await;
-                Box::new(session.map_err(|e| HandshakeError::Tls(e.to_string()))?)
+                PeerStream::Tls(Box::new(
+                    session.map_err(|e| HandshakeError::Tls(e.to_string()))?,
+                ))
             }
-            None => Box::new(tcp),
+            None => PeerStream::Plain(tcp),
         };
         send_hello(shared, &mut stream).await?;
         let theirs = read_hello(&mut stream).await?;
@@ -368,19 +435,23 @@ async fn dial(
 /// Sends this node's hello, flushed (TLS holds writes in its session).
 async fn send_hello(shared: &Shared, stream: &mut PeerStream) -> Result<(), HandshakeError> {
     let io = |error: io::Error| HandshakeError::Io(error.to_string());
-    stream
-        .write_all(&shared.my_hello().encode())
-        .await
-        .map_err(io)?;
-    stream.flush().await.map_err(io)
+    let hello = shared.my_hello().encode();
+    match stream {
+        PeerStream::Plain(tcp) => tcp.write_all(&hello).await.map_err(io),
+        PeerStream::Tls(session) => {
+            session.write_all(&hello).await.map_err(io)?;
+            session.flush().await.map_err(io)
+        }
+    }
 }
 
 async fn read_hello(stream: &mut PeerStream) -> Result<Hello, HandshakeError> {
     let mut bytes = [0u8; HELLO_LEN];
-    stream
-        .read_exact(&mut bytes)
-        .await
-        .map_err(|error| HandshakeError::Io(error.to_string()))?;
+    let read = match stream {
+        PeerStream::Plain(tcp) => tcp.read_exact(&mut bytes).await,
+        PeerStream::Tls(session) => session.read_exact(&mut bytes).await,
+    };
+    read.map_err(|error| HandshakeError::Io(error.to_string()))?;
     Hello::decode(&bytes)
 }
 
@@ -408,12 +479,14 @@ async fn accept_handshake(
 ) -> Result<(Arc<Peer>, PeerStream), HandshakeError> {
     let io = |error: io::Error| HandshakeError::Io(error.to_string());
     tcp.set_nodelay(true).map_err(io)?;
-    let mut stream: PeerStream = match &shared.tls {
+    let mut stream = match &shared.tls {
         Some(tls) => {
             let session = tls.acceptor.accept(tcp).await;
-            Box::new(session.map_err(|e| HandshakeError::Tls(e.to_string()))?)
+            PeerStream::Tls(Box::new(
+                session.map_err(|e| HandshakeError::Tls(e.to_string()))?,
+            ))
         }
-        None => Box::new(tcp),
+        None => PeerStream::Plain(tcp),
     };
     let theirs = read_hello(&mut stream).await?;
     theirs.check_cluster(shared.config.cluster_id)?;
@@ -454,11 +527,31 @@ async fn accept_one(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr) {
 /// retransmits what still matters).
 async fn serve(shared: &Shared, peer: &Peer, stream: PeerStream) -> ConnectionEnd {
     let superseded = peer.superseded.notified();
-    let (reader, writer) = tokio::io::split(stream);
-    let end = tokio::select! {
-        end = read_loop(shared, peer.id, reader) => end,
-        end = write_loop(shared, peer, writer) => end,
-        () = superseded => ConnectionEnd::Superseded,
+    let end = match stream {
+        PeerStream::Plain(tcp) => {
+            let (reader, writer) = tcp.into_split();
+            let link = Arc::new(DirectLink::new(writer));
+            *peer.link.lock() = Some(Arc::clone(&link));
+            let end = tokio::select! {
+                end = read_loop(shared, peer.id, reader) => end,
+                end = write_loop_direct(shared, peer, &link) => end,
+                () = superseded => ConnectionEnd::Superseded,
+            };
+            // A newer connection may have put its own link in already.
+            let mut current = peer.link.lock();
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &link)) {
+                *current = None;
+            }
+            end
+        }
+        PeerStream::Tls(session) => {
+            let (reader, writer) = tokio::io::split(session);
+            tokio::select! {
+                end = read_loop(shared, peer.id, reader) => end,
+                end = write_loop_tls(shared, peer, writer) => end,
+                () = superseded => ConnectionEnd::Superseded,
+            }
+        }
     };
     if let ConnectionEnd::BadFrame(what) = &end {
         add(&shared.counters.bad_frames, 1);
@@ -469,51 +562,10 @@ async fn serve(shared: &Shared, peer: &Peer, stream: PeerStream) -> ConnectionEn
     end
 }
 
-async fn write_loop(
-    shared: &Shared,
-    peer: &Peer,
-    mut writer: WriteHalf<PeerStream>,
-) -> ConnectionEnd {
-    let counters = &shared.counters;
-    let codec = &shared.config.codec;
-    // Half a frame of payload per batch leaves room for the framing.
-    let batch_bytes = codec.frame_bytes_max / 2;
-    let mut batch = Vec::new();
-    loop {
-        batch.clear();
-        if !peer.queue.take_batch(&mut batch, batch_bytes) {
-            peer.queue.wait().await;
-            // Woken by the first message: let the tasks already runnable
-            // (other clients' forwarded requests) queue theirs too, so
-            // they leave in one frame.
-            tokio::task::yield_now().await;
-            continue;
-        }
-        let mut buffer = shared.pool.get(READ_CHUNK);
-        if let Err(error) = encode_messages(&batch, codec, &mut buffer) {
-            add(&counters.messages_dropped, batch.len() as u64);
-            tracing::error!(peer = peer.id, "dropping {} messages: {error}", batch.len());
-            continue;
-        }
-        // TLS buffers inside the session: flush so the batch leaves now.
-        let written = async {
-            writer.write_all(&buffer).await?;
-            writer.flush().await
-        };
-        if let Err(error) = written.await {
-            add(&counters.messages_dropped, batch.len() as u64);
-            return ConnectionEnd::Io(error);
-        }
-        add(&counters.messages_sent, batch.len() as u64);
-        add(&counters.frames_sent, 1);
-        add(&counters.bytes_sent, buffer.len() as u64);
-    }
-}
-
 async fn read_loop(
     shared: &Shared,
     peer: NodeId,
-    mut reader: ReadHalf<PeerStream>,
+    mut reader: impl AsyncRead + Unpin,
 ) -> ConnectionEnd {
     let me = shared.config.node_id;
     let codec = &shared.config.codec;

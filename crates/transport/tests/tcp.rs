@@ -130,6 +130,94 @@ async fn many_messages_both_ways_arrive_in_order() {
     assert_eq!(stats(&two).messages_received, COUNT);
 }
 
+/// Holds `message` until it is queued (the queue may be full).
+async fn hold(transport: &TcpTransport, message: &Message) {
+    let deadline = Instant::now() + PATIENCE;
+    while !transport.hold(message.clone()) {
+        assert!(Instant::now() < deadline, "the queue never drained");
+        transport.flush();
+        sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_leave_at_the_flush_on_the_flushing_thread() {
+    let ((one, _inbox_one), (_two, mut inbox_two)) = pair().await;
+    for term in 1..=3 {
+        hold(&one, &heartbeat(1, 2, term)).await;
+    }
+    // Nothing woke the writer: the messages wait for the flush (a busy
+    // machine only makes a wrong early delivery less likely, never a
+    // right answer wrong).
+    sleep(Duration::from_millis(100)).await;
+    assert!(inbox_two.try_recv().is_err(), "held until the flush");
+    assert_eq!(stats(&one).messages_sent, 0);
+    one.flush();
+    // Written by the flush itself: one frame, counted before it returned.
+    let sent = stats(&one);
+    assert_eq!((sent.messages_sent, sent.frames_sent), (3, 1));
+    for term in 1..=3 {
+        assert_eq!(receive(&mut inbox_two).await.term, term);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_and_sent_frames_never_interleave_when_the_socket_fills() {
+    // A flush writes what the socket takes and leaves the rest of its
+    // frame to the writer task, while another thread sends through the
+    // writer: every frame must still arrive whole (a torn frame fails
+    // its checksum and closes the connection) and each sender's
+    // messages in order.
+    // Node 2 takes 4 messages into its inbox before its reader stalls:
+    // the socket fills until the test reads.
+    let mut config = TransportConfig::new(CLUSTER, 2, any_port());
+    config.inbound_capacity = 4;
+    let (two, mut inbox_two) = TcpTransport::start(config).await.unwrap();
+    let (one, _inbox_one) = start(1, any_port(), &[(2, two.local_addr())]).await;
+    two.add_peer(1, one.local_addr());
+    eventually("the connection", || {
+        stats(&one).connections_established >= 1
+    })
+    .await;
+    const BIG: u64 = 300;
+    const SMALL: u64 = 3000;
+    let one = std::sync::Arc::new(one);
+    let sender = std::sync::Arc::clone(&one);
+    let small = tokio::spawn(async move {
+        for n in 1..=SMALL {
+            send_all(&sender, [heartbeat(1, 2, n)]).await;
+            if n % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let mut left_to_the_writer = false;
+    for n in 1..=BIG {
+        // 64 KiB appends: a few fill the loopback socket's buffer.
+        hold(&one, &append(1, 2, n, 16, 4096)).await;
+        one.flush();
+        left_to_the_writer |= one.queued(2).unwrap().0 > 0;
+    }
+    assert!(left_to_the_writer, "a flush met a full socket");
+    let (mut big_seen, mut small_seen) = (0, 0);
+    while big_seen < BIG || small_seen < SMALL {
+        let message = receive(&mut inbox_two).await;
+        match message.body {
+            MessageBody::AppendEntries(_) => {
+                big_seen += 1;
+                assert_eq!(message.term, big_seen, "held appends in order");
+            }
+            _ => {
+                small_seen += 1;
+                assert_eq!(message.term, small_seen, "sent heartbeats in order");
+            }
+        }
+    }
+    small.await.unwrap();
+    assert_eq!(stats(&one).bad_frames, 0);
+    assert_eq!(stats(&one).connections_established, 1, "never reconnected");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_takes_the_messages_it_keeps_before_the_inbox() {
     let ((one, _inbox_one), (two, mut inbox_two)) = pair().await;

@@ -120,6 +120,21 @@ async fn members_of_the_cluster_ca_talk_over_tls() {
             .unwrap();
         assert_eq!((message.from, message.term), (1, term));
     }
+    // Held messages on a TLS link: the flush hands them to the writer.
+    for term in 501..=600 {
+        while !one.hold(heartbeat(1, 2, term)) {
+            one.flush();
+            sleep(Duration::from_millis(1)).await;
+        }
+    }
+    one.flush();
+    for term in 501..=600 {
+        let message = timeout(Duration::from_secs(20), inbox.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((message.from, message.term), (1, term));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -267,7 +267,7 @@ async fn metrics(State(state): Shared) -> Response {
     let pool_gauges = [
         (
             "drkv_pool_hits_total",
-            "Buffers served from the transport's pool.",
+            "Frame buffers served from the transport's pool (TLS peer links).",
             pool.hits,
             "counter",
         ),
