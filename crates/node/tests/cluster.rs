@@ -128,6 +128,51 @@ fn writes_through_every_node_are_read_back_from_every_node() {
 /// Writers through every node; the leader is SIGKILLed mid-load. Every
 /// write that was acknowledged must be readable afterwards.
 #[test]
+fn without_a_quorum_each_command_is_answered_at_its_request_timeout() {
+    // drkv's request timeout is 5 s. A connection keeps one timer for
+    // its commands' deadlines: each command must still get its own.
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+    let cluster = Cluster::start("timeout", 3, &[]);
+    let leader = cluster.wait_for_leader(SETTLE);
+    let mut client = cluster.client(leader);
+    client.set_read_timeout(Some(LOAD_BOUND)).unwrap();
+    // Many commands answered well before their deadlines first.
+    for i in 0..200 {
+        let _: String = retrying(&mut client, &set(&format!("k{i}"), "1"), SETTLE).unwrap();
+    }
+    let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    for &id in &followers {
+        cluster.signal(id, "STOP");
+    }
+    for (key, command) in [
+        ("a", set("a", "1")),
+        ("b", set("b", "1")),
+        ("k1", get("k1")),
+    ] {
+        let started = Instant::now();
+        let error = command
+            .query::<redis::Value>(&mut client)
+            .expect_err("no quorum: no answer but an error");
+        let took = started.elapsed();
+        // The write may have been appended (uncertain) or was refused by a
+        // node that stepped down (not done); the read is never done.
+        let code = error.code().unwrap_or_default().to_owned();
+        assert!(code == "UNCERTAIN" || code == "TRYAGAIN", "{key}: {error}");
+        // Retries pause 20 ms and stop short of the deadline.
+        assert!(
+            took >= REQUEST_TIMEOUT - Duration::from_millis(100),
+            "{key} answered after {took:?}: before its request timeout"
+        );
+        assert!(took < LOAD_BOUND, "{key} answered after {took:?}");
+    }
+    for &id in &followers {
+        cluster.signal(id, "CONT");
+    }
+    let value: Option<String> = retrying(&mut client, &get("k199"), SETTLE).unwrap();
+    assert_eq!(value.as_deref(), Some("1"));
+}
+
+#[test]
 fn killing_the_leader_loses_no_acknowledged_write() {
     let mut cluster = Cluster::start("kill", 3, &[]);
     let leader = cluster.wait_for_leader(SETTLE);

@@ -28,7 +28,7 @@ use crate::command::{self, Command, ConnectionCommand};
 use crate::kv;
 use crate::metrics::bump;
 use crate::resp::{self, Protocol, Reply};
-use crate::server::{Executor, Started};
+use crate::server::{DeadlineTimer, Executor, Started};
 
 mod transaction;
 
@@ -141,6 +141,7 @@ pub async fn serve_clients(
             registry: Arc::clone(&registry),
             shutdown: shutdown.clone(),
             tx: TxState::default(),
+            deadlines: DeadlineTimer::new(),
         };
         connections.spawn(async move {
             metrics.clients_connected.fetch_add(1, Relaxed);
@@ -199,6 +200,8 @@ struct Connection {
     shutdown: watch::Receiver<bool>,
     /// `MULTI`'s queue and the watched keys.
     tx: TxState,
+    /// The deadlines of the commands it waits for.
+    deadlines: DeadlineTimer,
 }
 
 /// A command on its way to its reply.
@@ -403,10 +406,10 @@ impl Connection {
     }
 
     /// Waits for every started command's reply, in order.
-    async fn answer(&self, started: &mut Vec<(Pending, Protocol)>, output: &mut BytesMut) {
+    async fn answer(&mut self, started: &mut Vec<(Pending, Protocol)>, output: &mut BytesMut) {
         for (item, protocol) in started.drain(..) {
             let reply = match item {
-                Pending::Plain(item) => self.executor.finish(item).await,
+                Pending::Plain(item) => self.executor.finish_timed(item, &mut self.deadlines).await,
                 Pending::Exec(exec) => self.finish_exec(exec).await,
             };
             reply.encode(protocol, output);

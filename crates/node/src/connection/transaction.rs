@@ -267,8 +267,11 @@ impl Connection {
 
     /// `EXEC`'s reply: the write's replies with the connection commands'
     /// in their places.
-    pub(super) async fn finish_exec(&self, started: ExecStarted) -> Reply {
-        let reply = self.executor.finish(started.write).await;
+    pub(super) async fn finish_exec(&mut self, started: ExecStarted) -> Reply {
+        let reply = self
+            .executor
+            .finish_timed(started.write, &mut self.deadlines)
+            .await;
         let Reply::Array(replies) = reply else {
             // Aborted (a watched key changed), or not done / uncertain.
             return reply;
