@@ -58,19 +58,10 @@ impl PeerQueue {
         }
     }
 
-    /// Queues `message` and wakes the writer; false (and the message
-    /// dropped) when the queue is full.
+    /// Queues `message` without waking the writer (whoever queues it
+    /// writes it out or calls `wake`); false (and the message dropped)
+    /// when the queue is full.
     pub(crate) fn push(&self, message: Message) -> bool {
-        let queued = self.push_quietly(message);
-        if queued {
-            self.wake();
-        }
-        queued
-    }
-
-    /// Queues `message` without waking the writer: whoever queues it
-    /// writes it out or wakes the writer later.
-    pub(crate) fn push_quietly(&self, message: Message) -> bool {
         let bytes = message_bytes(&message);
         {
             let mut queues = self.queues.lock();

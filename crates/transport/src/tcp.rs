@@ -275,19 +275,24 @@ impl TcpTransport {
     /// Queues `message` like [`Transport::send`], but leaves it for the
     /// next [`TcpTransport::flush`] (the writer is not woken).
     pub fn hold(&self, message: Message) -> bool {
+        self.queue(message, |peer| peer.held.store(true, Ordering::Release))
+    }
+
+    /// Queues `message` for its peer, then `queued` (the writer's wake-up
+    /// or the mark for the next flush); counts it queued or dropped.
+    fn queue(&self, message: Message, queued: impl FnOnce(&Peer)) -> bool {
         let counters = &self.shared.counters;
         let Some(peer) = self.shared.peer(message.to) else {
             add(&counters.messages_dropped, 1);
             return false;
         };
-        let queued = peer.queue.push_quietly(message);
-        if queued {
-            add(&counters.messages_queued, 1);
-            peer.held.store(true, Ordering::Release);
-        } else {
+        if !peer.queue.push(message) {
             add(&counters.messages_dropped, 1);
+            return false;
         }
-        queued
+        add(&counters.messages_queued, 1);
+        queued(&peer);
+        true
     }
 
     /// Sends what was held for each peer: written here, one frame per
@@ -334,18 +339,7 @@ impl Drop for TcpTransport {
 
 impl Transport for TcpTransport {
     fn send(&self, message: Message) -> bool {
-        let counters = &self.shared.counters;
-        let Some(peer) = self.shared.peer(message.to) else {
-            add(&counters.messages_dropped, 1);
-            return false;
-        };
-        let queued = peer.queue.push(message);
-        if queued {
-            add(&counters.messages_queued, 1);
-        } else {
-            add(&counters.messages_dropped, 1);
-        }
-        queued
+        self.queue(message, |peer| peer.queue.wake())
     }
 
     fn stats(&self) -> TransportStats {

@@ -95,6 +95,20 @@ async fn pair(
     (one, two, inbox_two)
 }
 
+/// Receives node 1's heartbeats of `terms`, in order.
+async fn expect_terms(
+    inbox: &mut tokio::sync::mpsc::Receiver<Message>,
+    terms: std::ops::RangeInclusive<u64>,
+) {
+    for term in terms {
+        let message = timeout(Duration::from_secs(20), inbox.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((message.from, message.term), (1, term));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_of_the_cluster_ca_talk_over_tls() {
     let dir = Dir::new("members");
@@ -113,13 +127,7 @@ async fn members_of_the_cluster_ca_talk_over_tls() {
             sleep(Duration::from_millis(1)).await;
         }
     }
-    for term in 1..=500 {
-        let message = timeout(Duration::from_secs(20), inbox.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((message.from, message.term), (1, term));
-    }
+    expect_terms(&mut inbox, 1..=500).await;
     // Held messages on a TLS link: the flush hands them to the writer.
     for term in 501..=600 {
         while !one.hold(heartbeat(1, 2, term)) {
@@ -128,13 +136,7 @@ async fn members_of_the_cluster_ca_talk_over_tls() {
         }
     }
     one.flush();
-    for term in 501..=600 {
-        let message = timeout(Duration::from_secs(20), inbox.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((message.from, message.term), (1, term));
-    }
+    expect_terms(&mut inbox, 501..=600).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
