@@ -3,10 +3,9 @@
 //! the reply back, retrying what certainly did not happen; and `INFO`.
 //! The connections themselves are in [`crate::connection`].
 
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-
-use std::pin::Pin;
 
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};

@@ -60,6 +60,16 @@ enum PeerStream {
     Tls(Box<dyn PeerIo>),
 }
 
+impl PeerStream {
+    /// The stream to read and write, whichever it is (the handshake).
+    fn io(&mut self) -> &mut dyn PeerIo {
+        match self {
+            Self::Plain(tcp) => tcp,
+            Self::Tls(session) => session.as_mut(),
+        }
+    }
+}
+
 /// Why an endpoint could not start.
 #[derive(Debug)]
 pub enum StartError {
@@ -429,23 +439,21 @@ async fn dial(
 /// Sends this node's hello, flushed (TLS holds writes in its session).
 async fn send_hello(shared: &Shared, stream: &mut PeerStream) -> Result<(), HandshakeError> {
     let io = |error: io::Error| HandshakeError::Io(error.to_string());
-    let hello = shared.my_hello().encode();
-    match stream {
-        PeerStream::Plain(tcp) => tcp.write_all(&hello).await.map_err(io),
-        PeerStream::Tls(session) => {
-            session.write_all(&hello).await.map_err(io)?;
-            session.flush().await.map_err(io)
-        }
-    }
+    let stream = stream.io();
+    stream
+        .write_all(&shared.my_hello().encode())
+        .await
+        .map_err(io)?;
+    stream.flush().await.map_err(io)
 }
 
 async fn read_hello(stream: &mut PeerStream) -> Result<Hello, HandshakeError> {
     let mut bytes = [0u8; HELLO_LEN];
-    let read = match stream {
-        PeerStream::Plain(tcp) => tcp.read_exact(&mut bytes).await,
-        PeerStream::Tls(session) => session.read_exact(&mut bytes).await,
-    };
-    read.map_err(|error| HandshakeError::Io(error.to_string()))?;
+    stream
+        .io()
+        .read_exact(&mut bytes)
+        .await
+        .map_err(|error| HandshakeError::Io(error.to_string()))?;
     Hello::decode(&bytes)
 }
 
