@@ -287,14 +287,14 @@ pub struct RocksStorage {
     /// Recently written records, for point reads, and the writes kept
     /// behind; shared with every [`StoreReader`].
     mirror: Arc<ReadMirror>,
-    /// The keys the mirror holds dirty (written behind), in key order:
-    /// what scans merge with RocksDB's and a checkpoint writes.
-    dirty_keys: staged_keys::StagedKeys,
+    /// The keys the mirror holds dirty (written behind), ordered when a
+    /// scan asks: what scans merge with RocksDB's and a checkpoint writes.
+    dirty_keys: staged_keys::DirtyKeys,
     /// The checkpoint being written on its own thread, if one is.
     in_flight: Option<write_behind::InFlight>,
     /// The last checkpoint's keys, for the next checkpoint's thread to
     /// free.
-    retired_keys: Option<Arc<staged_keys::StagedKeys>>,
+    retired_keys: Option<Arc<staged_keys::FrozenKeys>>,
     /// The applied index RocksDB's state machine was last written at.
     checkpointed: LogIndex,
     _block_cache: Cache,
@@ -480,7 +480,7 @@ impl RocksStorage {
                 options.read_mirror_bytes,
                 options.write_behind_bytes > 0 && state_machine == StateMachine::DataFamily,
             )),
-            dirty_keys: staged_keys::StagedKeys::default(),
+            dirty_keys: staged_keys::DirtyKeys::default(),
             in_flight: None,
             retired_keys: None,
             checkpointed: 0,
@@ -656,7 +656,8 @@ impl RocksStorage {
         let mut pairs = Vec::new();
         let mut iterator = self.db.raw_iterator_cf(cf(&self.db, CF_DATA));
         iterator.seek(start);
-        let mut staged = self.staged_keys(start).peekable();
+        let dirty = self.dirty_keys.ordered();
+        let mut staged = self.staged_keys(&dirty, start).peekable();
         while pairs.len() < limit {
             let stored = iterator.key();
             match (staged.peek(), stored) {

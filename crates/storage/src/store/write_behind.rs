@@ -23,13 +23,17 @@
 use std::thread::{self, JoinHandle};
 
 use super::mirror::Staging;
-use super::staged_keys::StagedKeys;
+use super::staged_keys::{FrozenKeys, OrderedDirty};
 use super::*;
+
+/// The most a checkpoint's batch reserves up front (a larger one grows).
+const CHECKPOINT_BATCH_RESERVE_BYTES_MAX: usize = 256 << 20;
 
 /// A checkpoint being written on its own thread.
 pub(super) struct InFlight {
-    /// The frozen keys, in key order (scans merge them).
-    keys: Arc<StagedKeys>,
+    /// The frozen keys (ordered by the checkpoint's thread or the first
+    /// scan; scans merge them).
+    keys: Arc<FrozenKeys>,
     /// The applied index whose state it writes.
     applied: LogIndex,
     thread: JoinHandle<()>,
@@ -38,17 +42,25 @@ pub(super) struct InFlight {
 /// Writes the `which` records of `keys` with `applied` (and its term) in
 /// one batch: the state machine at that index. Without the WAL when
 /// `skip_wal`: a crash loses it whole, and the log replays it.
-fn write_checkpoint(
+fn write_checkpoint<'a>(
     db: &DB,
     mirror: &ReadMirror,
     which: Staging,
-    keys: &StagedKeys,
+    keys: impl Iterator<Item = &'a [u8]>,
     applied: (LogIndex, Option<Term>),
     skip_wal: bool,
 ) {
     let data = cf(db, CF_DATA);
-    let mut batch = WriteBatch::default();
-    for key in keys.iter() {
+    // Sized once from the mirror's count of the records (which is more
+    // than their bytes in a batch): a batch grown by doubling copied
+    // itself and faulted its new pages in, 2-3% of a node's CPU.
+    let records_bytes = match which {
+        Staging::Dirty => mirror.dirty_bytes(),
+        Staging::Frozen => mirror.frozen_bytes(),
+    };
+    let mut batch =
+        WriteBatch::with_capacity_bytes(records_bytes.min(CHECKPOINT_BATCH_RESERVE_BYTES_MAX));
+    for key in keys {
         mirror
             .staged_in(which, key, |value| match value {
                 Some(value) => batch.put_cf(data, key, value),
@@ -103,7 +115,7 @@ impl RocksStorage {
     /// the owner's share is one swap per shard here and a join later.
     pub(super) fn start_checkpoint(&mut self) {
         assert!(self.in_flight.is_none(), "one checkpoint at a time");
-        let keys = Arc::new(std::mem::take(&mut self.dirty_keys));
+        let keys = Arc::new(self.dirty_keys.freeze());
         self.mirror.freeze();
         let applied = (self.cached.applied, self.cached.applied_term);
         let (db, mirror, frozen) = (
@@ -117,7 +129,14 @@ impl RocksStorage {
             .name("dr-checkpoint".into())
             .spawn(move || {
                 drop(retired);
-                write_checkpoint(&db, &mirror, Staging::Frozen, &frozen, applied, skip_wal);
+                write_checkpoint(
+                    &db,
+                    &mirror,
+                    Staging::Frozen,
+                    frozen.iter(),
+                    applied,
+                    skip_wal,
+                );
                 mirror.settle_frozen();
             })
             .unwrap_or_else(|error| fatal("starting a checkpoint thread", error));
@@ -174,7 +193,7 @@ impl RocksStorage {
             &self.db,
             &self.mirror,
             Staging::Dirty,
-            &self.dirty_keys,
+            self.dirty_keys.ordered().iter(),
             applied,
             self.skips_wal(),
         );
@@ -184,12 +203,16 @@ impl RocksStorage {
     }
 
     /// The staged keys from `start` on, in key order, each once: the
-    /// dirty ones merged with the in-flight checkpoint's.
+    /// dirty ones (`dirty`, from [`DirtyKeys::ordered`]) merged with the
+    /// in-flight checkpoint's.
+    ///
+    /// [`DirtyKeys::ordered`]: super::staged_keys::DirtyKeys::ordered
     pub(super) fn staged_keys<'a>(
         &'a self,
+        dirty: &'a OrderedDirty<'a>,
         start: &'a [u8],
     ) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let dirty = self.dirty_keys.range_from(start).peekable();
+        let dirty = dirty.range_from(start).peekable();
         let frozen = self
             .in_flight
             .iter()
