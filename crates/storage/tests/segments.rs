@@ -216,6 +216,48 @@ fn a_torn_tail_is_cut_and_writing_goes_on() {
     assert_eq!(store.entries(1, 41, u64::MAX).unwrap().len(), 40);
 }
 
+/// The log writes whole pages: a write ending inside a page ext4 did not
+/// hold in its cache made it read the block from disk first. Bytes after
+/// the log's end (here garbage, as a recycled segment holds) are zeroed up
+/// to the page boundary and left alone after it; everything reads back,
+/// before and after reopening.
+#[test]
+fn writes_fill_their_last_page_with_zeros_and_leave_later_pages_alone() {
+    const PAGE: usize = 4096;
+    let dir = TestDir::new();
+    let mut store = open(dir.path());
+    write(&mut store, 1, 25, 1);
+    drop(store);
+    let newest = segments(dir.path()).pop().unwrap();
+    let end = written_end(&newest);
+    let mut bytes = std::fs::read(&newest).unwrap();
+    bytes[end..].fill(0xAA);
+    std::fs::write(&newest, &bytes).unwrap();
+    // Reopened, the log reads the page it ends in back; then each write
+    // starts where the last one ended, inside a page.
+    let mut store = open(dir.path());
+    write(&mut store, 26, 70, 1);
+    let bytes = std::fs::read(&newest).unwrap();
+    // Where the garbage left untouched begins.
+    let garbage_from = bytes.len() - bytes.iter().rev().position(|b| *b != 0xAA).unwrap();
+    assert!(garbage_from > end);
+    assert_eq!(garbage_from % PAGE, 0, "the last write ended its page");
+    let new_end = bytes[..garbage_from]
+        .chunks(8)
+        .rposition(|word| word.iter().any(|b| *b != 0))
+        .map_or(0, |at| (at + 1) * 8);
+    assert!(
+        garbage_from - new_end < PAGE,
+        "zeros only to the page's end"
+    );
+    assert_eq!(store.entries(1, 71, u64::MAX).unwrap().len(), 70);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.last_index(), 70);
+    let read = store.entries(1, 71, u64::MAX).unwrap();
+    assert!(read.iter().all(|e| e.payload[0] == e.index as u8));
+}
+
 /// Where each batch of a segment starts (batches are 8-byte aligned and
 /// open with the magic "DRLG"; a 200-byte entry payload never holds it).
 fn batch_starts(segment: &Path) -> Vec<usize> {

@@ -70,6 +70,8 @@ pub(crate) fn check_segment_bytes(bytes: u64) -> Result<(), String> {
 const SPARES_MAX: usize = 16;
 /// Zeros written per call while a segment is prepared.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
+/// The log writes whole pages of this size (see [`SegmentLog::write_at`]).
+const PAGE_BYTES: u64 = 4096;
 
 /// A segment file in the log.
 #[derive(Debug)]
@@ -124,6 +126,13 @@ pub(crate) struct SegmentLog {
     cleared_below: u64,
     /// The framed batch being written (kept to reuse its memory).
     frame: Vec<u8>,
+    /// The newest segment's bytes from `tail_at` (a page boundary) to the
+    /// end of the last write: what a write that starts inside that page
+    /// writes again before its own bytes.
+    tail: Vec<u8>,
+    tail_at: u64,
+    /// The pages of a write being assembled (kept to reuse its memory).
+    pages: Vec<u8>,
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -255,7 +264,68 @@ impl SegmentLog {
         self.live.back_mut().expect("a log has a segment")
     }
 
-    fn write_at(&self, frame: &[u8], at: u64, sync: bool) -> io::Result<()> {
+    /// Writes `frame` at `at` in whole pages: from the start of the page
+    /// `at` falls in (its bytes before `at` written again, as they are)
+    /// to the end of the page the frame ends in (zeros after the frame,
+    /// where nothing of this segment's log is yet). A write that ended
+    /// inside a page the page cache did not hold made ext4 read that
+    /// block from disk first, synchronously: one disk read per write,
+    /// on the engine's thread. Bytes before `at` are rewritten unchanged,
+    /// so a write torn by a crash cannot damage what was written before.
+    fn write_at(&mut self, frame: &[u8], at: u64, sync: bool) -> io::Result<()> {
+        let page_at = at - at % PAGE_BYTES;
+        let end = at + frame.len() as u64;
+        // Within the segment's size (a batch bigger than a segment goes
+        // past it, and its last page is then partial).
+        let pages_end = end
+            .next_multiple_of(PAGE_BYTES)
+            .min(self.segment_bytes.max(end));
+        self.load_tail(page_at, at)?;
+        let mut pages = std::mem::take(&mut self.pages);
+        pages.clear();
+        pages.extend_from_slice(&self.tail);
+        pages.extend_from_slice(frame);
+        pages.resize((pages_end - page_at) as usize, 0);
+        let written = self.write_pages(&pages, page_at, sync);
+        if written.is_ok() {
+            let tail_at = end - end % PAGE_BYTES;
+            self.tail.clear();
+            self.tail
+                .extend_from_slice(&pages[(tail_at - page_at) as usize..(end - page_at) as usize]);
+            self.tail_at = tail_at;
+        } else {
+            // Unknown on disk: read back before the next write.
+            self.forget_tail();
+        }
+        self.pages = pages;
+        written
+    }
+
+    /// Makes `tail` the newest segment's bytes from `page_at` to `at`:
+    /// kept from the last write when it ended there, else read back.
+    fn load_tail(&mut self, page_at: u64, at: u64) -> io::Result<()> {
+        if self.tail_at == page_at && self.tail_at + self.tail.len() as u64 == at {
+            return Ok(());
+        }
+        self.tail.clear();
+        self.tail.resize((at - page_at) as usize, 0);
+        let file = &self.live.back().expect("a log has a segment").file;
+        let read = file.read_exact_at(&mut self.tail, page_at);
+        if read.is_err() {
+            self.forget_tail();
+        } else {
+            self.tail_at = page_at;
+        }
+        read
+    }
+
+    /// The tail is not known (a new or reopened segment, a failed write).
+    fn forget_tail(&mut self) {
+        self.tail.clear();
+        self.tail_at = u64::MAX;
+    }
+
+    fn write_pages(&self, pages: &[u8], at: u64, sync: bool) -> io::Result<()> {
         let file = &self.newest().file;
         #[cfg(feature = "failpoints")]
         if sync {
@@ -263,13 +333,13 @@ impl SegmentLog {
                 crate::failpoints::Injected::Proceed => {}
                 crate::failpoints::Injected::Fail(error) => return Err(io::Error::other(error)),
                 crate::failpoints::Injected::Tear => {
-                    let _ = file.write_all_at(&frame[..frame.len() / 2 + 1], at);
+                    let _ = file.write_all_at(&pages[..pages.len() / 2 + 1], at);
                     eprintln!("dr-storage: raft log: torn write injected; ending the process");
                     std::process::abort();
                 }
             }
         }
-        file.write_all_at(frame, at)?;
+        file.write_all_at(pages, at)?;
         if sync {
             file.sync_data()?;
         }
@@ -370,6 +440,7 @@ impl SegmentLog {
         self.offset = 0;
         self.durable = 0;
         self.opening_offset = 0;
+        self.forget_tail();
         self.open_with_hard_state()
     }
 

@@ -177,6 +177,9 @@ impl SegmentLog {
             hard_state: None,
             cleared_below: 0,
             frame: Vec::new(),
+            tail: Vec::new(),
+            tail_at: u64::MAX,
+            pages: Vec::new(),
         };
         if segments.is_empty() {
             log.cleared_below = 1;
