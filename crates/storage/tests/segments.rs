@@ -193,14 +193,21 @@ fn a_log_that_grows_back_after_compaction_reuses_its_segments() {
     assert_eq!(store.entries(1991, 3601, u64::MAX).unwrap().len(), 1610);
 }
 
-#[test]
-fn a_torn_tail_is_cut_and_writing_goes_on() {
+/// A log of entries 1..=25 written and closed: its directory, its newest
+/// segment and where that segment's batches end.
+fn closed_log_of_25_entries() -> (TestDir, PathBuf, usize) {
     let dir = TestDir::new();
     let mut store = open(dir.path());
     write(&mut store, 1, 25, 1);
     drop(store);
     let newest = segments(dir.path()).pop().unwrap();
     let end = written_end(&newest);
+    (dir, newest, end)
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_writing_goes_on() {
+    let (dir, newest, end) = closed_log_of_25_entries();
     // The last ready (entries 21..=25) torn: its second half never written.
     let mut bytes = std::fs::read(&newest).unwrap();
     bytes[end - 300..end].fill(0);
@@ -224,12 +231,7 @@ fn a_torn_tail_is_cut_and_writing_goes_on() {
 #[test]
 fn writes_fill_their_last_page_with_zeros_and_leave_later_pages_alone() {
     const PAGE: usize = 4096;
-    let dir = TestDir::new();
-    let mut store = open(dir.path());
-    write(&mut store, 1, 25, 1);
-    drop(store);
-    let newest = segments(dir.path()).pop().unwrap();
-    let end = written_end(&newest);
+    let (dir, newest, end) = closed_log_of_25_entries();
     let mut bytes = std::fs::read(&newest).unwrap();
     bytes[end..].fill(0xAA);
     std::fs::write(&newest, &bytes).unwrap();
