@@ -14,6 +14,8 @@
 //!   implementations measured in the same run.
 //! - `cargo xtask bench cluster`: a 3-node `drkv` cluster under load
 //!   (see `cluster.rs`); `cargo xtask dev`: a local cluster to try.
+//! - `cargo xtask bench ab A B`: two `drkv` builds side by side, in
+//!   alternating fresh clusters (see `ab.rs`).
 //! - `cargo xtask sim --seed N` / `--seeds N [--start-seed S]`: the
 //!   deterministic cluster simulation (dr-sim), built with optimizations;
 //!   exits non-zero if any seed fails, printing each failing seed.
@@ -26,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+mod ab;
 mod bench;
 mod ci;
 mod cluster;
@@ -51,6 +54,9 @@ commands:
                  connections; writes, reads, 90% reads), redis-benchmark if installed;
                  --raft-log: the nodes' log (default: drkv's)
   bench expiry   a million keys under TTL on a 3-node cluster: load, hold, removal (CPU)
+  bench ab A B [--connections 1|16|64|256] [--pairs N] [--via all|leader] [--write-percent 100|10|0]
+                 two drkv binaries side by side: fresh preloaded clusters of each in
+                 alternating order, one row each, every row and the medians (B / A)
   dev [ARGS]     a local 3-node cluster under ./drkv-data (drkv dev ARGS), until Ctrl-C
   sim --seed N | --seeds N [--start-seed S] [--short]
                  deterministic cluster simulation: one seed, or N seeds from S (default 0);
@@ -83,6 +89,7 @@ fn main() -> ExitCode {
             }
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("expiry") => expiry_bench::run(),
+        Some("bench") if args.get(1).map(String::as_str) == Some("ab") => ab::run(&args[2..]),
         Some("dev") => cluster::dev(&args[1..]),
         Some("bench") if args.len() <= 3 => bench::run(
             args.get(1).map(String::as_str),
