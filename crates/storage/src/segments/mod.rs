@@ -286,7 +286,9 @@ impl SegmentLog {
         pages.extend_from_slice(&self.tail);
         pages.extend_from_slice(frame);
         pages.resize((pages_end - page_at) as usize, 0);
-        let written = self.write_pages(&pages, page_at, sync);
+        // An injected torn write keeps the first half of the frame.
+        let torn_len = self.tail.len() + frame.len() / 2 + 1;
+        let written = self.write_pages(&pages, page_at, sync, torn_len);
         if written.is_ok() {
             let tail_at = end - end % PAGE_BYTES;
             self.tail.clear();
@@ -325,7 +327,8 @@ impl SegmentLog {
         self.tail_at = u64::MAX;
     }
 
-    fn write_pages(&self, pages: &[u8], at: u64, sync: bool) -> io::Result<()> {
+    #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+    fn write_pages(&self, pages: &[u8], at: u64, sync: bool, torn_len: usize) -> io::Result<()> {
         let file = &self.newest().file;
         #[cfg(feature = "failpoints")]
         if sync {
@@ -333,7 +336,7 @@ impl SegmentLog {
                 crate::failpoints::Injected::Proceed => {}
                 crate::failpoints::Injected::Fail(error) => return Err(io::Error::other(error)),
                 crate::failpoints::Injected::Tear => {
-                    let _ = file.write_all_at(&pages[..pages.len() / 2 + 1], at);
+                    let _ = file.write_all_at(&pages[..torn_len], at);
                     eprintln!("dr-storage: raft log: torn write injected; ending the process");
                     std::process::abort();
                 }
