@@ -128,9 +128,10 @@ pub(crate) struct SegmentLog {
     frame: Vec<u8>,
     /// The newest segment's bytes from `tail_at` (a page boundary) to the
     /// end of the last write: what a write that starts inside that page
-    /// writes again before its own bytes.
+    /// writes again before its own bytes. `None` when not known (a new or
+    /// reopened segment, a failed write): then read back.
     tail: Vec<u8>,
-    tail_at: u64,
+    tail_at: Option<u64>,
     /// The pages of a write being assembled (kept to reuse its memory).
     pages: Vec<u8>,
 }
@@ -294,7 +295,7 @@ impl SegmentLog {
             self.tail.clear();
             self.tail
                 .extend_from_slice(&pages[(tail_at - page_at) as usize..(end - page_at) as usize]);
-            self.tail_at = tail_at;
+            self.tail_at = Some(tail_at);
         } else {
             // Unknown on disk: read back before the next write.
             self.forget_tail();
@@ -306,7 +307,7 @@ impl SegmentLog {
     /// Makes `tail` the newest segment's bytes from `page_at` to `at`:
     /// kept from the last write when it ended there, else read back.
     fn load_tail(&mut self, page_at: u64, at: u64) -> io::Result<()> {
-        if self.tail_at == page_at && self.tail_at + self.tail.len() as u64 == at {
+        if self.tail_at == Some(page_at) && page_at + self.tail.len() as u64 == at {
             return Ok(());
         }
         self.tail.clear();
@@ -316,7 +317,7 @@ impl SegmentLog {
         if read.is_err() {
             self.forget_tail();
         } else {
-            self.tail_at = page_at;
+            self.tail_at = Some(page_at);
         }
         read
     }
@@ -324,7 +325,7 @@ impl SegmentLog {
     /// The tail is not known (a new or reopened segment, a failed write).
     fn forget_tail(&mut self) {
         self.tail.clear();
-        self.tail_at = u64::MAX;
+        self.tail_at = None;
     }
 
     #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]

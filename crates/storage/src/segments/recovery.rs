@@ -178,7 +178,7 @@ impl SegmentLog {
             cleared_below: 0,
             frame: Vec::new(),
             tail: Vec::new(),
-            tail_at: u64::MAX,
+            tail_at: None,
             pages: Vec::new(),
         };
         if segments.is_empty() {

@@ -189,16 +189,19 @@ impl RocksStorage {
             return;
         }
         let applied = (self.cached.applied, self.cached.applied_term);
+        // Taken as a checkpoint's thread takes them (sorted as a vector,
+        // not inserted into the ordered set a scan keeps); the dirty keys
+        // are empty after.
+        let keys = self.dirty_keys.freeze();
         write_checkpoint(
             &self.db,
             &self.mirror,
             Staging::Dirty,
-            self.dirty_keys.ordered().iter(),
+            keys.iter(),
             applied,
             self.skips_wal(),
         );
         self.mirror.settle();
-        self.dirty_keys.clear();
         self.checkpointed = self.cached.applied;
     }
 
