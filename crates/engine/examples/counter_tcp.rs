@@ -135,7 +135,7 @@ impl StateMachine for Counter {
     }
 
     fn snapshot_copying(&self, store: &RocksStorage) -> bool {
-        store.snapshot_copy_index().is_some()
+        store.snapshot_making_index().is_some()
     }
 
     fn persist_syncs(store: &RocksStorage, ready: &Ready) -> bool {

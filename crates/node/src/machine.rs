@@ -102,7 +102,7 @@ impl KvStore for RocksStorage {
     }
 
     fn snapshot_copying(&self) -> bool {
-        self.snapshot_copy_index().is_some()
+        self.snapshot_making_index().is_some()
     }
 
     fn snapshot_bytes(&self) -> u64 {

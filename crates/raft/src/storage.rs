@@ -283,6 +283,7 @@ pub trait LogStore: Storage {
 
     /// Discards entries up to and including `index`, which must be in the
     /// log and covered by the snapshot; its index and term stay
-    /// answerable.
+    /// answerable. A store may discard fewer (down to none) when it still
+    /// needs them to recover after a crash; never more.
     fn compact(&mut self, index: LogIndex) -> Result<(), StorageError>;
 }

@@ -60,6 +60,14 @@ pub(crate) fn encode_trailer(count: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
+/// The bytes of a stream of `pairs` whose keys and values take
+/// `key_value_bytes` in all: what the `encode_` functions write.
+pub(crate) fn stream_len(pairs: u64, key_value_bytes: u64) -> u64 {
+    const PAIR_FRAMING: u64 = 4 + 4 + 4;
+    const TRAILER: u64 = 4 + 8 + 4;
+    MAGIC.len() as u64 + pairs * PAIR_FRAMING + key_value_bytes + TRAILER
+}
+
 /// What is wrong with a stream, and where.
 #[derive(Debug)]
 pub(crate) enum StreamError {

@@ -28,7 +28,7 @@
 //!   [`StoreOptions::write_behind_bytes`]), where reads and scans see them
 //!   at once, and a checkpoint writes them to RocksDB in one sorted batch
 //!   with the applied index, on a thread of its own when they pass the
-//!   bound (background snapshots copy the state at the last checkpoint),
+//!   bound (background snapshots pin the state at the last checkpoint),
 //!   and on the owner's thread before a write that goes through (a range
 //!   delete, a configuration change), a synchronous snapshot, a backup
 //!   and a close; a crash loses them with their applied index, and the
@@ -37,10 +37,13 @@
 //!   slot while received, and switched to atomically: an interrupted
 //!   install leaves the old state whole;
 //! - a store created as [`StateMachine::DataFamily`] is itself the
-//!   key-value state machine: its snapshots are copies of the `data`
-//!   family at the applied index (never the whole state in memory), and
-//!   installing one replaces the family, finishing on the next open if a
-//!   crash cut it short; [`RocksStorage::begin_snapshot`] copies it on a
+//!   key-value state machine: its snapshot is the `data` family itself at
+//!   the applied index, pinned with a RocksDB snapshot and streamed on
+//!   demand (nothing copied, never the whole state in memory; a reopened
+//!   store pins the state it finds), the log is never compacted past the
+//!   state RocksDB holds on disk, and installing a received snapshot
+//!   replaces the family, finishing on the next open if a crash cut it
+//!   short; [`RocksStorage::begin_snapshot`] pins and measures it on a
 //!   thread of its own while the owner goes on applying, and
 //!   [`StoreReader`] serves point reads of it to other threads;
 //! - point reads are answered from a mirror of recently written records
@@ -104,7 +107,7 @@ pub mod options;
 mod records;
 mod segments;
 pub mod short_key;
-mod snapshot_copy;
+mod snapshot_view;
 mod store;
 
 pub use backup::{BackupError, BackupInfo, list_backups};

@@ -6,7 +6,8 @@
 //! variable naming the store: it appends batches of entries through
 //! `persist_ready` (one synced write each), prints `acked <index>` after
 //! each returns, applies committed entries in batches, and now and then
-//! snapshots and compacts. Applying entry `i` sets `counter` to `i` and
+//! snapshots (on its thread and in the background) and compacts.
+//! Applying entry `i` sets `counter` to `i` and
 //! `slot-<i % 97>` to a 1 KiB value naming `i`, so the data says exactly
 //! which entries were applied.
 
@@ -90,6 +91,16 @@ fn write_forever(path: &Path, log: LogKind) -> ! {
         stdout.flush().expect("stdout");
         let applied_to = last + count - (batch % 3);
         apply_up_to(&mut store, applied_to);
+        // Background snapshots too: pinned and flushed on their thread,
+        // switched in (and the log compacted behind them) when polled.
+        if batch % 40 == 20 {
+            store.begin_snapshot(conf.clone()).ok();
+        }
+        if let Some(index) = store.poll_snapshot() {
+            store
+                .compact(index.saturating_sub(100).max(store.first_index()))
+                .ok();
+        }
         if batch.is_multiple_of(40) {
             let applied = store.applied_index();
             if applied > store.snapshot_meta().unwrap().index {

@@ -254,12 +254,12 @@ fn wait_for_copy(store: &mut RocksStorage) -> u64 {
 }
 
 #[test]
-fn a_background_copy_holds_the_state_it_started_at() {
+fn a_background_snapshot_holds_the_state_it_started_at() {
     let (source_dir, target_dir) = (TestDir::new(), TestDir::new());
     let mut source = open(&source_dir);
     fill(&mut source, 1, 10, 3000, 1);
     assert_eq!(source.begin_snapshot(conf()), Ok(10));
-    assert_eq!(source.snapshot_copy_index(), Some(10));
+    assert_eq!(source.snapshot_making_index(), Some(10));
     assert!(
         matches!(source.begin_snapshot(conf()), Err(StorageError::Invalid(_))),
         "one copy at a time"
@@ -274,24 +274,43 @@ fn a_background_copy_holds_the_state_it_started_at() {
         )
         .unwrap();
     assert_eq!(wait_for_copy(&mut source), 10);
-    assert_eq!(source.snapshot_copy_index(), None);
+    assert_eq!(source.snapshot_making_index(), None);
     let meta = source.snapshot_meta().unwrap();
     assert_eq!((meta.index, meta.term, &meta.conf_state), (10, 2, &conf()));
     source
         .compact(10)
-        .expect("the log compacts behind the copy");
+        .expect("the log compacts behind the snapshot");
 
     let mut target = open(&target_dir);
     transfer(&source, &mut target, &meta).expect("transfer");
     let expected: Vec<_> = (0..3000).map(|i| (key(i), value(i, 1))).collect();
     assert_eq!(all_pairs(&target), expected, "exactly the state at 10");
+    // The view does not outlive the process: reopened, the store's
+    // snapshot is the state it finds (applied to 12), pinned again; the
+    // log compacted behind the old one still holds what follows it.
     drop(source);
     let source = open(&source_dir);
-    assert_eq!(source.snapshot_meta().unwrap(), meta, "durable on reopen");
+    let reopened = source.snapshot_meta().unwrap();
+    assert_eq!((reopened.index, reopened.term), (12, 2), "the state found");
+    assert_eq!(reopened.conf_state, conf());
+    assert!(
+        source.first_index() <= 11,
+        "never compacted past the snapshot"
+    );
+    let again_dir = TestDir::new();
+    let mut again = open(&again_dir);
+    transfer(&source, &mut again, &reopened).expect("transfer");
+    let mut expected: Vec<_> = (0..3000)
+        .filter(|&i| i != 5)
+        .map(|i| (key(i), value(i, 1)))
+        .collect();
+    expected.push((b"late".to_vec(), b"x".to_vec()));
+    expected.sort();
+    assert_eq!(all_pairs(&again), expected, "exactly the state at 12");
 }
 
 #[test]
-fn a_received_snapshot_or_a_synchronous_one_cancels_a_copy() {
+fn a_received_snapshot_or_a_synchronous_one_drops_one_in_the_making() {
     let (source_dir, target_dir) = (TestDir::new(), TestDir::new());
     let mut source = open(&source_dir);
     fill(&mut source, 1, 20, 2000, 3);
@@ -306,7 +325,7 @@ fn a_received_snapshot_or_a_synchronous_one_cancels_a_copy() {
     // The leader's newer snapshot arrives: its chunks take the staging
     // slot, so the copy stops and never becomes the snapshot.
     transfer(&source, &mut target, &meta).expect("transfer");
-    assert_eq!(target.snapshot_copy_index(), None);
+    assert_eq!(target.snapshot_making_index(), None);
     assert_eq!(target.poll_snapshot(), None);
     assert_eq!(target.snapshot_meta().unwrap(), meta);
     let expected: Vec<_> = (0..2000).map(|i| (key(i), value(i, 3))).collect();
@@ -319,23 +338,21 @@ fn a_received_snapshot_or_a_synchronous_one_cancels_a_copy() {
         .unwrap();
     assert_eq!(target.begin_snapshot(conf()), Ok(22));
     target.create_snapshot(22, conf(), Bytes::new()).unwrap();
-    assert_eq!(target.snapshot_copy_index(), None);
+    assert_eq!(target.snapshot_making_index(), None);
     assert_eq!(target.snapshot_meta().unwrap().index, 22);
     // Dropping the store with a copy running lets the directory reopen.
     target.append(&entries(23, 23, 2)).unwrap();
     target.apply(&[], 23, None).unwrap();
     assert_eq!(target.begin_snapshot(conf()), Ok(23));
+    assert_eq!(target.snapshot_meta().unwrap().index, 22, "not switched in");
     drop(target);
+    // Reopened, the snapshot is the state found, pinned again.
     let target = open(&target_dir);
-    assert_eq!(
-        target.snapshot_meta().unwrap().index,
-        22,
-        "never switched in"
-    );
+    assert_eq!(target.snapshot_meta().unwrap().index, 23);
 }
 
 #[test]
-fn a_background_copy_is_refused_when_there_is_nothing_new() {
+fn a_background_snapshot_is_refused_when_there_is_nothing_new() {
     let dir = TestDir::new();
     let mut store = open(&dir);
     fill(&mut store, 1, 4, 10, 1);
@@ -444,4 +461,106 @@ fn a_range_delete_removes_its_range_in_order_with_the_other_writes() {
     let pairs: Vec<(Vec<u8>, Vec<u8>)> = all_pairs(&store);
     let keys: Vec<&[u8]> = pairs.iter().map(|(key, _)| key.as_slice()).collect();
     assert_eq!(keys, [&b"a"[..], b"b3", b"c"]);
+}
+
+#[test]
+fn a_snapshot_reads_the_same_bytes_at_any_offset_in_any_order() {
+    let dir = TestDir::new();
+    let mut store = open(&dir);
+    fill(&mut store, 1, 6, 4000, 7);
+    store.create_snapshot(6, conf(), Bytes::new()).unwrap();
+    let meta = store.snapshot_meta().unwrap();
+    // Read in order, small chunks: the whole stream.
+    let mut whole = Vec::new();
+    loop {
+        let chunk = store
+            .snapshot_chunk(&meta, whole.len() as u64, 4099)
+            .unwrap();
+        whole.extend_from_slice(&chunk.data);
+        if chunk.done {
+            break;
+        }
+        assert!(!chunk.data.is_empty(), "progress until done");
+    }
+    // Applies after the snapshot change nothing of it.
+    store.append(&entries(7, 7, 2)).unwrap();
+    store
+        .apply(
+            &[DataWrite::Delete(&key(1)), DataWrite::Put(b"new", b"v")],
+            7,
+            None,
+        )
+        .unwrap();
+    // A chunk asked twice, a jump ahead, a step back to the start, past
+    // the end: the same bytes as the stream read in order.
+    let at = |offset: usize, len: usize| {
+        let chunk = store
+            .snapshot_chunk(&meta, offset as u64, len as u64)
+            .unwrap();
+        let end = (offset + len).min(whole.len());
+        assert_eq!(&chunk.data[..], &whole[offset..end], "at {offset}");
+        assert_eq!(chunk.done, end == whole.len(), "done at {offset}");
+    };
+    for (offset, len) in [
+        (0, 100),
+        (0, 100),
+        (50_000, 7000),
+        (50_000, 10),
+        (9, 1 << 20),
+    ] {
+        at(offset, len);
+    }
+    at(whole.len() - 3, 100);
+    at(whole.len(), 100);
+    assert!(
+        store
+            .snapshot_chunk(&meta, whole.len() as u64 + 1, 10)
+            .is_err()
+    );
+}
+
+#[test]
+fn the_log_is_never_compacted_past_the_state_on_disk() {
+    let dir = TestDir::new();
+    let mut store = open(&dir);
+    fill(&mut store, 1, 10, 100, 1);
+    store.create_snapshot(10, conf(), Bytes::new()).unwrap();
+    // The applies skipped RocksDB's WAL and sit in a memtable: a crash
+    // would lose them, and the log must replay them.
+    store.compact(8).unwrap();
+    assert_eq!(store.first_index(), 1, "held at the state on disk");
+    // Asked again with the state on disk where it was: RocksDB is asked
+    // to flush (in the background); a later compaction goes through.
+    store.compact(8).unwrap();
+    let started = std::time::Instant::now();
+    while store.first_index() == 1 {
+        assert!(started.elapsed().as_secs() < 60, "the flush lands");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        store.compact(8).unwrap();
+    }
+    assert_eq!(store.first_index(), 9);
+    // Killed now (nothing written out on close), the state on disk is
+    // still ahead of the compaction point.
+    let applied = store.applied_index();
+    std::mem::forget(store);
+    // The forgotten store still holds RocksDB's lock: reopen a copy.
+    let copy = TestDir::new();
+    copy_dir(dir.path(), copy.path());
+    let store = open(&copy);
+    assert!(store.first_index() <= store.applied_index() + 1);
+    assert_eq!(store.applied_index(), applied);
+    assert_eq!(all_pairs(&store).len(), 100);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }

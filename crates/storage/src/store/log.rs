@@ -352,6 +352,12 @@ impl Storage for RocksStorage {
                 current: self.cached.snapshot.index,
             });
         }
+        if let Some(view) = &self.view {
+            let (data, done) = view
+                .chunk(offset, max_bytes)
+                .map_err(|e| io_error(&format!("reading the snapshot at offset {offset}"), e))?;
+            return Ok(SnapshotChunk { data, done });
+        }
         let total = self.cached.snapshot_len;
         if offset > total {
             return Err(StorageError::Invalid(format!(
@@ -429,7 +435,14 @@ impl LogStore for RocksStorage {
                         data.len()
                     )));
                 }
-                (WriteBatch::default(), self.copy_data_family(&meta))
+                // Written out first: the view pins RocksDB's state, which
+                // is then the state at the applied index.
+                self.checkpoint();
+                let view = self.pin_measured(meta)?;
+                let mut batch = WriteBatch::default();
+                self.add_view_switch(&mut batch, view);
+                self.commit(batch, "creating a snapshot");
+                return Ok(());
             }
         };
         self.add_slot_switch(&mut batch, meta, len);
@@ -535,6 +548,10 @@ impl LogStore for RocksStorage {
                 "compacting to {index} would discard entries the snapshot (at {}) does not cover",
                 self.cached.snapshot.index
             )));
+        }
+        let index = self.compaction_bound(index)?;
+        if index <= self.cached.compacted_index {
+            return Ok(());
         }
         let term = self.term(index)?;
         let next_term = if index < self.cached.last_index {

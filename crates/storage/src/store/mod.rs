@@ -7,8 +7,8 @@ use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use bytes::Bytes;
 use dr_codec::frame::{CodecConfig, decode_entry, encode_entry};
@@ -17,13 +17,16 @@ use dr_raft::{
     HardState, InitialState, LogStore, Ready, Snapshot, SnapshotChunk, StagedChunk, Storage,
     StorageError,
 };
-use rocksdb::{Cache, ColumnFamily, DB, DBRawIterator, WriteBatch, WriteOptions};
+use rocksdb::{
+    Cache, ColumnFamily, DB, DBRawIterator, FlushOptions, ReadOptions, ReadTier, WriteBatch,
+    WriteOptions,
+};
 
 use crate::kv_stream::{self, KeyValue, PairReader, StreamError};
 use crate::options::{self, CF_DATA, CF_META, CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::records::{self, RecordError};
 use crate::segments::{LogBatch, SEGMENT_BYTES_DEFAULT, SegmentLog};
-use crate::snapshot_copy::{self, SnapshotCopy};
+use crate::snapshot_view::SnapshotView;
 
 mod log;
 mod mirror;
@@ -46,6 +49,9 @@ const KEY_APPLIED: &[u8] = b"applied";
 const KEY_COMPACTION_POINT: &[u8] = b"compaction_point";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const KEY_SNAPSHOT_SLOT: &[u8] = b"snapshot_slot";
+/// Present when the current snapshot is the state machine itself, pinned
+/// (`snapshot_view`), not a slot's copy: its index.
+const KEY_SNAPSHOT_VIEW: &[u8] = b"snapshot_view";
 const KEY_STAGED: &[u8] = b"staged";
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
@@ -68,8 +74,9 @@ pub enum StateMachine {
     /// installing a received snapshot only replaces the log.
     External,
     /// The store's `data` family, written by [`RocksStorage::apply`]: a
-    /// snapshot is a copy of the family at the applied index, streamed
-    /// from disk, and installing one replaces the family's contents.
+    /// snapshot is the family at the applied index, pinned (not copied)
+    /// and streamed from disk, and installing one replaces the family's
+    /// contents.
     DataFamily,
 }
 
@@ -259,8 +266,12 @@ struct Cached {
     conf_state: ConfState,
     snapshot: SnapshotMeta,
     snapshot_len: u64,
-    /// Which of the two data slots holds the current snapshot.
+    /// Which of the two data slots holds the current snapshot (when it
+    /// is not a view; the other is the staging slot either way).
     slot: u8,
+    /// Whether the current snapshot is RocksDB's state machine pinned (a
+    /// [`SnapshotView`]) rather than a slot's copy.
+    snapshot_is_view: bool,
     /// A snapshot being staged in the other slot, and its bytes so far.
     staged: Option<(SnapshotMeta, u64)>,
     applied: LogIndex,
@@ -275,8 +286,13 @@ pub struct RocksStorage {
     cached: Cached,
     codec: CodecConfig,
     state_machine: StateMachine,
-    /// A snapshot being copied on its own thread.
-    copy: Option<SnapshotCopy>,
+    /// The current snapshot's pinned state, when it is a view.
+    view: Option<SnapshotView>,
+    /// A view pinned and being measured, to become the current snapshot.
+    making: Option<SnapshotView>,
+    /// Where the last compaction stopped short of what it was asked, held
+    /// at the state on disk (see `compaction_bound`).
+    compaction_held_at: Option<LogIndex>,
     /// The segmented log, when the store keeps its log there.
     segments: Option<SegmentLog>,
     /// The segmented log's part of the write being built.
@@ -465,13 +481,16 @@ impl RocksStorage {
                 snapshot: SnapshotMeta::default(),
                 snapshot_len: 0,
                 slot: 0,
+                snapshot_is_view: false,
                 staged: None,
                 applied: 0,
                 applied_term: None,
             },
             codec: CodecConfig::default(),
             state_machine,
-            copy: None,
+            view: None,
+            making: None,
+            compaction_held_at: None,
             segments: None,
             log_batch: LogBatch::default(),
             options,
@@ -501,6 +520,9 @@ impl RocksStorage {
         store
             .catch_up_with_snapshot()
             .map_err(|e| OpenError::Corrupt(e.to_string()))?;
+        store
+            .pin_view_on_open()
+            .map_err(|e| OpenError::Corrupt(e.to_string()))?;
         Ok(store)
     }
 
@@ -517,6 +539,57 @@ impl RocksStorage {
         self.segments.is_some() && self.state_machine == StateMachine::DataFamily
     }
 
+    /// The applied index of the state RocksDB holds on disk: what a crash
+    /// leaves of a state machine whose applies skip the WAL (what is only
+    /// in a memtable is lost; RocksDB reads a `Persisted` tier without
+    /// the memtables while they hold writes made without the WAL).
+    pub(super) fn durable_applied(&self) -> Result<LogIndex, StorageError> {
+        let mut options = ReadOptions::default();
+        options.set_read_tier(ReadTier::Persisted);
+        let record = self
+            .db
+            .get_cf_opt(cf(&self.db, CF_META), KEY_APPLIED, &options)
+            .map_err(|e| io_error("reading the applied index on disk", e))?;
+        match record {
+            None => Ok(0),
+            Some(record) => records::decode_applied(&record)
+                .map(|(applied, _)| applied)
+                .map_err(|e| StorageError::Invalid(e.0)),
+        }
+    }
+
+    /// Where a compaction to `index` may go: not past the state on disk
+    /// when applies skip the WAL (a crash would leave the state behind the
+    /// log, with nothing to rebuild it from: snapshots are views).
+    /// RocksDB's memtables usually fill and flush between two snapshots;
+    /// when a compaction finds the state on disk where the previous one
+    /// left it (a state of a few hot keys never fills them), RocksDB is
+    /// asked to flush, in the background, so the next one goes further:
+    /// the log keeps at most about two snapshots' worth of entries more.
+    pub(super) fn compaction_bound(&mut self, index: LogIndex) -> Result<LogIndex, StorageError> {
+        if !self.skips_wal() {
+            return Ok(index);
+        }
+        let durable = self.durable_applied()?;
+        if durable >= index {
+            self.compaction_held_at = None;
+            return Ok(index);
+        }
+        if self.compaction_held_at == Some(durable) {
+            let families: Vec<_> = [CF_DATA, CF_META, CF_RAFT_LOG, CF_RAFT_STATE]
+                .into_iter()
+                .map(|name| cf(&self.db, name))
+                .collect();
+            let mut flush = FlushOptions::default();
+            flush.set_wait(false);
+            self.db
+                .flush_cfs_opt(&families, &flush)
+                .map_err(|e| io_error("asking RocksDB to flush", e))?;
+        }
+        self.compaction_held_at = Some(durable);
+        Ok(durable)
+    }
+
     /// After a crash lost applies written without the WAL, the state may be
     /// behind the log's compaction point, where the log cannot replay it
     /// from: it is rebuilt from the current snapshot (which covers the
@@ -524,6 +597,15 @@ impl RocksStorage {
     fn catch_up_with_snapshot(&mut self) -> Result<(), StorageError> {
         if !self.skips_wal() || self.cached.applied >= self.cached.compacted_index {
             return Ok(());
+        }
+        if self.cached.snapshot_is_view {
+            // A view is not on disk, and nothing can rebuild the state from
+            // it: the log is never compacted past the state on disk.
+            return Err(StorageError::Invalid(format!(
+                "the state machine at {} is behind the log's compaction point {}, which never \
+                 passes the state RocksDB holds on disk: the store lost data",
+                self.cached.applied, self.cached.compacted_index
+            )));
         }
         let snapshot = self.cached.snapshot.clone();
         let meta_cf = cf(&self.db, CF_META);
@@ -555,8 +637,9 @@ impl RocksStorage {
     /// effects of committed entries whose log write had not been synced
     /// yet (a leader syncing its own log lazily: the entries were on its
     /// followers' disks). The state is kept as a snapshot at the applied
-    /// index, as if received: copied into the snapshot slot, with the
-    /// compaction point there and the log cleared to start after it.
+    /// index, as if received: pinned as the snapshot (it is on disk
+    /// already), with the compaction point there and the log cleared to
+    /// start after it.
     fn adopt_state_ahead_of_log(&mut self) -> Result<(), StorageError> {
         let (applied, last) = (self.cached.applied, self.cached.last_index);
         if !self.skips_wal() || applied <= last {
@@ -573,9 +656,9 @@ impl RocksStorage {
             term,
             conf_state: self.cached.conf_state.clone(),
         };
-        let len = self.copy_data_family(&meta);
+        let view = self.pin_measured(meta.clone())?;
         let mut batch = WriteBatch::default();
-        self.add_slot_switch(&mut batch, meta.clone(), len);
+        self.add_view_switch(&mut batch, view);
         self.add_log_replacement(&mut batch, &meta);
         self.commit(batch, "keeping a state ahead of the log as a snapshot");
         Ok(())
@@ -803,11 +886,12 @@ impl RocksStorage {
 }
 
 impl Drop for RocksStorage {
-    /// A copy thread holds the database open: it stops with the store, so
-    /// the directory can be opened again at once. The writes kept behind
-    /// are written out.
+    /// A view's thread holds the database open: it stops with the store,
+    /// so the directory can be opened again at once. The writes kept
+    /// behind are written out.
     fn drop(&mut self) {
-        self.cancel_snapshot_copy();
+        self.making = None;
+        self.view = None;
         // A store closed in order keeps what it applied (RocksDB flushes
         // its memtables on close): no replay on the next open.
         if !std::thread::panicking() {

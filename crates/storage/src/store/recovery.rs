@@ -121,6 +121,7 @@ impl RocksStorage {
                 .filter(|slot| *slot < 2)
                 .ok_or_else(|| OpenError::Corrupt(format!("snapshot slot {slot}")))?;
         }
+        self.cached.snapshot_is_view = self.read(CF_META, KEY_SNAPSHOT_VIEW)?.is_some();
         if let Some(record) = self.read(CF_META, KEY_STAGED)? {
             self.cached.staged = Some(records::decode_snapshot_meta("staged snapshot", &record)?);
         }

@@ -5,17 +5,19 @@
 use super::*;
 
 impl RocksStorage {
-    /// Starts a snapshot of the state machine at the applied index, copied
-    /// on a thread of its own while the caller goes on applying (see the
-    /// `snapshot_copy` module), and returns its index. It becomes the
-    /// current snapshot when [`poll_snapshot`](Self::poll_snapshot) sees
-    /// the copy done. [`LogStore::create_snapshot`] does the same on the
-    /// caller's thread (and cancels a copy in progress).
+    /// Starts a snapshot of the state machine at the applied index (at the
+    /// last checkpoint's, with applies kept behind) and returns its index:
+    /// RocksDB's state is pinned as it is (`snapshot_view`: nothing is
+    /// copied) and measured on a thread of its own while the caller goes
+    /// on applying. It becomes the current snapshot when
+    /// [`poll_snapshot`](Self::poll_snapshot) sees it measured.
+    /// [`LogStore::create_snapshot`] does the same on the caller's thread
+    /// (and drops a snapshot in the making).
     ///
     /// Refused for a store whose state machine is external (it hands its
-    /// image to `create_snapshot`), while a copy runs or a received
-    /// snapshot is being staged, and when nothing was applied since the
-    /// current snapshot.
+    /// image to `create_snapshot`), while one is in the making or a
+    /// received snapshot is being staged, and when nothing was applied
+    /// since the current snapshot.
     pub fn begin_snapshot(&mut self, conf_state: ConfState) -> Result<LogIndex, StorageError> {
         if self.state_machine != StateMachine::DataFamily {
             return Err(StorageError::Invalid(
@@ -23,10 +25,10 @@ impl RocksStorage {
                     .into(),
             ));
         }
-        if let Some(copy) = &self.copy {
+        if let Some(making) = &self.making {
             return Err(StorageError::Invalid(format!(
-                "a snapshot at index {} is being copied",
-                copy.meta.index
+                "a snapshot at index {} is being made",
+                making.meta.index
             )));
         }
         self.refuse_while_receiving()?;
@@ -41,13 +43,12 @@ impl RocksStorage {
             term: self.term(index)?,
             conf_state,
         };
-        let copy = SnapshotCopy::start(Arc::clone(&self.db), meta, 1 - self.cached.slot)
-            .map_err(StorageError::Io)?;
-        self.copy = Some(copy);
+        let view = SnapshotView::pin(Arc::clone(&self.db), meta).map_err(StorageError::Io)?;
+        self.making = Some(view);
         Ok(index)
     }
 
-    /// With applies kept behind, a background snapshot copies RocksDB's
+    /// With applies kept behind, a background snapshot pins RocksDB's
     /// state machine, which is the state at the last checkpoint's index
     /// (never stalling the caller for a checkpoint): that index, once no
     /// checkpoint is in flight ([`StorageError::SnapshotTemporarilyUnavailable`]
@@ -71,37 +72,112 @@ impl RocksStorage {
         self.cached.snapshot_len
     }
 
-    /// The index of the snapshot being copied, if one is.
-    pub fn snapshot_copy_index(&self) -> Option<LogIndex> {
-        self.copy.as_ref().map(|copy| copy.meta.index)
+    /// The index of the snapshot in the making, if one is.
+    pub fn snapshot_making_index(&self) -> Option<LogIndex> {
+        self.making.as_ref().map(|making| making.meta.index)
     }
 
-    /// Makes a finished copy the current snapshot, in one synced write,
-    /// and returns its index; `None` while the copy runs or when there is
-    /// none. A failed copy is fatal, as every failed write of the store.
+    /// Makes a measured view the current snapshot, in one synced write,
+    /// and returns its index; `None` while it is measured or when none is
+    /// in the making. A failed read of the state is fatal, as every
+    /// failed read of the store's own data.
     pub fn poll_snapshot(&mut self) -> Option<LogIndex> {
-        if !self.copy.as_ref().is_some_and(SnapshotCopy::is_finished) {
-            return None;
-        }
-        let copy = self.copy.take()?;
-        let (meta, slot) = (copy.meta.clone(), copy.slot);
-        let len = match copy.finish() {
-            Ok(Some(len)) => len,
-            Ok(None) => return None,
-            Err(error) => fatal("copying the state machine", error),
+        let stream_len = match self.making.as_ref()?.poll_measured()? {
+            Ok(stream_len) => stream_len,
+            Err(error) => fatal("reading the state machine for a snapshot", error),
         };
-        // Whatever would supersede the copy (a received snapshot, a copy on
-        // the caller's thread) cancels it first, so these always hold.
+        let view = self.making.take()?;
+        // Whatever would supersede the view (a received snapshot, a
+        // synchronous one) drops it first, so these always hold.
         assert!(
-            meta.index > self.cached.snapshot.index
-                && self.cached.staged.is_none()
-                && slot == 1 - self.cached.slot,
-            "a snapshot copy outlived a change of snapshot"
+            view.meta.index > self.cached.snapshot.index && self.cached.staged.is_none(),
+            "a snapshot in the making outlived a change of snapshot"
         );
+        let index = view.meta.index;
         let mut batch = WriteBatch::default();
-        self.add_slot_switch(&mut batch, meta.clone(), len);
+        self.add_view_switch(&mut batch, (view, stream_len));
         self.commit(batch, "switching in a snapshot");
-        Some(meta.index)
+        Some(index)
+    }
+
+    /// Pins RocksDB's state as the snapshot `meta` and waits for its
+    /// measure (the caller makes it current).
+    pub(super) fn pin_measured(
+        &mut self,
+        meta: SnapshotMeta,
+    ) -> Result<(SnapshotView, u64), StorageError> {
+        self.making = None;
+        let view = SnapshotView::pin(Arc::clone(&self.db), meta).map_err(StorageError::Io)?;
+        let stream_len = view
+            .wait_measured()
+            .unwrap_or_else(|error| fatal("reading the state machine for a snapshot", error));
+        Ok((view, stream_len))
+    }
+
+    /// Makes a measured view the current snapshot: its metadata, the view
+    /// marker, a slot snapshot's data deleted. (The log is the caller's
+    /// business.)
+    pub(super) fn add_view_switch(&mut self, batch: &mut WriteBatch, view: (SnapshotView, u64)) {
+        let (view, stream_len) = view;
+        let meta_cf = cf(&self.db, CF_META);
+        batch.put_cf(
+            meta_cf,
+            KEY_SNAPSHOT,
+            records::encode_snapshot_meta(&view.meta, stream_len),
+        );
+        batch.put_cf(
+            meta_cf,
+            KEY_SNAPSHOT_VIEW,
+            records::encode_u64(view.meta.index),
+        );
+        if !self.cached.snapshot_is_view {
+            add_clear_slot(batch, meta_cf, self.cached.slot);
+        }
+        self.cached.snapshot = view.meta.clone();
+        self.cached.snapshot_len = stream_len;
+        self.cached.snapshot_is_view = true;
+        self.view = Some(view);
+    }
+
+    /// A view does not outlive the process: a store whose snapshot was one
+    /// pins RocksDB's state again on open, at the applied index it finds,
+    /// which becomes the snapshot. That may be older than the snapshot
+    /// recorded (the state machine skips the WAL, and the view was not
+    /// flushed), never older than the log's compaction point (the log is
+    /// never compacted past what RocksDB holds on disk).
+    pub(super) fn pin_view_on_open(&mut self) -> Result<(), StorageError> {
+        if !self.cached.snapshot_is_view || self.view.is_some() {
+            return Ok(());
+        }
+        let (applied, stored) = (self.cached.applied, self.cached.snapshot.clone());
+        if applied < self.cached.compacted_index {
+            return Err(StorageError::Invalid(format!(
+                "the state machine is at {applied}, behind the log's compaction point {}: \
+                 the store lost data",
+                self.cached.compacted_index
+            )));
+        }
+        let meta = if applied == stored.index {
+            stored.clone()
+        } else {
+            // Configuration changes are applied through to RocksDB with
+            // the configuration they make: the one recorded is the
+            // applied index's.
+            SnapshotMeta {
+                index: applied,
+                term: self.term(applied)?,
+                conf_state: self.cached.conf_state.clone(),
+            }
+        };
+        let view = self.pin_measured(meta)?;
+        if view.0.meta == stored {
+            self.view = Some(view.0);
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        self.add_view_switch(&mut batch, view);
+        self.commit(batch, "moving the snapshot to the state found on open");
+        Ok(())
     }
 
     /// A snapshot at `index` would not be newer than the current one.
@@ -128,11 +204,9 @@ impl RocksStorage {
         Ok(())
     }
 
-    /// Stops a copy in progress (its slot is about to be reused).
-    pub(super) fn cancel_snapshot_copy(&mut self) {
-        if let Some(copy) = self.copy.take() {
-            copy.cancel();
-        }
+    /// Drops a snapshot in the making (a received one replaces it).
+    pub(super) fn drop_snapshot_in_making(&mut self) {
+        self.making = None;
     }
 
     pub(super) fn add_chunks(
@@ -154,7 +228,7 @@ impl RocksStorage {
         data: &[u8],
     ) -> Result<(), StorageError> {
         if offset == 0 {
-            self.cancel_snapshot_copy();
+            self.drop_snapshot_in_making();
         }
         let staging_slot = 1 - self.cached.slot;
         let meta_cf = cf(&self.db, CF_META);
@@ -320,22 +394,6 @@ impl RocksStorage {
         Ok(())
     }
 
-    /// Copies the data family, as of now, into the staging slot as a
-    /// state-machine stream; returns its length. Bounded memory: the copy
-    /// goes out in batches of stored records.
-    pub(super) fn copy_data_family(&mut self, meta: &SnapshotMeta) -> u64 {
-        self.cancel_snapshot_copy();
-        self.checkpoint();
-        let staging_slot = 1 - self.cached.slot;
-        let source = self.db.raw_iterator_cf(cf(&self.db, CF_DATA));
-        let never = AtomicBool::new(false);
-        let written = snapshot_copy::copy_pairs(&self.db, source, staging_slot, &never)
-            .unwrap_or_else(|error| fatal("copying the state machine", error))
-            .expect("an uncancellable copy ends");
-        self.cached.staged = Some((meta.clone(), written));
-        written
-    }
-
     /// Makes the staged slot the current snapshot: its metadata, the slot
     /// flip, the old slot deleted. (The log is the caller's business.)
     pub(super) fn add_slot_switch(&mut self, batch: &mut WriteBatch, meta: SnapshotMeta, len: u64) {
@@ -352,7 +410,10 @@ impl RocksStorage {
             records::encode_u64(u64::from(1 - old_slot)),
         );
         batch.delete_cf(meta_cf, KEY_STAGED);
+        batch.delete_cf(meta_cf, KEY_SNAPSHOT_VIEW);
         add_clear_slot(batch, meta_cf, old_slot);
+        self.view = None;
+        self.cached.snapshot_is_view = false;
         self.cached.slot = 1 - old_slot;
         self.cached.snapshot = meta;
         self.cached.snapshot_len = len;
