@@ -271,6 +271,9 @@ pub struct Progress {
     pub applied_index: LogIndex,
     /// The last index in the log.
     pub last_index: LogIndex,
+    /// The first index in the log (entries before it are compacted into
+    /// the snapshot).
+    pub first_index: LogIndex,
     /// The latest snapshot's index.
     pub snapshot_index: LogIndex,
 }
@@ -330,6 +333,10 @@ pub struct Engine<M: StateMachine, A> {
     log_bytes_at_snapshot: u64,
     /// No snapshot is tried before this (after one was refused).
     snapshot_retry_at: Option<Duration>,
+    /// A compaction the store did not finish (it keeps entries it still
+    /// needs after a crash): where it was asked to go, and when to ask
+    /// again.
+    compaction_pending: Option<(LogIndex, Duration)>,
     /// The leader lease, on this node's clock.
     lease: dr_raft::LeaseTracker<Duration, Duration>,
     /// The index of the machine's housekeeping command not yet applied.
@@ -392,6 +399,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             log_bytes_applied: 0,
             log_bytes_at_snapshot: 0,
             snapshot_retry_at: None,
+            compaction_pending: None,
             lease,
             housekeeping_index: None,
             unsynced,
@@ -654,6 +662,7 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
             commit_index: raft.commit_index(),
             applied_index: self.applied_index(),
             last_index: raft.last_index(),
+            first_index: dr_raft::Storage::first_index(raft.storage()),
             snapshot_index: self.snapshot_index,
         }
     }

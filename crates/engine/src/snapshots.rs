@@ -12,6 +12,10 @@ use crate::{Engine, EngineError, Responder, SnapshotStarted, StateMachine, Uncer
 
 /// How soon a snapshot the store was not ready for is asked for again.
 const SNAPSHOT_NOT_READY_RETRY: Duration = Duration::from_millis(100);
+/// How soon a compaction the store kept short of its index is asked for
+/// again (a store whose state machine skips its WAL compacts only as far
+/// as the state on disk, which a flush moves on).
+const COMPACTION_RETRY: Duration = Duration::from_secs(1);
 
 impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
     pub(crate) fn after_snapshot_install(&mut self, snapshot: &SnapshotMeta) {
@@ -70,20 +74,39 @@ impl<M: StateMachine, A: Responder<M>> Engine<M, A> {
         self.snapshot_index = index;
         self.log_bytes_at_snapshot = log_bytes_covered;
         bump(&self.metrics.snapshots_created);
-        let store = self.raft.storage_mut();
         let compact_to = index.saturating_sub(self.config.log_kept);
-        if compact_to >= store.first_index() {
-            store.compact(compact_to).map_err(|e| e.to_string())?;
-        }
+        self.compact_to(compact_to)?;
         let millis = self.clock.now().saturating_sub(started).as_millis() as u64;
         tracing::info!(index, millis, "snapshot taken");
         Ok(())
     }
 
+    /// Compacts the log up to `index` (when it holds it); what the store
+    /// keeps short of it is asked for again later ([`COMPACTION_RETRY`]).
+    fn compact_to(&mut self, index: LogIndex) -> Result<(), String> {
+        self.compaction_pending = None;
+        let store = self.raft.storage_mut();
+        if index < store.first_index() {
+            return Ok(());
+        }
+        store.compact(index).map_err(|e| e.to_string())?;
+        if store.first_index() <= index {
+            self.compaction_pending = Some((index, self.clock.now() + COMPACTION_RETRY));
+        }
+        Ok(())
+    }
+
     /// Finishes a snapshot copied in the background, or starts one when
-    /// it is due ([`Self::snapshot_due`]).
+    /// it is due ([`Self::snapshot_due`]); asks again for a compaction the
+    /// store kept short.
     pub(crate) fn maybe_snapshot(&mut self) {
         let now = self.clock.now();
+        if let Some((index, at)) = self.compaction_pending
+            && now >= at
+            && let Err(error) = self.compact_to(index)
+        {
+            tracing::warn!(%error, "log not compacted");
+        }
         if let Some(index) = self.machine.poll_snapshot(self.raft.storage_mut()) {
             let started = self
                 .snapshot_started

@@ -290,7 +290,8 @@ impl Executor {
         let text = format!(
             "# Server\r\nredis_version:7.2.0\r\ndrkv_version:{}\r\nnode_id:{}\r\ncluster_id:{}\r\n\r\n\
              # Replication\r\nrole:{}\r\nraft_role:{}\r\nterm:{}\r\nleader_id:{}\r\nleader_client_addr:{}\r\n\
-             commit_index:{}\r\napplied_index:{}\r\nlast_index:{}\r\nsnapshot_index:{}\r\n\
+             commit_index:{}\r\napplied_index:{}\r\nlast_index:{}\r\nfirst_index:{}\r\n\
+             snapshot_index:{}\r\n\
              voters:{}\r\nlearners:{}\r\n\r\n# Keyspace\r\ndb0:keys={}\r\n\r\n# Stats\r\n\
              connected_clients:{}\r\ntotal_commands_processed:{}\r\n",
             env!("CARGO_PKG_VERSION"),
@@ -308,6 +309,7 @@ impl Executor {
             status.commit_index,
             status.applied_index,
             status.last_index,
+            status.first_index,
             status.snapshot_index,
             list(&status.voters),
             list(&status.learners),

@@ -100,6 +100,8 @@ pub struct Status {
     pub applied_index: LogIndex,
     /// Last index in the log.
     pub last_index: LogIndex,
+    /// First index in the log (before it: compacted into the snapshot).
+    pub first_index: LogIndex,
     /// Index of the newest snapshot.
     pub snapshot_index: LogIndex,
     /// The configuration.
@@ -142,6 +144,7 @@ pub struct StatusBoard {
     commit_index: AtomicU64,
     applied_index: AtomicU64,
     last_index: AtomicU64,
+    first_index: AtomicU64,
     snapshot_index: AtomicU64,
     keys: AtomicU64,
     rss_bytes: AtomicU64,
@@ -201,6 +204,7 @@ impl StatusBoard {
             commit_index: self.commit_index.load(Relaxed),
             applied_index: self.applied_index.load(Relaxed),
             last_index: self.last_index.load(Relaxed),
+            first_index: self.first_index.load(Relaxed),
             snapshot_index: self.snapshot_index.load(Relaxed),
             voters: lists.conf.voters.clone(),
             voters_outgoing: lists.conf.voters_outgoing.clone(),
@@ -229,6 +233,7 @@ impl StatusBoard {
         self.commit_index.store(progress.commit_index, Relaxed);
         self.applied_index.store(progress.applied_index, Relaxed);
         self.last_index.store(progress.last_index, Relaxed);
+        self.first_index.store(progress.first_index, Relaxed);
         self.snapshot_index.store(progress.snapshot_index, Relaxed);
         self.keys.store(keys, Relaxed);
     }
@@ -275,6 +280,7 @@ mod tests {
             commit_index: 10,
             applied_index: 9,
             last_index: 11,
+            first_index: 4,
             snapshot_index: 5,
         };
         board.publish(&progress, 3);
@@ -294,8 +300,13 @@ mod tests {
         assert!(status.role.is_leader());
         assert_eq!(status.leader_client_addr.as_deref(), Some("c:1"));
         assert_eq!(
-            (status.commit_index, status.applied_index, status.last_index),
-            (10, 9, 11)
+            (
+                status.commit_index,
+                status.applied_index,
+                status.last_index,
+                status.first_index
+            ),
+            (10, 9, 11, 4)
         );
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["role"], "leader");

@@ -313,12 +313,13 @@ fn compaction_keeps_disk_use_bounded_in_a_long_run() {
     );
     // Compactions stop at the state RocksDB holds on disk (the applies
     // skip its WAL); a few hot keys never fill a memtable, so the store
-    // has RocksDB flush when a compaction finds that state unmoved: the
-    // log stays within about two snapshots of where it was asked to go.
+    // has RocksDB flush when four compactions in a row find that state
+    // unmoved: the log stays within about five snapshots of where it was
+    // asked to go.
     let asked = ENTRIES - 1024 + 1;
     let first = store.first_index();
     assert!(
-        first <= asked && first + 2 * EVERY >= asked,
+        first <= asked && first + 5 * EVERY >= asked,
         "compacted to {first}, asked {asked}"
     );
 }

@@ -175,6 +175,11 @@ async fn metrics(State(state): Shared) -> Response {
         ),
         ("drkv_last_index", "The last log index.", status.last_index),
         (
+            "drkv_first_index",
+            "The first log index (before it: compacted).",
+            status.first_index,
+        ),
+        (
             "drkv_snapshot_index",
             "The newest snapshot's index.",
             status.snapshot_index,

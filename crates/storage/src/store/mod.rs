@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dr_codec::frame::{CodecConfig, decode_entry, encode_entry};
@@ -58,6 +59,23 @@ const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_STATE_MACHINE: &[u8] = b"state_machine";
 const KEY_DATA_INSTALL: &[u8] = b"data_install";
 const KEY_LOG_KIND: &[u8] = b"log_kind";
+/// Compactions held at one state on disk before RocksDB is asked to flush.
+const COMPACTIONS_HELD_MAX: u32 = 4;
+/// How long compactions are held at one state on disk before RocksDB is
+/// asked to flush.
+const COMPACTION_HELD_MAX: Duration = Duration::from_secs(5);
+
+/// Compactions held at the state RocksDB holds on disk.
+#[derive(Clone, Copy, Debug)]
+struct CompactionHeld {
+    /// That state's applied index.
+    durable: LogIndex,
+    /// When the first of them was held there.
+    since: Instant,
+    /// How many were.
+    times: u32,
+}
+
 /// The directory of the segmented log, inside the store's.
 const SEGMENTS_DIR: &str = "raft-log";
 const SNAPSHOT_DATA_PREFIX: &[u8] = b"snapshot_data/";
@@ -290,9 +308,9 @@ pub struct RocksStorage {
     view: Option<SnapshotView>,
     /// A view pinned and being measured, to become the current snapshot.
     making: Option<SnapshotView>,
-    /// Where the last compaction stopped short of what it was asked, held
-    /// at the state on disk (see `compaction_bound`).
-    compaction_held_at: Option<LogIndex>,
+    /// Where compactions stopped short of what they were asked, held at
+    /// the state on disk (see `compaction_bound`).
+    compaction_held_at: Option<CompactionHeld>,
     /// The segmented log, when the store keeps its log there.
     segments: Option<SegmentLog>,
     /// The segmented log's part of the write being built.
@@ -562,10 +580,11 @@ impl RocksStorage {
     /// when applies skip the WAL (a crash would leave the state behind the
     /// log, with nothing to rebuild it from: snapshots are views).
     /// RocksDB's memtables usually fill and flush between two snapshots;
-    /// when a compaction finds the state on disk where the previous one
-    /// left it (a state of a few hot keys never fills them), RocksDB is
-    /// asked to flush, in the background, so the next one goes further:
-    /// the log keeps at most about two snapshots' worth of entries more.
+    /// when compactions keep finding the state on disk where the first of
+    /// them left it ([`COMPACTIONS_HELD_MAX`] times, or for
+    /// [`COMPACTION_HELD_MAX`]: a state of a few hot keys never fills a
+    /// memtable, a quiet one neither), RocksDB is asked to flush, in the
+    /// background, so the next one goes further.
     pub(super) fn compaction_bound(&mut self, index: LogIndex) -> Result<LogIndex, StorageError> {
         if !self.skips_wal() {
             return Ok(index);
@@ -575,7 +594,20 @@ impl RocksStorage {
             self.compaction_held_at = None;
             return Ok(index);
         }
-        if self.compaction_held_at == Some(durable) {
+        let held = match self.compaction_held_at {
+            Some(held) if held.durable == durable => held,
+            _ => CompactionHeld {
+                durable,
+                since: Instant::now(),
+                times: 0,
+            },
+        };
+        let held = CompactionHeld {
+            times: held.times + 1,
+            ..held
+        };
+        self.compaction_held_at = Some(held);
+        if held.times >= COMPACTIONS_HELD_MAX || held.since.elapsed() >= COMPACTION_HELD_MAX {
             let families: Vec<_> = [CF_DATA, CF_META, CF_RAFT_LOG, CF_RAFT_STATE]
                 .into_iter()
                 .map(|name| cf(&self.db, name))
@@ -585,8 +617,8 @@ impl RocksStorage {
             self.db
                 .flush_cfs_opt(&families, &flush)
                 .map_err(|e| io_error("asking RocksDB to flush", e))?;
+            self.compaction_held_at = None;
         }
-        self.compaction_held_at = Some(durable);
         Ok(durable)
     }
 
