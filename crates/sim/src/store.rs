@@ -16,7 +16,10 @@
 //! flushed) and snapshot installs; a crash loses the applies since, and
 //! the engine applies them again from the log. A state machine left
 //! behind the snapshot the log was compacted to is rebuilt from that
-//! snapshot on open, as `RocksStorage` catches up with one.
+//! snapshot on open, as `RocksStorage` catches up with a stored (received)
+//! one. (`RocksStorage`'s own snapshots are now its state pinned, and its
+//! log is never compacted past the state on disk instead; this model
+//! still keeps copies: both are stores the engine must run on.)
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
