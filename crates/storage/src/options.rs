@@ -15,6 +15,8 @@ pub const CF_RAFT_STATE: &str = "raft_state";
 pub const CF_DATA: &str = "data";
 /// Format version, applied index, compaction point, snapshots.
 pub const CF_META: &str = "meta";
+/// Every column family of a store.
+pub const COLUMN_FAMILIES: [&str; 4] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA, CF_META];
 
 /// Bytes of block cache shared by the column families that read from disk.
 pub const BLOCK_CACHE_BYTES: usize = 64 << 20;

@@ -608,7 +608,7 @@ impl RocksStorage {
         };
         self.compaction_held_at = Some(held);
         if held.times >= COMPACTIONS_HELD_MAX || held.since.elapsed() >= COMPACTION_HELD_MAX {
-            let families: Vec<_> = [CF_DATA, CF_META, CF_RAFT_LOG, CF_RAFT_STATE]
+            let families: Vec<_> = options::COLUMN_FAMILIES
                 .into_iter()
                 .map(|name| cf(&self.db, name))
                 .collect();

@@ -44,14 +44,12 @@ impl RocksStorage {
                 self.open_log(kind)
             }
             None => {
-                let empty = [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA, CF_META]
-                    .iter()
-                    .all(|family| {
-                        self.db
-                            .iterator_cf(cf(&self.db, family), rocksdb::IteratorMode::Start)
-                            .next()
-                            .is_none()
-                    });
+                let empty = options::COLUMN_FAMILIES.iter().all(|family| {
+                    self.db
+                        .iterator_cf(cf(&self.db, family), rocksdb::IteratorMode::Start)
+                        .next()
+                        .is_none()
+                });
                 if !empty {
                     return Err(OpenError::NotADrStore);
                 }
